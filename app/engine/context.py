@@ -1,0 +1,97 @@
+"""The llama context and the batch: created and used on the engine thread only."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+
+import llama_cpp.llama_cpp as C
+
+from app.engine.model import Model
+
+
+@dataclass(frozen=True, slots=True)
+class ContextConfig:
+    n_ctx: int
+    n_batch: int
+    n_seq_max: int
+    threads: int | None = None
+    threads_batch: int | None = None
+    flash_attn: bool = False
+
+
+class Context:
+    """A llama context with ``n_seq_max`` sequences in one unified KV pool."""
+
+    def __init__(self, model: Model, cfg: ContextConfig) -> None:
+        params = C.llama_context_default_params()
+        params.n_ctx = cfg.n_ctx
+        params.n_batch = cfg.n_batch
+        params.n_ubatch = cfg.n_batch
+        params.n_seq_max = cfg.n_seq_max
+        threads = cfg.threads or os.cpu_count() or 1
+        params.n_threads = threads
+        params.n_threads_batch = cfg.threads_batch or threads
+        params.flash_attn_type = 1 if cfg.flash_attn else 0
+        params.kv_unified = True
+        # Keep the whole sliding-window cache so a slot's prefix can be reused
+        # after a partial removal (Gemma 3 uses sliding-window attention).
+        params.swa_full = True
+        params.no_perf = True
+        ptr = C.llama_init_from_model(model.ptr, params)
+        if not ptr:
+            raise RuntimeError("llama.cpp could not create a context")
+        self.ptr = ptr
+        self.mem = C.llama_get_memory(ptr)
+        self.n_ctx = int(C.llama_n_ctx(ptr))
+        self.n_batch = cfg.n_batch
+        self.n_seq_max = cfg.n_seq_max
+        self._batch = C.llama_batch_init(cfg.n_batch, 0, 1)
+        self.n_rows = 0
+
+    # --- batch -------------------------------------------------------------
+    def clear_batch(self) -> None:
+        self.n_rows = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """Append one row; returns its index. The caller keeps rows < n_batch."""
+        i = self.n_rows
+        if i >= self.n_batch or not 0 <= seq < self.n_seq_max:
+            raise ValueError("batch row out of range")
+        b = self._batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = 1 if logits else 0
+        self.n_rows = i + 1
+        return i
+
+    def decode(self) -> int:
+        self._batch.n_tokens = self.n_rows
+        return int(C.llama_decode(self.ptr, self._batch))
+
+    # --- per-sequence memory ----------------------------------------------
+    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:
+        return bool(C.llama_memory_seq_rm(self.mem, seq, p0, p1))
+
+    def seq_clear(self, seq: int) -> None:
+        C.llama_memory_seq_rm(self.mem, seq, -1, -1)
+
+    def used_cells(self) -> int:
+        total = 0
+        for seq in range(self.n_seq_max):
+            pos = int(C.llama_memory_seq_pos_max(self.mem, seq))
+            total += pos + 1 if pos >= 0 else 0
+        return total
+
+    def close(self) -> None:
+        if self.ptr:
+            C.llama_batch_free(self._batch)
+            C.llama_free(self.ptr)
+            self.ptr = None
+
+    @property
+    def raw(self) -> ctypes.c_void_p:
+        return self.ptr  # type: ignore[no-any-return]

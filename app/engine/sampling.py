@@ -1,0 +1,275 @@
+"""Per-request sampling: a llama.cpp sampler chain plus a grammar fast path.
+
+The grammar is kept *out* of the chain. Each step samples with the chain, then
+checks only the chosen token against the grammar (microseconds). Only when the
+grammar rejects it does the sampler look further:
+
+1. the walk: the best candidates by logit are checked one at a time; this is
+   exact when the chain is greedy, or when it truncates with top-k first and at
+   least k allowed candidates were found (no penalties, no mirostat: those
+   change logits before truncation);
+2. otherwise the full pass: the grammar masks all candidates (about 40 ms on a
+   262k vocabulary), then the chain samples from what is left.
+
+A token the grammar rejects is never accepted (llama.cpp aborts the process on
+that), and an end-of-generation token is accepted only when the grammar allows
+it, i.e. when the constrained text is complete.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from dataclasses import dataclass
+
+import llama_cpp.llama_cpp as C
+import numpy as np
+import numpy.typing as npt
+
+from app.engine.model import Model
+
+#: sampler names accepted in a request's ``samplers`` list (llama.cpp's names).
+KNOWN_SAMPLERS = ("penalties", "top_k", "typ_p", "top_p", "min_p", "temperature")
+DEFAULT_SAMPLERS = KNOWN_SAMPLERS
+WALK_CANDIDATES = 128
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+class SamplerInitError(Exception):
+    """llama.cpp refused to build the sampler (for a grammar that passed our parser)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Resolved sampling parameters of one request (validated by the HTTP layer)."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    mirostat: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    seed: int = 0  # resolved: never -1 here
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    ignore_eos: bool = False
+    n_probs: int = 0
+    samplers: tuple[str, ...] = DEFAULT_SAMPLERS
+
+    @property
+    def penalties_active(self) -> bool:
+        return (self.repeat_penalty != 1.0 or self.presence_penalty != 0.0
+                or self.frequency_penalty != 0.0) and self.repeat_last_n != 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0 and self.mirostat == 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenProb:
+    token: int
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class Sampled:
+    token: int
+    logprob: float | None = None  # the chosen token's log-probability (when n_probs > 0)
+    top: tuple[TokenProb, ...] = ()
+    grammar_exhausted: bool = False  # the grammar allows no token at all
+
+
+def _TokenDataArray(data: int, size: int, selected: int, is_sorted: bool) -> ctypes.Structure:  # noqa: N802
+    """A ``llama_token_data_array`` over a numpy buffer of ``_TOKEN_DATA`` records."""
+    return C.llama_token_data_array(  # type: ignore[no-any-return]
+        data=ctypes.cast(data, C.llama_token_data_p), size=size, selected=selected,
+        sorted=is_sorted)
+
+
+class Sampler:
+    """The sampling state of one request. Used by one thread at a time; close it."""
+
+    def __init__(self, model: Model, params: SamplingParams, grammar: str | None) -> None:
+        self._model = model
+        self.params = params
+        self._n_vocab = model.n_vocab
+        self._chain = self._build_chain(params)
+        self._grammar = None
+        if grammar is not None:
+            self._grammar = C.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+            if not self._grammar:
+                self.close()
+                raise SamplerInitError("llama.cpp refused the grammar")
+        bias: dict[int, float] = {}
+        for token, value in params.logit_bias:
+            bias[token] = bias.get(token, 0.0) + value
+        if params.ignore_eos:
+            for token in model.eog_ids:
+                bias[token] = -math.inf
+        self._bias_ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
+        self._bias_vals = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+        self._walk_ok = self._grammar is not None and self._walk_is_exact(params)
+        if self._grammar is not None:
+            self._cand = np.zeros(self._n_vocab, dtype=_TOKEN_DATA)
+            self._ids = np.arange(self._n_vocab, dtype=np.int32)
+            self._one = np.zeros(1, dtype=_TOKEN_DATA)
+        self.rejections = 0
+        self.full_passes = 0
+
+    # --- construction ---------------------------------------------------
+    @staticmethod
+    def _walk_is_exact(params: SamplingParams) -> bool:
+        if params.mirostat or params.penalties_active:
+            return False
+        if params.greedy:
+            return True
+        order = [s for s in params.samplers if s not in ("temperature", "penalties")]
+        return bool(order) and order[0] == "top_k" and 0 < params.top_k <= WALK_CANDIDATES
+
+    def _build_chain(self, p: SamplingParams) -> ctypes.c_void_p:
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        add = C.llama_sampler_chain_add
+        seed = p.seed & 0xFFFFFFFF
+        if p.penalties_active and "penalties" in p.samplers:
+            add(chain, C.llama_sampler_init_penalties(
+                self._n_vocab, p.repeat_last_n if p.repeat_last_n >= 0 else 4096,
+                p.repeat_penalty, p.frequency_penalty, p.presence_penalty))
+        if p.mirostat == 1:
+            add(chain, C.llama_sampler_init_temp(p.temperature))
+            add(chain, C.llama_sampler_init_mirostat(self._n_vocab, seed, p.mirostat_tau,
+                                                     p.mirostat_eta, 100))
+            return chain
+        if p.mirostat == 2:
+            add(chain, C.llama_sampler_init_temp(p.temperature))
+            add(chain, C.llama_sampler_init_mirostat_v2(seed, p.mirostat_tau, p.mirostat_eta))
+            return chain
+        if p.greedy:
+            add(chain, C.llama_sampler_init_greedy())
+            return chain
+        for name in p.samplers:
+            if name == "top_k" and p.top_k > 0:
+                add(chain, C.llama_sampler_init_top_k(p.top_k))
+            elif name == "typ_p" and p.typical_p < 1.0:
+                add(chain, C.llama_sampler_init_typical(p.typical_p, 1))
+            elif name == "top_p" and p.top_p < 1.0:
+                add(chain, C.llama_sampler_init_top_p(p.top_p, 1))
+            elif name == "min_p" and p.min_p > 0.0:
+                add(chain, C.llama_sampler_init_min_p(p.min_p, 1))
+            elif name == "temperature":
+                add(chain, C.llama_sampler_init_temp(p.temperature))
+        add(chain, C.llama_sampler_init_dist(seed))
+        return chain
+
+    # --- the step ----------------------------------------------------------
+    def sample(self, ctx: ctypes.c_void_p, row: int) -> Sampled:
+        """Sample (and accept) the next token from batch row ``row`` of ``ctx``.
+
+        Must run on the engine thread that owns ``ctx``, right after the decode.
+        """
+        ptr = C.llama_get_logits_ith(ctx, row)
+        if not ptr:
+            raise RuntimeError(f"no logits at batch row {row}")
+        logits: npt.NDArray[np.float32] = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        if self._bias_ids.size:
+            logits[self._bias_ids] += self._bias_vals
+        if self._grammar is None:
+            token = int(C.llama_sampler_sample(self._chain, ctx, row))
+            return self._with_probs(token, logits)
+        token = self._apply_chain(logits)
+        if not self._allowed(token, logits):
+            self.rejections += 1
+            walked = self._walk(logits) if self._walk_ok else None
+            if walked is None:
+                self.full_passes += 1
+                walked = self._full_pass(logits)
+                if walked is None:
+                    return Sampled(token=-1, grammar_exhausted=True)
+            token = walked
+        C.llama_sampler_accept(self._chain, token)
+        if token not in self._model.eog_ids:
+            C.llama_sampler_accept(self._grammar, token)
+        return self._with_probs(token, logits)
+
+    def _run(self, sampler: ctypes.c_void_p, cand: npt.NDArray[np.void], size: int) -> int:
+        arr = _TokenDataArray(cand.ctypes.data, size, -1, False)
+        C.llama_sampler_apply(sampler, ctypes.byref(arr))
+        return int(arr.selected)
+
+    def _apply_chain(self, logits: npt.NDArray[np.float32]) -> int:
+        cand = self._cand
+        cand["id"] = self._ids
+        cand["logit"] = logits
+        selected = self._run(self._chain, cand, self._n_vocab)
+        return int(cand["id"][selected])
+
+    def _allowed(self, token: int, logits: npt.NDArray[np.float32]) -> bool:
+        one = self._one
+        one["id"][0] = token
+        one["logit"][0] = 0.0
+        arr = _TokenDataArray(one.ctypes.data, 1, -1, False)
+        C.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        return bool(np.isfinite(one["logit"][0])) and bool(np.isfinite(logits[token]))
+
+    def _walk(self, logits: npt.NDArray[np.float32]) -> int | None:
+        top = np.argpartition(logits, -WALK_CANDIDATES)[-WALK_CANDIDATES:]
+        top = top[np.argsort(-logits[top], kind="stable")]
+        need = 1 if self.params.greedy else self.params.top_k
+        allowed: list[int] = []
+        for token in top.tolist():
+            if self._allowed(token, logits):
+                allowed.append(token)
+                if len(allowed) >= need:
+                    break
+        if len(allowed) < need:
+            return None
+        if self.params.greedy:
+            return allowed[0]
+        cand = self._cand
+        n = len(allowed)
+        cand["id"][:n] = allowed
+        cand["logit"][:n] = logits[allowed]
+        return int(cand["id"][self._run(self._chain, cand, n)])
+
+    def _full_pass(self, logits: npt.NDArray[np.float32]) -> int | None:
+        cand = self._cand
+        cand["id"] = self._ids
+        cand["logit"] = logits
+        arr = _TokenDataArray(cand.ctypes.data, self._n_vocab, -1, False)
+        C.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        keep = np.isfinite(cand["logit"])
+        n = int(keep.sum())
+        if n == 0:
+            return None
+        cand[:n] = cand[keep]
+        return int(cand["id"][self._run(self._chain, cand, n)])
+
+    def _with_probs(self, token: int, logits: npt.NDArray[np.float32]) -> Sampled:
+        n = self.params.n_probs
+        if n <= 0:
+            return Sampled(token=token)
+        finite = np.where(np.isfinite(logits), logits, -np.inf)
+        peak = float(finite.max())
+        log_z = peak + math.log(float(np.exp(finite - peak).sum()))
+        n = min(n, self._n_vocab)
+        top = np.argpartition(finite, -n)[-n:]
+        top = top[np.argsort(-finite[top], kind="stable")]
+        return Sampled(
+            token=token,
+            logprob=float(finite[token]) - log_z,
+            top=tuple(TokenProb(int(t), float(finite[t]) - log_z) for t in top),
+        )
+
+    def close(self) -> None:
+        if self._chain:
+            C.llama_sampler_free(self._chain)
+            self._chain = None
+        if self._grammar:
+            C.llama_sampler_free(self._grammar)
+            self._grammar = None

@@ -1,0 +1,474 @@
+"""The engine thread: slots, the waiting queue and the continuous batch.
+
+One thread owns the model's context. Each step it
+
+1. takes commands (submit, cancel, stop) from a thread-safe queue,
+2. gives waiting requests (FIFO) to idle slots, preferring the slot whose cached
+   tokens share the longest prefix with the prompt,
+3. builds one batch: one token for every generating slot, then prompt chunks of
+   slots still reading their prompt, up to ``n_batch`` rows,
+4. calls ``llama_decode`` once, samples each slot at its own row, and
+5. hands the step's events to the request side in one call (:class:`Outbox`).
+
+A request is dropped between two steps when it is cancelled or its receiver is
+gone; its slot is free for the next step and its KV stays as a prompt cache.
+A slot whose receiver is full is paused (not decoded) until it drains, so a
+slow client slows only its own stream.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from app.engine.context import Context
+from app.engine.events import (
+    Delivery,
+    Done,
+    Event,
+    Failed,
+    Job,
+    Started,
+    StopType,
+    Token,
+    TokenInfo,
+    TokenProbability,
+)
+from app.engine.model import Model
+from app.engine.sampling import Sampled
+from app.engine.text import Detokenizer, StopMatcher
+
+
+class Outbox(Protocol):
+    """Delivers events to requests; called on the engine thread once per step."""
+
+    def deliver(self, items: Sequence[tuple[Job, Event]]) -> list[Delivery]: ...
+
+
+class SlotState(enum.Enum):
+    IDLE = "idle"
+    PROMPT = "prompt"
+    GENERATE = "generate"
+
+
+@dataclass(eq=False)
+class Slot:
+    id: int
+    n_ctx: int
+    cache: list[int] = field(default_factory=list)  # tokens whose KV is in sequence `id`
+    state: SlotState = SlotState.IDLE
+    job: Job | None = None
+    next_prompt: int = 0  # index of the next prompt token to evaluate
+    pending: int = -1  # sampled token to feed at the next step
+    n_decoded: int = 0
+    tokens_cached: int = 0
+    outbox: collections.deque[Event] = field(default_factory=collections.deque)
+    detok: Detokenizer = field(default_factory=Detokenizer)
+    stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+    t_start: float = 0.0
+    t_prompt: float = 0.0
+    last_used: float = 0.0
+
+    @property
+    def n_past(self) -> int:
+        return len(self.cache)
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    id: int
+    n_ctx: int
+    is_processing: bool
+    state: str
+    id_task: int
+    n_cached: int
+    n_decoded: int
+    n_prompt: int
+
+
+@dataclass
+class Counters:
+    prompt_tokens_total: int = 0
+    tokens_predicted_total: int = 0
+    decode_calls_total: int = 0
+    requests_total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Submit:
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class _Cancel:
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    pass
+
+
+_Command = _Submit | _Cancel | _Stop
+_STALL_WAIT_S = 0.002
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Engine:
+    """Runs the step loop on its own thread. Start with :meth:`start`, end with :meth:`stop`."""
+
+    def __init__(self, model: Model, context: Context, outbox: Outbox, *, n_slots: int,
+                 slot_ctx: int) -> None:
+        if n_slots > context.n_seq_max:
+            raise ValueError("more slots than context sequences")
+        self.model = model
+        self.ctx = context
+        self._outbox = outbox
+        self.slots = [Slot(id=i, n_ctx=slot_ctx) for i in range(n_slots)]
+        self.slot_ctx = slot_ctx
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._finishing: dict[int, tuple[Job, collections.deque[Event]]] = {}
+        self._prompt_order: list[Slot] = []
+        self._thread = threading.Thread(target=self._run, name="sluice-engine", daemon=True)
+        self.counters = Counters()
+        self.error: BaseException | None = None
+
+    # --- API for other threads -------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        self._commands.put(_Submit(job))
+
+    def cancel(self, job_id: int) -> None:
+        self._commands.put(_Cancel(job_id))
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._commands.put(_Stop())
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self._waiting)
+
+    def slot_infos(self) -> list[SlotInfo]:
+        out = []
+        for s in self.slots:
+            job = s.job
+            out.append(SlotInfo(
+                id=s.id, n_ctx=s.n_ctx, is_processing=job is not None, state=s.state.value,
+                id_task=job.id if job is not None else -1, n_cached=len(s.cache),
+                n_decoded=s.n_decoded, n_prompt=len(job.request.prompt) if job else 0))
+        return out
+
+    # --- the loop ------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                active = any(s.job is not None for s in self.slots) or bool(self._waiting)
+                if not self._take_commands(block=not active and not self._finishing):
+                    break
+                self._assign()
+                self._flush()
+                if not self._step() and (self._finishing or self._any_stalled()):
+                    if not self._take_commands(block=True, timeout=_STALL_WAIT_S):
+                        break
+        except BaseException as exc:  # the thread must report, not vanish
+            self.error = exc
+            self._fail_all(f"engine failure: {exc!r}")
+            raise
+        finally:
+            self._release_all()
+
+    def _take_commands(self, *, block: bool, timeout: float | None = None) -> bool:
+        """Apply queued commands; False when the engine must stop."""
+        try:
+            cmd = self._commands.get(block=block, timeout=timeout)
+        except queue.Empty:
+            return True
+        while True:
+            match cmd:
+                case _Submit(job=job):
+                    self.counters.requests_total += 1
+                    self._waiting.append(job)
+                case _Cancel(job_id=job_id):
+                    self._drop(job_id)
+                case _Stop():
+                    return False
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _drop(self, job_id: int) -> None:
+        for job in self._waiting:
+            if job.id == job_id:
+                self._waiting.remove(job)
+                job.sampler.close()
+                return
+        self._finishing.pop(job_id, None)
+        for slot in self.slots:
+            if slot.job is not None and slot.job.id == job_id:
+                self._release(slot)
+                return
+
+    # --- slots -------------------------------------------------------------
+    def _assign(self) -> None:
+        if not self._waiting:
+            return
+        for job in list(self._waiting):
+            slot = self._choose_slot(job)
+            if slot is None:
+                continue
+            self._waiting.remove(job)
+            self._begin(slot, job)
+
+    def _choose_slot(self, job: Job) -> Slot | None:
+        idle = [s for s in self.slots if s.job is None]
+        if job.request.id_slot >= 0:
+            idle = [s for s in idle if s.id == job.request.id_slot]
+        if not idle:
+            return None
+        prompt = job.request.prompt
+        if job.request.cache_prompt:
+            return max(idle, key=lambda s: (common_prefix(s.cache, prompt), -s.last_used))
+        return min(idle, key=lambda s: s.last_used)
+
+    def _begin(self, slot: Slot, job: Job) -> None:
+        req = job.request
+        prompt = req.prompt
+        keep = common_prefix(slot.cache, prompt) if req.cache_prompt else 0
+        keep = min(keep, len(prompt) - 1)  # at least one token to evaluate, for logits
+        if keep < len(slot.cache) and not self.ctx.seq_rm(slot.id, keep, -1):
+            self.ctx.seq_clear(slot.id)
+            keep = 0
+        del slot.cache[keep:]
+        slot.job = job
+        slot.state = SlotState.PROMPT
+        slot.next_prompt = keep
+        slot.tokens_cached = keep
+        slot.pending = -1
+        slot.n_decoded = 0
+        slot.outbox.clear()
+        slot.detok = Detokenizer()
+        slot.stops = StopMatcher(req.stops)
+        slot.t_start = time.perf_counter()
+        slot.t_prompt = slot.t_start
+        self._prompt_order.append(slot)
+        slot.outbox.append(Started(id_slot=slot.id, tokens_cached=keep))
+
+    def _release(self, slot: Slot) -> None:
+        if slot.job is not None:
+            slot.job.sampler.close()
+        slot.job = None
+        slot.state = SlotState.IDLE
+        slot.outbox.clear()
+        slot.last_used = time.perf_counter()
+        if slot in self._prompt_order:
+            self._prompt_order.remove(slot)
+
+    def _finish(self, slot: Slot, stop_type: StopType, *, word: str = "",
+                truncated: bool = False) -> None:
+        job = slot.job
+        assert job is not None
+        if stop_type is not StopType.WORD:
+            tail = slot.stops.feed(slot.detok.flush()).text + slot.stops.flush()
+            if tail:
+                slot.outbox.append(Token(text=tail, tokens=()))
+        now = time.perf_counter()
+        slot.outbox.append(Done(
+            stop_type=stop_type, stopping_word=word, tokens_predicted=slot.n_decoded,
+            tokens_evaluated=len(job.request.prompt), tokens_cached=slot.tokens_cached,
+            truncated=truncated, id_slot=slot.id,
+            prompt_ms=(slot.t_prompt - slot.t_start) * 1000.0,
+            predicted_ms=(now - slot.t_prompt) * 1000.0 if slot.n_decoded else 0.0,
+            prompt_n=len(job.request.prompt) - slot.tokens_cached,
+            grammar_rejections=job.sampler.rejections,
+            grammar_full_passes=job.sampler.full_passes))
+        self._finishing[job.id] = (job, collections.deque(slot.outbox))
+        self._release(slot)
+
+    def _any_stalled(self) -> bool:
+        return any(s.job is not None and s.outbox for s in self.slots)
+
+    # --- one step ----------------------------------------------------------
+    def _step(self) -> bool:
+        """Build and decode one batch; False when there was nothing to decode."""
+        ctx = self.ctx
+        ctx.clear_batch()
+        plan: list[tuple[Slot, int, int]] = []  # (slot, first row, rows)
+        logit_rows: dict[int, int] = {}  # slot id -> row with logits
+        for slot in self.slots:
+            if slot.state is SlotState.GENERATE and not slot.outbox:
+                row = ctx.add(slot.pending, slot.n_past, slot.id, True)
+                plan.append((slot, row, 1))
+                logit_rows[slot.id] = row
+        budget = ctx.n_batch - ctx.n_rows
+        for slot in list(self._prompt_order):
+            if budget <= 0:
+                break
+            if slot.outbox:
+                continue
+            job = slot.job
+            assert job is not None
+            prompt = job.request.prompt
+            take = min(budget, len(prompt) - slot.next_prompt)
+            first = ctx.n_rows
+            for i in range(slot.next_prompt, slot.next_prompt + take):
+                last = i == len(prompt) - 1
+                row = ctx.add(prompt[i], i, slot.id, last)
+                if last:
+                    logit_rows[slot.id] = row
+            plan.append((slot, first, take))
+            budget -= take
+        if not plan:
+            return False
+        rc = ctx.decode()
+        self.counters.decode_calls_total += 1
+        if rc != 0:
+            self._decode_failed(plan, rc)
+            return True
+        for slot, _first, rows in plan:
+            self._advance(slot, rows, logit_rows.get(slot.id))
+        self._flush()
+        return True
+
+    def _decode_failed(self, plan: list[tuple[Slot, int, int]], rc: int) -> None:
+        reason = "no room left in the KV cache" if rc == 1 else f"llama_decode returned {rc}"
+        for slot, _first, _rows in plan:
+            # Positions decoded in a failed batch are unknown: drop the whole sequence.
+            self.ctx.seq_clear(slot.id)
+            slot.cache.clear()
+            slot.outbox.append(Failed(message=f"decoding failed: {reason}"))
+            job = slot.job
+            assert job is not None
+            self._finishing[job.id] = (job, collections.deque(slot.outbox))
+            self._release(slot)
+
+    def _advance(self, slot: Slot, rows: int, logit_row: int | None) -> None:
+        job = slot.job
+        if job is None:  # cancelled while its rows were decoding
+            return
+        req = job.request
+        if slot.state is SlotState.PROMPT:
+            start = slot.next_prompt
+            slot.cache.extend(req.prompt[start:start + rows])
+            slot.next_prompt += rows
+            self.counters.prompt_tokens_total += rows
+            if slot.next_prompt < len(req.prompt):
+                return
+            slot.state = SlotState.GENERATE
+            slot.t_prompt = time.perf_counter()
+            self._prompt_order.remove(slot)
+            if req.n_predict == 0:
+                self._finish(slot, StopType.LIMIT)
+                return
+        else:
+            slot.cache.append(slot.pending)
+        assert logit_row is not None
+        sampled = job.sampler.sample(self.ctx.raw, logit_row)
+        self._on_token(slot, sampled)
+
+    def _on_token(self, slot: Slot, sampled: Sampled) -> None:
+        job = slot.job
+        assert job is not None
+        req = job.request
+        if sampled.grammar_exhausted:
+            self._finish(slot, StopType.EOS)
+            return
+        token = sampled.token
+        slot.n_decoded += 1
+        self.counters.tokens_predicted_total += 1
+        info = TokenInfo(token=token, logprob=sampled.logprob,
+                         top=tuple(TokenProbability(p.token, p.logprob) for p in sampled.top))
+        if token in self.model.eog_ids:
+            if info.logprob is not None:
+                slot.outbox.append(Token(text="", tokens=(info,)))
+            self._finish(slot, StopType.EOS)
+            return
+        result = slot.stops.feed(slot.detok.feed(self.model.piece(token)))
+        slot.outbox.append(Token(text=result.text, tokens=(info,)))
+        if result.stop_word is not None:
+            self._finish(slot, StopType.WORD, word=result.stop_word)
+        elif 0 < req.n_predict <= slot.n_decoded:
+            self._finish(slot, StopType.LIMIT)
+        elif slot.n_past + 1 >= slot.n_ctx:
+            self._finish(slot, StopType.LIMIT, truncated=True)
+        else:
+            slot.pending = token
+
+    # --- delivery ----------------------------------------------------------
+    def _flush(self) -> None:
+        items: list[tuple[Job, Event]] = []
+        queues: list[tuple[Job, collections.deque[Event], Slot | None]] = []
+        for slot in self.slots:
+            if slot.job is not None and slot.outbox:
+                queues.append((slot.job, slot.outbox, slot))
+        for job, events in self._finishing.values():
+            queues.append((job, events, None))
+        for job, events, _slot in queues:
+            items.extend((job, ev) for ev in events)
+        if not items:
+            return
+        results = self._outbox.deliver(items)
+        i = 0
+        for job, events, slot in queues:
+            n = len(events)
+            outcome = results[i:i + n]
+            i += n
+            sent = 0
+            gone = False
+            for r in outcome:
+                if r is Delivery.SENT:
+                    sent += 1
+                else:
+                    gone = r is Delivery.GONE
+                    break
+            for _ in range(sent):
+                events.popleft()
+            if gone:
+                if slot is not None:
+                    self._release(slot)
+                else:
+                    self._finishing.pop(job.id, None)
+            elif slot is None and not events:
+                self._finishing.pop(job.id, None)
+
+    def _fail_all(self, message: str) -> None:
+        for slot in self.slots:
+            if slot.job is not None:
+                slot.outbox.append(Failed(message=message))
+        for job in self._waiting:
+            self._finishing[job.id] = (job, collections.deque([Failed(message=message)]))
+        self._waiting.clear()
+        try:
+            self._flush()
+        except Exception:  # noqa: BLE001 - best effort while dying
+            pass
+
+    def _release_all(self) -> None:
+        for slot in self.slots:
+            if slot.job is not None:
+                self._release(slot)
+        for job in self._waiting:
+            job.sampler.close()
+        self._waiting.clear()

@@ -1,0 +1,83 @@
+"""From token bytes to text: incremental UTF-8 decoding and stop strings.
+
+Both are linear in the output: each token's bytes are decoded once, and a
+stop string is searched only over the text not yet released plus the longest
+stop string's worth of tail.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+
+
+class Detokenizer:
+    """Turns a stream of token pieces (bytes) into text without splitting characters.
+
+    A multi-byte UTF-8 character cut across two tokens is held back until its
+    last byte arrives; :meth:`flush` releases what is left at the end (invalid
+    bytes become U+FFFD, never dropped silently).
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, piece: bytes) -> str:
+        return self._decoder.decode(piece)
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+@dataclass(frozen=True, slots=True)
+class StopResult:
+    text: str  # text that may be released now
+    stop_word: str | None  # the stop string found, if any (generation must end)
+
+
+class StopMatcher:
+    """Finds stop strings in generated text, holding back partial matches.
+
+    Text that could be the beginning of a stop string is not released until the
+    next piece shows whether it is; on a match, the text before the stop string
+    is released and the stop string itself is not.
+    """
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = tuple(s for s in stops if s)
+        self._held = ""
+
+    @property
+    def held(self) -> str:
+        return self._held
+
+    def feed(self, text: str) -> StopResult:
+        if not self._stops:
+            return StopResult(text, None)
+        buf = self._held + text
+        first: tuple[int, str] | None = None
+        for stop in self._stops:
+            at = buf.find(stop)
+            if at >= 0 and (first is None or at < first[0]):
+                first = (at, stop)
+        if first is not None:
+            self._held = ""
+            return StopResult(buf[: first[0]], first[1])
+        keep = self._partial_suffix(buf)
+        self._held = buf[len(buf) - keep :] if keep else ""
+        return StopResult(buf[: len(buf) - keep], None)
+
+    def flush(self) -> str:
+        """Release the held text at the end of generation (no stop string came)."""
+        out, self._held = self._held, ""
+        return out
+
+    def _partial_suffix(self, buf: str) -> int:
+        """Length of the longest suffix of ``buf`` that is a proper prefix of a stop string."""
+        best = 0
+        for stop in self._stops:
+            for n in range(min(len(stop) - 1, len(buf)), best, -1):
+                if buf.endswith(stop[:n]):
+                    best = n
+                    break
+        return best

@@ -1,0 +1,42 @@
+"""One typed, frozen Settings object, built once at start-up and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the server is configured with.
+
+    Built by :func:`app.cli.load_settings` from the command line and the JSON
+    config file; flags override the file, the file overrides these defaults.
+    """
+
+    model_path: Path | None = None  # None: the embedded default model
+    models_dir: Path | None = None
+    alias: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    ctx_size: int = 4096  # total KV cells, shared by all slots (llama.cpp's -c)
+    parallel: int = 4  # slots
+    batch_size: int = 512  # tokens per llama_decode
+    threads: int | None = None
+    threads_batch: int | None = None
+    n_gpu_layers: int = 0
+    seed: int = -1  # default per-request seed; -1: random
+    n_predict: int = -1  # default token limit per request; -1: until EOS or context end
+    flash_attn: bool = False
+    api_keys: tuple[str, ...] = ()
+    origins: tuple[str, ...] = ()
+    verbose: bool = False
+    request_timeout_s: float | None = None  # None: no limit
+    shutdown_grace_s: float = 5.0
+    max_body_bytes: int = 4 * 1024 * 1024
+    queue_ping_interval_s: float = 5.0
+
+    @property
+    def slot_ctx(self) -> int:
+        """Context cells each slot may use."""
+        return max(1, self.ctx_size // self.parallel)
