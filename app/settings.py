@@ -19,7 +19,7 @@ class Settings:
     alias: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
-    ctx_size: int = 4096  # total KV cells, shared by all slots (llama.cpp's -c)
+    ctx_size: int = 8192  # total KV cells, shared by all slots (llama.cpp's -c)
     parallel: int = 4  # slots
     batch_size: int = 512  # tokens per llama_decode
     threads: int | None = None

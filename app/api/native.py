@@ -1,0 +1,158 @@
+"""llama.cpp's native routes: /completion, /health, /props, /slots, and abort by id.
+
+Abort: every completion reports its id (the ``X-Request-Id`` header, and ``id``
+in every stream event and in the final object). ``POST /completion/{id}/abort``
+ends that request: its generation stops at the next engine step, a stream ends
+with its final object carrying ``"aborted": true``, a non-streaming request
+returns what was generated so far, likewise marked. Unknown or finished ids
+give 404.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from quart import Blueprint, Response, current_app, request
+
+from app import sse
+from app.api.completion_state import CompletionState
+from app.bridge import PING, Generation
+from app.engine.events import Done, Failed, Started, Token
+from app.errors import JSON, NotFound, ServerError, Unavailable
+from app.requests import completion_params
+from app.service import Prepared, Service
+from app.validation import parse_json_body, validate
+
+native = Blueprint("native", __name__)
+
+
+def service() -> Service:
+    return current_app.config["SLUICE_SERVICE"]  # type: ignore[no-any-return]
+
+
+def json_response(body: JSON | list[Any], status: int = 200,
+                  headers: dict[str, str] | None = None) -> Response:
+    import json
+
+    resp = Response(json.dumps(body, ensure_ascii=False), status=status,
+                    content_type="application/json")
+    for key, value in (headers or {}).items():
+        resp.headers[key] = value
+    return resp
+
+
+async def read_json() -> JSON:
+    return parse_json_body(await request.get_data(cache=False))
+
+
+def _new_state(svc: Service, prepared: Prepared, gen: Generation) -> CompletionState:
+    prompt = prepared.params.prompt
+    text = prompt[0] if len(prompt) == 1 and isinstance(prompt[0], str) else ""
+    return CompletionState(job_id=gen.id, prepared=prepared, model=svc.model,
+                           model_name=svc.model_name, prompt_text=text)
+
+
+@native.route("/completion", methods=["POST"])
+@native.route("/completions", methods=["POST"])
+async def completion() -> Response:
+    svc = service()
+    body = validate("completion", await read_json())
+    params = completion_params(body, default_n_predict=svc.settings.n_predict,
+                               default_seed=svc.settings.seed)
+    prepared = await svc.prepare(params)
+    if params.stream:
+        return await _stream(svc, prepared)
+    async with svc.generate(prepared) as gen:
+        state = _new_state(svc, prepared, gen)
+        while True:
+            event = await gen.next()
+            if event is None or event is PING:
+                break
+            state.on_event(event)  # type: ignore[arg-type]
+            if isinstance(event, Failed):
+                raise ServerError(event.message)
+            if isinstance(event, Done):
+                break
+        return json_response(state.final(gen.stop_reason), headers={"X-Request-Id": str(gen.id)})
+
+
+async def _stream(svc: Service, prepared: Prepared) -> Response:
+    job_id = svc.new_id()  # known now for the header; the body submits the request
+
+    async def body() -> AsyncIterator[bytes]:
+        async with svc.generate(prepared, job_id) as gen:
+            state = _new_state(svc, prepared, gen)
+            ping_s = svc.settings.queue_ping_interval_s
+            while True:
+                event = await gen.next(ping_s)
+                if event is None:
+                    yield sse.event(state.final(gen.stop_reason))
+                    return
+                match event:
+                    case Started():
+                        state.on_started(event)
+                    case Token():
+                        yield sse.event(state.on_token(event))
+                    case Done():
+                        state.done = event
+                        yield sse.event(state.final())
+                        return
+                    case Failed(message=message):
+                        yield sse.event(ServerError(message).body())
+                        return
+                    case _:
+                        yield sse.PING
+
+    resp = Response(body(), status=200, headers={**sse.HEADERS, "X-Request-Id": str(job_id)})
+    resp.timeout = None
+    return resp
+
+
+@native.route("/completion/<int:job_id>/abort", methods=["POST"])
+@native.route("/completions/<int:job_id>/abort", methods=["POST"])
+async def abort(job_id: int) -> Response:
+    if not service().abort(job_id):
+        raise NotFound(f"no running completion with id {job_id}")
+    return json_response({"id": job_id, "aborted": True})
+
+
+@native.route("/health", methods=["GET"])
+async def health() -> Response:
+    svc = service()
+    if not svc.engine.alive:
+        raise Unavailable("the engine is not running")
+    return json_response({"status": "ok"})
+
+
+@native.route("/slots", methods=["GET"])
+async def slots() -> Response:
+    svc = service()
+    infos = svc.engine.slot_infos()
+    if request.args.get("fail_on_no_slot") in ("1", "true") and all(i.is_processing for i in infos):
+        raise Unavailable("no slot available")
+    return json_response([
+        {"id": i.id, "n_ctx": i.n_ctx, "is_processing": i.is_processing, "state": i.state,
+         "id_task": i.id_task, "n_cached": i.n_cached, "n_decoded": i.n_decoded,
+         "n_prompt_tokens": i.n_prompt}
+        for i in infos])
+
+
+@native.route("/props", methods=["GET"])
+async def props() -> Response:
+    svc = service()
+    info = svc.model.info
+    st = svc.settings
+    return json_response({
+        "default_generation_settings": {
+            "n_ctx": svc.engine.slot_ctx, "n_predict": st.n_predict, "seed": st.seed,
+            "temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
+        },
+        "total_slots": len(svc.engine.slots),
+        "model_path": str(info.path),
+        "model_alias": svc.model_name,
+        "chat_template": info.chat_template or "",
+        "n_ctx": svc.engine.ctx.n_ctx,
+        "n_vocab": info.n_vocab,
+        "build_info": "sluice 0.1.0 (llama-cpp-python 0.3.36)",
+    })

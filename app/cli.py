@@ -1,0 +1,185 @@
+"""Command line and config file into one frozen :class:`~app.settings.Settings`.
+
+Flags follow llama.cpp's server where they exist. A JSON config file
+(``--config``; goinfer-style keys such as ``models_dir`` and ``origins``) sets
+the same options by their long names with ``_`` for ``-``; flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+from app.settings import Settings
+
+
+class ConfigError(Exception):
+    """A bad flag value or config file: start-up ends with this one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m app", description="Sluice: serve a GGUF model over HTTP.")
+    a = p.add_argument
+    a("--config", type=Path, help="JSON config file (flags override it)")
+    a("-m", "--model", dest="model_path", type=Path,
+      help="GGUF model file (default: the embedded Gemma 3 270M)")
+    a("--models-dir", type=Path, help="directory of GGUF models")
+    a("--alias", help="model name reported to clients")
+    a("--host", help="address to listen on (default 127.0.0.1)")
+    a("--port", type=int, help="port (default 8080)")
+    a("-c", "--ctx-size", type=int, help="KV cells shared by all slots (default 8192)")
+    a("-np", "--parallel", type=int, help="slots decoded together (default 4)")
+    a("-b", "--batch-size", type=int, help="tokens per decode call (default 512)")
+    a("-t", "--threads", type=int, help="threads for generation")
+    a("-tb", "--threads-batch", type=int, help="threads for prompt processing")
+    a("-ngl", "--n-gpu-layers", type=int, help="layers to offload to a GPU")
+    a("-s", "--seed", type=int, help="default seed (-1: random per request)")
+    a("-n", "--n-predict", type=int, help="default tokens to predict (-1: unlimited)")
+    a("-fa", "--flash-attn", action="store_const", const=True, help="use flash attention")
+    a("--api-key", dest="api_keys", action="append", help="accepted API key (repeatable)")
+    a("--api-key-file", type=Path, help="file with one API key per line")
+    a("--timeout", dest="request_timeout_s", type=float,
+      help="seconds a request may run before it is ended")
+    a("--shutdown-grace", dest="shutdown_grace_s", type=float,
+      help="seconds running requests get to finish on SIGTERM (default 5)")
+    a("--max-body-bytes", type=int, help="largest accepted request body (default 4 MiB)")
+    a("-v", "--verbose", action="store_const", const=True, help="log requests and llama.cpp")
+    a("--assemble-model", action="store_true",
+      help="write the embedded default model to the cache and exit")
+    return p
+
+
+_FIELDS = {f.name for f in fields(Settings)}
+_CONFIG_ALIASES = {"model": "model_path", "api_key": "api_keys", "timeout": "request_timeout_s",
+                   "ctx": "ctx_size", "n_parallel": "parallel", "shutdown_grace": "shutdown_grace_s"}
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    if name in ("model_path", "models_dir"):
+        if not isinstance(value, str):
+            raise ConfigError(f"config value '{name}' must be a path string")
+        return Path(value)
+    if name in ("api_keys", "origins"):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"config value '{name}' must be a string or a list of strings")
+        return tuple(items)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config value '{name}' must be true or false")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool) or name in (
+            "threads", "threads_batch"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config value '{name}' must be an integer")
+        return value
+    if isinstance(default, float) or name == "request_timeout_s":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"config value '{name}' must be a number")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"config value '{name}' must be a string")
+    return value
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    defaults = Settings()
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = _CONFIG_ALIASES.get(key, key)
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown config key '{key}' in {path}")
+        out[name] = _coerce(name, value, getattr(defaults, name))
+    return out
+
+
+def _check(s: Settings) -> None:
+    checks = [
+        (1 <= s.port <= 65535 or s.port == 0, "--port must be 0..65535"),
+        (s.parallel >= 1, "--parallel must be at least 1"),
+        (s.ctx_size >= 16 * s.parallel, "--ctx-size must give each slot at least 16 tokens"),
+        (s.batch_size >= 1, "--batch-size must be at least 1"),
+        (s.threads is None or s.threads >= 1, "--threads must be at least 1"),
+        (s.threads_batch is None or s.threads_batch >= 1, "--threads-batch must be at least 1"),
+        (s.n_predict >= -1, "--n-predict must be -1 or more"),
+        (s.seed >= -1, "--seed must be -1 or more"),
+        (s.request_timeout_s is None or s.request_timeout_s > 0, "--timeout must be positive"),
+        (s.shutdown_grace_s >= 0, "--shutdown-grace must not be negative"),
+        (s.max_body_bytes >= 1024, "--max-body-bytes must be at least 1024"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    if s.models_dir is not None and not s.models_dir.is_dir():
+        raise ConfigError(f"--models-dir is not a directory: {s.models_dir}")
+
+
+def load_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
+    """Parse ``argv`` (and the config file it names) into settings.
+
+    Raises:
+        ConfigError: an unknown flag, a bad value, or a bad config file.
+    """
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        values.update(_from_file(args.config))
+    for name, value in vars(args).items():
+        if name in _FIELDS and value is not None:
+            values[name] = tuple(value) if name == "api_keys" else value
+    if args.api_key_file is not None:
+        try:
+            keys = [k.strip() for k in args.api_key_file.read_text(encoding="utf-8").splitlines()]
+        except OSError as exc:
+            raise ConfigError(f"cannot read --api-key-file: {exc.strerror}") from None
+        values["api_keys"] = tuple(values.get("api_keys", ())) + tuple(k for k in keys if k)
+    settings = replace(Settings(), **values)
+    _check(settings)
+    return settings, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    import trio
+
+    from app.engine.model import Model, ModelLoadError, default_model_path
+    from app.server import serve
+
+    try:
+        settings, args = load_settings(sys.argv[1:] if argv is None else argv)
+        if args.assemble_model:
+            print(default_model_path())
+            return 0
+        path = settings.model_path or default_model_path()
+        model = Model(path, n_gpu_layers=settings.n_gpu_layers, verbose=settings.verbose)
+    except (ConfigError, ModelLoadError) as exc:
+        print(f"sluice: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO if settings.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    print(f"sluice: serving {path.name} on http://{settings.host}:{settings.port} "
+          f"({settings.parallel} slots x {settings.slot_ctx} tokens)", file=sys.stderr, flush=True)
+    try:
+        trio.run(serve, settings, model)
+    finally:
+        model.close()
+    return 0

@@ -1,0 +1,121 @@
+"""The Quart-Trio application and its life on Hypercorn's trio worker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+from quart import Response
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from app.api.native import native
+from app.bridge import TrioOutbox
+from app.engine.context import Context, ContextConfig
+from app.engine.model import Model
+from app.engine.scheduler import Engine
+from app.errors import (
+    ApiError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServerError,
+)
+from app.service import Service
+from app.settings import Settings
+
+log = logging.getLogger("sluice")
+
+_HTTP_ERRORS: dict[int, type[ApiError]] = {
+    400: InvalidRequest, 404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge,
+}
+
+
+def _error_response(exc: ApiError) -> Response:
+    return Response(json.dumps(exc.body()), status=exc.status, content_type="application/json")
+
+
+def create_app(settings: Settings, service: Service) -> QuartTrio:
+    """The application for one running :class:`Service`."""
+    app = QuartTrio("sluice")
+    app.config["SLUICE_SERVICE"] = service
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["RESPONSE_TIMEOUT"] = None  # streams end when generation ends
+    app.config["BODY_TIMEOUT"] = 60
+    app.register_blueprint(native)
+
+    @app.errorhandler(ApiError)
+    async def api_error(exc: ApiError) -> Response:
+        return _error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        cls = _HTTP_ERRORS.get(code, ServerError)
+        if code == 404:
+            return _error_response(NotFound("no such route"))
+        if code == 413:
+            return _error_response(PayloadTooLarge(
+                f"request body over the limit of {settings.max_body_bytes} bytes"))
+        return _error_response(cls(exc.description or exc.name))
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return _error_response(ServerError(f"internal error: {type(exc).__name__}"))
+
+    return app
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    config = Config()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.worker_class = "trio"
+    config.graceful_timeout = settings.shutdown_grace_s + 2.0
+    config.keep_alive_timeout = 30
+    config.accesslog = "-" if settings.verbose else None
+    config.errorlog = "-"
+    return config
+
+
+async def serve(settings: Settings, model: Model) -> None:
+    """Serve ``model`` until SIGINT/SIGTERM, then shut down gracefully.
+
+    On a signal the listener closes, new requests get 503, running requests
+    get ``shutdown_grace_s`` to finish; then their streams end with a final
+    event marked ``"shutdown": true``.
+    """
+    context = Context(model, ContextConfig(
+        n_ctx=settings.ctx_size, n_batch=settings.batch_size, n_seq_max=settings.parallel,
+        threads=settings.threads, threads_batch=settings.threads_batch,
+        flash_attn=settings.flash_attn))
+    engine = Engine(model, context, TrioOutbox(trio.lowlevel.current_trio_token()),
+                    n_slots=settings.parallel, slot_ctx=settings.slot_ctx)
+    engine.start()
+    service = Service(settings, model, engine)
+    app = create_app(settings, service)
+    stop = trio.Event()
+
+    async def watch_signals() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                break
+        service.begin_shutdown()
+        stop.set()
+        await trio.sleep(settings.shutdown_grace_s)
+        service.stop_all()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_signals)
+            await hypercorn_serve(app, hypercorn_config(settings),  # type: ignore[arg-type]
+                                  shutdown_trigger=stop.wait)
+            nursery.cancel_scope.cancel(reason="server stopped")
+    finally:
+        engine.stop()
+        context.close()
