@@ -78,7 +78,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"config value '{name}' must be true or false")
         return value
-    if isinstance(default, int) and not isinstance(default, bool) or name in (
+    if (isinstance(default, int) and not isinstance(default, bool)) or name in (
             "threads", "threads_batch"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config value '{name}' must be an integer")

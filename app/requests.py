@@ -94,7 +94,8 @@ def completion_params(body: JSON, *, default_n_predict: int, default_seed: int) 
         samplers=tuple(body.get("samplers", DEFAULT_SAMPLERS)),
         logit_bias=_logit_bias(body.get("logit_bias", ())),
     )
-    n_predict = body.get("n_predict", body.get("max_tokens", default_n_predict))
+    raw_n: int = body["n_predict"] if "n_predict" in body else body.get("max_tokens", default_n_predict)
+    n_predict = int(raw_n)
     return CompletionParams(
         prompt=parts,
         sampling=sampling,

@@ -9,10 +9,11 @@ import signal
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from app import auth
 from app.api.native import native
 from app.bridge import TrioOutbox
 from app.engine.context import Context, ContextConfig
@@ -49,6 +50,11 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
     app.config["BODY_TIMEOUT"] = 60
     app.register_blueprint(native)
 
+    @app.before_request
+    async def require_key() -> None:
+        auth.check(request.path, request.method, settings.api_keys,
+                   request.headers.get("Authorization"), request.headers.get("X-Api-Key"))
+
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
         return _error_response(exc)
@@ -78,8 +84,8 @@ def hypercorn_config(settings: Settings) -> Config:
     config.worker_class = "trio"
     config.graceful_timeout = settings.shutdown_grace_s + 2.0
     config.keep_alive_timeout = 30
-    config.accesslog = "-" if settings.verbose else None
-    config.errorlog = "-"
+    config.accesslog = logging.getLogger("hypercorn.access") if settings.verbose else None
+    config.errorlog = logging.getLogger("hypercorn.error")
     return config
 
 
@@ -95,7 +101,7 @@ async def serve(settings: Settings, model: Model) -> None:
         threads=settings.threads, threads_batch=settings.threads_batch,
         flash_attn=settings.flash_attn))
     engine = Engine(model, context, TrioOutbox(trio.lowlevel.current_trio_token()),
-                    n_slots=settings.parallel, slot_ctx=settings.slot_ctx)
+                    n_slots=settings.parallel, slot_ctx=min(settings.slot_ctx, context.n_ctx_seq))
     engine.start()
     service = Service(settings, model, engine)
     app = create_app(settings, service)
@@ -113,7 +119,7 @@ async def serve(settings: Settings, model: Model) -> None:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals)
-            await hypercorn_serve(app, hypercorn_config(settings),  # type: ignore[arg-type]
+            await hypercorn_serve(app, hypercorn_config(settings),
                                   shutdown_trigger=stop.wait)
             nursery.cancel_scope.cancel(reason="server stopped")
     finally:

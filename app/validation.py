@@ -23,7 +23,7 @@ def _validator(name: str) -> jsonschema.protocols.Validator:
     schema = json.loads((SCHEMA_DIR / f"{name}.json").read_text(encoding="utf-8"))
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return cls(schema)  # type: ignore[no-any-return]
+    return cls(schema)
 
 
 def field_name(path: Any) -> str:
@@ -52,8 +52,10 @@ def validate(name: str, body: JSON) -> JSON:
             relevant schema violation.
     """
     validator = _validator(name)
-    known = validator.schema.get("properties", {})
-    if validator.schema.get("additionalProperties") is False:
+    schema = validator.schema
+    assert isinstance(schema, dict)
+    known = schema.get("properties", {})
+    if schema.get("additionalProperties") is False:
         for key in body:
             if key not in known:
                 raise InvalidRequest(f"unknown field '{key}'", param=key)
@@ -67,4 +69,4 @@ def validate(name: str, body: JSON) -> JSON:
 def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator in ("anyOf", "oneOf"):
         return f"{json.dumps(error.instance)[:80]} does not have an accepted type or shape"
-    return error.message
+    return str(error.message)

@@ -260,7 +260,12 @@ class _Builder(lark.Transformer[LarkToken, object]):
     def item(self, children: list[object]) -> object:
         if len(children) == 1:
             return children[0]
-        node, (lo, hi, tok) = children[0], children[1]  # type: ignore[misc]
+        node = children[0]
+        quant = children[1]
+        assert isinstance(quant, tuple)
+        lo: int = quant[0]
+        hi: int | None = quant[1]
+        tok: LarkToken = quant[2]
         if lo > MAX_REPETITION:
             raise _error_at(self._text, f"repetition minimum {lo} exceeds llama.cpp's limit of "
                             f"{MAX_REPETITION}", tok.line or 0, tok.column or 0)
@@ -271,7 +276,7 @@ class _Builder(lark.Transformer[LarkToken, object]):
             raise _error_at(self._text, f"repetition maximum {hi} exceeds llama.cpp's limit of "
                             f"{MAX_REPETITION} (llama.cpp would make it unbounded)",
                             tok.line or 0, tok.column or 0)
-        return Repeat(node, lo, hi)  # type: ignore[arg-type]
+        return Repeat(node, lo, hi)  # type: ignore[arg-type]  # node: a Node built below
 
     def sequence(self, children: list[Node]) -> Sequence:
         return Sequence(tuple(children))
@@ -325,7 +330,7 @@ def parse_gbnf(text: str) -> Grammar:
     try:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedCharacters as exc:
-        raise _error_at(text, f"unexpected character {text[exc.pos_in_stream]!r}",
+        raise _error_at(text, f"unexpected character {text[exc.pos_in_stream or 0]!r}",
                         exc.line, exc.column) from None
     except lark.exceptions.UnexpectedToken as exc:
         tok = exc.token
@@ -371,7 +376,7 @@ def _check(grammar: Grammar) -> None:
         for ref in _refs(alts):
             if ref.name not in grammar.rules:
                 raise _error_at(grammar.text, f"undefined rule '{ref.name}'", ref.line, ref.column)
-    for name, alts in grammar.rules.items():
+    for alts in grammar.rules.values():
         for option in alts.options:
             _check_repetition_product(grammar.text, option)
     _check_left_recursion(grammar)

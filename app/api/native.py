@@ -43,7 +43,8 @@ def json_response(body: JSON | list[Any], status: int = 200,
 
 
 async def read_json() -> JSON:
-    return parse_json_body(await request.get_data(cache=False))
+    raw = await request.get_data(cache=False, as_text=False)
+    return parse_json_body(raw if isinstance(raw, bytes) else raw.encode())
 
 
 def _new_state(svc: Service, prepared: Prepared, gen: Generation) -> CompletionState:
@@ -83,6 +84,7 @@ async def _stream(svc: Service, prepared: Prepared) -> Response:
     async def body() -> AsyncIterator[bytes]:
         async with svc.generate(prepared, job_id) as gen:
             state = _new_state(svc, prepared, gen)
+            yield sse.PING  # sends the headers (and the request id) at once
             ping_s = svc.settings.queue_ping_interval_s
             while True:
                 event = await gen.next(ping_s)

@@ -26,7 +26,7 @@ class ModelLoadError(Exception):
 def _quiet_logs() -> object:
     """Route llama.cpp's log lines to nowhere (kept alive for the process)."""
 
-    @C.llama_log_callback  # type: ignore[misc]
+    @C.llama_log_callback  # type: ignore[untyped-decorator]
     def _sink(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         return None
 

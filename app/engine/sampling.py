@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import llama_cpp.llama_cpp as C
 import numpy as np
@@ -86,9 +87,9 @@ class Sampled:
     grammar_exhausted: bool = False  # the grammar allows no token at all
 
 
-def _TokenDataArray(data: int, size: int, selected: int, is_sorted: bool) -> ctypes.Structure:  # noqa: N802
+def _TokenDataArray(data: int, size: int, selected: int, is_sorted: bool) -> ctypes.Structure:
     """A ``llama_token_data_array`` over a numpy buffer of ``_TOKEN_DATA`` records."""
-    return C.llama_token_data_array(  # type: ignore[no-any-return]
+    return C.llama_token_data_array(
         data=ctypes.cast(data, C.llama_token_data_p), size=size, selected=selected,
         sorted=is_sorted)
 
@@ -101,7 +102,7 @@ class Sampler:
         self.params = params
         self._n_vocab = model.n_vocab
         self._chain = self._build_chain(params)
-        self._grammar = None
+        self._grammar: Any = None
         if grammar is not None:
             self._grammar = C.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
             if not self._grammar:
@@ -133,7 +134,7 @@ class Sampler:
         order = [s for s in params.samplers if s not in ("temperature", "penalties")]
         return bool(order) and order[0] == "top_k" and 0 < params.top_k <= WALK_CANDIDATES
 
-    def _build_chain(self, p: SamplingParams) -> ctypes.c_void_p:
+    def _build_chain(self, p: SamplingParams) -> Any:
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         add = C.llama_sampler_chain_add
         seed = p.seed & 0xFFFFFFFF
@@ -269,7 +270,7 @@ class Sampler:
     def close(self) -> None:
         if self._chain:
             C.llama_sampler_free(self._chain)
-            self._chain = None
+            self._chain = 0
         if self._grammar:
             C.llama_sampler_free(self._grammar)
-            self._grammar = None
+            self._grammar = 0

@@ -19,6 +19,7 @@ slow client slows only its own stream.
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import queue
 import threading
@@ -181,17 +182,26 @@ class Engine:
         return out
 
     # --- the loop ------------------------------------------------------------
+    def run_once(self, *, block: bool = False) -> bool:
+        """One iteration of the loop: commands, slot assignment, delivery, one decode.
+
+        Returns False once a stop command was taken. ``block`` waits for a
+        command when there is nothing to do. The thread calls this in a loop;
+        tests call it directly to drive the scheduler step by step.
+        """
+        active = any(s.job is not None for s in self.slots) or bool(self._waiting)
+        if not self._take_commands(block=block and not active and not self._finishing):
+            return False
+        self._assign()
+        self._flush()
+        if not self._step() and block and (self._finishing or self._any_stalled()):
+            return self._take_commands(block=True, timeout=_STALL_WAIT_S)
+        return True
+
     def _run(self) -> None:
         try:
-            while True:
-                active = any(s.job is not None for s in self.slots) or bool(self._waiting)
-                if not self._take_commands(block=not active and not self._finishing):
-                    break
-                self._assign()
-                self._flush()
-                if not self._step() and (self._finishing or self._any_stalled()):
-                    if not self._take_commands(block=True, timeout=_STALL_WAIT_S):
-                        break
+            while self.run_once(block=True):
+                pass
         except BaseException as exc:  # the thread must report, not vanish
             self.error = exc
             self._fail_all(f"engine failure: {exc!r}")
@@ -420,9 +430,9 @@ class Engine:
     def _flush(self) -> None:
         items: list[tuple[Job, Event]] = []
         queues: list[tuple[Job, collections.deque[Event], Slot | None]] = []
-        for slot in self.slots:
-            if slot.job is not None and slot.outbox:
-                queues.append((slot.job, slot.outbox, slot))
+        for busy in self.slots:
+            if busy.job is not None and busy.outbox:
+                queues.append((busy.job, busy.outbox, busy))
         for job, events in self._finishing.values():
             queues.append((job, events, None))
         for job, events, _slot in queues:
@@ -460,10 +470,8 @@ class Engine:
         for job in self._waiting:
             self._finishing[job.id] = (job, collections.deque([Failed(message=message)]))
         self._waiting.clear()
-        try:
+        with contextlib.suppress(Exception):  # best effort while dying
             self._flush()
-        except Exception:  # noqa: BLE001 - best effort while dying
-            pass
 
     def _release_all(self) -> None:
         for slot in self.slots:
