@@ -1,0 +1,79 @@
+"""Flags and config file into Settings; start-up errors are one line and exit non-zero."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.cli import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_flags_override_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"port": 9000, "parallel": 2, "origins": ["http://a"], "ctx": 4096}))
+    s, _ = load_settings(["--config", str(cfg), "--port", "9001", "-np", "3", "--api-key", "k1",
+                          "--api-key", "k2"])
+    assert (s.port, s.parallel, s.ctx_size, s.origins, s.api_keys) == (
+        9001, 3, 4096, ("http://a",), ("k1", "k2"))
+    assert s.slot_ctx == 4096 // 3
+
+
+def test_api_key_file(tmp_path: Path) -> None:
+    f = tmp_path / "keys"
+    f.write_text("a\n\n b \n")
+    s, _ = load_settings(["--api-key", "x", "--api-key-file", str(f)])
+    assert s.api_keys == ("x", "a", "b")
+
+
+@pytest.mark.parametrize(
+    ("argv", "config", "message"),
+    [
+        (["--bogus"], None, "unrecognized arguments"),
+        (["--port", "x"], None, "invalid int value"),
+        (["--parallel", "0"], None, "--parallel"),
+        (["--port", "70000"], None, "--port"),
+        ([], {"unknown_key": 1}, "unknown config key 'unknown_key'"),
+        ([], {"port": "8080"}, "'port' must be an integer"),
+        ([], {"origins": 5}, "'origins'"),
+        ([], "not json", "not valid JSON"),
+    ],
+)
+def test_bad_settings(tmp_path: Path, argv: list[str], config: object, message: str) -> None:
+    if config is not None:
+        cfg = tmp_path / "c.json"
+        cfg.write_text(config if isinstance(config, str) else json.dumps(config))
+        argv = [*argv, "--config", str(cfg)]
+    with pytest.raises(ConfigError, match=message):
+        load_settings(argv)
+
+
+def run_app(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "truncated"])
+def test_bad_model_file_ends_startup_with_one_line(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "model.gguf"
+    if kind == "corrupt":
+        path.write_bytes(b"not a model at all")
+    elif kind == "truncated":
+        path.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 16)
+    result = run_app("--model", str(path), "--port", "0")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("sluice: error:") and "model.gguf" in lines[0]
+
+
+def test_unknown_flag_exits_non_zero() -> None:
+    result = run_app("--no-such-flag")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "sluice: error: unrecognized arguments: --no-such-flag"]

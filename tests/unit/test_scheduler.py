@@ -1,0 +1,291 @@
+"""The scheduler's batching decisions, driven step by step with a fake model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from app.engine.events import (
+    Delivery,
+    Done,
+    Event,
+    GenerationRequest,
+    Job,
+    Started,
+    StopType,
+    Token,
+)
+from app.engine.sampling import Sampled
+from app.engine.scheduler import Engine
+
+EOS = 1
+
+
+class FakeModel:
+    eog_ids = frozenset({EOS})
+
+    def piece(self, token: int) -> bytes:
+        return f"<{token}>".encode()
+
+
+class FakeContext:
+    def __init__(self, n_batch: int = 8, n_seq_max: int = 4) -> None:
+        self.n_batch = n_batch
+        self.n_seq_max = n_seq_max
+        self.rows: list[tuple[int, int, int, bool]] = []
+        self.batches: list[list[tuple[int, int, int, bool]]] = []
+        self.removed: list[tuple[int, int]] = []
+        self.raw = None
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows)
+
+    def clear_batch(self) -> None:
+        self.rows = []
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        assert len(self.rows) < self.n_batch
+        self.rows.append((token, pos, seq, logits))
+        return len(self.rows) - 1
+
+    def decode(self) -> int:
+        self.batches.append(list(self.rows))
+        return 0
+
+    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:
+        self.removed.append((seq, p0))
+        return True
+
+    def seq_clear(self, seq: int) -> None:
+        self.removed.append((seq, 0))
+
+
+class FakeSampler:
+    """Emits tokens 100, 101, ... then EOS after ``length`` tokens."""
+
+    def __init__(self, length: int = 1000) -> None:
+        self.length = length
+        self.n = 0
+        self.closed = False
+        self.rejections = 0
+        self.full_passes = 0
+
+    def sample(self, ctx: Any, row: int) -> Sampled:
+        self.n += 1
+        return Sampled(token=EOS if self.n > self.length else 99 + self.n)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.events: dict[int, list[Event]] = {}
+        self.full: set[int] = set()
+        self.gone: set[int] = set()
+
+    def deliver(self, items: Sequence[tuple[Job, Event]]) -> list[Delivery]:
+        out = []
+        for job, event in items:
+            if job.id in self.gone:
+                out.append(Delivery.GONE)
+            elif job.id in self.full:
+                out.append(Delivery.FULL)
+            else:
+                self.events.setdefault(job.id, []).append(event)
+                out.append(Delivery.SENT)
+        return out
+
+    def text(self, job_id: int) -> str:
+        return "".join(e.text for e in self.events.get(job_id, []) if isinstance(e, Token))
+
+    def done(self, job_id: int) -> Done | None:
+        for e in self.events.get(job_id, []):
+            if isinstance(e, Done):
+                return e
+        return None
+
+
+def make(n_slots: int = 2, n_batch: int = 8, slot_ctx: int = 64) -> tuple[Engine, FakeContext, Collect]:
+    ctx = FakeContext(n_batch=n_batch, n_seq_max=n_slots)
+    box = Collect()
+    engine = Engine(FakeModel(), ctx, box, n_slots=n_slots, slot_ctx=slot_ctx)  # type: ignore[arg-type]
+    return engine, ctx, box
+
+
+def job(job_id: int, prompt: Sequence[int], *, n_predict: int = -1, length: int = 1000,
+        stops: tuple[str, ...] = (), id_slot: int = -1) -> Job:
+    req = GenerationRequest(prompt=tuple(prompt), n_predict=n_predict, stops=stops, id_slot=id_slot)
+    return Job(id=job_id, request=req, sampler=FakeSampler(length), sink=None)  # type: ignore[arg-type]
+
+
+def test_generating_slots_come_first_then_prompt_chunks_fill_the_batch() -> None:
+    engine, ctx, _ = make(n_slots=3, n_batch=8)
+    engine.submit(job(1, [2, 10, 11]))
+    engine.run_once()  # job 1's whole prompt in one batch
+    assert ctx.batches[-1] == [(2, 0, 0, False), (10, 1, 0, False), (11, 2, 0, True)]
+    engine.submit(job(2, list(range(20, 32))))  # 12 tokens
+    engine.run_once()
+    # one generation row for job 1, then 7 prompt rows of job 2 (no logits yet)
+    batch = ctx.batches[-1]
+    assert batch[0] == (100, 3, 0, True)
+    assert [r[2] for r in batch[1:]] == [1] * 7
+    assert [r[1] for r in batch[1:]] == list(range(7))
+    assert not any(r[3] for r in batch[1:])
+    engine.run_once()
+    batch = ctx.batches[-1]
+    assert batch[0] == (101, 4, 0, True)
+    assert [r[1] for r in batch[1:]] == list(range(7, 12))
+    assert batch[-1][3] is True  # last prompt token asks for logits
+
+
+def test_requests_beyond_the_slots_wait_in_fifo_order() -> None:
+    engine, ctx, box = make(n_slots=1, n_batch=8)
+    for i in (1, 2, 3):
+        engine.submit(job(i, [2, 5], n_predict=2))
+    for _ in range(20):
+        engine.run_once()
+    starts = [(jid, ev) for jid, evs in box.events.items() for ev in evs if isinstance(ev, Started)]
+    assert [jid for jid, _ in starts] == [1, 2, 3]
+    assert all(box.done(i) is not None for i in (1, 2, 3))
+
+
+def test_cancelled_queued_request_never_runs() -> None:
+    engine, ctx, box = make(n_slots=1)
+    engine.submit(job(1, [2, 5], n_predict=3))
+    engine.submit(job(2, [2, 6], n_predict=3))
+    engine.run_once()
+    engine.cancel(2)
+    for _ in range(10):
+        engine.run_once()
+    assert 2 not in box.events
+    assert all(r[0] != 6 for b in ctx.batches for r in b)
+
+
+def test_cancel_frees_the_slot_at_the_next_step_and_keeps_others_running() -> None:
+    engine, ctx, box = make(n_slots=2)
+    engine.submit(job(1, [2, 5]))
+    engine.submit(job(2, [2, 6]))
+    engine.run_once()
+    engine.run_once()
+    engine.cancel(1)
+    engine.run_once()
+    assert [r[2] for r in ctx.batches[-1]] == [1]
+    assert engine.slot_infos()[0].is_processing is False
+    assert engine.slot_infos()[1].is_processing is True
+
+
+def test_gone_receiver_frees_its_slot() -> None:
+    engine, ctx, box = make(n_slots=1)
+    engine.submit(job(1, [2, 5]))
+    engine.run_once()
+    box.gone.add(1)
+    engine.run_once()
+    engine.run_once()
+    assert engine.slot_infos()[0].is_processing is False
+
+
+def test_full_receiver_pauses_only_its_slot() -> None:
+    engine, ctx, box = make(n_slots=2)
+    engine.submit(job(1, [2, 5]))
+    engine.submit(job(2, [2, 6]))
+    engine.run_once()
+    box.full.add(1)
+    engine.run_once()
+    n_before = len(ctx.batches)
+    for _ in range(3):
+        engine.run_once()
+    assert all([r[2] for r in b] == [1] for b in ctx.batches[n_before:])
+    box.full.discard(1)
+    engine.run_once()
+    engine.run_once()
+    assert 0 in [r[2] for r in ctx.batches[-1]]
+
+
+def test_prompt_reuse_picks_longest_prefix_slot_and_evaluates_only_the_suffix() -> None:
+    engine, ctx, box = make(n_slots=2, n_batch=16)
+    engine.submit(job(1, [2, 7, 7, 7], n_predict=1))
+    engine.submit(job(2, [2, 8, 8, 8], n_predict=1))
+    for _ in range(4):
+        engine.run_once()
+    engine.submit(job(3, [2, 8, 8, 8, 9, 9], n_predict=1))
+    engine.run_once()
+    batch = ctx.batches[-1]
+    assert [(r[0], r[1], r[2]) for r in batch] == [(9, 4, 1), (9, 5, 1)]
+    started = next(e for e in box.events[3] if isinstance(e, Started))
+    assert (started.id_slot, started.tokens_cached) == (1, 4)
+
+
+def test_identical_prompt_keeps_one_token_to_evaluate() -> None:
+    engine, ctx, box = make(n_slots=1)
+    engine.submit(job(1, [2, 7, 7], n_predict=1))
+    for _ in range(3):
+        engine.run_once()
+    engine.submit(job(2, [2, 7, 7], n_predict=1))
+    engine.run_once()
+    assert [(r[0], r[1]) for r in ctx.batches[-1]] == [(7, 2)]
+    assert (0, 2) in ctx.removed
+
+
+def test_n_predict_zero_evaluates_the_prompt_only() -> None:
+    engine, ctx, box = make()
+    engine.submit(job(1, [2, 5, 6], n_predict=0))
+    engine.run_once()
+    done = box.done(1)
+    assert done is not None
+    assert (done.stop_type, done.tokens_predicted, done.tokens_evaluated) == (StopType.LIMIT, 0, 3)
+    assert box.text(1) == ""
+
+
+def test_eos_ends_generation() -> None:
+    engine, ctx, box = make()
+    engine.submit(job(1, [2, 5], length=3))
+    for _ in range(6):
+        engine.run_once()
+    done = box.done(1)
+    assert done is not None and done.stop_type is StopType.EOS
+    assert box.text(1) == "<100><101><102>"
+
+
+def test_stop_string_ends_generation_and_is_not_emitted() -> None:
+    engine, ctx, box = make()
+    engine.submit(job(1, [2, 5], stops=("<102>",)))
+    for _ in range(6):
+        engine.run_once()
+    done = box.done(1)
+    assert done is not None
+    assert (done.stop_type, done.stopping_word) == (StopType.WORD, "<102>")
+    assert box.text(1) == "<100><101>"
+
+
+def test_context_end_truncates() -> None:
+    engine, ctx, box = make(slot_ctx=6)
+    engine.submit(job(1, [2, 5, 6]))
+    for _ in range(10):
+        engine.run_once()
+    done = box.done(1)
+    assert done is not None and done.truncated and done.stop_type is StopType.LIMIT
+    positions = [r[1] for b in ctx.batches for r in b if r[2] == 0]
+    assert max(positions) < 6
+
+
+def test_requested_slot_is_honoured() -> None:
+    engine, ctx, box = make(n_slots=3)
+    engine.submit(job(1, [2, 5], n_predict=1, id_slot=2))
+    engine.run_once()
+    started = next(e for e in box.events[1] if isinstance(e, Started))
+    assert started.id_slot == 2
+
+
+@pytest.mark.parametrize("n_slots", [1, 4])
+def test_every_batch_stays_within_n_batch(n_slots: int) -> None:
+    engine, ctx, box = make(n_slots=n_slots, n_batch=8, slot_ctx=64)
+    for i in range(6):
+        engine.submit(job(i, [2, *range(10, 30)], n_predict=5))
+    for _ in range(80):
+        engine.run_once()
+    assert all(len(b) <= 8 for b in ctx.batches)
+    assert all(box.done(i) is not None for i in range(6))
