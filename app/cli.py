@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--shutdown-grace", dest="shutdown_grace_s", type=float,
       help="seconds running requests get to finish on SIGTERM (default 5)")
     a("--max-body-bytes", type=int, help="largest accepted request body (default 4 MiB)")
+    a("--metrics", action="store_const", const=True, help="serve Prometheus metrics at /metrics")
     a("-v", "--verbose", action="store_const", const=True, help="log requests and llama.cpp")
     a("--assemble-model", action="store_true",
       help="write the embedded default model to the cache and exit")

@@ -14,6 +14,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from app import auth
+from app.api.metrics import metrics
 from app.api.native import native
 from app.bridge import TrioOutbox
 from app.engine.context import Context, ContextConfig
@@ -49,6 +50,7 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
     app.config["RESPONSE_TIMEOUT"] = None  # streams end when generation ends
     app.config["BODY_TIMEOUT"] = 60
     app.register_blueprint(native)
+    app.register_blueprint(metrics)
 
     @app.before_request
     async def require_key() -> None:

@@ -31,6 +31,7 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     origins: tuple[str, ...] = ()
     verbose: bool = False
+    metrics: bool = False  # serve /metrics
     request_timeout_s: float | None = None  # None: no limit
     shutdown_grace_s: float = 5.0
     max_body_bytes: int = 4 * 1024 * 1024

@@ -95,10 +95,15 @@ class SlotInfo:
 
 @dataclass
 class Counters:
+    """Monotonic counters for /metrics (written by the engine thread only)."""
+
     prompt_tokens_total: int = 0
     tokens_predicted_total: int = 0
     decode_calls_total: int = 0
-    requests_total: int = 0
+    requests_total: int = 0  # submitted
+    requests_started_total: int = 0  # got a slot
+    requests_dropped_queued_total: int = 0  # cancelled before they got a slot
+    busy_slots_total: int = 0  # summed over decode calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +239,7 @@ class Engine:
             if job.id == job_id:
                 self._waiting.remove(job)
                 job.sampler.close()
+                self.counters.requests_dropped_queued_total += 1
                 return
         self._finishing.pop(job_id, None)
         for slot in self.slots:
@@ -272,6 +278,7 @@ class Engine:
             self.ctx.seq_clear(slot.id)
             keep = 0
         del slot.cache[keep:]
+        self.counters.requests_started_total += 1
         slot.job = job
         slot.state = SlotState.PROMPT
         slot.next_prompt = keep
@@ -354,6 +361,7 @@ class Engine:
             return False
         rc = ctx.decode()
         self.counters.decode_calls_total += 1
+        self.counters.busy_slots_total += len(plan)
         if rc != 0:
             self._decode_failed(plan, rc)
             return True

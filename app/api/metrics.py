@@ -1,0 +1,50 @@
+"""``GET /metrics``: Prometheus text exposition with llama.cpp's ``llamacpp:`` names.
+
+Off unless the server runs with ``--metrics`` (501 otherwise), as in llama.cpp.
+"""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response
+
+from app.api.native import service
+from app.errors import NotSupported
+
+metrics = Blueprint("metrics", __name__)
+
+
+@metrics.route("/metrics", methods=["GET"])
+async def prometheus() -> Response:
+    svc = service()
+    if not svc.settings.metrics:
+        raise NotSupported("metrics are disabled; start the server with --metrics")
+    engine = svc.engine
+    c = engine.counters
+    busy = sum(1 for s in engine.slots if s.job is not None)
+    cells = sum(len(s.cache) for s in engine.slots)
+    capacity = engine.slot_ctx * len(engine.slots)
+    rows = [
+        ("counter", "prompt_tokens_total", "Prompt tokens evaluated.", c.prompt_tokens_total),
+        ("counter", "tokens_predicted_total", "Tokens generated.", c.tokens_predicted_total),
+        ("counter", "n_decode_total", "llama_decode calls.", c.decode_calls_total),
+        ("gauge", "n_busy_slots_per_decode", "Average busy slots per llama_decode call.",
+         c.busy_slots_total / c.decode_calls_total if c.decode_calls_total else 0.0),
+        ("gauge", "kv_cache_usage_ratio", "KV cache cells in use / cells.",
+         cells / capacity if capacity else 0.0),
+        ("gauge", "kv_cache_tokens", "KV cache cells in use.", cells),
+        ("gauge", "requests_processing", "Requests holding a slot.", busy),
+        ("gauge", "requests_deferred", "Requests waiting for a slot.", engine.n_waiting),
+    ]
+    lines: list[str] = []
+    for kind, name, help_text, value in rows:
+        lines += [f"# HELP llamacpp:{name} {help_text}", f"# TYPE llamacpp:{name} {kind}",
+                  f"llamacpp:{name} {value}"]
+    for name, help_text, value in [
+        ("requests_total", "Requests submitted to the engine.", c.requests_total),
+        ("requests_started_total", "Requests that got a slot.", c.requests_started_total),
+        ("requests_dropped_queued_total", "Requests cancelled while still queued.",
+         c.requests_dropped_queued_total),
+    ]:
+        lines += [f"# HELP sluice:{name} {help_text}", f"# TYPE sluice:{name} counter",
+                  f"sluice:{name} {value}"]
+    return Response("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")

@@ -1,0 +1,73 @@
+"""Start-up and shutdown of a real server process: signals, grace period, API keys."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import httpx
+import trio
+
+from tests.integration.helpers import TIMEOUT
+from tests.serverproc import ServerProcess
+
+
+async def test_sigterm_ends_running_stream_with_final_event_and_exits_zero() -> None:
+    server = ServerProcess(["--parallel", "2", "--shutdown-grace", "1"])
+    try:
+        server.wait_ready()
+        body = {"prompt": "Once upon a time", "n_predict": 5000, "ignore_eos": True, "stream": True}
+        events = []
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=TIMEOUT) as client:
+            async with client.stream("POST", "/completion", json=body) as resp:
+                async for line in resp.aiter_lines():
+                    if line.startswith("data: "):
+                        events.append(json.loads(line[6:]))
+                        if len(events) == 3:
+                            sent = time.monotonic()
+                            server.proc.send_signal(signal.SIGTERM)
+        ended = time.monotonic() - sent
+        final = events[-1]
+        assert final["stop"] is True and final.get("shutdown") is True
+        assert final["content"] == "".join(e["content"] for e in events[:-1])
+        assert ended < 1.0 + 2.0  # the grace period, then the final event
+        rc = await trio.to_thread.run_sync(server.proc.wait, 15)
+        assert rc == 0
+    finally:
+        server.terminate()
+
+
+async def test_sigint_on_idle_server_exits_zero_quickly() -> None:
+    server = ServerProcess([])
+    try:
+        server.wait_ready()
+        start = time.monotonic()
+        server.proc.send_signal(signal.SIGINT)
+        rc = await trio.to_thread.run_sync(server.proc.wait, 15)
+        assert rc == 0
+        assert time.monotonic() - start < 5
+    finally:
+        server.terminate()
+
+
+async def test_api_keys_guard_everything_but_public_routes() -> None:
+    server = ServerProcess(["--api-key", "secret-1", "--api-key", "secret-2"])
+    try:
+        server.wait_ready()
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=TIMEOUT) as client:
+            assert (await client.get("/health")).status_code == 200
+            body = {"prompt": "hi", "n_predict": 1}
+            resp = await client.post("/completion", json=body)
+            assert resp.status_code == 401
+            assert resp.json()["error"] == {"code": 401, "message": "Invalid API Key",
+                                            "type": "authentication_error"}
+            bad = await client.post("/completion", json=body, headers={"Authorization": "Bearer x"})
+            assert bad.status_code == 401
+            ok = await client.post("/completion", json=body,
+                                   headers={"Authorization": "Bearer secret-2"})
+            assert ok.status_code == 200
+            ok = await client.post("/completion", json=body, headers={"X-Api-Key": "secret-1"})
+            assert ok.status_code == 200
+    finally:
+        assert server.terminate() == 0
