@@ -34,6 +34,6 @@ async def wait_until(predicate: Any, *, timeout_s: float, interval_s: float = 0.
     """Poll ``predicate`` (an async callable) until true; returns the seconds it took."""
     start = trio.current_time()
     with trio.fail_after(timeout_s):
-        while not await predicate():
+        while not await predicate():  # noqa: ASYNC110 - polls another process over HTTP
             await trio.sleep(interval_s)
     return trio.current_time() - start

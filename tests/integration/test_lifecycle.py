@@ -19,17 +19,18 @@ async def test_sigterm_ends_running_stream_with_final_event_and_exits_zero() -> 
         server.wait_ready()
         body = {"prompt": "Once upon a time", "n_predict": 5000, "ignore_eos": True, "stream": True}
         events = []
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=TIMEOUT) as client:
-            async with client.stream("POST", "/completion", json=body) as resp:
-                async for line in resp.aiter_lines():
-                    if line.startswith("data: "):
-                        events.append(json.loads(line[6:]))
-                        if len(events) == 3:
-                            sent = time.monotonic()
-                            server.proc.send_signal(signal.SIGTERM)
+        async with (httpx.AsyncClient(base_url=server.base_url, timeout=TIMEOUT) as client,
+                    client.stream("POST", "/completion", json=body) as resp):
+            async for line in resp.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+                    if len(events) == 3:
+                        sent = time.monotonic()
+                        server.proc.send_signal(signal.SIGTERM)
         ended = time.monotonic() - sent
         final = events[-1]
-        assert final["stop"] is True and final.get("shutdown") is True
+        assert final["stop"] is True
+        assert final.get("shutdown") is True
         assert final["content"] == "".join(e["content"] for e in events[:-1])
         assert ended < 1.0 + 2.0  # the grace period, then the final event
         rc = await trio.to_thread.run_sync(server.proc.wait, 15)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from contextlib import aclosing
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from typing import Any
 
 import httpx
@@ -61,7 +61,8 @@ async def test_non_streamed_completion_shape(client: httpx.AsyncClient) -> None:
     out = await complete(client, prompt="The capital of France is", n_predict=8, temperature=0)
     assert out["stop"] is True
     assert out["tokens_predicted"] == 8 == len(out["tokens"])
-    assert out["stop_type"] == "limit" and out["stopped_limit"] is True
+    assert out["stop_type"] == "limit"
+    assert out["stopped_limit"] is True
     assert out["tokens_evaluated"] == 6
     assert out["content"].strip()
     assert out["timings"]["predicted_n"] == 8
@@ -168,7 +169,9 @@ async def test_abort_by_id_ends_stream_with_final_event(client: httpx.AsyncClien
                         r = await client.post(f"/completion/{job_id}/abort")
                         assert r.json() == {"id": job_id, "aborted": True}
     final = events[-1]
-    assert final["stop"] is True and final["aborted"] is True and final["id"] == job_id
+    assert final["stop"] is True
+    assert final["aborted"] is True
+    assert final["id"] == job_id
     assert final["content"] == "".join(e["content"] for e in events[:-1])
     await wait_until(lambda: all_idle(client), timeout_s=1.0)
     assert (await client.post(f"/completion/{job_id}/abort")).status_code == 404
@@ -190,7 +193,8 @@ async def test_abort_non_streaming_returns_partial_result(client: httpx.AsyncCli
         await wait_until(busy, timeout_s=10)
         job = next(s["id_task"] for s in await slots(client, "") if s["is_processing"])
         assert (await client.post(f"/completion/{job}/abort")).status_code == 200
-    assert result["aborted"] is True and result["tokens_predicted"] > 3
+    assert result["aborted"] is True
+    assert result["tokens_predicted"] > 3
 
 
 async def test_queued_request_whose_client_left_never_runs(client: httpx.AsyncClient) -> None:
@@ -237,20 +241,24 @@ async def test_too_long_prompt_is_400_even_when_streaming(client: httpx.AsyncCli
         assert resp.status_code == 400
         err = resp.json()["error"]
         assert err["type"] == "exceed_context_size_error"
-        assert err["n_ctx"] == 2048 and err["n_prompt_tokens"] > 2048
+        assert err["n_ctx"] == 2048
+        assert err["n_prompt_tokens"] > 2048
 
 
 async def test_n_predict_zero_evaluates_prompt_only(client: httpx.AsyncClient) -> None:
     out = await complete(client, prompt="Just the prompt", n_predict=0)
-    assert out["content"] == "" and out["tokens_predicted"] == 0
-    assert out["tokens_evaluated"] > 0 and out["stop_type"] == "limit"
+    assert out["content"] == ""
+    assert out["tokens_predicted"] == 0
+    assert out["tokens_evaluated"] > 0
+    assert out["stop_type"] == "limit"
 
 
 async def test_stop_string_cuts_the_content(client: httpx.AsyncClient) -> None:
     base = await complete(client, prompt="1, 2, 3, 4,", n_predict=20, temperature=0)
     assert " 6" in base["content"]
     out = await complete(client, prompt="1, 2, 3, 4,", n_predict=20, temperature=0, stop=[" 6"])
-    assert out["stop_type"] == "word" and out["stopping_word"] == " 6"
+    assert out["stop_type"] == "word"
+    assert out["stopping_word"] == " 6"
     assert out["content"] == base["content"][: base["content"].index(" 6")]
 
 
@@ -287,7 +295,8 @@ async def test_invalid_grammar_is_400_before_any_token(client: httpx.AsyncClient
         )
         assert resp.status_code == 400
         msg = resp.json()["error"]["message"]
-        assert "undefined rule 'undefined-rule'" in msg and "line 1, column 14" in msg
+        assert "undefined rule 'undefined-rule'" in msg
+        assert "line 1, column 14" in msg
 
 
 async def test_seeded_sampling_is_reproducible(client: httpx.AsyncClient) -> None:
@@ -315,7 +324,8 @@ async def test_bad_bodies(client: httpx.AsyncClient, body: bytes, status: int, n
     resp = await client.post("/completion", content=body, headers={"content-type": "application/json"})
     assert resp.status_code == status
     err = resp.json()["error"]
-    assert err["code"] == status and needle in err["message"]
+    assert err["code"] == status
+    assert needle in err["message"]
 
 
 async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
@@ -330,14 +340,17 @@ async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
 
 async def test_unknown_route_and_wrong_method(client: httpx.AsyncClient) -> None:
     resp = await client.get("/no/such/route")
-    assert resp.status_code == 404 and resp.json()["error"]["type"] == "not_found_error"
+    assert resp.status_code == 404
+    assert resp.json()["error"]["type"] == "not_found_error"
     resp = await client.get("/completion")
-    assert resp.status_code == 405 and resp.json()["error"]["code"] == 405
+    assert resp.status_code == 405
+    assert resp.json()["error"]["code"] == 405
 
 
 async def test_metrics_in_prometheus_text(client: httpx.AsyncClient) -> None:
     resp = await client.get("/metrics")
-    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/plain")
     assert "# TYPE llamacpp:prompt_tokens_total counter" in resp.text
     assert await metric(client, "llamacpp:tokens_predicted_total") > 0
     assert await metric(client, "llamacpp:requests_processing") == 0

@@ -69,7 +69,8 @@ def test_bad_model_file_ends_startup_with_one_line(tmp_path: Path, kind: str) ->
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("sluice: error:") and "model.gguf" in lines[0]
+    assert lines[0].startswith("sluice: error:")
+    assert "model.gguf" in lines[0]
 
 
 def test_unknown_flag_exits_non_zero() -> None:

@@ -17,7 +17,9 @@ def test_parses_rules_alternatives_groups_and_quantifiers() -> None:
     assert list(g.rules) == ["root", "b"]
     first = g.rules["root"].options[0].items
     assert first[0] == Literal("a")
-    assert isinstance(first[1], Repeat) and first[1].min == 0 and first[1].max is None
+    assert isinstance(first[1], Repeat)
+    assert first[1].min == 0
+    assert first[1].max is None
     assert first[2] == Repeat(CharClass(False, ((ord("a"), ord("z")), (ord("-"), ord("-")))), 1, 3)
     b = g.rules["b"].options
     assert b[0].items[0] == Literal("x\n")
@@ -90,7 +92,7 @@ def test_right_recursion_is_fine() -> None:
 
 
 def test_nested_repetition_over_the_cap_is_refused() -> None:
-    with pytest.raises(GbnfSyntaxError, match="over llama.cpp's limit"):
+    with pytest.raises(GbnfSyntaxError, match=r"over llama\.cpp's limit"):
         parse_gbnf('root ::= ("a"{0,50}){50}')
     parse_gbnf('root ::= ("a"{50}){50}')  # no helper rules inside: llama.cpp accepts it
 

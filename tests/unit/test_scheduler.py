@@ -143,7 +143,7 @@ def test_generating_slots_come_first_then_prompt_chunks_fill_the_batch() -> None
 
 
 def test_requests_beyond_the_slots_wait_in_fifo_order() -> None:
-    engine, ctx, box = make(n_slots=1, n_batch=8)
+    engine, _ctx, box = make(n_slots=1, n_batch=8)
     for i in (1, 2, 3):
         engine.submit(job(i, [2, 5], n_predict=2))
     for _ in range(20):
@@ -166,7 +166,7 @@ def test_cancelled_queued_request_never_runs() -> None:
 
 
 def test_cancel_frees_the_slot_at_the_next_step_and_keeps_others_running() -> None:
-    engine, ctx, box = make(n_slots=2)
+    engine, ctx, _box = make(n_slots=2)
     engine.submit(job(1, [2, 5]))
     engine.submit(job(2, [2, 6]))
     engine.run_once()
@@ -179,7 +179,7 @@ def test_cancel_frees_the_slot_at_the_next_step_and_keeps_others_running() -> No
 
 
 def test_gone_receiver_frees_its_slot() -> None:
-    engine, ctx, box = make(n_slots=1)
+    engine, _ctx, box = make(n_slots=1)
     engine.submit(job(1, [2, 5]))
     engine.run_once()
     box.gone.add(1)
@@ -220,7 +220,7 @@ def test_prompt_reuse_picks_longest_prefix_slot_and_evaluates_only_the_suffix() 
 
 
 def test_identical_prompt_keeps_one_token_to_evaluate() -> None:
-    engine, ctx, box = make(n_slots=1)
+    engine, ctx, _box = make(n_slots=1)
     engine.submit(job(1, [2, 7, 7], n_predict=1))
     for _ in range(3):
         engine.run_once()
@@ -231,7 +231,7 @@ def test_identical_prompt_keeps_one_token_to_evaluate() -> None:
 
 
 def test_n_predict_zero_evaluates_the_prompt_only() -> None:
-    engine, ctx, box = make()
+    engine, _ctx, box = make()
     engine.submit(job(1, [2, 5, 6], n_predict=0))
     engine.run_once()
     done = box.done(1)
@@ -241,17 +241,18 @@ def test_n_predict_zero_evaluates_the_prompt_only() -> None:
 
 
 def test_eos_ends_generation() -> None:
-    engine, ctx, box = make()
+    engine, _ctx, box = make()
     engine.submit(job(1, [2, 5], length=3))
     for _ in range(6):
         engine.run_once()
     done = box.done(1)
-    assert done is not None and done.stop_type is StopType.EOS
+    assert done is not None
+    assert done.stop_type is StopType.EOS
     assert box.text(1) == "<100><101><102>"
 
 
 def test_stop_string_ends_generation_and_is_not_emitted() -> None:
-    engine, ctx, box = make()
+    engine, _ctx, box = make()
     engine.submit(job(1, [2, 5], stops=("<102>",)))
     for _ in range(6):
         engine.run_once()
@@ -267,13 +268,15 @@ def test_context_end_truncates() -> None:
     for _ in range(10):
         engine.run_once()
     done = box.done(1)
-    assert done is not None and done.truncated and done.stop_type is StopType.LIMIT
+    assert done is not None
+    assert done.truncated
+    assert done.stop_type is StopType.LIMIT
     positions = [r[1] for b in ctx.batches for r in b if r[2] == 0]
     assert max(positions) < 6
 
 
 def test_requested_slot_is_honoured() -> None:
-    engine, ctx, box = make(n_slots=3)
+    engine, _ctx, box = make(n_slots=3)
     engine.submit(job(1, [2, 5], n_predict=1, id_slot=2))
     engine.run_once()
     started = next(e for e in box.events[1] if isinstance(e, Started))

@@ -65,7 +65,8 @@ def test_defaults_and_conversions() -> None:
     assert p.stops == ("END",)
     assert p.n_predict == -1
     assert p.sampling.logit_bias == ((15, -1.5), ("hello", -math.inf))
-    assert p.stream is False and p.cache_prompt is True
+    assert p.stream is False
+    assert p.cache_prompt is True
 
 
 def test_mixed_prompt_and_max_tokens_alias() -> None:
