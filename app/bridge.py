@@ -1,8 +1,11 @@
 """The Trio side of the engine: delivery into bounded channels, and stopping.
 
-The engine thread hands each step's events to :class:`TrioOutbox`, which puts
-them into each request's bounded memory channel without ever blocking: a full
-channel pauses that request's slot, a closed one drops the request.
+The engine thread posts each step's events with :class:`TrioOutbox`, which
+schedules their delivery on the Trio loop without waiting for it. Each request's
+memory channel holds ``CHANNEL_CAPACITY`` events and the engine never has more
+than that in flight for one request (it pauses the request's slot instead), so
+a delivery never blocks; a receiver that is gone is reported to the engine,
+which frees the slot.
 
 :class:`Generation` is what a request handler holds while its request runs. It
 waits for the next event in short cancel scopes that never span a ``yield`` of
@@ -13,15 +16,17 @@ and the handler ends the response with a final event.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
-from app.engine.events import Delivery, Event, Job
+from app.engine.events import CHANNEL_CAPACITY, Event, Job
 
-#: events buffered per request before its slot pauses
-CHANNEL_CAPACITY = 64
+__all__ = ["CHANNEL_CAPACITY", "PING", "Generation", "StopReason", "TrioOutbox"]
+
+log = logging.getLogger(__name__)
 
 
 class TrioOutbox:
@@ -29,32 +34,30 @@ class TrioOutbox:
 
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
         self._token = token
+        self.on_gone: Callable[[int], None] = lambda job_id: None
 
-    def deliver(self, items: Sequence[tuple[Job, Event]]) -> list[Delivery]:
+    def post(self, items: Sequence[tuple[Job, Event]]) -> None:
         try:
-            return trio.from_thread.run_sync(_deliver_now, items, trio_token=self._token)
+            self._token.run_sync_soon(self._deliver, items)
         except trio.RunFinishedError:
-            return [Delivery.GONE] * len(items)
+            for job_id in {job.id for job, _ in items}:
+                self.on_gone(job_id)
 
-
-def _deliver_now(items: Sequence[tuple[Job, Event]]) -> list[Delivery]:
-    full: set[int] = set()
-    out: list[Delivery] = []
-    for job, event in items:
-        if job.id in full:
-            out.append(Delivery.FULL)
-            continue
-        channel: trio.MemorySendChannel[Event] = job.sink  # type: ignore[assignment]
-        try:
-            channel.send_nowait(event)
-        except trio.WouldBlock:
-            full.add(job.id)
-            out.append(Delivery.FULL)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            out.append(Delivery.GONE)
-        else:
-            out.append(Delivery.SENT)
-    return out
+    def _deliver(self, items: Sequence[tuple[Job, Event]]) -> None:
+        gone: set[int] = set()
+        for job, event in items:
+            if job.id in gone:
+                continue
+            channel: trio.MemorySendChannel[Event] = job.sink  # type: ignore[assignment]
+            try:
+                channel.send_nowait(event)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                gone.add(job.id)
+                self.on_gone(job.id)
+            except trio.WouldBlock:  # the engine's in-flight bound makes this unreachable
+                log.error("channel of request %d overflowed; ending it", job.id)
+                gone.add(job.id)
+                self.on_gone(job.id)
 
 
 class StopReason(enum.Enum):
@@ -76,6 +79,7 @@ class Generation:
 
     id: int
     events: trio.MemoryReceiveChannel[Event]
+    job: Job | None = None  # counts what was consumed, for the engine's flow control
     deadline: float = float("inf")
     stop_reason: StopReason | None = None
     _wait: trio.CancelScope | None = field(default=None, repr=False)
@@ -101,9 +105,12 @@ class Generation:
         with trio.CancelScope(deadline=wait_until) as scope:
             self._wait = scope
             try:
-                return await self.events.receive()
+                event = await self.events.receive()
             finally:
                 self._wait = None
+            if self.job is not None:
+                self.job.consumed += 1
+            return event
         if self.stop_reason is not None:
             return None
         if trio.current_time() >= self.deadline:

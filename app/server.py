@@ -102,8 +102,10 @@ async def serve(settings: Settings, model: Model) -> None:
         n_ctx=settings.ctx_size, n_batch=settings.batch_size, n_seq_max=settings.parallel,
         threads=settings.threads, threads_batch=settings.threads_batch,
         flash_attn=settings.flash_attn))
-    engine = Engine(model, context, TrioOutbox(trio.lowlevel.current_trio_token()),
+    outbox = TrioOutbox(trio.lowlevel.current_trio_token())
+    engine = Engine(model, context, outbox,
                     n_slots=settings.parallel, slot_ctx=min(settings.slot_ctx, context.n_ctx_seq))
+    outbox.on_gone = engine.cancel
     engine.start()
     service = Service(settings, model, engine)
     app = create_app(settings, service)

@@ -167,8 +167,9 @@ class Service:
         timeout = self.settings.request_timeout_s
         gen = Generation(id=job_id, events=receive,
                          deadline=trio.current_time() + timeout if timeout else float("inf"))
+        gen.job = Job(id=job_id, request=prepared.request, sampler=sampler, sink=send)
         self.running[job_id] = gen
-        self.engine.submit(Job(id=job_id, request=prepared.request, sampler=sampler, sink=send))
+        self.engine.submit(gen.job)
         try:
             with receive, send:
                 yield gen

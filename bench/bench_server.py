@@ -53,35 +53,43 @@ N_GEN = 128
 THREADS = 2
 
 
-def in_process(model_path: Path, eog: list[int], repeats: int) -> dict[str, float]:
-    from llama_cpp import Llama, LlamaGrammar
+class InProcess:
+    """llama-cpp-python's high-level ``Llama`` in this process: the baseline.
 
-    llm = Llama(str(model_path), n_ctx=2048, n_batch=512, n_threads=THREADS,
-                n_threads_batch=THREADS, flash_attn=False, verbose=False)
-    bias = {t: -math.inf for t in eog}
-    gen_rates, ttfts = [], []
-    for _ in range(repeats):
-        llm.reset()
+    Its runs alternate with the server's (the server idles meanwhile), so both
+    see the same machine state.
+    """
+
+    def __init__(self, model_path: Path, eog: list[int]) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(str(model_path), n_ctx=2048, n_batch=512, n_threads=THREADS,
+                         n_threads_batch=THREADS, flash_attn=False, verbose=False)
+        self.bias = {t: -math.inf for t in eog}
+
+    def single_stream(self) -> tuple[float, float]:
+        """(generation tok/s, time to first token in s) for PROMPT."""
+        self.llm.reset()
         t0 = time.perf_counter()
         stamps = []
-        for _chunk in llm.create_completion(PROMPT, max_tokens=N_GEN, temperature=0.0,
-                                            logit_bias=bias, stream=True):
+        for _chunk in self.llm.create_completion(PROMPT, max_tokens=N_GEN, temperature=0.0,
+                                                 logit_bias=self.bias, stream=True):
             stamps.append(time.perf_counter())
-        ttfts.append(stamps[0] - t0)
-        gen_rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-    llm.reset()
-    grammar = LlamaGrammar.from_string(GRAMMAR, verbose=False)
-    t0 = time.perf_counter()
-    out = llm.create_completion(GRAMMAR_PROMPT, max_tokens=4 * N_GEN, temperature=0.0,
-                                grammar=grammar)
-    dt = time.perf_counter() - t0
-    g_tokens = out["usage"]["completion_tokens"]
-    free = llm.create_completion(GRAMMAR_PROMPT, max_tokens=g_tokens, temperature=0.0,
-                                 logit_bias=bias)
-    llm.close()
-    return {"gen_tps": statistics.median(gen_rates), "ttft_s": statistics.median(ttfts),
-            "grammar_tps_end_to_end": g_tokens / dt,
-            "grammar_tokens": g_tokens, "free_tokens": free["usage"]["completion_tokens"]}
+        return (len(stamps) - 1) / (stamps[-1] - stamps[0]), stamps[0] - t0
+
+    def grammar(self) -> tuple[float, int]:
+        from llama_cpp import LlamaGrammar
+
+        self.llm.reset()
+        grammar = LlamaGrammar.from_string(GRAMMAR, verbose=False)
+        t0 = time.perf_counter()
+        out = self.llm.create_completion(GRAMMAR_PROMPT, max_tokens=4 * N_GEN, temperature=0.0,
+                                         grammar=grammar)
+        n = int(out["usage"]["completion_tokens"])
+        return n / (time.perf_counter() - t0), n
+
+    def close(self) -> None:
+        self.llm.close()
 
 
 async def stream_once(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
@@ -101,19 +109,24 @@ async def stream_once(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[s
     return {"t0": t0, "stamps": stamps, "end": end, "final": final}
 
 
-async def server_figures(base: str, eog_free: dict[str, Any], repeats: int) -> dict[str, Any]:
+async def server_figures(base: str, local: InProcess, repeats: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(300.0)) as client:
         body = {"prompt": PROMPT, "n_predict": N_GEN, "temperature": 0.0, "ignore_eos": True,
                 "cache_prompt": False}
-        rates, ttfts = [], []
+        rates, ttfts, local_rates, local_ttfts = [], [], [], []
         for _ in range(repeats):
             r = await stream_once(client, body)
             s = r["stamps"]
             rates.append((len(s) - 1) / (s[-1] - s[0]))
             ttfts.append(s[0] - r["t0"])
+            rate, ttft = await trio.to_thread.run_sync(local.single_stream)
+            local_rates.append(rate)
+            local_ttfts.append(ttft)
         out["gen_tps"] = statistics.median(rates)
         out["ttft_s"] = statistics.median(ttfts)
+        out["local_gen_tps"] = statistics.median(local_rates)
+        out["local_ttft_s"] = statistics.median(local_ttfts)
 
         out["aggregate"] = {}
         for n in (1, 2, 4, 8):
@@ -136,21 +149,38 @@ async def server_figures(base: str, eog_free: dict[str, Any], repeats: int) -> d
             out["aggregate"][n] = {"end_to_end_tps": tokens / wall,
                                    "decode_phase_tps": in_window / (last - first)}
 
-        free = await client.post("/completion", json={
-            "prompt": GRAMMAR_PROMPT, "n_predict": 4 * N_GEN, "temperature": 0.0, "grammar": GRAMMAR,
-            "cache_prompt": False})
-        g = free.json()
-        n_g = g["tokens_predicted"]
-        free_r = await client.post("/completion", json={
-            "prompt": GRAMMAR_PROMPT, "n_predict": n_g, "temperature": 0.0, "ignore_eos": True,
-            "cache_prompt": False})
-        f = free_r.json()
+            # The same load without streaming: the client sleeps until each reply, so on a
+            # 2-core machine it no longer competes with the server's decode threads.
+            async def plain(i: int) -> None:
+                await client.post("/completion", json={
+                    "prompt": f"Story number {i}: once upon a time", "n_predict": N_GEN,
+                    "temperature": 0.8, "seed": i, "ignore_eos": True, "cache_prompt": False})
+
+            t0 = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for i in range(n):
+                    nursery.start_soon(plain, i)
+            out["aggregate"][n]["non_streaming_tps"] = n * N_GEN / (time.perf_counter() - t0)
+
+        constrained, free = [], []
+        for _ in range(repeats):
+            g = (await client.post("/completion", json={
+                "prompt": GRAMMAR_PROMPT, "n_predict": 4 * N_GEN, "temperature": 0.0,
+                "grammar": GRAMMAR, "cache_prompt": False})).json()
+            n_g = g["tokens_predicted"]
+            f = (await client.post("/completion", json={
+                "prompt": GRAMMAR_PROMPT, "n_predict": n_g, "temperature": 0.0,
+                "ignore_eos": True, "cache_prompt": False})).json()
+            constrained.append(g["timings"]["predicted_per_second"])
+            free.append(f["timings"]["predicted_per_second"])
+        local_g, local_n = await trio.to_thread.run_sync(local.grammar)
         out["grammar"] = {
-            "constrained_tps": g["timings"]["predicted_per_second"],
-            "free_tps": f["timings"]["predicted_per_second"],
+            "constrained_tps": statistics.median(constrained),
+            "free_tps": statistics.median(free),
             "tokens": n_g, "rejections": g["grammar_stats"]["rejections"],
             "full_passes": g["grammar_stats"]["full_passes"],
             "valid_json": _is_json(g["content"]),
+            "local_tps": local_g, "local_tokens": local_n,
         }
 
         waits = []
@@ -222,7 +252,7 @@ async def determinism(base: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     path = default_model_path()
     model = Model(path)
@@ -230,32 +260,35 @@ def main() -> None:
     model.close()
 
     server = ServerProcess(["--parallel", "8", "--ctx-size", "16384", "--threads", str(THREADS)])
+    local = InProcess(path, eog)
     try:
         server.wait_ready()
-        srv = trio.run(server_figures, server.base_url, {}, args.repeats)
+        srv = trio.run(server_figures, server.base_url, local, args.repeats)
         det = trio.run(determinism, server.base_url)
     finally:
         server.terminate()
-    local = in_process(path, eog, args.repeats)
+        local.close()
 
     print(f"model: {path.name}, {N_GEN} generated tokens, temperature 0, {THREADS} threads")
     print(f"single stream generation: server {srv['gen_tps']:.1f} tok/s, in-process Llama "
-          f"{local['gen_tps']:.1f} tok/s -> ratio {srv['gen_tps'] / local['gen_tps']:.2f}")
+          f"{srv['local_gen_tps']:.1f} tok/s -> ratio {srv['gen_tps'] / srv['local_gen_tps']:.2f}")
     print(f"time to first token ({len(PROMPT.split())}-word prompt): server "
-          f"{srv['ttft_s'] * 1000:.0f} ms, in-process {local['ttft_s'] * 1000:.0f} ms -> overhead "
-          f"{(srv['ttft_s'] - local['ttft_s']) * 1000:+.0f} ms")
+          f"{srv['ttft_s'] * 1000:.0f} ms, in-process {srv['local_ttft_s'] * 1000:.0f} ms -> "
+          f"overhead {(srv['ttft_s'] - srv['local_ttft_s']) * 1000:+.0f} ms")
     base = srv["aggregate"][1]
     for n, fig in srv["aggregate"].items():
         print(f"{n} concurrent streams: {fig['end_to_end_tps']:.1f} tok/s end to end "
               f"({fig['end_to_end_tps'] / base['end_to_end_tps']:.2f}x of 1), decode phase "
               f"{fig['decode_phase_tps']:.1f} tok/s "
-              f"({fig['decode_phase_tps'] / base['decode_phase_tps']:.2f}x)")
+              f"({fig['decode_phase_tps'] / base['decode_phase_tps']:.2f}x); non-streaming "
+              f"{fig['non_streaming_tps']:.1f} tok/s "
+              f"({fig['non_streaming_tps'] / base['non_streaming_tps']:.2f}x)")
     g = srv["grammar"]
     print(f"grammar: constrained {g['constrained_tps']:.1f} tok/s vs free {g['free_tps']:.1f} tok/s "
           f"-> ratio {g['constrained_tps'] / g['free_tps']:.2f} ({g['tokens']} tokens, "
           f"{g['rejections']} rejections, {g['full_passes']} full passes, valid JSON: {g['valid_json']})")
-    print(f"in-process Llama with the same grammar: {local['grammar_tps_end_to_end']:.1f} tok/s "
-          f"end to end ({local['grammar_tokens']} tokens)")
+    print(f"in-process Llama with the same grammar: {g['local_tps']:.1f} tok/s "
+          f"end to end ({g['local_tokens']} tokens)")
     d = srv["disconnect_to_free_ms"]
     print(f"client disconnect to slot free: median {d['median']:.0f} ms, max {d['max']:.0f} ms "
           "(includes the /slots polling)")

@@ -19,14 +19,25 @@ class GenerationRequest:
     id_slot: int = -1  # -1: any slot
 
 
+#: events a request may have posted but not yet consumed; its slot pauses beyond this
+CHANNEL_CAPACITY = 64
+
+
 @dataclass(eq=False)
 class Job:
-    """A request on its way through the engine. ``sink`` is opaque to the engine."""
+    """A request on its way through the engine. ``sink`` is opaque to the engine.
+
+    ``posted`` is written by the engine thread only, ``consumed`` by the request's
+    side only; their difference bounds the events in flight to ``CHANNEL_CAPACITY``,
+    so a delivery into a channel of that size never blocks and never overflows.
+    """
 
     id: int
     request: GenerationRequest
     sampler: Sampler
     sink: object = field(repr=False)
+    posted: int = 0
+    consumed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +100,3 @@ class Failed:
 
 
 Event = Started | Token | Done | Failed
-
-
-class Delivery(enum.Enum):
-    SENT = "sent"
-    FULL = "full"  # the request's channel is full: keep the event, pause the slot
-    GONE = "gone"  # the request is gone: drop it and free its slot

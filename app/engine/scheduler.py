@@ -30,7 +30,7 @@ from typing import Protocol
 
 from app.engine.context import Context
 from app.engine.events import (
-    Delivery,
+    CHANNEL_CAPACITY,
     Done,
     Event,
     Failed,
@@ -47,9 +47,12 @@ from app.engine.text import Detokenizer, StopMatcher
 
 
 class Outbox(Protocol):
-    """Delivers events to requests; called on the engine thread once per step."""
+    """Hands events to requests; called on the engine thread, must not block.
 
-    def deliver(self, items: Sequence[tuple[Job, Event]]) -> list[Delivery]: ...
+    A request whose receiver is gone is reported back with :meth:`Engine.cancel`.
+    """
+
+    def post(self, items: Sequence[tuple[Job, Event]]) -> None: ...
 
 
 class SlotState(enum.Enum):
@@ -436,40 +439,25 @@ class Engine:
 
     # --- delivery ----------------------------------------------------------
     def _flush(self) -> None:
-        items: list[tuple[Job, Event]] = []
-        queues: list[tuple[Job, collections.deque[Event], Slot | None]] = []
+        """Post pending events, at most CHANNEL_CAPACITY in flight per request."""
+        batch: list[tuple[Job, Event]] = []
         for busy in self.slots:
             if busy.job is not None and busy.outbox:
-                queues.append((busy.job, busy.outbox, busy))
-        for job, events in self._finishing.values():
-            queues.append((job, events, None))
-        for job, events, _slot in queues:
-            items.extend((job, ev) for ev in events)
-        if not items:
-            return
-        results = self._outbox.deliver(items)
-        i = 0
-        for job, events, slot in queues:
-            n = len(events)
-            outcome = results[i:i + n]
-            i += n
-            sent = 0
-            gone = False
-            for r in outcome:
-                if r is Delivery.SENT:
-                    sent += 1
-                else:
-                    gone = r is Delivery.GONE
-                    break
-            for _ in range(sent):
-                events.popleft()
-            if gone:
-                if slot is not None:
-                    self._release(slot)
-                else:
-                    self._finishing.pop(job.id, None)
-            elif slot is None and not events:
-                self._finishing.pop(job.id, None)
+                self._take(busy.job, busy.outbox, batch)
+        for job_id, (job, events) in list(self._finishing.items()):
+            self._take(job, events, batch)
+            if not events:
+                del self._finishing[job_id]
+        if batch:
+            self._outbox.post(batch)
+
+    @staticmethod
+    def _take(job: Job, events: collections.deque[Event], batch: list[tuple[Job, Event]]) -> None:
+        room = CHANNEL_CAPACITY - (job.posted - job.consumed)
+        n = min(room, len(events))
+        for _ in range(n):
+            batch.append((job, events.popleft()))
+        job.posted += n
 
     def _fail_all(self, message: str) -> None:
         for slot in self.slots:
