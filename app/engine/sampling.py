@@ -117,6 +117,9 @@ class Sampler:
         self._bias_ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
         self._bias_vals = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
         self._walk_ok = self._grammar is not None and self._walk_is_exact(params)
+        # Plain greedy needs no candidate array: argmax over the row picks the same
+        # token as llama.cpp's greedy sampler (the first maximum) in a fraction of the time.
+        self._argmax = params.greedy and not params.penalties_active
         if self._grammar is not None:
             self._cand = np.zeros(self._n_vocab, dtype=_TOKEN_DATA)
             self._ids = np.arange(self._n_vocab, dtype=np.int32)
@@ -181,7 +184,11 @@ class Sampler:
         if self._bias_ids.size:
             logits[self._bias_ids] += self._bias_vals
         if self._grammar is None:
-            token = int(C.llama_sampler_sample(self._chain, ctx, row))
+            if self._argmax:
+                token = int(np.argmax(logits))
+                C.llama_sampler_accept(self._chain, token)
+            else:
+                token = int(C.llama_sampler_sample(self._chain, ctx, row))
             return self._with_probs(token, logits)
         token = self._apply_chain(logits)
         if not self._allowed(token, logits):
