@@ -1,8 +1,9 @@
-"""Pure grammar tools: GBNF parsing and checks (and, later, JSON Schema conversion).
+"""Pure grammar tools: JSON Schema to GBNF, a GBNF parser and recognizer, output validation.
 
 Imports nothing from ``app``, trio, quart or llama_cpp.
 """
 
+from grammar.convert import Conversion, convert, schema_to_gbnf
 from grammar.errors import (
     GbnfSyntaxError,
     GrammarError,
@@ -11,13 +12,23 @@ from grammar.errors import (
     UnsupportedSchemaError,
 )
 from grammar.gbnf import Grammar, parse_gbnf
+from grammar.recognize import Recognizer, accepts
+from grammar.validate import Result, Violation, validate
 
 __all__ = [
+    "Conversion",
     "GbnfSyntaxError",
     "Grammar",
     "GrammarError",
     "InvalidSchemaError",
+    "Recognizer",
+    "Result",
     "SchemaError",
     "UnsupportedSchemaError",
+    "Violation",
+    "accepts",
+    "convert",
     "parse_gbnf",
+    "schema_to_gbnf",
+    "validate",
 ]
