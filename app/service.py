@@ -14,6 +14,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -22,10 +23,17 @@ from app.engine.events import Event, GenerationRequest, Job
 from app.engine.model import Model
 from app.engine.sampling import Sampler, SamplerInitError, SamplingParams
 from app.engine.scheduler import Engine
-from app.errors import ContextOverflow, InvalidRequest, NotSupported, Unavailable
+from app.errors import ContextOverflow, InvalidRequest, Unavailable
 from app.requests import CompletionParams
 from app.settings import Settings
-from grammar import GbnfSyntaxError, parse_gbnf
+from grammar import (
+    Conversion,
+    GbnfSyntaxError,
+    SchemaError,
+    UnsupportedSchemaError,
+    convert,
+    parse_gbnf,
+)
 from grammar.gbnf import Grammar, TokenRef
 
 
@@ -35,6 +43,20 @@ class Prepared:
     request: GenerationRequest
     sampling: SamplingParams
     grammar: str | None
+    schema: Any = None  # the JSON Schema the grammar came from, validated after generation
+    conversion: Conversion | None = None
+
+
+def convert_schema(schema: Any, *, field: str, prop_order: list[str] | None = None,
+                   strict: bool = False, dotall: bool = False) -> Conversion:
+    """Convert a request's JSON Schema, mapping grammar errors to a 400 naming ``field``."""
+    try:
+        return convert(schema, prop_order=prop_order, strict=strict, dotall=dotall)
+    except SchemaError as exc:
+        kind = "unsupported" if isinstance(exc, UnsupportedSchemaError) else "invalid"
+        where = exc.pointer or "/"
+        raise InvalidRequest(f"{kind} schema in '{field}' at {where}: {exc.message}",
+                             param=field, pointer=where) from None
 
 
 class Service:
@@ -63,7 +85,14 @@ class Service:
         if params.id_slot >= len(self.engine.slots):
             raise InvalidRequest(f"invalid value for 'id_slot': there are {len(self.engine.slots)} "
                                  "slots", param="id_slot")
-        grammar = self._grammar(params)
+        conversion = None
+        grammar: str | None
+        if params.json_schema is not None:
+            conversion = convert_schema(params.json_schema, field="json_schema")
+            grammar = conversion.gbnf
+            parse_gbnf(grammar)  # the converter's output passes the same checks as a user's
+        else:
+            grammar = self._grammar(params)
         opts = params.sampling
         seed = opts.seed if opts.seed >= 0 else secrets.randbits(32)
         sampling = SamplingParams(
@@ -77,7 +106,8 @@ class Service:
         request = GenerationRequest(prompt=tuple(tokens), n_predict=params.n_predict,
                                     stops=params.stops, cache_prompt=params.cache_prompt,
                                     id_slot=params.id_slot)
-        return Prepared(params=params, request=request, sampling=sampling, grammar=grammar)
+        return Prepared(params=params, request=request, sampling=sampling, grammar=grammar,
+                        schema=params.json_schema if conversion else None, conversion=conversion)
 
     def tokenize_prompt(self, parts: tuple[str | int, ...]) -> list[int]:
         tokens: list[int] = []
@@ -96,9 +126,6 @@ class Service:
         return tokens
 
     def _grammar(self, params: CompletionParams) -> str | None:
-        if params.json_schema is not None:
-            raise NotSupported("'json_schema' is not supported yet; send a GBNF 'grammar'",
-                               param="json_schema")
         if params.grammar is None:
             return None
         try:

@@ -51,11 +51,14 @@ PRIMITIVES: dict[str, str] = {
     "space": '| " " | "\\n" [ \\t]{0,20}',
     "boolean": '("true" | "false") space',
     "null": '"null" space',
-    "char": '[^"\\\\\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{4})',
+    # \u escapes of surrogates are left out: a pair would count as two characters
+    # here and as one in JSON Schema's length; such characters are written as UTF-8.
+    "char": ('[^"\\\\\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" ( [0-9a-cA-C] [0-9a-fA-F]{3} | '
+             '[dD] [0-7] [0-9a-fA-F]{2} | [eEfF] [0-9a-fA-F]{3} ))'),
     "string": '"\\"" char* "\\"" space',
     "integral-part": '[0] | [1-9] [0-9]{0,15}',
     "decimal-part": "[0-9]{1,16}",
-    "number": '("-"? integral-part) ("." decimal-part)? ([eE] [-+]? integral-part)? space',
+    "number": '("-"? integral-part) ("." decimal-part)? ([eE] [-+]? [0-9]{1,4})? space',
     "integer": '("-"? integral-part) space',
     "value": "object | array | string | number | boolean | null",
     "object": '"{" space ( string ":" space value ("," space string ":" space value)* )? "}" space',
@@ -68,7 +71,15 @@ _PRIMITIVE_DEPS = {
     "object": ["string", "value", "space"], "array": ["value", "space"],
 }
 
-_DATE = '[0-9]{4} "-" ( "0" [1-9] | "1" [0-2] ) "-" ( "0" [1-9] | [1-2] [0-9] | "3" [0-1] )'
+# Calendar-exact dates: days per month, 29 February only in leap years, no year 0000
+# (which Python's date, and so validation, refuses).
+_YEAR = '( [0-9]{3} [1-9] | [0-9]{2} [1-9] "0" | [0-9] [1-9] "00" | [1-9] "000" )'
+_LEAP_YEAR = ('( [0-9]{2} ( "0" [48] | [2468] [048] | [13579] [26] ) | '
+              '( "0" [48] | [2468] [048] | [13579] [26] ) "00" )')
+_DATE = (f'( {_YEAR} "-" ( ( "0" [13578] | "1" [02] ) "-" ( "0" [1-9] | [12] [0-9] | "3" [01] ) | '
+         '( "0" [469] | "11" ) "-" ( "0" [1-9] | [12] [0-9] | "30" ) | '
+         '"02-" ( "0" [1-9] | "1" [0-9] | "2" [0-8] ) ) | '
+         f'{_LEAP_YEAR} "-02-29" )')
 _TIME = ('( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] ":" [0-5] [0-9] ( "." [0-9]{1,9} )? '
          '( [Zz] | [+-] ( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] )')
 _OCTET = '( "25" [0-5] | "2" [0-4] [0-9] | "1" [0-9] [0-9] | [1-9]? [0-9] )'
@@ -146,7 +157,7 @@ def check_schema(schema: JSON) -> None:
     error = jsonschema.exceptions.best_match(cls(cls.META_SCHEMA).iter_errors(schema))
     if error is not None:
         pointer = "".join(f"/{_escape_pointer(str(p))}" for p in error.absolute_path)
-        raise InvalidSchemaError(f"invalid schema: {error.message}", pointer=pointer)
+        raise InvalidSchemaError(error.message, pointer=pointer)
 
 
 @dataclass
@@ -359,7 +370,13 @@ class _Converter:
             body = self.add_rule(f"{_rule_name(fmt)}-format", FORMATS[fmt])
             return self.add_rule(name, f'"\\"" {body} "\\"" {space}')
         if fmt is not None:
-            self.validate_only(pointer, "format", f" ('{fmt}' has no grammar)")
+            if fmt in jsonschema.Draft202012Validator.FORMAT_CHECKER.checkers:
+                self.validate_only(pointer, "format", f" ('{fmt}' has no grammar)")
+            elif self.strict:
+                raise UnsupportedSchemaError(f"format {fmt!r} is neither enforced nor checked",
+                                             pointer=f"{pointer}/format", keyword="format")
+            else:
+                self.ignored.append(f"{pointer}/format")
         if pattern is not None:
             self.enforce(pointer, "pattern")
             for key in ("minLength", "maxLength"):
@@ -455,14 +472,20 @@ class _Converter:
         space = self.primitive("space")
         props: dict[str, JSON] = schema.get("properties", {})
         required = set(schema.get("required", []))
+        forbidden = {k for k, v in props.items() if v is False}
+        if forbidden & required:
+            raise UnsupportedSchemaError(
+                f"property {sorted(forbidden & required)[0]!r} is both required and forbidden",
+                pointer=pointer)
+        props = {k: v for k, v in props.items() if v is not False}
         additional = schema.get("additionalProperties")
         if "properties" not in schema and additional is None:
             additional = True  # a bare object schema allows any keys
         for key in ("properties", "required", "additionalProperties"):
             if key in schema:
                 self.enforce(pointer, key)
-        for key in required - props.keys():
-            if additional in (None, False):
+        for key in sorted(required - props.keys()):
+            if additional is False:
                 raise UnsupportedSchemaError(
                     f"required property {key!r} is not allowed by the schema", pointer=pointer)
             props = {**props, key: additional if isinstance(additional, dict) else True}
@@ -563,6 +586,37 @@ def _ranges_excluding(chars: list[str]) -> list[tuple[int, int]]:
     return out
 
 
+def _close_over(mine: dict[str, JSON], other: dict[str, JSON], pointer: str) -> dict[str, JSON]:
+    """Apply ``mine``'s additionalProperties to the properties only ``other`` declares.
+
+    In JSON Schema, additionalProperties only knows its own schema's
+    ``properties``: merged with another branch, it forbids (or constrains) the
+    other branch's extra properties.
+    """
+    extra_rule = mine.get("additionalProperties", True)
+    if extra_rule is True:
+        return mine
+    own = set(mine.get("properties", {}))
+    foreign = [p for p in other.get("properties", {}) if p not in own]
+    foreign += [p for p in other.get("required", []) if p not in own and p not in foreign]
+    if not foreign:
+        return mine
+    if extra_rule is False:
+        required = set(mine.get("required", [])) | set(other.get("required", []))
+        for prop in foreign:
+            if prop in required:
+                raise UnsupportedSchemaError(
+                    f"allOf: property {prop!r} is required but forbidden by additionalProperties "
+                    "of another branch; no object satisfies the schema", pointer=pointer)
+        # the property may not appear at all
+        props = dict(mine.get("properties", {}))
+        props.update({p: False for p in foreign})
+        return {**mine, "properties": props}
+    props = dict(mine.get("properties", {}))
+    props.update({p: extra_rule for p in foreign})
+    return {**mine, "properties": props}
+
+
 def _ceil(v: JSON) -> int:
     i = int(v)
     return i if i == v or v < 0 else i + 1
@@ -583,6 +637,8 @@ def _merge(a: dict[str, JSON], b: JSON, pointer: str) -> dict[str, JSON]:
         return dict(a)
     if not isinstance(b, dict):
         raise UnsupportedSchemaError("allOf with a 'false' schema admits no value", pointer=pointer)
+    a = _close_over(a, b, pointer)
+    b = _close_over(b, a, pointer)
     out = dict(a)
     for key, value in b.items():
         if key not in out or out[key] == value or key in ANNOTATIONS:
@@ -592,7 +648,12 @@ def _merge(a: dict[str, JSON], b: JSON, pointer: str) -> dict[str, JSON]:
         if key == "properties":
             props = dict(mine)
             for name, sub in value.items():
-                props[name] = {"allOf": [props[name], sub]} if name in props else sub
+                if name not in props:
+                    props[name] = sub
+                elif props[name] is False or sub is False:
+                    props[name] = False
+                else:
+                    props[name] = {"allOf": [props[name], sub]}
             out[key] = props
         elif key == "required":
             out[key] = list(dict.fromkeys([*mine, *value]))

@@ -13,6 +13,7 @@ from app.engine.events import Done, Failed, Started, Token, TokenInfo
 from app.engine.model import Model
 from app.errors import JSON
 from app.service import Prepared
+from grammar import validate
 
 
 def _prob_entry(model: Model, token: int, logprob: float) -> JSON:
@@ -135,4 +136,8 @@ class CompletionState:
                                     "full_passes": done.grammar_full_passes}
         if s.n_probs > 0:
             out["completion_probabilities"] = self.probs
+        if prep.schema is not None:
+            result = validate(content, prep.schema)
+            out["schema_valid"] = result.valid
+            out["schema_errors"] = [e.as_dict() for e in result.errors]
         return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import trio
 from quart import Blueprint, Response, current_app, request
 
 from app import sse
@@ -21,7 +22,7 @@ from app.bridge import PING, Generation
 from app.engine.events import Done, Failed, Started, Token
 from app.errors import JSON, NotFound, ServerError, Unavailable
 from app.requests import completion_params
-from app.service import Prepared, Service
+from app.service import Prepared, Service, convert_schema
 from app.validation import parse_json_body, validate
 
 native = Blueprint("native", __name__)
@@ -158,3 +159,15 @@ async def props() -> Response:
         "n_vocab": info.n_vocab,
         "build_info": "sluice 0.1.0 (llama-cpp-python 0.3.36)",
     })
+
+
+@native.route("/grammar", methods=["POST"])
+async def grammar_route() -> Response:
+    """Convert a JSON Schema to GBNF: ``{"schema": ...}`` -> ``{"gbnf", "enforced", ...}``."""
+    body = validate("grammar", await read_json())
+    conversion = await trio.to_thread.run_sync(lambda: convert_schema(
+        body["schema"], field="schema", prop_order=body.get("prop_order"),
+        strict=bool(body.get("strict", False)), dotall=bool(body.get("dotall", False))))
+    return json_response({"gbnf": conversion.gbnf, "enforced": list(conversion.enforced),
+                          "validated_only": list(conversion.validated_only),
+                          "ignored": list(conversion.ignored)})
