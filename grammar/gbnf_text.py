@@ -58,7 +58,7 @@ def repeat(item: str, lo: int, hi: int | None,
     cap = MAX_REPETITION
     if add_rule is not None and ((hi is not None and hi > cap) or lo > cap):
         return add_rule(f"{_name_of(item)}-rep", repeat(item, lo, hi))
-    if lo > cap:
+    if lo > cap or (lo == cap and (hi is None or hi > cap)):
         return f"{item}{{{cap}}} " + repeat(item, lo - cap, None if hi is None else hi - cap)
     if hi is None:
         return {0: f"{item}*", 1: f"{item}+"}.get(lo, f"{item}{{{lo},}}")

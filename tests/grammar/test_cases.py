@@ -37,7 +37,7 @@ def test_accepts_and_rejects(path: Path) -> None:
     recognizer = Recognizer(parse_gbnf(convert(case["schema"]).gbnf))
     for text in case["accept"]:
         assert recognizer.accepts(text), f"should accept: {text[:120]}"
-        assert validate(text, case["schema"]).valid, f"test case is not valid JSON for its schema: {text[:80]}"
+        assert validate(text, case["schema"]).valid, f"case is invalid for its own schema: {text[:80]}"
     for text in case["reject"]:
         assert not recognizer.accepts(text), f"should reject: {text[:120]}"
 

@@ -1,0 +1,178 @@
+"""Converter behaviour beyond the case files: errors, reports, strict mode, limits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grammar import (
+    InvalidSchemaError,
+    UnsupportedSchemaError,
+    accepts,
+    convert,
+    parse_gbnf,
+    validate,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("schema", "pointer"),
+    [
+        ({"type": 123}, "/type"),
+        ({"type": "hiccup"}, "/type"),
+        ({"properties": {"a": {"minLength": -1}}}, "/properties/a/minLength"),
+        ({"required": "a"}, "/required"),
+    ],
+)
+def test_invalid_schemas_name_the_pointer(schema: object, pointer: str) -> None:
+    with pytest.raises(InvalidSchemaError) as info:
+        convert(schema)
+    assert info.value.pointer == pointer
+
+
+@pytest.mark.parametrize(
+    ("schema", "pointer", "needle"),
+    [
+        ({"type": "string", "pattern": "(?<=a)b"}, "/pattern", "look-around"),
+        ({"properties": {"x": {"type": "string", "pattern": "(a)\\1"}}}, "/properties/x/pattern",
+         "back-references"),
+        ({"$ref": "https://example.com/schema.json"}, "/$ref", "remote $ref"),
+        ({"type": "integer", "minimum": 5, "maximum": 4}, "", "no integer"),
+        (False, "", "admits no value"),
+    ],
+)
+def test_unsupported_schemas_name_the_pointer(schema: object, pointer: str, needle: str) -> None:
+    with pytest.raises(UnsupportedSchemaError) as info:
+        convert(schema)
+    assert info.value.pointer == pointer
+    assert needle in str(info.value)
+
+
+def test_remote_ref_allowed_when_its_document_is_given() -> None:
+    remote = {"$defs": {"id": {"type": "integer", "minimum": 1}}}
+    result = convert({"$ref": "https://example.com/s.json#/$defs/id"},
+                     remote_refs={"https://example.com/s.json": remote})
+    assert accepts(result.gbnf, "7") and not accepts(result.gbnf, "0")
+
+
+def test_reports_what_the_grammar_cannot_enforce() -> None:
+    schema = {"type": "object", "properties": {
+        "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+        "price": {"type": "number", "minimum": 0, "multipleOf": 0.01},
+        "code": {"type": "string", "format": "hostname"},
+        "note": {"type": "string", "x-custom": 1},
+    }, "not": {"required": ["tags"]}, "title": "an annotation"}
+    result = convert(schema)
+    assert set(result.validated_only) == {
+        "/properties/tags/uniqueItems", "/properties/price/multipleOf",
+        "/properties/price/minimum", "/properties/code/format", "/not"}
+    assert "/properties/note/x-custom" in result.ignored
+    assert "/properties/tags/items" in result.enforced
+    with pytest.raises(UnsupportedSchemaError) as info:
+        convert(schema, strict=True)
+    assert info.value.pointer in {"/not", "/properties/tags/uniqueItems"}
+
+
+def test_validation_catches_what_the_grammar_leaves_open() -> None:
+    schema = {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}
+    gbnf = convert(schema).gbnf
+    assert accepts(gbnf, "[1, 1]")
+    result = validate("[1, 1]", schema)
+    assert not result.valid
+    assert result.errors[0].pointer == ""
+    assert "non-unique" in result.errors[0].message
+
+
+def test_validate_lists_each_violation_with_its_pointer() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"},
+                                               "b": {"type": "array", "items": {"type": "string"}}}}
+    result = validate('{"a": "x", "b": ["ok", 3]}', schema)
+    assert [(e.pointer, e.message) for e in result.errors] == [
+        ("/a", "'x' is not of type 'integer'"), ("/b/1", "3 is not of type 'string'")]
+    assert not validate("{oops", schema).valid
+
+
+def test_prop_order_puts_properties_first() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+              "required": ["a", "b"]}
+    gbnf = convert(schema, prop_order=["b"]).gbnf
+    assert accepts(gbnf, '{"b": 1, "a": 2}')
+    assert not accepts(gbnf, '{"a": 2, "b": 1}')
+
+
+@pytest.mark.parametrize("bound", [2000, 2001, 5000, 12000])
+def test_bounds_beyond_llama_cpp_cap_still_parse(bound: int) -> None:
+    for schema in ({"type": "string", "maxLength": bound},
+                   {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": bound},
+                   {"type": "string", "minLength": bound, "maxLength": bound + 3}):
+        gbnf = convert(schema).gbnf
+        parse_gbnf(gbnf)  # the same checks as llama.cpp's parser, repetition cap included
+    assert accepts(convert({"type": "string", "maxLength": bound}).gbnf, '"' + "x" * bound + '"')
+    assert not accepts(convert({"type": "string", "maxLength": bound}).gbnf,
+                       '"' + "x" * (bound + 1) + '"')
+
+
+def test_whitespace_between_tokens_is_bounded() -> None:
+    gbnf = convert({"type": "array", "items": {"type": "integer"}}).gbnf
+    assert accepts(gbnf, "[1,\n  2]")
+    assert not accepts(gbnf, "[1,\n\n2]")
+    assert not accepts(gbnf, "[1," + " " * 2 + "2]")
+    assert not accepts(gbnf, "[1,\n" + " " * 21 + "2]")
+
+
+def test_dotall_controls_dot() -> None:
+    schema = {"type": "string", "pattern": "^a.b$"}
+    assert not accepts(convert(schema).gbnf, '"a\\nb"')
+    assert accepts(convert(schema, dotall=True).gbnf, '"a\\nb"')
+
+
+def test_unanchored_pattern_matches_anywhere() -> None:
+    gbnf = convert({"type": "string", "pattern": "[0-9]{3}"}).gbnf
+    assert accepts(gbnf, '"abc 123 def"')
+    assert not accepts(gbnf, '"abc 12 def"')
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "grammar", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_cli_convert_check_validate(tmp_path: Path) -> None:
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"n": {"type": "integer"}},
+                                  "required": ["n"], "uniqueItems": True}))
+    out = run_cli("convert", str(schema))
+    assert out.returncode == 0 and out.stdout.startswith("root ::= ")
+    gbnf = tmp_path / "g.gbnf"
+    gbnf.write_text(out.stdout)
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text('{"n": 5}')
+    bad.write_text('{"n": "5"}')
+    assert run_cli("check", str(gbnf), str(good)).returncode == 0
+    assert run_cli("check", str(gbnf), str(bad)).returncode == 1
+    assert run_cli("validate", str(schema), str(good)).returncode == 0
+    failed = run_cli("validate", str(schema), str(bad))
+    assert failed.returncode == 1 and "/n: '5' is not of type 'integer'" in failed.stdout
+
+
+def test_cli_errors_exit_2(tmp_path: Path) -> None:
+    schema = tmp_path / "s.json"
+    schema.write_text('{"type": "hiccup"}')
+    out = run_cli("convert", str(schema))
+    assert out.returncode == 2 and "/type" in out.stderr
+    strict = tmp_path / "strict.json"
+    strict.write_text('{"type": "array", "uniqueItems": true}')
+    assert run_cli("convert", str(strict), "--strict").returncode == 2
+    assert run_cli("convert", str(strict)).returncode == 0
+    grammar = tmp_path / "g.gbnf"
+    grammar.write_text('root ::= "a" missing')
+    text = tmp_path / "t.txt"
+    text.write_text("a")
+    out = run_cli("check", str(grammar), str(text))
+    assert out.returncode == 2 and "line 1, column 14" in out.stderr
