@@ -157,6 +157,17 @@ def load_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     return settings, args
 
 
+def resolve_model_path(settings: Settings) -> Path | None:
+    """``--model`` as given, or, when it names no file, a file of that name in ``--models-dir``."""
+    path = settings.model_path
+    if path is None or path.exists() or settings.models_dir is None or path.is_absolute():
+        return path
+    candidate = settings.models_dir / path
+    if candidate.resolve().parent != settings.models_dir.resolve():
+        raise ConfigError(f"model name {str(path)!r} must be a file name inside --models-dir")
+    return candidate
+
+
 def main(argv: list[str] | None = None) -> int:
     import logging
 
@@ -170,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.assemble_model:
             print(default_model_path())
             return 0
-        path = settings.model_path or default_model_path()
+        path = resolve_model_path(settings) or default_model_path()
         model = Model(path, n_gpu_layers=settings.n_gpu_layers, verbose=settings.verbose)
     except (ConfigError, ModelLoadError) as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)

@@ -58,7 +58,8 @@ def test_remote_ref_allowed_when_its_document_is_given() -> None:
     remote = {"$defs": {"id": {"type": "integer", "minimum": 1}}}
     result = convert({"$ref": "https://example.com/s.json#/$defs/id"},
                      remote_refs={"https://example.com/s.json": remote})
-    assert accepts(result.gbnf, "7") and not accepts(result.gbnf, "0")
+    assert accepts(result.gbnf, "7")
+    assert not accepts(result.gbnf, "0")
 
 
 def test_reports_what_the_grammar_cannot_enforce() -> None:
@@ -148,7 +149,8 @@ def test_cli_convert_check_validate(tmp_path: Path) -> None:
     schema.write_text(json.dumps({"type": "object", "properties": {"n": {"type": "integer"}},
                                   "required": ["n"], "uniqueItems": True}))
     out = run_cli("convert", str(schema))
-    assert out.returncode == 0 and out.stdout.startswith("root ::= ")
+    assert out.returncode == 0
+    assert out.stdout.startswith("root ::= ")
     gbnf = tmp_path / "g.gbnf"
     gbnf.write_text(out.stdout)
     good, bad = tmp_path / "good.json", tmp_path / "bad.json"
@@ -158,14 +160,16 @@ def test_cli_convert_check_validate(tmp_path: Path) -> None:
     assert run_cli("check", str(gbnf), str(bad)).returncode == 1
     assert run_cli("validate", str(schema), str(good)).returncode == 0
     failed = run_cli("validate", str(schema), str(bad))
-    assert failed.returncode == 1 and "/n: '5' is not of type 'integer'" in failed.stdout
+    assert failed.returncode == 1
+    assert "/n: '5' is not of type 'integer'" in failed.stdout
 
 
 def test_cli_errors_exit_2(tmp_path: Path) -> None:
     schema = tmp_path / "s.json"
     schema.write_text('{"type": "hiccup"}')
     out = run_cli("convert", str(schema))
-    assert out.returncode == 2 and "/type" in out.stderr
+    assert out.returncode == 2
+    assert "/type" in out.stderr
     strict = tmp_path / "strict.json"
     strict.write_text('{"type": "array", "uniqueItems": true}')
     assert run_cli("convert", str(strict), "--strict").returncode == 2
@@ -175,4 +179,5 @@ def test_cli_errors_exit_2(tmp_path: Path) -> None:
     text = tmp_path / "t.txt"
     text.write_text("a")
     out = run_cli("check", str(grammar), str(text))
-    assert out.returncode == 2 and "line 1, column 14" in out.stderr
+    assert out.returncode == 2
+    assert "line 1, column 14" in out.stderr

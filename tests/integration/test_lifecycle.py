@@ -9,7 +9,7 @@ import time
 import httpx
 import trio
 
-from tests.integration.helpers import TIMEOUT
+from tests.integration.helpers import TIMEOUT, wait_until
 from tests.serverproc import ServerProcess
 
 
@@ -70,5 +70,47 @@ async def test_api_keys_guard_everything_but_public_routes() -> None:
             assert ok.status_code == 200
             ok = await client.post("/completion", json=body, headers={"X-Api-Key": "secret-1"})
             assert ok.status_code == 200
+    finally:
+        assert server.terminate() == 0
+
+
+async def test_timeout_ends_a_request_like_an_abort() -> None:
+    server = ServerProcess(["--timeout", "1"])
+    try:
+        server.wait_ready()
+        body = {"prompt": "Once upon a time", "n_predict": 5000, "ignore_eos": True}
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=TIMEOUT) as client:
+            start = time.monotonic()
+            out = (await client.post("/completion", json=body)).json()
+            assert 0.9 < time.monotonic() - start < 3
+            assert out["timeout"] is True
+            assert out["stop_type"] == "none"
+            assert 0 < out["tokens_predicted"] < 5000
+            events = []
+            async with client.stream("POST", "/completion", json={**body, "stream": True}) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: "):
+                        events.append(json.loads(line[6:]))
+            assert events[-1]["timeout"] is True
+
+            async def idle() -> bool:
+                slots = (await client.get("/slots")).json()
+                return not any(s["is_processing"] for s in slots)
+
+            await wait_until(idle, timeout_s=1.0)
+    finally:
+        assert server.terminate() == 0
+
+
+async def test_generation_reaching_the_slot_context_is_truncated() -> None:
+    server = ServerProcess(["--parallel", "1", "--ctx-size", "256"])
+    try:
+        server.wait_ready()
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=TIMEOUT) as client:
+            out = (await client.post("/completion", json={
+                "prompt": "Count: 1, 2, 3,", "ignore_eos": True, "temperature": 0})).json()
+            assert out["truncated"] is True
+            assert out["stop_type"] == "limit"
+            assert out["tokens_evaluated"] + out["tokens_predicted"] == 256
     finally:
         assert server.terminate() == 0

@@ -354,3 +354,36 @@ async def test_metrics_in_prometheus_text(client: httpx.AsyncClient) -> None:
     assert "# TYPE llamacpp:prompt_tokens_total counter" in resp.text
     assert await metric(client, "llamacpp:tokens_predicted_total") > 0
     assert await metric(client, "llamacpp:requests_processing") == 0
+
+
+@pytest.mark.parametrize("mirostat", [1, 2])
+async def test_mirostat_runs_and_is_reproducible(client: httpx.AsyncClient, mirostat: int) -> None:
+    body = {"prompt": "The weather today", "n_predict": 12, "seed": 3, "mirostat": mirostat,
+            "mirostat_tau": 4.0, "mirostat_eta": 0.2, "ignore_eos": True}
+    a = await complete(client, **body)
+    b = await complete(client, **body)
+    assert a["tokens_predicted"] == 12
+    assert a["content"] == b["content"]
+    assert a["generation_settings"]["mirostat"] == mirostat
+
+
+async def test_logit_bias_bans_and_forces_tokens(client: httpx.AsyncClient) -> None:
+    base = await complete(client, prompt="The capital of France is", n_predict=1, temperature=0)
+    first = base["tokens"][0]
+    banned = await complete(client, prompt="The capital of France is", n_predict=1, temperature=0,
+                            logit_bias=[[first, False]])
+    assert banned["tokens"][0] != first
+    forced = await complete(client, prompt="The capital of France is", n_predict=3,
+                            temperature=0, logit_bias={"42": 100.0})
+    assert forced["tokens"] == [42, 42, 42]
+
+
+async def test_penalties_and_truncating_samplers_are_accepted(client: httpx.AsyncClient) -> None:
+    out = await complete(client, prompt="Repeat after me: la la la", n_predict=16, seed=5,
+                         repeat_penalty=1.3, repeat_last_n=32, presence_penalty=0.5,
+                         frequency_penalty=0.5, typical_p=0.9, top_k=20, top_p=0.9, min_p=0.1,
+                         samplers=["penalties", "top_k", "typ_p", "top_p", "min_p", "temperature"])
+    settings = out["generation_settings"]
+    assert settings["repeat_penalty"] == 1.3
+    assert settings["typical_p"] == 0.9
+    assert out["tokens_predicted"] > 0

@@ -87,7 +87,8 @@ async def test_streamed_extraction_reports_validation_in_final_event(
         "prompt": prompt("person"), "json_schema": SCHEMAS["person"], "n_predict": 300,
         "temperature": 0})
     final = events[-1]
-    assert final["stop"] is True and final["schema_valid"] is True
+    assert final["stop"] is True
+    assert final["schema_valid"] is True
     assert "".join(e["content"] for e in events[:-1]) == final["content"]
 
 
@@ -116,7 +117,8 @@ async def test_bad_schema_is_400_before_any_token(client: httpx.AsyncClient, sch
                                                   "stream": stream})
     assert resp.status_code == 400
     err = resp.json()["error"]
-    assert err["param"] == "json_schema" and needle in err["message"]
+    assert err["param"] == "json_schema"
+    assert needle in err["message"]
 
 
 async def test_grammar_and_schema_together_is_400(client: httpx.AsyncClient) -> None:
@@ -134,8 +136,10 @@ async def test_grammar_route_converts_and_reports(client: httpx.AsyncClient) -> 
     assert "/items/minimum" in body["enforced"]
     assert body["validated_only"] == ["/uniqueItems"]
     strict = await client.post("/grammar", json={"schema": schema, "strict": True})
-    assert strict.status_code == 400 and strict.json()["error"]["pointer"] == "/uniqueItems"
+    assert strict.status_code == 400
+    assert strict.json()["error"]["pointer"] == "/uniqueItems"
     bad = await client.post("/grammar", json={"schema": {"type": "hiccup"}})
-    assert bad.status_code == 400 and bad.json()["error"]["pointer"] == "/type"
+    assert bad.status_code == 400
+    assert bad.json()["error"]["pointer"] == "/type"
     missing = await client.post("/grammar", json={})
     assert missing.status_code == 400

@@ -78,3 +78,14 @@ def test_unknown_flag_exits_non_zero() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "sluice: error: unrecognized arguments: --no-such-flag"]
+
+
+def test_model_name_resolves_inside_models_dir(tmp_path: Path) -> None:
+    from app.cli import resolve_model_path
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    s, _ = load_settings(["--models-dir", str(tmp_path), "--model", "m.gguf"])
+    assert resolve_model_path(s) == tmp_path / "m.gguf"
+    s, _ = load_settings(["--models-dir", str(tmp_path), "--model", "../m.gguf"])
+    with pytest.raises(ConfigError, match="inside --models-dir"):
+        resolve_model_path(s)
