@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from app.api.native import service
+from app.api.common import service
 from app.errors import NotSupported
 
 metrics = Blueprint("metrics", __name__)

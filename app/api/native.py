@@ -11,48 +11,18 @@ give 404.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import trio
-from quart import Blueprint, Response, current_app, request
+from quart import Blueprint, Response, request
 
 from app import sse
-from app.api.completion_state import CompletionState
-from app.bridge import PING, Generation
-from app.engine.events import Done, Failed, Started, Token
-from app.errors import JSON, NotFound, ServerError, Unavailable
+from app.api.common import json_response, read_json, run_stream, run_whole, service
+from app.errors import NotFound, Unavailable
 from app.requests import completion_params
 from app.service import Prepared, Service, convert_schema
-from app.validation import parse_json_body, validate
+from app.validation import validate
 
 native = Blueprint("native", __name__)
-
-
-def service() -> Service:
-    return current_app.config["SLUICE_SERVICE"]  # type: ignore[no-any-return]
-
-
-def json_response(body: JSON | list[Any], status: int = 200,
-                  headers: dict[str, str] | None = None) -> Response:
-    import json
-
-    resp = Response(json.dumps(body, ensure_ascii=False), status=status,
-                    content_type="application/json")
-    for key, value in (headers or {}).items():
-        resp.headers[key] = value
-    return resp
-
-
-async def read_json() -> JSON:
-    raw = await request.get_data(cache=False, as_text=False)
-    return parse_json_body(raw if isinstance(raw, bytes) else raw.encode())
-
-
-def _new_state(svc: Service, prepared: Prepared, gen: Generation) -> CompletionState:
-    prompt = prepared.params.prompt
-    text = prompt[0] if len(prompt) == 1 and isinstance(prompt[0], str) else ""
-    return CompletionState(job_id=gen.id, prepared=prepared, model=svc.model,
-                           model_name=svc.model_name, prompt_text=text)
 
 
 @native.route("/completion", methods=["POST"])
@@ -64,48 +34,21 @@ async def completion() -> Response:
                                default_seed=svc.settings.seed)
     prepared = await svc.prepare(params)
     if params.stream:
-        return await _stream(svc, prepared)
-    async with svc.generate(prepared) as gen:
-        state = _new_state(svc, prepared, gen)
-        while True:
-            event = await gen.next()
-            if event is None or event is PING:
-                break
-            state.on_event(event)  # type: ignore[arg-type]
-            if isinstance(event, Failed):
-                raise ServerError(event.message)
-            if isinstance(event, Done):
-                break
-        return json_response(state.final(gen.stop_reason), headers={"X-Request-Id": str(gen.id)})
+        return _stream(svc, prepared)
+    whole = await run_whole(svc, prepared)
+    return json_response(whole.final, headers={"X-Request-Id": str(whole.state.job_id)})
 
 
-async def _stream(svc: Service, prepared: Prepared) -> Response:
+def _stream(svc: Service, prepared: Prepared) -> Response:
     job_id = svc.new_id()  # known now for the header; the body submits the request
 
     async def body() -> AsyncIterator[bytes]:
-        async with svc.generate(prepared, job_id) as gen:
-            state = _new_state(svc, prepared, gen)
-            yield sse.PING  # sends the headers (and the request id) at once
-            ping_s = svc.settings.queue_ping_interval_s
-            while True:
-                event = await gen.next(ping_s)
-                if event is None:
-                    yield sse.event(state.final(gen.stop_reason))
-                    return
-                match event:
-                    case Started():
-                        state.on_started(event)
-                    case Token():
-                        yield sse.event(state.on_token(event))
-                    case Done():
-                        state.done = event
-                        yield sse.event(state.final())
-                        return
-                    case Failed(message=message):
-                        yield sse.event(ServerError(message).body())
-                        return
-                    case _:
-                        yield sse.PING
+        async for step in run_stream(svc, prepared, job_id):
+            if step.kind == "ping":
+                yield sse.PING
+            else:
+                assert step.data is not None
+                yield sse.event(step.data)
 
     resp = Response(body(), status=200, headers={**sse.HEADERS, "X-Request-Id": str(job_id)})
     resp.timeout = None
