@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
       help="seconds running requests get to finish on SIGTERM (default 5)")
     a("--max-body-bytes", type=int, help="largest accepted request body (default 4 MiB)")
     a("--metrics", action="store_const", const=True, help="serve Prometheus metrics at /metrics")
+    a("--chat-template", help="built-in chat template: chatml, gemma, llama-2, llama-3, mistral, "
+      "phi-3, vicuna_v1.1, zephyr (default: the model's own, else one for its architecture)")
+    a("--chat-template-file", type=Path, help="Jinja chat template file")
+    a("--system-prompt", help="system prompt for chats that bring none")
+    a("--system-prompt-file", type=Path, help="file holding the system prompt")
     a("-v", "--verbose", action="store_const", const=True, help="log requests and llama.cpp")
     a("--assemble-model", action="store_true",
       help="write the embedded default model to the cache and exit")
@@ -66,7 +71,7 @@ _CONFIG_ALIASES = {"model": "model_path", "api_key": "api_keys", "timeout": "req
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
-    if name in ("model_path", "models_dir"):
+    if name in ("model_path", "models_dir", "chat_template_file"):
         if not isinstance(value, str):
             raise ConfigError(f"config value '{name}' must be a path string")
         return Path(value)
@@ -131,6 +136,13 @@ def _check(s: Settings) -> None:
             raise ConfigError(message)
     if s.models_dir is not None and not s.models_dir.is_dir():
         raise ConfigError(f"--models-dir is not a directory: {s.models_dir}")
+    if s.chat_template_file is not None and not s.chat_template_file.is_file():
+        raise ConfigError(f"--chat-template-file not found: {s.chat_template_file}")
+    from app.chat import ALIASES, BUILTINS
+
+    if s.chat_template is not None and ALIASES.get(s.chat_template, s.chat_template) not in BUILTINS:
+        raise ConfigError(f"unknown --chat-template {s.chat_template!r}; built-ins: "
+                          f"{', '.join(sorted(BUILTINS))}")
 
 
 def load_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
@@ -152,6 +164,11 @@ def load_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
         except OSError as exc:
             raise ConfigError(f"cannot read --api-key-file: {exc.strerror}") from None
         values["api_keys"] = tuple(values.get("api_keys", ())) + tuple(k for k in keys if k)
+    if args.system_prompt_file is not None:
+        try:
+            values["system_prompt"] = args.system_prompt_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --system-prompt-file: {exc.strerror}") from None
     settings = replace(Settings(), **values)
     _check(settings)
     return settings, args
@@ -175,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.engine.model import Model, ModelLoadError, default_model_path
     from app.server import serve
+    from app.service import chat_template_for
 
     try:
         settings, args = load_settings(sys.argv[1:] if argv is None else argv)
@@ -183,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         path = resolve_model_path(settings) or default_model_path()
         model = Model(path, n_gpu_layers=settings.n_gpu_layers, verbose=settings.verbose)
+        try:
+            template = chat_template_for(settings, model)
+        except (ValueError, OSError) as exc:
+            model.close()
+            raise ConfigError(str(exc)) from None
     except (ConfigError, ModelLoadError) as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2
@@ -191,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sluice: serving {path.name} on http://{settings.host}:{settings.port} "
           f"({settings.parallel} slots x {settings.slot_ctx} tokens)", file=sys.stderr, flush=True)
     try:
-        trio.run(serve, settings, model)
+        trio.run(serve, settings, model, template)
     finally:
         model.close()
     return 0

@@ -16,7 +16,9 @@ from werkzeug.exceptions import HTTPException
 from app import auth
 from app.api.metrics import metrics
 from app.api.native import native
+from app.api.openai import openai
 from app.bridge import TrioOutbox
+from app.chat import ChatTemplate
 from app.engine.context import Context, ContextConfig
 from app.engine.model import Model
 from app.engine.scheduler import Engine
@@ -51,6 +53,7 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
     app.config["BODY_TIMEOUT"] = 60
     app.register_blueprint(native)
     app.register_blueprint(metrics)
+    app.register_blueprint(openai)
 
     @app.before_request
     async def require_key() -> None:
@@ -91,7 +94,7 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-async def serve(settings: Settings, model: Model) -> None:
+async def serve(settings: Settings, model: Model, template: ChatTemplate | None = None) -> None:
     """Serve ``model`` until SIGINT/SIGTERM, then shut down gracefully.
 
     On a signal the listener closes, new requests get 503, running requests
@@ -107,7 +110,7 @@ async def serve(settings: Settings, model: Model) -> None:
                     n_slots=settings.parallel, slot_ctx=min(settings.slot_ctx, context.n_ctx_seq))
     outbox.on_gone = engine.cancel
     engine.start()
-    service = Service(settings, model, engine)
+    service = Service(settings, model, engine, template)
     app = create_app(settings, service)
     stop = trio.Event()
 

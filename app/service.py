@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from app import chat
 from app.bridge import CHANNEL_CAPACITY, Generation, StopReason
 from app.engine.events import Event, GenerationRequest, Job
 from app.engine.model import Model
@@ -47,6 +48,20 @@ class Prepared:
     conversion: Conversion | None = None
 
 
+def chat_template_for(settings: Settings, model: Model) -> chat.ChatTemplate:
+    """The chat template the settings and the model call for.
+
+    Raises:
+        ValueError: an unknown built-in or a template that does not compile.
+    """
+    info = model.info
+    return chat.select(
+        file=settings.chat_template_file, name=settings.chat_template,
+        gguf_template=info.chat_template, architecture=info.architecture,
+        bos_token=model.token_text(info.bos) if info.bos >= 0 else "",
+        eos_token=model.token_text(info.eos) if info.eos >= 0 else "")
+
+
 def convert_schema(schema: Any, *, field: str, prop_order: list[str] | None = None,
                    strict: bool = False, dotall: bool = False) -> Conversion:
     """Convert a request's JSON Schema, mapping grammar errors to a 400 naming ``field``."""
@@ -62,10 +77,12 @@ def convert_schema(schema: Any, *, field: str, prop_order: list[str] | None = No
 class Service:
     """Owns the running requests of one loaded model."""
 
-    def __init__(self, settings: Settings, model: Model, engine: Engine) -> None:
+    def __init__(self, settings: Settings, model: Model, engine: Engine,
+                 chat_template: chat.ChatTemplate | None = None) -> None:
         self.settings = settings
         self.model = model
         self.engine = engine
+        self.chat = chat_template or chat_template_for(settings, model)
         self._ids = itertools.count(1)
         self.running: dict[int, Generation] = {}
         self.shutting_down = False

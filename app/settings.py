@@ -32,6 +32,9 @@ class Settings:
     origins: tuple[str, ...] = ()
     verbose: bool = False
     metrics: bool = False  # serve /metrics
+    chat_template: str | None = None  # a built-in's name
+    chat_template_file: Path | None = None
+    system_prompt: str | None = None
     request_timeout_s: float | None = None  # None: no limit
     shutdown_grace_s: float = 5.0
     max_body_bytes: int = 4 * 1024 * 1024

@@ -136,6 +136,11 @@ class Model:
         self._pieces[token] = out
         return out
 
+    def token_text(self, token: int) -> str:
+        """The vocabulary's text of a token, special tokens included (``<bos>``)."""
+        raw = C.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", "replace") if raw else ""
+
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
 
