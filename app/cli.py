@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="seconds running requests get to finish on SIGTERM (default 5)")
     a("--max-body-bytes", type=int, help="largest accepted request body (default 4 MiB)")
     a("--metrics", action="store_const", const=True, help="serve Prometheus metrics at /metrics")
+    a("--embedding", "--embeddings", dest="embedding", action="store_const", const=True,
+      help="serve /embedding and /v1/embeddings")
+    a("--slot-save-path", type=Path, help="directory where slots can be saved and restored")
     a("--chat-template", help="built-in chat template: chatml, gemma, llama-2, llama-3, mistral, "
       "phi-3, vicuna_v1.1, zephyr (default: the model's own, else one for its architecture)")
     a("--chat-template-file", type=Path, help="Jinja chat template file")
@@ -71,7 +74,7 @@ _CONFIG_ALIASES = {"model": "model_path", "api_key": "api_keys", "timeout": "req
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
-    if name in ("model_path", "models_dir", "chat_template_file"):
+    if name in ("model_path", "models_dir", "chat_template_file", "slot_save_path"):
         if not isinstance(value, str):
             raise ConfigError(f"config value '{name}' must be a path string")
         return Path(value)
@@ -136,6 +139,8 @@ def _check(s: Settings) -> None:
             raise ConfigError(message)
     if s.models_dir is not None and not s.models_dir.is_dir():
         raise ConfigError(f"--models-dir is not a directory: {s.models_dir}")
+    if s.slot_save_path is not None and not s.slot_save_path.is_dir():
+        raise ConfigError(f"--slot-save-path is not a directory: {s.slot_save_path}")
     if s.chat_template_file is not None and not s.chat_template_file.is_file():
         raise ConfigError(f"--chat-template-file not found: {s.chat_template_file}")
     from app.chat import ALIASES, BUILTINS

@@ -13,13 +13,15 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from app import auth
+from app import auth, cors
+from app.api.extras import extras
 from app.api.metrics import metrics
 from app.api.native import native
 from app.api.openai import openai
 from app.bridge import TrioOutbox
 from app.chat import ChatTemplate
 from app.engine.context import Context, ContextConfig
+from app.engine.embedding import Embedder
 from app.engine.model import Model
 from app.engine.scheduler import Engine
 from app.errors import (
@@ -54,6 +56,16 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
     app.register_blueprint(native)
     app.register_blueprint(metrics)
     app.register_blueprint(openai)
+    app.register_blueprint(extras)
+
+    @app.after_request
+    async def add_cors(response: Response) -> Response:
+        preflight = (request.method == "OPTIONS"
+                     and "Access-Control-Request-Method" in request.headers)
+        for key, value in cors.headers(request.headers.get("Origin"), settings.origins,
+                                       preflight=preflight).items():
+            response.headers[key] = value
+        return response
 
     @app.before_request
     async def require_key() -> None:
@@ -111,6 +123,9 @@ async def serve(settings: Settings, model: Model, template: ChatTemplate | None 
     outbox.on_gone = engine.cancel
     engine.start()
     service = Service(settings, model, engine, template)
+    if settings.embedding:
+        service.embedder = Embedder(model, n_ctx=min(settings.slot_ctx, 8192),
+                                    threads=settings.threads)
     app = create_app(settings, service)
     stop = trio.Event()
 
@@ -132,3 +147,5 @@ async def serve(settings: Settings, model: Model, template: ChatTemplate | None 
     finally:
         engine.stop()
         context.close()
+        if service.embedder is not None:
+            service.embedder.close()

@@ -20,6 +20,7 @@ import trio
 
 from app import chat
 from app.bridge import CHANNEL_CAPACITY, Generation, StopReason
+from app.engine.embedding import Embedder
 from app.engine.events import Event, GenerationRequest, Job
 from app.engine.model import Model
 from app.engine.sampling import Sampler, SamplerInitError, SamplingParams
@@ -83,6 +84,7 @@ class Service:
         self.model = model
         self.engine = engine
         self.chat = chat_template or chat_template_for(settings, model)
+        self.embedder: Embedder | None = None
         self._ids = itertools.count(1)
         self.running: dict[int, Generation] = {}
         self.shutting_down = False

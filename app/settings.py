@@ -35,6 +35,8 @@ class Settings:
     chat_template: str | None = None  # a built-in's name
     chat_template_file: Path | None = None
     system_prompt: str | None = None
+    embedding: bool = False  # serve /embedding and /v1/embeddings
+    slot_save_path: Path | None = None  # directory for /slots/{id}?action=save|restore
     request_timeout_s: float | None = None  # None: no limit
     shutdown_grace_s: float = 5.0
     max_body_bytes: int = 4 * 1024 * 1024

@@ -86,6 +86,23 @@ neighbours. Each sequence gets ``n_ctx / n_seq_max`` cells.
     def seq_clear(self, seq: int) -> None:
         C.llama_memory_seq_rm(self.mem, seq, -1, -1)
 
+    def save_seq(self, seq: int, path: str, tokens: list[int]) -> int:
+        """Write sequence ``seq``'s KV and its tokens to ``path``; returns bytes written (0: failed)."""
+        arr = (C.llama_token * max(1, len(tokens)))(*tokens)
+        return int(C.llama_state_seq_save_file(self.ptr, path.encode(), seq, arr, len(tokens)))
+
+    def load_seq(self, seq: int, path: str, capacity: int) -> list[int] | None:
+        """Replace sequence ``seq`` with the state in ``path``; its tokens, or None on failure."""
+        self.seq_clear(seq)
+        arr = (C.llama_token * capacity)()
+        count = ctypes.c_size_t(0)
+        n = C.llama_state_seq_load_file(self.ptr, path.encode(), seq, arr, capacity,
+                                        ctypes.byref(count))
+        if n == 0:
+            self.seq_clear(seq)
+            return None
+        return list(arr[: count.value])
+
     def used_cells(self) -> int:
         total = 0
         for seq in range(self.n_seq_max):

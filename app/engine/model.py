@@ -144,6 +144,12 @@ class Model:
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
 
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """(prefix, suffix, middle) fill-in-the-middle tokens, or None when the model has none."""
+        ids = (int(C.llama_vocab_fim_pre(self.vocab)), int(C.llama_vocab_fim_suf(self.vocab)),
+               int(C.llama_vocab_fim_mid(self.vocab)))
+        return ids if all(i >= 0 for i in ids) else None
+
     def valid_token(self, token: int) -> bool:
         return 0 <= token < self.n_vocab
 

@@ -19,6 +19,7 @@ slow client slows only its own stream.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import enum
 import queue
@@ -124,7 +125,23 @@ class _Stop:
     pass
 
 
-_Command = _Submit | _Cancel | _Stop
+@dataclass(frozen=True, slots=True)
+class _SlotOp:
+    kind: str  # "save" | "restore" | "erase"
+    slot_id: int
+    path: str
+    future: concurrent.futures.Future[dict[str, int]]
+
+
+class SlotBusy(Exception):
+    """A slot action on a slot that is processing a request."""
+
+
+class SlotFileError(Exception):
+    """A slot state file that could not be written or read."""
+
+
+_Command = _Submit | _Cancel | _Stop | _SlotOp
 _STALL_WAIT_S = 0.002
 
 
@@ -165,6 +182,17 @@ class Engine:
 
     def cancel(self, job_id: int) -> None:
         self._commands.put(_Cancel(job_id))
+
+    def slot_action(self, kind: str, slot_id: int, path: str = ""
+                    ) -> concurrent.futures.Future[dict[str, int]]:
+        """Save, restore or erase an idle slot's KV between two steps.
+
+        The future fails with :class:`SlotBusy` when the slot is processing and
+        with :class:`SlotFileError` when the file cannot be written or read.
+        """
+        future: concurrent.futures.Future[dict[str, int]] = concurrent.futures.Future()
+        self._commands.put(_SlotOp(kind, slot_id, path, future))
+        return future
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._commands.put(_Stop())
@@ -230,6 +258,8 @@ class Engine:
                     self._waiting.append(job)
                 case _Cancel(job_id=job_id):
                     self._drop(job_id)
+                case _SlotOp():
+                    self._slot_op(cmd)
                 case _Stop():
                     return False
             try:
@@ -249,6 +279,31 @@ class Engine:
             if slot.job is not None and slot.job.id == job_id:
                 self._release(slot)
                 return
+
+    def _slot_op(self, op: _SlotOp) -> None:
+        slot = self.slots[op.slot_id]
+        if slot.job is not None:
+            op.future.set_exception(SlotBusy(f"slot {slot.id} is processing a request"))
+            return
+        if op.kind == "erase":
+            n = len(slot.cache)
+            self.ctx.seq_clear(slot.id)
+            slot.cache.clear()
+            op.future.set_result({"n_erased": n})
+        elif op.kind == "save":
+            written = self.ctx.save_seq(slot.id, op.path, slot.cache)
+            if written == 0:
+                op.future.set_exception(SlotFileError(f"could not write {op.path}"))
+            else:
+                op.future.set_result({"n_saved": len(slot.cache), "n_written": written})
+        else:
+            tokens = self.ctx.load_seq(slot.id, op.path, slot.n_ctx)
+            if tokens is None:
+                slot.cache.clear()
+                op.future.set_exception(SlotFileError(f"could not restore from {op.path}"))
+            else:
+                slot.cache = tokens
+                op.future.set_result({"n_restored": len(tokens)})
 
     # --- slots -------------------------------------------------------------
     def _assign(self) -> None:

@@ -1,0 +1,178 @@
+"""llama.cpp's other routes: tokens, templates, embeddings, infill, slot files.
+
+- ``POST /tokenize`` ``{content, add_special, parse_special, with_pieces}`` and
+  ``POST /detokenize`` ``{tokens}``.
+- ``POST /apply-template`` ``{messages}`` -> ``{"prompt"}``: what a chat request
+  would send to the model.
+- ``POST /embedding``, ``POST /embeddings``, ``POST /v1/embeddings`` (with
+  ``--embedding``; 501 otherwise): mean-pooled, L2-normalised vectors, as floats
+  or base64 (little-endian float32).
+- ``POST /infill`` (501 when the model has no fill-in-the-middle tokens).
+- ``POST /slots/{id}?action=save|restore|erase`` (with ``--slot-save-path``; 501
+  otherwise): ``filename`` must be a plain file name inside that directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from pathlib import Path
+
+import trio
+from quart import Blueprint, Response, request
+
+from app.api.common import json_response, read_json, run_whole, service
+from app.engine.embedding import EmbeddingError
+from app.engine.scheduler import SlotBusy, SlotFileError
+from app.errors import InvalidRequest, NotFound, NotSupported, Unavailable
+from app.requests import completion_params
+from app.validation import validate
+
+extras = Blueprint("extras", __name__)
+
+
+@extras.route("/tokenize", methods=["POST"])
+async def tokenize() -> Response:
+    svc = service()
+    body = validate("tokenize", await read_json())
+    tokens = await trio.to_thread.run_sync(lambda: svc.model.tokenize(
+        body["content"], add_special=bool(body.get("add_special", False)),
+        parse_special=bool(body.get("parse_special", True))))
+    if not body.get("with_pieces"):
+        return json_response({"tokens": tokens})
+    pieces = []
+    for t in tokens:
+        raw = svc.model.piece(t) or svc.model.token_text(t).encode()
+        try:
+            piece: str | list[int] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            piece = list(raw)  # a partial UTF-8 sequence: its bytes, as llama.cpp does
+        pieces.append({"id": t, "piece": piece})
+    return json_response({"tokens": pieces})
+
+
+@extras.route("/detokenize", methods=["POST"])
+async def detokenize() -> Response:
+    svc = service()
+    body = validate("detokenize", await read_json())
+    for i, t in enumerate(body["tokens"]):
+        if not svc.model.valid_token(t):
+            raise InvalidRequest(f"invalid value for 'tokens[{i}]': token id {t} is outside the "
+                                 f"vocabulary of {svc.model.n_vocab}", param=f"tokens[{i}]")
+    return json_response({"content": svc.model.detokenize(body["tokens"])})
+
+
+@extras.route("/apply-template", methods=["POST"])
+async def apply_template() -> Response:
+    from app.api.openai import _messages
+
+    svc = service()
+    body = validate("apply_template", await read_json())
+    return json_response({"prompt": svc.chat.prompt(_messages(body), svc.settings.system_prompt)})
+
+
+# --- embeddings --------------------------------------------------------------------------------
+@extras.route("/embedding", methods=["POST"])
+@extras.route("/embeddings", methods=["POST"])
+@extras.route("/v1/embeddings", methods=["POST"])
+async def embeddings() -> Response:
+    svc = service()
+    if svc.embedder is None:
+        raise NotSupported("embeddings are disabled; start the server with --embedding")
+    body = validate("embedding", await read_json())
+    if "dimensions" in body and body["dimensions"] != svc.embedder.n_embd:
+        raise InvalidRequest(f"invalid value for 'dimensions': this model embeds in "
+                             f"{svc.embedder.n_embd} dimensions", param="dimensions")
+    raw = body["input"] if "input" in body else body["content"]
+    # one string, one token list, or a list of either
+    single = isinstance(raw, str) or all(isinstance(x, int) for x in raw)
+    inputs: list[str | list[int]] = [raw] if single else list(raw)
+    token_lists: list[list[int]] = []
+    for i, item in enumerate(inputs):
+        if isinstance(item, str):
+            token_lists.append(svc.model.tokenize(item, add_special=True, parse_special=False))
+        else:
+            if not all(svc.model.valid_token(t) for t in item):
+                raise InvalidRequest(f"invalid value for 'input[{i}]': a token id is outside the "
+                                     "vocabulary", param=f"input[{i}]")
+            token_lists.append(list(item))
+    embedder = svc.embedder
+    vectors = []
+    for i, tokens in enumerate(token_lists):
+        try:
+            vectors.append(await trio.to_thread.run_sync(embedder.embed, tokens))
+        except EmbeddingError as exc:
+            raise InvalidRequest(f"invalid value for 'input[{i}]': {exc}",
+                                 param=f"input[{i}]") from None
+    as_base64 = body.get("encoding_format") == "base64"
+    data = [{"object": "embedding", "index": i,
+             "embedding": base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+             if as_base64 else v} for i, v in enumerate(vectors)]
+    n_tokens = sum(len(t) for t in token_lists)
+    return json_response({"object": "list", "data": data, "model": svc.model_name,
+                          "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
+
+
+# --- infill -----------------------------------------------------------------------------------
+@extras.route("/infill", methods=["POST"])
+async def infill() -> Response:
+    svc = service()
+    fim = svc.model.fim_tokens()
+    if fim is None:
+        raise NotSupported("this model has no fill-in-the-middle tokens")
+    body = validate("infill", await read_json())
+    pre, suf, mid = fim
+    prefix = svc.model.tokenize(body["input_prefix"], add_special=False, parse_special=False)
+    suffix = svc.model.tokenize(body["input_suffix"], add_special=False, parse_special=False)
+    tail = svc.model.tokenize(body.get("prompt", ""), add_special=False, parse_special=False)
+    native = {k: v for k, v in body.items()
+              if k not in ("input_prefix", "input_suffix", "input_extra", "prompt", "stream")}
+    native["prompt"] = [pre, *prefix, suf, *suffix, mid, *tail]
+    native = validate("completion", native)
+    params = completion_params(native, default_n_predict=svc.settings.n_predict,
+                               default_seed=svc.settings.seed)
+    whole = await run_whole(svc, await svc.prepare(params))
+    return json_response(whole.final)
+
+
+# --- slot files ---------------------------------------------------------------------------------
+@extras.route("/slots/<int:slot_id>", methods=["POST"])
+async def slot_action(slot_id: int) -> Response:
+    svc = service()
+    directory = svc.settings.slot_save_path
+    if directory is None:
+        raise NotSupported("slot actions are disabled; start the server with --slot-save-path")
+    action = request.args.get("action", "")
+    if action not in ("save", "restore", "erase"):
+        raise InvalidRequest("invalid value for 'action': use save, restore or erase",
+                             param="action")
+    if not 0 <= slot_id < len(svc.engine.slots):
+        raise NotFound(f"no slot with id {slot_id}")
+    body = validate("slot_action", await read_json()) if await request.get_data() else {}
+    path = ""
+    if action != "erase":
+        name = body.get("filename")
+        if not name:
+            raise InvalidRequest("'filename' is required to save or restore", param="filename")
+        target = (directory / name).resolve()
+        if target.parent != directory.resolve() or ".." in Path(name).parts:
+            raise InvalidRequest("invalid value for 'filename': it must name a file inside the "
+                                 "slot save directory", param="filename")
+        if action == "restore" and not target.is_file():
+            raise NotFound(f"no saved slot file named {name!r}")
+        path = str(target)
+    start = time.perf_counter()
+    future = svc.engine.slot_action(action, slot_id, path)
+    try:
+        result = await trio.to_thread.run_sync(future.result)
+    except SlotBusy as exc:
+        raise Unavailable(str(exc)) from None
+    except SlotFileError as exc:
+        raise InvalidRequest(str(exc), param="filename") from None
+    ms = (time.perf_counter() - start) * 1000.0
+    out: dict[str, object] = {"id_slot": slot_id, **result}
+    if action != "erase":
+        out["filename"] = body["filename"]
+        out["timings"] = {f"{action}_ms": ms}
+    return json_response(out)
