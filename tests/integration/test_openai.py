@@ -1,0 +1,203 @@
+"""The OpenAI routes, driven by the real ``openai`` package (sync and async clients)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from grammar import Recognizer, convert, parse_gbnf, validate
+from tests.integration.helpers import TIMEOUT
+from tests.serverproc import ServerProcess, running_server
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 99}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with running_server("--parallel", "2") as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture
+async def aclient(server: ServerProcess) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key="unused",
+                                  max_retries=0) as c:
+        yield c
+
+
+def test_chat_completion(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(model="any", messages=[
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Name a colour."}], max_tokens=8, temperature=0)
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
+    choice = r.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert r.usage is not None and r.usage.completion_tokens <= 8
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_chat_uses_the_gemma_template_out_of_the_box(server: ServerProcess) -> None:
+    resp = httpx.post(server.base_url + "/apply-template", json={"messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]})
+    assert resp.json()["prompt"] == (
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!"
+        "<end_of_turn>\n<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_trailing_assistant_message_is_a_prefill(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(model="any", messages=[
+        {"role": "user", "content": "List three fruits."},
+        {"role": "assistant", "content": "1. Apple\n2."}], max_tokens=6, temperature=0,
+        extra_body={"cache_prompt": False})
+    with_prefill = r.choices[0].message.content
+    plain = client.completions.create(
+        model="any", temperature=0, max_tokens=6,
+        prompt="<start_of_turn>user\nList three fruits.<end_of_turn>\n<start_of_turn>model\n"
+               "1. Apple\n2.", extra_body={"cache_prompt": False})
+    assert with_prefill == plain.choices[0].text
+
+
+def test_chat_stream_chunk_sequence(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": "Count to ten."}], max_tokens=12,
+        temperature=0, stream=True, stream_options={"include_usage": True},
+        extra_body={"cache_prompt": False}))
+    assert len({c.id for c in chunks}) == 1
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finish) == 1 and finish[0].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 12
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    whole = client.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": "Count to ten."}], max_tokens=12,
+        temperature=0, extra_body={"cache_prompt": False})
+    assert text == whole.choices[0].message.content
+
+
+async def test_async_client_streams_and_not(aclient: openai.AsyncOpenAI) -> None:
+    r = await aclient.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": "Hello"}], max_tokens=5,
+        temperature=0, seed=3)
+    assert r.choices[0].message.content
+    # cache_prompt off: a cached prefix changes the batch shape of the prompt's last token,
+    # which this build's kernels may round differently (README, "Determinism")
+    stream = await aclient.completions.create(model="any", prompt="Once upon a time",
+                                              max_tokens=5, temperature=0, stream=True,
+                                              extra_body={"cache_prompt": False})
+    texts = [c.choices[0].text async for c in stream if c.choices]
+    whole = await aclient.completions.create(model="any", prompt="Once upon a time",
+                                             max_tokens=5, temperature=0,
+                                             extra_body={"cache_prompt": False})
+    assert "".join(texts) == whole.choices[0].text
+
+
+@pytest.mark.parametrize("fmt", [
+    {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}},
+    {"type": "json_object", "schema": PERSON},
+])
+def test_structured_output(client: openai.OpenAI, fmt: dict[str, Any]) -> None:
+    r = client.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": "Bob is 30. Give him as JSON."}],
+        response_format=fmt, max_tokens=80, temperature=0)  # type: ignore[arg-type]
+    content = r.choices[0].message.content or ""
+    assert validate(content, PERSON).valid, content
+    assert r.model_extra is not None and r.model_extra["schema_valid"] is True
+
+
+def test_json_object_without_schema_gives_an_object(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": "A JSON object about cats:"}],
+        response_format={"type": "json_object"}, max_tokens=150, temperature=0, seed=1)
+    content = r.choices[0].message.content or ""
+    # whatever the length, every character so far follows an object's grammar
+    recognizer = Recognizer(parse_gbnf(convert({"type": "object"}).gbnf))
+    assert recognizer.longest_prefix(content) == len(content)
+    assert content.lstrip().startswith("{")
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(content), dict)
+
+
+def test_logprobs(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "Hi"}],
+                                       max_tokens=3, temperature=0, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == 3
+    assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)
+    assert content[0].token == content[0].top_logprobs[0].token
+    t = client.completions.create(model="any", prompt="The sky is", max_tokens=2, temperature=0,
+                                  logprobs=2)
+    lp = t.choices[0].logprobs
+    assert lp is not None and lp.tokens is not None and len(lp.tokens) == 2
+    assert lp.top_logprobs is not None and len(lp.top_logprobs[0]) == 2
+
+
+def test_stop_seed_and_logit_bias(client: openai.OpenAI) -> None:
+    kwargs: dict[str, Any] = {"model": "any", "prompt": "1, 2, 3, 4,", "max_tokens": 20,
+                              "temperature": 0}
+    base = client.completions.create(**kwargs).choices[0].text
+    assert " 6" in base
+    cut = client.completions.create(**kwargs, stop=" 6").choices[0]
+    assert cut.text == base[: base.index(" 6")] and cut.finish_reason == "stop"
+    a = client.completions.create(model="any", prompt="Fruit:", max_tokens=8, seed=11,
+                                  temperature=1.0).choices[0].text
+    b = client.completions.create(model="any", prompt="Fruit:", max_tokens=8, seed=11,
+                                  temperature=1.0).choices[0].text
+    assert a == b
+    forced = client.completions.create(model="any", prompt="x", max_tokens=2, temperature=0,
+                                       logit_bias={"42": 100})
+    assert forced.usage is not None and forced.usage.completion_tokens == 2
+
+
+def test_models(client: openai.OpenAI) -> None:
+    ids = [m.id for m in client.models.list().data]
+    assert ids == ["gemma-3-270m-q4_k_m.gguf"]
+
+
+@pytest.mark.parametrize("messages", [
+    None, "hello", [{}], [{"role": "wizard", "content": "hi"}], [{"role": "user", "content": 5}],
+    [{"role": "user"}], [], [{"role": "user", "content": [{"type": "image_url"}]}],
+])
+def test_invalid_messages_are_400(server: ServerProcess, messages: Any) -> None:
+    resp = httpx.post(server.base_url + "/v1/chat/completions",
+                      json={"model": "x", "messages": messages}, timeout=TIMEOUT)
+    assert resp.status_code == 400, resp.text
+    err = resp.json()["error"]
+    assert err["type"] == "invalid_request_error" and "messages" in err["message"]
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ({"n": 2}, "'n'"),
+    ({"response_format": {"type": "xml"}}, "'response_format'"),
+    ({"tools": []}, "unknown field 'tools'"),
+    ({"temperature": 3}, "'temperature'"),
+    ({"logit_bias": {"abc": 1}}, "'logit_bias'"),
+    ({"response_format": {"type": "json_object"}, "grammar": "root ::= \"a\""}, "response_format"),
+])
+def test_bad_openai_fields(server: ServerProcess, body: dict[str, Any], needle: str) -> None:
+    resp = httpx.post(server.base_url + "/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "hi"}], **body}, timeout=TIMEOUT)
+    assert resp.status_code == 400, resp.text
+    assert needle in resp.json()["error"]["message"]
+
+
+def test_openai_client_sees_errors(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="any", prompt="hi " * 5000, max_tokens=1)
+    assert "exceed" in str(info.value)
