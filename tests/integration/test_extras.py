@@ -43,7 +43,8 @@ def test_tokenize_detokenize_round_trip(http: httpx.Client) -> None:
     pieces = http.post("/tokenize", json={"content": "wörld", "with_pieces": True}).json()["tokens"]
     assert "".join(p["piece"] for p in pieces if isinstance(p["piece"], str)) == "wörld"
     bad = http.post("/detokenize", json={"tokens": [10**9]})
-    assert bad.status_code == 400 and "tokens[0]" in bad.json()["error"]["message"]
+    assert bad.status_code == 400
+    assert "tokens[0]" in bad.json()["error"]["message"]
 
 
 def test_embeddings_are_normalised_and_meaningful(http: httpx.Client) -> None:
@@ -73,7 +74,8 @@ def test_embedding_errors(http: httpx.Client) -> None:
     assert http.post("/v1/embeddings", json={}).status_code == 400
     assert http.post("/v1/embeddings", json={"input": "x", "dimensions": 3}).status_code == 400
     long = http.post("/v1/embeddings", json={"input": "word " * 5000})
-    assert long.status_code == 400 and "input[0]" in long.json()["error"]["message"]
+    assert long.status_code == 400
+    assert "input[0]" in long.json()["error"]["message"]
 
 
 def test_infill_without_fim_tokens_is_501(http: httpx.Client) -> None:
@@ -86,7 +88,8 @@ def test_slot_save_erase_restore(http: httpx.Client) -> None:
     prompt = "A prompt worth keeping for later. " * 4
     first = http.post("/completion", json={"prompt": prompt, "n_predict": 1, "id_slot": 1}).json()
     saved = http.post("/slots/1?action=save", json={"filename": "kept.bin"}).json()
-    assert saved["n_saved"] >= first["tokens_evaluated"] and saved["filename"] == "kept.bin"
+    assert saved["n_saved"] >= first["tokens_evaluated"]
+    assert saved["filename"] == "kept.bin"
     assert (SAVE_DIR / "kept.bin").is_file()
     assert http.post("/slots/1?action=erase").json()["n_erased"] == saved["n_saved"]
     restored = http.post("/slots/1?action=restore", json={"filename": "kept.bin"}).json()
@@ -124,7 +127,8 @@ def test_cors_allow_list(http: httpx.Client) -> None:
 
 def test_metrics_disabled_is_501(http: httpx.Client) -> None:
     resp = http.get("/metrics")
-    assert resp.status_code == 501 and "--metrics" in resp.json()["error"]["message"]
+    assert resp.status_code == 501
+    assert "--metrics" in resp.json()["error"]["message"]
 
 
 def test_embeddings_disabled_is_501() -> None:

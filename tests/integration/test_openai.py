@@ -42,11 +42,14 @@ def test_chat_completion(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(model="any", messages=[
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "Name a colour."}], max_tokens=8, temperature=0)
-    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
+    assert r.object == "chat.completion"
+    assert r.id.startswith("chatcmpl-")
     choice = r.choices[0]
-    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.message.role == "assistant"
+    assert choice.message.content
     assert choice.finish_reason in ("stop", "length")
-    assert r.usage is not None and r.usage.completion_tokens <= 8
+    assert r.usage is not None
+    assert r.usage.completion_tokens <= 8
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
@@ -81,8 +84,10 @@ def test_chat_stream_chunk_sequence(client: openai.OpenAI) -> None:
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
     finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
-    assert len(finish) == 1 and finish[0].choices[0].finish_reason == "length"
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert len(finish) == 1
+    assert finish[0].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 12
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     whole = client.chat.completions.create(
@@ -118,7 +123,8 @@ def test_structured_output(client: openai.OpenAI, fmt: dict[str, Any]) -> None:
         response_format=fmt, max_tokens=80, temperature=0)  # type: ignore[arg-type]
     content = r.choices[0].message.content or ""
     assert validate(content, PERSON).valid, content
-    assert r.model_extra is not None and r.model_extra["schema_valid"] is True
+    assert r.model_extra is not None
+    assert r.model_extra["schema_valid"] is True
 
 
 def test_json_object_without_schema_gives_an_object(client: openai.OpenAI) -> None:
@@ -138,14 +144,18 @@ def test_logprobs(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "Hi"}],
                                        max_tokens=3, temperature=0, logprobs=True, top_logprobs=3)
     content = r.choices[0].logprobs.content  # type: ignore[union-attr]
-    assert content is not None and len(content) == 3
+    assert content is not None
+    assert len(content) == 3
     assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)
     assert content[0].token == content[0].top_logprobs[0].token
     t = client.completions.create(model="any", prompt="The sky is", max_tokens=2, temperature=0,
                                   logprobs=2)
     lp = t.choices[0].logprobs
-    assert lp is not None and lp.tokens is not None and len(lp.tokens) == 2
-    assert lp.top_logprobs is not None and len(lp.top_logprobs[0]) == 2
+    assert lp is not None
+    assert lp.tokens is not None
+    assert len(lp.tokens) == 2
+    assert lp.top_logprobs is not None
+    assert len(lp.top_logprobs[0]) == 2
 
 
 def test_stop_seed_and_logit_bias(client: openai.OpenAI) -> None:
@@ -154,7 +164,8 @@ def test_stop_seed_and_logit_bias(client: openai.OpenAI) -> None:
     base = client.completions.create(**kwargs).choices[0].text
     assert " 6" in base
     cut = client.completions.create(**kwargs, stop=" 6").choices[0]
-    assert cut.text == base[: base.index(" 6")] and cut.finish_reason == "stop"
+    assert cut.text == base[: base.index(" 6")]
+    assert cut.finish_reason == "stop"
     a = client.completions.create(model="any", prompt="Fruit:", max_tokens=8, seed=11,
                                   temperature=1.0).choices[0].text
     b = client.completions.create(model="any", prompt="Fruit:", max_tokens=8, seed=11,
@@ -162,7 +173,8 @@ def test_stop_seed_and_logit_bias(client: openai.OpenAI) -> None:
     assert a == b
     forced = client.completions.create(model="any", prompt="x", max_tokens=2, temperature=0,
                                        logit_bias={"42": 100})
-    assert forced.usage is not None and forced.usage.completion_tokens == 2
+    assert forced.usage is not None
+    assert forced.usage.completion_tokens == 2
 
 
 def test_models(client: openai.OpenAI) -> None:
@@ -179,7 +191,8 @@ def test_invalid_messages_are_400(server: ServerProcess, messages: Any) -> None:
                       json={"model": "x", "messages": messages}, timeout=TIMEOUT)
     assert resp.status_code == 400, resp.text
     err = resp.json()["error"]
-    assert err["type"] == "invalid_request_error" and "messages" in err["message"]
+    assert err["type"] == "invalid_request_error"
+    assert "messages" in err["message"]
 
 
 @pytest.mark.parametrize(("body", "needle"), [
