@@ -14,6 +14,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from app import auth, cors
+from app.api.compat import compat
 from app.api.extras import extras
 from app.api.metrics import metrics
 from app.api.native import native
@@ -57,6 +58,7 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
     app.register_blueprint(metrics)
     app.register_blueprint(openai)
     app.register_blueprint(extras)
+    app.register_blueprint(compat)
 
     @app.after_request
     async def add_cors(response: Response) -> Response:
@@ -149,3 +151,5 @@ async def serve(settings: Settings, model: Model, template: ChatTemplate | None 
         context.close()
         if service.embedder is not None:
             service.embedder.close()
+        if service.scratch_dir is not None:
+            service.scratch_dir.cleanup()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ class Service:
         self.engine = engine
         self.chat = chat_template or chat_template_for(settings, model)
         self.embedder: Embedder | None = None
+        self.scratch_dir: tempfile.TemporaryDirectory[str] | None = None  # /stream caches
         self._ids = itertools.count(1)
         self.running: dict[int, Generation] = {}
         self.shutting_down = False

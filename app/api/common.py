@@ -8,7 +8,7 @@ only decides the wire shape of what they produce.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -84,7 +84,7 @@ class Step:
     state: CompletionState | None = None
 
 
-async def run_stream(svc: Service, prepared: Prepared, job_id: int) -> AsyncIterator[Step]:
+async def run_stream(svc: Service, prepared: Prepared, job_id: int) -> AsyncGenerator[Step]:
     """The steps of a streamed completion: a ping first (so headers leave at once),
     pings while waiting, one step per token event, then a final or an error step.
 

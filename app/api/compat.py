@@ -1,0 +1,279 @@
+"""Routes of the smaller servers Sluice replaces: llama-go, the Rust ``llm`` server, llm-api.
+
+- llama-go: ``POST /api/completion`` ``{prompt, tokens, top_k, top_p, temp, repeat_penalty,
+  repeat_lastn}`` -> ``{"Prompt", "Text", "Tokens", "CompleteReason"}``; ``Tokens`` is the
+  number of generated tokens, ``CompleteReason`` is ``EOS``, ``MaxTokens``, ``Stop`` or
+  ``Aborted``.
+- Rust ``llm``: ``POST /stream`` ``{prompt, num_predict (default 32), n_batch, top_k, top_p,
+  repeat_penalty, temp, cache}`` -> the generated text as a plain-text streaming body. With
+  ``cache``, the evaluated state (prompt and output) is saved under that id when the request
+  ends, and a later request with the same id starts from it (only its new suffix is
+  evaluated). ``n_batch`` sizes llama.cpp's prompt batches per request there; here batches are
+  shared by all slots, so it cannot apply: it is accepted and named in the
+  ``X-Sluice-Ignored`` response header.
+- llm-api: ``POST /predict`` (``prompt``) and ``POST /chat`` (repeated ``messages``,
+  alternating user / assistant, starting with user) as ``application/x-www-form-urlencoded``,
+  with ``stopRegex``, ``temperature``, ``max_tokens``, ``template`` (a built-in name; default
+  the server's chat template) and ``system``. Replies stream as plain text. ``stopRegex``
+  (Python ``re`` syntax) ends generation at its first match, which is not sent; text streamed
+  before the match was found stays sent. Errors before streaming are a status with a plain-text
+  description.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import trio
+from quart import Blueprint, Response, request
+
+from app.api.common import json_response, read_json, run_stream, run_whole, service
+from app.chat import ALIASES, BUILTINS, ChatTemplate, Message
+from app.engine.scheduler import SlotBusy, SlotFileError
+from app.errors import JSON, ApiError, InvalidRequest
+from app.requests import completion_params
+from app.service import Prepared, Service
+from app.validation import validate
+
+compat = Blueprint("compat", __name__)
+
+_REASONS = {"eos": "EOS", "limit": "MaxTokens", "word": "Stop", "none": "Aborted"}
+
+
+async def _prepare(svc: Service, native: JSON) -> Prepared:
+    params = completion_params(validate("completion", native),
+                               default_n_predict=svc.settings.n_predict,
+                               default_seed=svc.settings.seed)
+    return await svc.prepare(params)
+
+
+def _rename(body: JSON, names: dict[str, str]) -> JSON:
+    return {names[k]: v for k, v in body.items() if k in names}
+
+
+# --- llama-go ----------------------------------------------------------------------------------
+@compat.route("/api/completion", methods=["POST"])
+async def llama_go() -> Response:
+    svc = service()
+    body = validate("llama_go", await read_json())
+    native = _rename(body, {"prompt": "prompt", "tokens": "n_predict", "top_k": "top_k",
+                            "top_p": "top_p", "temp": "temperature",
+                            "repeat_penalty": "repeat_penalty", "repeat_lastn": "repeat_last_n",
+                            "seed": "seed"})
+    whole = await run_whole(svc, await _prepare(svc, native))
+    final = whole.final
+    return json_response({"Prompt": body["prompt"], "Text": final["content"],
+                          "Tokens": final["tokens_predicted"],
+                          "CompleteReason": _REASONS[final["stop_type"]]})
+
+
+# --- Rust llm: /stream -----------------------------------------------------------------------
+def cache_dir(svc: Service) -> Path:
+    """Where /stream keeps its prompt caches: under --slot-save-path, else a temporary folder."""
+    if svc.settings.slot_save_path is not None:
+        path = svc.settings.slot_save_path / "prompt-cache"
+        path.mkdir(exist_ok=True)
+        return path
+    if svc.scratch_dir is None:
+        svc.scratch_dir = tempfile.TemporaryDirectory(prefix="sluice-cache-")
+    return Path(svc.scratch_dir.name)
+
+
+async def _restore_cache(svc: Service, path: Path) -> int:
+    """Load a saved state into an idle slot; its id, or -1 when none could take it."""
+    for info in svc.engine.slot_infos():
+        if info.is_processing:
+            continue
+        try:
+            await trio.to_thread.run_sync(svc.engine.slot_action("restore", info.id,
+                                                                 str(path)).result)
+        except SlotBusy:
+            continue
+        except SlotFileError:
+            return -1
+        return info.id
+    return -1
+
+
+@compat.route("/stream", methods=["POST"])
+async def llm_stream() -> Response:
+    svc = service()
+    body = validate("llm_stream", await read_json())
+    native = _rename(body, {"prompt": "prompt", "num_predict": "n_predict", "top_k": "top_k",
+                            "top_p": "top_p", "repeat_penalty": "repeat_penalty",
+                            "temp": "temperature", "seed": "seed"})
+    native.setdefault("n_predict", 32)
+    cache_file = cache_dir(svc) / f"{body['cache']}.bin" if "cache" in body else None
+    if cache_file is not None and cache_file.is_file():
+        slot = await _restore_cache(svc, cache_file)
+        if slot >= 0:
+            native["id_slot"] = slot
+    prepared = await _prepare(svc, native)
+    job_id = svc.new_id()
+
+    async def text() -> AsyncIterator[bytes]:
+        id_slot = -1
+        async with aclosing(run_stream(svc, prepared, job_id)) as steps:
+            async for step in steps:
+                if step.kind == "token" and step.data is not None:
+                    id_slot = step.data["id_slot"]
+                    if step.data["content"]:
+                        yield step.data["content"].encode()
+                elif step.kind == "final" and step.data is not None:
+                    id_slot = step.data["id_slot"]
+        if cache_file is not None and id_slot >= 0:
+            future = svc.engine.slot_action("save", id_slot, str(cache_file))
+            # a short, bounded clean-up step; if it fails, the next request with this id
+            # evaluates its prompt in full
+            with trio.CancelScope(shield=True), contextlib.suppress(SlotBusy, SlotFileError):
+                await trio.to_thread.run_sync(future.result)
+
+    headers = {"Content-Type": "text/plain; charset=utf-8", "X-Request-Id": str(job_id),
+               "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if "n_batch" in body:
+        headers["X-Sluice-Ignored"] = "n_batch"
+    resp = Response(text(), status=200, headers=headers)
+    resp.timeout = None
+    return resp
+
+
+# --- llm-api: form routes -------------------------------------------------------------------
+def plain_errors(handler: Callable[[], Awaitable[Response]]) -> Callable[[], Awaitable[Response]]:
+    """llm-api reports errors as a status with a plain-text description."""
+
+    @wraps(handler)
+    async def wrapper() -> Response:
+        try:
+            return await handler()
+        except ApiError as exc:
+            return Response(exc.message + "\n", status=exc.status,
+                            content_type="text/plain; charset=utf-8")
+
+    return wrapper
+
+
+_FORM_FIELDS = {"prompt", "messages", "stopRegex", "temperature", "max_tokens", "template",
+                "system"}
+
+
+async def _form() -> Any:
+    content_type = request.headers.get("Content-Type", "")
+    if not content_type.startswith("application/x-www-form-urlencoded"):
+        raise InvalidRequest("send the body as application/x-www-form-urlencoded")
+    form = await request.form
+    for key in form:
+        if key not in _FORM_FIELDS:
+            raise InvalidRequest(f"unknown field '{key}'", param=key)
+    return form
+
+
+def _number(form: Any, key: str, kind: type[float] | type[int], lo: float, hi: float) -> Any:
+    if key not in form:
+        return None
+    try:
+        value = kind(form[key])
+    except ValueError:
+        raise InvalidRequest(f"invalid value for '{key}': {form[key]!r} is not a "
+                             f"{kind.__name__}", param=key) from None
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"invalid value for '{key}': {value} is outside {lo}..{hi}",
+                             param=key)
+    return value
+
+
+def _stop_regex(form: Any) -> re.Pattern[str] | None:
+    raw = form.get("stopRegex")
+    if not raw:
+        return None
+    if len(raw) > 1000:
+        raise InvalidRequest("invalid value for 'stopRegex': longer than 1000 characters",
+                             param="stopRegex")
+    try:
+        return re.compile(raw)
+    except re.error as exc:
+        raise InvalidRequest(f"invalid value for 'stopRegex': {exc}", param="stopRegex") from None
+
+
+def _template(svc: Service, form: Any) -> ChatTemplate:
+    name = form.get("template")
+    if name is None:
+        return svc.chat
+    key = ALIASES.get(name, name)
+    if key not in BUILTINS:
+        raise InvalidRequest(f"invalid value for 'template': use one of "
+                             f"{', '.join(sorted(BUILTINS))}", param="template")
+    b = BUILTINS[key]
+    return ChatTemplate(key, b.source, stops=b.stops, bos_token=svc.chat.bos_token,
+                        eos_token=svc.chat.eos_token)
+
+
+async def _text_reply(svc: Service, form: Any, prompt: str, stops: tuple[str, ...]) -> Response:
+    native: JSON = {"prompt": prompt}
+    temperature = _number(form, "temperature", float, 0, 100)
+    if temperature is not None:
+        native["temperature"] = temperature
+    max_tokens = _number(form, "max_tokens", int, -1, 1 << 20)
+    if max_tokens is not None:
+        native["n_predict"] = max_tokens
+    if stops:
+        native["stop"] = list(stops)
+    pattern = _stop_regex(form)
+    prepared = await _prepare(svc, native)
+    job_id = svc.new_id()
+
+    async def text() -> AsyncIterator[bytes]:
+        sent = 0
+        produced = ""
+        async with aclosing(run_stream(svc, prepared, job_id)) as steps:
+            async for step in steps:
+                if step.kind != "token" or step.data is None:
+                    continue
+                produced += step.data["content"]
+                match = pattern.search(produced) if pattern is not None else None
+                end = match.start() if match is not None else len(produced)
+                if end > sent:
+                    yield produced[sent:end].encode()
+                    sent = end
+                if match is not None:
+                    return  # leaving run_stream ends the generation
+
+    resp = Response(text(), status=200, headers={
+        "Content-Type": "text/plain; charset=utf-8", "X-Request-Id": str(job_id),
+        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    resp.timeout = None
+    return resp
+
+
+@compat.route("/predict", methods=["POST"])
+@plain_errors
+async def llm_api_predict() -> Response:
+    svc = service()
+    form = await _form()
+    if "prompt" not in form:
+        raise InvalidRequest("'prompt' is required", param="prompt")
+    return await _text_reply(svc, form, form["prompt"], ())
+
+
+@compat.route("/chat", methods=["POST"])
+@plain_errors
+async def llm_api_chat() -> Response:
+    svc = service()
+    form = await _form()
+    texts = form.getlist("messages")
+    if not texts:
+        raise InvalidRequest("'messages' is required (repeat it: user, assistant, user, ...)",
+                             param="messages")
+    if len(texts) % 2 == 0:
+        raise InvalidRequest("'messages' must alternate user/assistant and end with a user "
+                             "message", param="messages")
+    messages = [Message("user" if i % 2 == 0 else "assistant", t) for i, t in enumerate(texts)]
+    template = _template(svc, form)
+    system = form.get("system") or svc.settings.system_prompt
+    return await _text_reply(svc, form, template.prompt(messages, system), template.stops)
