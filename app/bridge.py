@@ -64,6 +64,7 @@ class StopReason(enum.Enum):
     ABORTED = "aborted"
     TIMEOUT = "timeout"
     SHUTDOWN = "shutdown"
+    MODEL_CHANGED = "model_changed"
 
 
 class Ping:

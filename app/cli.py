@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     import trio
 
     from app.engine.model import Model, ModelLoadError, default_model_path
+    from app.runtime import chat_template_for
     from app.server import serve
-    from app.service import chat_template_for
 
     try:
         settings, args = load_settings(sys.argv[1:] if argv is None else argv)

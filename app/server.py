@@ -19,12 +19,8 @@ from app.api.extras import extras
 from app.api.metrics import metrics
 from app.api.native import native
 from app.api.openai import openai
-from app.bridge import TrioOutbox
 from app.chat import ChatTemplate
-from app.engine.context import Context, ContextConfig
-from app.engine.embedding import Embedder
 from app.engine.model import Model
-from app.engine.scheduler import Engine
 from app.errors import (
     ApiError,
     InvalidRequest,
@@ -33,6 +29,7 @@ from app.errors import (
     PayloadTooLarge,
     ServerError,
 )
+from app.runtime import Runtime
 from app.service import Service
 from app.settings import Settings
 
@@ -115,19 +112,7 @@ async def serve(settings: Settings, model: Model, template: ChatTemplate | None 
     get ``shutdown_grace_s`` to finish; then their streams end with a final
     event marked ``"shutdown": true``.
     """
-    context = Context(model, ContextConfig(
-        n_ctx=settings.ctx_size, n_batch=settings.batch_size, n_seq_max=settings.parallel,
-        threads=settings.threads, threads_batch=settings.threads_batch,
-        flash_attn=settings.flash_attn))
-    outbox = TrioOutbox(trio.lowlevel.current_trio_token())
-    engine = Engine(model, context, outbox,
-                    n_slots=settings.parallel, slot_ctx=min(settings.slot_ctx, context.n_ctx_seq))
-    outbox.on_gone = engine.cancel
-    engine.start()
-    service = Service(settings, model, engine, template)
-    if settings.embedding:
-        service.embedder = Embedder(model, n_ctx=min(settings.slot_ctx, 8192),
-                                    threads=settings.threads)
+    service = Service(settings, Runtime.start(settings, model, template))
     app = create_app(settings, service)
     stop = trio.Event()
 
@@ -147,9 +132,7 @@ async def serve(settings: Settings, model: Model, template: ChatTemplate | None 
                                   shutdown_trigger=stop.wait)
             nursery.cancel_scope.cancel(reason="server stopped")
     finally:
-        engine.stop()
-        context.close()
-        if service.embedder is not None:
-            service.embedder.close()
+        if service.runtime is not None:
+            service.runtime.close()
         if service.scratch_dir is not None:
             service.scratch_dir.cleanup()

@@ -14,7 +14,8 @@ import secrets
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -28,6 +29,7 @@ from app.engine.sampling import Sampler, SamplerInitError, SamplingParams
 from app.engine.scheduler import Engine
 from app.errors import ContextOverflow, InvalidRequest, Unavailable
 from app.requests import CompletionParams
+from app.runtime import Runtime
 from app.settings import Settings
 from grammar import (
     Conversion,
@@ -48,20 +50,7 @@ class Prepared:
     grammar: str | None
     schema: Any = None  # the JSON Schema the grammar came from, validated after generation
     conversion: Conversion | None = None
-
-
-def chat_template_for(settings: Settings, model: Model) -> chat.ChatTemplate:
-    """The chat template the settings and the model call for.
-
-    Raises:
-        ValueError: an unknown built-in or a template that does not compile.
-    """
-    info = model.info
-    return chat.select(
-        file=settings.chat_template_file, name=settings.chat_template,
-        gguf_template=info.chat_template, architecture=info.architecture,
-        bos_token=model.token_text(info.bos) if info.bos >= 0 else "",
-        eos_token=model.token_text(info.eos) if info.eos >= 0 else "")
+    model: Model | None = None  # the model it was tokenized for
 
 
 def convert_schema(schema: Any, *, field: str, prop_order: list[str] | None = None,
@@ -77,25 +66,95 @@ def convert_schema(schema: Any, *, field: str, prop_order: list[str] | None = No
 
 
 class Service:
-    """Owns the running requests of one loaded model."""
+    """Owns the loaded model's runtime and the running requests.
 
-    def __init__(self, settings: Settings, model: Model, engine: Engine,
-                 chat_template: chat.ChatTemplate | None = None) -> None:
+    The model can be switched or unloaded while the server runs (goinfer's
+    routes): running requests then end like an abort, marked
+    ``"model_changed": true``; requests arriving during a load wait for the new
+    model; with no model loaded they get 503.
+    """
+
+    def __init__(self, settings: Settings, runtime: Runtime | None) -> None:
         self.settings = settings
-        self.model = model
-        self.engine = engine
-        self.chat = chat_template or chat_template_for(settings, model)
-        self.embedder: Embedder | None = None
+        self.runtime = runtime
+        self.loading = False
+        self._ready = trio.Event()
+        if runtime is not None:
+            self._ready.set()
+        self._switch = trio.Lock()
         self.scratch_dir: tempfile.TemporaryDirectory[str] | None = None  # /stream caches
         self._ids = itertools.count(1)
         self.running: dict[int, Generation] = {}
+        self._idle = trio.Event()
+        self._idle.set()
         self.shutting_down = False
+
+    # --- the loaded model --------------------------------------------------------
+    def _rt(self) -> Runtime:
+        if self.runtime is None:
+            raise Unavailable("loading model" if self.loading else "no model is loaded")
+        return self.runtime
+
+    @property
+    def model(self) -> Model:
+        return self._rt().model
+
+    @property
+    def engine(self) -> Engine:
+        return self._rt().engine
+
+    @property
+    def chat(self) -> chat.ChatTemplate:
+        return self._rt().chat
+
+    @property
+    def embedder(self) -> Embedder | None:
+        return self._rt().embedder
+
+    async def switch_model(self, path: Path | None, **overrides: Any) -> None:
+        """Unload the current model (ending its requests) and load ``path`` (None: unload only).
+
+        ``overrides`` replace settings for the new model (``ctx_size``, ``embedding``,
+        ``n_gpu_layers``). On a load failure no model is loaded.
+
+        Raises:
+            ModelLoadError: the new model could not be loaded.
+        """
+        async with self._switch:
+            self.loading = path is not None
+            self._ready = trio.Event()
+            old, self.runtime = self.runtime, None
+            for gen in list(self.running.values()):
+                gen.request_stop(StopReason.MODEL_CHANGED)
+            with trio.move_on_after(10):
+                await self._idle.wait()
+            if old is not None:
+                await trio.to_thread.run_sync(old.close)
+            if path is None:
+                return
+            try:
+                settings = replace(self.settings, model_path=path, **overrides)
+                model = await trio.to_thread.run_sync(
+                    lambda: Model(path, n_gpu_layers=settings.n_gpu_layers,
+                                  verbose=settings.verbose))
+                self.runtime = Runtime.start(settings, model)
+                self.settings = settings
+            finally:
+                self.loading = False
+                self._ready.set()
 
     # --- preparing ---------------------------------------------------------
     async def prepare(self, params: CompletionParams) -> Prepared:
-        """Tokenize and check a request. Raises :class:`InvalidRequest` and friends."""
+        """Tokenize and check a request; waits while a model is loading.
+
+        Raises:
+            InvalidRequest: and its subclasses, naming the field.
+            Unavailable: shutting down, or no model loaded.
+        """
         if self.shutting_down:
             raise Unavailable("the server is shutting down")
+        await self._ready.wait()
+        self._rt()
         return await trio.to_thread.run_sync(self._prepare_sync, params)
 
     def _prepare_sync(self, params: CompletionParams) -> Prepared:
@@ -128,7 +187,8 @@ class Service:
                                     stops=params.stops, cache_prompt=params.cache_prompt,
                                     id_slot=params.id_slot)
         return Prepared(params=params, request=request, sampling=sampling, grammar=grammar,
-                        schema=params.json_schema if conversion else None, conversion=conversion)
+                        schema=params.json_schema if conversion else None, conversion=conversion,
+                        model=self.model)
 
     def tokenize_prompt(self, parts: tuple[str | int, ...]) -> list[int]:
         tokens: list[int] = []
@@ -205,6 +265,8 @@ class Service:
         """
         if self.shutting_down:
             raise Unavailable("the server is shutting down")
+        if self.runtime is None or prepared.model is not self.runtime.model:
+            raise Unavailable("the model changed while the request was being prepared")
         try:
             sampler = Sampler(self.model, prepared.sampling, prepared.grammar)
         except SamplerInitError as exc:
@@ -216,14 +278,18 @@ class Service:
         gen = Generation(id=job_id, events=receive,
                          deadline=trio.current_time() + timeout if timeout else float("inf"))
         gen.job = Job(id=job_id, request=prepared.request, sampler=sampler, sink=send)
+        engine = self.engine
         self.running[job_id] = gen
-        self.engine.submit(gen.job)
+        self._idle = trio.Event()
+        engine.submit(gen.job)
         try:
             with receive, send:
                 yield gen
         finally:
             self.running.pop(job_id, None)
-            self.engine.cancel(job_id)
+            engine.cancel(job_id)
+            if not self.running:
+                self._idle.set()
 
     def new_id(self) -> int:
         return next(self._ids)
