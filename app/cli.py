@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--metrics", action="store_const", const=True, help="serve Prometheus metrics at /metrics")
     a("--embedding", "--embeddings", dest="embedding", action="store_const", const=True,
       help="serve /embedding and /v1/embeddings")
+    a("--no-ws", dest="websocket", action="store_const", const=False,
+      help="disable goinfer's /ws token feed")
     a("--slot-save-path", type=Path, help="directory where slots can be saved and restored")
     a("--chat-template", help="built-in chat template: chatml, gemma, llama-2, llama-3, mistral, "
       "phi-3, vicuna_v1.1, zephyr (default: the model's own, else one for its architecture)")

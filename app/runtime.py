@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import trio
 
-from app.chat import ChatTemplate, select
 from app.bridge import TrioOutbox
+from app.chat import ChatTemplate, select
 from app.engine.context import Context, ContextConfig
 from app.engine.embedding import Embedder
 from app.engine.model import Model

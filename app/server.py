@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from app import auth, cors
 from app.api.compat import compat
 from app.api.extras import extras
+from app.api.goinfer import goinfer
 from app.api.metrics import metrics
 from app.api.native import native
 from app.api.openai import openai
@@ -56,6 +57,7 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
     app.register_blueprint(openai)
     app.register_blueprint(extras)
     app.register_blueprint(compat)
+    app.register_blueprint(goinfer)
 
     @app.after_request
     async def add_cors(response: Response) -> Response:

@@ -83,6 +83,8 @@ class Service:
             self._ready.set()
         self._switch = trio.Lock()
         self.scratch_dir: tempfile.TemporaryDirectory[str] | None = None  # /stream caches
+        self.token_feed: object | None = None  # goinfer's /ws broadcast (app.api.goinfer)
+        self.infer_jobs: set[int] = set()  # running goinfer /infer requests, for /infer/abort
         self._ids = itertools.count(1)
         self.running: dict[int, Generation] = {}
         self._idle = trio.Event()
@@ -131,6 +133,7 @@ class Service:
             if old is not None:
                 await trio.to_thread.run_sync(old.close)
             if path is None:
+                self._ready.set()  # nothing to wait for: requests get 503 at once
                 return
             try:
                 settings = replace(self.settings, model_path=path, **overrides)

@@ -36,6 +36,7 @@ class Settings:
     chat_template_file: Path | None = None
     system_prompt: str | None = None
     embedding: bool = False  # serve /embedding and /v1/embeddings
+    websocket: bool = True  # goinfer's /ws token feed
     slot_save_path: Path | None = None  # directory for /slots/{id}?action=save|restore
     request_timeout_s: float | None = None  # None: no limit
     shutdown_grace_s: float = 5.0
