@@ -17,8 +17,8 @@
   ``data: {"msgType": "token", "content", "num"}`` and the stream ends with
   ``data: {"msgType": "system", "content": "result", "data": {...the reply...}}``.
 - ``GET /infer/abort`` -> 204 when /infer requests were aborted, 202 when none ran.
-- ``/ws`` (unless ``--no-ws``): a websocket carrying the tokens of running /infer requests as
-  ``{"msg": "<piece>", "nToken": i}``. A subscriber that falls 256 messages behind is
+- ``/ws``: a websocket carrying the tokens of running /infer requests as
+  ``{"msg": "<piece>", "nToken": i}`` (with ``--no-ws`` its handshake is refused, 403). A subscriber that falls 256 messages behind is
   disconnected (close code 1008) rather than silently skipped.
 """
 
@@ -37,7 +37,7 @@ from quart import Blueprint, Response, websocket
 from app import sse
 from app.api.common import json_response, read_json, run_stream, service
 from app.bridge import StopReason
-from app.engine.model import ModelLoadError
+from app.engine.model import ModelLoadError, check_model_file
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported, ServerError
 from app.requests import completion_params
 from app.service import Service
@@ -109,8 +109,13 @@ async def model_load() -> Response:
     path = directory / name
     if not path.is_file() and (directory / f"{name}.gguf").is_file():
         path = directory / f"{name}.gguf"
-    if not path.is_file() or path.resolve().parent != directory.resolve():
+    if (path.name not in _model_names(directory)
+            or path.resolve().parent != directory.resolve()):
         raise NotFound(f"no model named {name!r} in the models directory")
+    try:
+        check_model_file(path)  # refuse a broken file before unloading the current model
+    except ModelLoadError as exc:
+        raise InvalidRequest(f"invalid value for '{field}': {exc}", param=field) from None
     overrides: JSON = {}
     if "ctx" in body:
         overrides["ctx_size"] = body["ctx"]
