@@ -18,8 +18,9 @@
   ``data: {"msgType": "system", "content": "result", "data": {...the reply...}}``.
 - ``GET /infer/abort`` -> 204 when /infer requests were aborted, 202 when none ran.
 - ``/ws``: a websocket carrying the tokens of running /infer requests as
-  ``{"msg": "<piece>", "nToken": i}`` (with ``--no-ws`` its handshake is refused, 403). A subscriber that falls 256 messages behind is
-  disconnected (close code 1008) rather than silently skipped.
+  ``{"msg": "<piece>", "nToken": i}`` (with ``--no-ws`` its handshake is refused, 403). A
+  subscriber that falls 256 messages behind is disconnected (close code 1008) rather than
+  silently skipped.
 """
 
 from __future__ import annotations
