@@ -137,3 +137,19 @@ def test_embeddings_disabled_is_501() -> None:
         assert resp.status_code == 501
         slot = httpx.post(srv.base_url + "/slots/0?action=erase")
         assert slot.status_code == 501
+
+
+def test_embeddings_through_the_openai_package(server: ServerProcess, http: httpx.Client) -> None:
+    import openai
+
+    with openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0) as c:
+        result = c.embeddings.create(model="any", input=["The cat sat on the mat."])
+    vector = result.data[0].embedding  # the package asks for base64 and decodes it
+    plain = http.post("/v1/embeddings", json={"input": "The cat sat on the mat."}).json()
+    assert vector == pytest.approx(plain["data"][0]["embedding"], abs=1e-6)
+
+
+def test_props_reports_the_chat_template(http: httpx.Client) -> None:
+    props = http.get("/props").json()
+    assert props["chat_template_name"] == "gemma"
+    assert "<start_of_turn>" in props["chat_template"]
