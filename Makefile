@@ -9,7 +9,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 ARGS   ?=
 
-.PHONY: setup serve test lint bench clean
+.PHONY: setup serve test lint bench clean browser
 
 setup: $(STAMP)
 
@@ -25,7 +25,14 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/python -m app --host $(HOST) --port $(PORT) $(ARGS)
 
-test: $(STAMP)
+# Browser tests drive Debian's chromium (no browser download): install it when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m ruff check app grammar tests bench
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest

@@ -187,7 +187,8 @@ def resolve_model_path(settings: Settings) -> Path | None:
     if path is None or path.exists() or settings.models_dir is None or path.is_absolute():
         return path
     candidate = settings.models_dir / path
-    if candidate.resolve().parent != settings.models_dir.resolve():
+    # the name must be a plain file name in the folder (the file itself may be a symlink)
+    if len(path.parts) != 1 or path.name in (".", ".."):
         raise ConfigError(f"model name {str(path)!r} must be a file name inside --models-dir")
     return candidate
 

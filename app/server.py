@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -20,6 +21,7 @@ from app.api.goinfer import goinfer
 from app.api.metrics import metrics
 from app.api.native import native
 from app.api.openai import openai
+from app.api.web import web
 from app.chat import ChatTemplate
 from app.engine.model import Model
 from app.errors import (
@@ -58,6 +60,7 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
     app.register_blueprint(extras)
     app.register_blueprint(compat)
     app.register_blueprint(goinfer)
+    app.register_blueprint(web)
 
     @app.after_request
     async def add_cors(response: Response) -> Response:
@@ -70,8 +73,15 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
 
     @app.before_request
     async def require_key() -> None:
-        auth.check(request.path, request.method, settings.api_keys,
-                   request.headers.get("Authorization"), request.headers.get("X-Api-Key"))
+        try:
+            auth.check(request.path, request.method, settings.api_keys,
+                       request.headers.get("Authorization"), request.headers.get("X-Api-Key"))
+        except ApiError:
+            # Read the unread body first: answering early would leave it on a keep-alive
+            # connection, where it stalls the client's next request.
+            with contextlib.suppress(HTTPException):
+                await request.get_data(cache=False)
+            raise
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
@@ -84,8 +94,10 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
         if code == 404:
             return _error_response(NotFound("no such route"))
         if code == 413:
-            return _error_response(PayloadTooLarge(
+            resp = _error_response(PayloadTooLarge(
                 f"request body over the limit of {settings.max_body_bytes} bytes"))
+            resp.headers["Connection"] = "close"  # the rest of the body is never read
+            return resp
         return _error_response(cls(exc.description or exc.name))
 
     @app.errorhandler(Exception)

@@ -110,8 +110,7 @@ async def model_load() -> Response:
     path = directory / name
     if not path.is_file() and (directory / f"{name}.gguf").is_file():
         path = directory / f"{name}.gguf"
-    if (path.name not in _model_names(directory)
-            or path.resolve().parent != directory.resolve()):
+    if path.name not in _model_names(directory):
         raise NotFound(f"no model named {name!r} in the models directory")
     try:
         check_model_file(path)  # refuse a broken file before unloading the current model

@@ -70,6 +70,13 @@ async def test_api_keys_guard_everything_but_public_routes() -> None:
             assert ok.status_code == 200
             ok = await client.post("/completion", json=body, headers={"X-Api-Key": "secret-1"})
             assert ok.status_code == 200
+            # refusals with unread bodies must not stall the keep-alive connection
+            for _ in range(10):
+                refused = await client.post("/completion", json={"prompt": "x " * 500})
+                assert refused.status_code == 401
+                ok = await client.post("/tokenize", json={"content": "x"},
+                                       headers={"X-Api-Key": "secret-1"})
+                assert ok.status_code == 200
     finally:
         assert server.terminate() == 0
 

@@ -1,0 +1,23 @@
+"""The static web page: ``/`` serves ``web/index.html``, ``/web/<file>`` the rest of ``web/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quart import Blueprint, Response, send_from_directory
+
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+
+web = Blueprint("web", __name__)
+
+
+@web.route("/", methods=["GET"])
+@web.route("/index.html", methods=["GET"])
+async def index() -> Response:
+    return await send_from_directory(WEB_DIR, "index.html")
+
+
+@web.route("/web/<path:name>", methods=["GET"])
+async def asset(name: str) -> Response:
+    # send_from_directory refuses names that leave the folder (404)
+    return await send_from_directory(WEB_DIR, name)
