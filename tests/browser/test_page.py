@@ -136,7 +136,9 @@ def test_narrow_screen(browser: Browser, server: ServerProcess) -> None:
     assert overflow <= 0
     settings_top = page.locator("#settings").bounding_box()
     main_box = page.locator("main").bounding_box()
-    assert settings_top and main_box and settings_top["y"] >= main_box["y"] + main_box["height"] - 1
+    assert settings_top
+    assert main_box
+    assert settings_top["y"] >= main_box["y"] + main_box["height"] - 1
     shot(page, "06-narrow")
     context.close()
 
