@@ -39,88 +39,16 @@ from typing import Any
 
 import jsonschema
 
-from grammar.errors import InvalidSchemaError, UnsupportedSchemaError
+from grammar.containers import ContainerRules
+from grammar.errors import InvalidSchemaError, UnsupportedSchemaError, escape_pointer
 from grammar.gbnf_text import literal, repeat
+from grammar.keywords import ALL_TYPES, ANNOTATIONS, STRUCTURAL, TYPE_KEYWORDS, VALIDATED_ONLY
+from grammar.merge import constraining, merge
+from grammar.primitives import FORMATS, PRIMITIVE_DEPS, PRIMITIVES
 from grammar.ranges import int_range
 from grammar.regex import pattern_to_gbnf
 
 JSON = Any
-
-SPACE = 'space ::= | " " | "\\n" [ \\t]{0,20}'
-PRIMITIVES: dict[str, str] = {
-    "space": '| " " | "\\n" [ \\t]{0,20}',
-    "boolean": '("true" | "false") space',
-    "null": '"null" space',
-    # \u escapes of surrogates are left out: a pair would count as two characters
-    # here and as one in JSON Schema's length; such characters are written as UTF-8.
-    "char": ('[^"\\\\\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" ( [0-9a-cA-C] [0-9a-fA-F]{3} | '
-             '[dD] [0-7] [0-9a-fA-F]{2} | [eEfF] [0-9a-fA-F]{3} ))'),
-    "string": '"\\"" char* "\\"" space',
-    "integral-part": '[0] | [1-9] [0-9]{0,15}',
-    "decimal-part": "[0-9]{1,16}",
-    "number": '("-"? integral-part) ("." decimal-part)? ([eE] [-+]? [0-9]{1,4})? space',
-    "integer": '("-"? integral-part) space',
-    "value": "object | array | string | number | boolean | null",
-    "object": '"{" space ( string ":" space value ("," space string ":" space value)* )? "}" space',
-    "array": '"[" space ( value ("," space value)* )? "]" space',
-}
-_PRIMITIVE_DEPS = {
-    "boolean": ["space"], "null": ["space"], "string": ["char", "space"],
-    "number": ["integral-part", "decimal-part", "space"], "integer": ["integral-part", "space"],
-    "value": ["object", "array", "string", "number", "boolean", "null"],
-    "object": ["string", "value", "space"], "array": ["value", "space"],
-}
-
-# Calendar-exact dates: days per month, 29 February only in leap years, no year 0000
-# (which Python's date, and so validation, refuses).
-_YEAR = '( [0-9]{3} [1-9] | [0-9]{2} [1-9] "0" | [0-9] [1-9] "00" | [1-9] "000" )'
-_LEAP_YEAR = ('( [0-9]{2} ( "0" [48] | [2468] [048] | [13579] [26] ) | '
-              '( "0" [48] | [2468] [048] | [13579] [26] ) "00" )')
-_DATE = (f'( {_YEAR} "-" ( ( "0" [13578] | "1" [02] ) "-" ( "0" [1-9] | [12] [0-9] | "3" [01] ) | '
-         '( "0" [469] | "11" ) "-" ( "0" [1-9] | [12] [0-9] | "30" ) | '
-         '"02-" ( "0" [1-9] | "1" [0-9] | "2" [0-8] ) ) | '
-         f'{_LEAP_YEAR} "-02-29" )')
-_TIME = ('( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] ":" [0-5] [0-9] ( "." [0-9]{1,9} )? '
-         '( [Zz] | [+-] ( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] )')
-_OCTET = '( "25" [0-5] | "2" [0-4] [0-9] | "1" [0-9] [0-9] | [1-9]? [0-9] )'
-FORMATS: dict[str, str] = {
-    "date": _DATE,
-    "time": _TIME,
-    "date-time": f"{_DATE} [Tt] {_TIME}",
-    "uuid": ('[0-9a-fA-F]{8} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" '
-             "[0-9a-fA-F]{12}"),
-    "ipv4": f'{_OCTET} "." {_OCTET} "." {_OCTET} "." {_OCTET}',
-    "email": '[A-Za-z0-9._%+-]{1,64} "@" [A-Za-z0-9-]{1,63} ( "." [A-Za-z0-9-]{1,63} ){1,8}',
-}
-
-# Keywords that only annotate: they never constrain an instance.
-ANNOTATIONS = frozenset({
-    "$schema", "$id", "$anchor", "$dynamicAnchor", "$comment", "$defs", "definitions",
-    "$vocabulary", "title", "description", "default", "examples", "readOnly", "writeOnly",
-    "deprecated", "contentEncoding", "contentMediaType", "contentSchema",
-})
-# Keywords checked only by validation after generation.
-VALIDATED_ONLY = frozenset({
-    "uniqueItems", "multipleOf", "not", "minProperties", "maxProperties", "contains",
-    "minContains", "maxContains", "patternProperties", "propertyNames", "dependentRequired",
-    "dependentSchemas", "dependencies", "if", "then", "else", "unevaluatedItems",
-    "unevaluatedProperties",
-})
-_TYPE_KEYWORDS = {
-    "string": {"minLength", "maxLength", "pattern", "format"},
-    "boolean": set(),
-    "null": set(),
-    "number": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"},
-    "integer": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"},
-    "array": {"items", "prefixItems", "minItems", "maxItems", "uniqueItems", "contains",
-              "minContains", "maxContains", "unevaluatedItems"},
-    "object": {"properties", "required", "additionalProperties", "minProperties",
-               "maxProperties", "patternProperties", "propertyNames", "dependentRequired",
-               "dependentSchemas", "unevaluatedProperties"},
-}
-_ALL_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
-_STRUCTURAL = {"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref"}
-
 
 @dataclass(frozen=True, slots=True)
 class Conversion:
@@ -140,10 +68,6 @@ class Conversion:
     ignored: tuple[str, ...]
 
 
-def _escape_pointer(part: str) -> str:
-    return part.replace("~", "~0").replace("/", "~1")
-
-
 def _rule_name(text: str) -> str:
     name = re.sub(r"[^a-zA-Z0-9-]+", "-", text).strip("-")
     return name or "x"
@@ -156,12 +80,12 @@ def check_schema(schema: JSON) -> None:
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     error = jsonschema.exceptions.best_match(cls(cls.META_SCHEMA).iter_errors(schema))
     if error is not None:
-        pointer = "".join(f"/{_escape_pointer(str(p))}" for p in error.absolute_path)
+        pointer = "".join(f"/{escape_pointer(str(p))}" for p in error.absolute_path)
         raise InvalidSchemaError(error.message, pointer=pointer)
 
 
 @dataclass
-class _Converter:
+class _Converter(ContainerRules):
     root: JSON
     prop_order: Sequence[str]
     dotall: bool
@@ -186,7 +110,7 @@ class _Converter:
     def primitive(self, name: str) -> str:
         if name not in self.rules:
             self.rules[name] = PRIMITIVES[name]
-            for dep in _PRIMITIVE_DEPS.get(name, ()):
+            for dep in PRIMITIVE_DEPS.get(name, ()):
                 self.primitive(dep)
         return name
 
@@ -270,7 +194,7 @@ class _Converter:
                 rest = {k: v for k, v in schema.items() if k != key}
                 options = []
                 for i, sub in enumerate(schema[key]):
-                    branch = _merge(rest, sub, f"{pointer}/{key}/{i}") if _constraining(rest) else sub
+                    branch = merge(rest, sub, f"{pointer}/{key}/{i}") if constraining(rest) else sub
                     options.append(self.visit(branch, f"{pointer}/{key}/{i}", f"{name}-{i}"))
                 self.enforce(pointer, key)
                 if key == "oneOf" and len(options) > 1:
@@ -298,13 +222,13 @@ class _Converter:
                 if isinstance(target, dict) and "$ref" in target and target["$ref"] == sub["$ref"]:
                     raise UnsupportedSchemaError("allOf: self-referencing $ref", pointer=where)
                 rest = {k: v for k, v in sub.items() if k != "$ref"}
-                sub = _merge(target, rest, where) if isinstance(target, dict) else target
+                sub = merge(target, rest, where) if isinstance(target, dict) else target
             if isinstance(sub, dict) and "allOf" in sub:
                 inner = {k: v for k, v in sub.items() if k != "allOf"}
                 for j, s in enumerate(sub["allOf"]):
-                    inner = _merge(inner, s, f"{where}/allOf/{j}")
+                    inner = merge(inner, s, f"{where}/allOf/{j}")
                 sub = inner
-            merged = _merge(merged, sub, where)
+            merged = merge(merged, sub, where)
         self.enforce(pointer, "allOf")
         return self.visit(merged, pointer, name)
 
@@ -314,7 +238,7 @@ class _Converter:
                 continue
             if key in VALIDATED_ONLY:
                 self.validate_only(pointer, key)
-            elif key not in _STRUCTURAL and not any(key in kws for kws in _TYPE_KEYWORDS.values()):
+            elif key not in STRUCTURAL and not any(key in kws for kws in TYPE_KEYWORDS.values()):
                 self.ignored.append(f"{pointer}/{key}")
 
     @staticmethod
@@ -324,7 +248,7 @@ class _Converter:
         Keywords of other types do not restrict a value of a type they do not
         apply to; the grammar keeps to the constrained types, a subset.
         """
-        present = [t for t in _ALL_TYPES if t != "integer" and _TYPE_KEYWORDS[t] & schema.keys()]
+        present = [t for t in ALL_TYPES if t != "integer" and TYPE_KEYWORDS[t] & schema.keys()]
         if not present:
             return None
         return present if len(present) > 1 else present[0]
@@ -418,205 +342,6 @@ class _Converter:
         return self.add_rule(name, f"( {int_range(lo, hi)} ) {self.primitive('space')}")
 
     # --- arrays ----------------------------------------------------------------
-    def visit_array(self, schema: dict[str, JSON], pointer: str, name: str) -> str:
-        space = self.primitive("space")
-        prefix = schema.get("prefixItems", [])
-        items = schema.get("items", True)
-        lo = int(schema.get("minItems", 0))
-        hi = schema.get("maxItems")
-        hi = None if hi is None else int(hi)
-        for key in ("prefixItems", "items", "minItems", "maxItems"):
-            if key in schema:
-                self.enforce(pointer, key)
-        elems = [self.visit(s, f"{pointer}/prefixItems/{i}", f"{name}-{i}")
-                 for i, s in enumerate(prefix)]
-        if items is False:
-            hi = min(hi, len(elems)) if hi is not None else len(elems)
-            item = None
-        else:
-            item = self.visit(items, f"{pointer}/items", f"{name}-item")
-        if hi is not None and lo > hi:
-            raise UnsupportedSchemaError(f"minItems {lo} exceeds maxItems {hi}", pointer=pointer)
-        # Prefix elements come first (each required while below minItems), then items.
-        sep = f'"," {space}'
-        n_prefix = len(elems) if hi is None else min(len(elems), hi)
-        if n_prefix == 0:
-            inner = self._array_items(item, lo, hi, sep, name) if item is not None else ""
-        else:
-            rest = self._array_tail(item, lo - n_prefix, None if hi is None else hi - n_prefix, sep)
-            for i in range(n_prefix - 1, -1, -1):
-                body = self._join(elems[i] if i == 0 else f"{sep} {elems[i]}", rest)
-                if i >= lo:
-                    body = f"( {body} )?"
-                rest = self.add_rule(f"{name}-from-{i}", body) if i > 0 else body
-            inner = rest
-        return self.add_rule(name, self._join(f'"[" {space}', self._join(inner, f'"]" {space}')))
-
-    def _array_tail(self, item: str | None, lo: int, hi: int | None, sep: str) -> str:
-        """Items after the prefix: each preceded by a separator."""
-        if item is None or (hi is not None and hi <= 0):
-            return ""
-        lo = max(lo, 0)
-        return repeat(self.add_rule(f"{item}-next", f"{sep} {item}"), lo, hi, self.add_rule)
-
-    def _array_items(self, item: str, lo: int, hi: int | None, sep: str, name: str) -> str:
-        if hi == 0:
-            return ""
-        more = repeat(self.add_rule(f"{name}-next", f"{sep} {item}"),
-                      max(lo - 1, 0), None if hi is None else hi - 1, self.add_rule)
-        body = f"{item} {more}".strip()
-        return body if lo >= 1 else f"( {body} )?"
-
-    # --- objects ---------------------------------------------------------------
-    def visit_object(self, schema: dict[str, JSON], pointer: str, name: str) -> str:
-        space = self.primitive("space")
-        props: dict[str, JSON] = schema.get("properties", {})
-        required = set(schema.get("required", []))
-        forbidden = {k for k, v in props.items() if v is False}
-        if forbidden & required:
-            raise UnsupportedSchemaError(
-                f"property {sorted(forbidden & required)[0]!r} is both required and forbidden",
-                pointer=pointer)
-        props = {k: v for k, v in props.items() if v is not False}
-        additional = schema.get("additionalProperties")
-        if "properties" not in schema and additional is None:
-            additional = True  # a bare object schema allows any keys
-        for key in ("properties", "required", "additionalProperties"):
-            if key in schema:
-                self.enforce(pointer, key)
-        for key in sorted(required - props.keys()):
-            if additional is False:
-                raise UnsupportedSchemaError(
-                    f"required property {key!r} is not allowed by the schema", pointer=pointer)
-            props = {**props, key: additional if isinstance(additional, dict) else True}
-        order = [k for k in self.prop_order if k in props] + [k for k in props
-                                                                if k not in self.prop_order]
-        kvs: list[tuple[str, str, bool]] = []
-        for key in order:
-            value = self.visit(props[key], f"{pointer}/properties/{_escape_pointer(key)}",
-                               f"{name}-{key}")
-            kv = self.add_rule(f"{name}-{key}-kv",
-                               f'{literal(json.dumps(key, ensure_ascii=False))} {space} ":" {space} {value}')
-            kvs.append((key, kv, key in required))
-        extra: str | None = None
-        if additional not in (None, False):
-            value = self.visit(additional, f"{pointer}/additionalProperties", f"{name}-additional")
-            key_rule = self._key_excluding(list(props), name)
-            extra = self.add_rule(f"{name}-additional-kv", f'{key_rule} ":" {space} {value}')
-        body = self._object_body(kvs, extra, f'"," {space}', name)
-        return self.add_rule(name, f'"{{" {space} {body} "}}" {space}'.replace("  ", " "))
-
-    def _object_body(self, kvs: list[tuple[str, str, bool]], extra: str | None, sep: str,
-                     name: str) -> str:
-        """Members in declared order, required ones always, optional ones at most once, then extras.
-
-        ``tail(i)`` follows a written member and covers members i.. (each with its
-        separator in front); ``head(i)`` is where nothing was written yet.
-        """
-        n = len(kvs)
-        tail = [""] * (n + 1)
-        tail[n] = f"( {sep} {extra} )*" if extra else ""
-        for i in range(n - 1, -1, -1):
-            _key, kv, req = kvs[i]
-            item = f"{sep} {kv}" if req else f"( {sep} {kv} )?"
-            tail[i] = self._join(item, tail[i + 1])
-            if i > 0 and tail[i]:
-                tail[i] = self.add_rule(f"{name}-tail-{i}", tail[i])
-        head = f"( {extra} {tail[n]} )?" if extra else ""
-        first_required = next((i for i, kv in enumerate(kvs) if kv[2]), n - 1)
-        for i in range(first_required, -1, -1):
-            _key, kv, req = kvs[i]
-            first = self._join(kv, tail[i + 1])
-            if req:
-                head = first
-            else:
-                head = f"( {first} )?" if not head else f"{first} | {head}"
-                if head.count("|") and i > 0:
-                    head = self.add_rule(f"{name}-head-{i}", head)
-                elif "|" in head:
-                    head = f"( {head} )"
-        return head
-
-    @staticmethod
-    def _join(a: str, b: str) -> str:
-        return f"{a} {b}" if a and b else (a or b)
-
-    def _key_excluding(self, keys: list[str], name: str) -> str:
-        """A JSON string that is none of ``keys`` (written without escapes)."""
-        string = self.primitive("string")
-        if not keys:
-            return string
-        space = self.primitive("space")
-        plain = '[^"\\\\\\x00-\\x1F]'
-        trie: dict[str, Any] = {}
-        for key in keys:
-            node = trie
-            for ch in key:
-                node = node.setdefault(ch, {})
-            node[""] = {}
-
-        def build(node: dict[str, Any], depth: int) -> str:
-            chars = sorted(c for c in node if c)
-            options = []
-            if chars:
-                from grammar.gbnf_text import char_class
-
-                others = char_class(_ranges_excluding(chars), negated=False)
-                options.append(f"{others} {plain}*")
-                for c in chars:
-                    options.append(f"{literal(c)} {build(node[c], depth + 1)}")
-            else:
-                options.append(f"{plain}+")
-            if "" not in node:
-                options.append('""')
-            return self.add_rule(f"{name}-key-{depth}-{len(self.rules)}", " | ".join(options))
-
-        return f'"\\"" {build(trie, 0)} "\\"" {space}'
-
-
-def _ranges_excluding(chars: list[str]) -> list[tuple[int, int]]:
-    """Code point ranges of plain JSON string characters other than ``chars``."""
-    banned = sorted({ord(c) for c in chars} | {0x22, 0x5C} | set(range(0x20)))
-    out, nxt = [], 0
-    for b in banned:
-        if b > nxt:
-            out.append((nxt, b - 1))
-        nxt = max(nxt, b + 1)
-    out.append((nxt, 0x10FFFF))
-    return out
-
-
-def _close_over(mine: dict[str, JSON], other: dict[str, JSON], pointer: str) -> dict[str, JSON]:
-    """Apply ``mine``'s additionalProperties to the properties only ``other`` declares.
-
-    In JSON Schema, additionalProperties only knows its own schema's
-    ``properties``: merged with another branch, it forbids (or constrains) the
-    other branch's extra properties.
-    """
-    extra_rule = mine.get("additionalProperties", True)
-    if extra_rule is True:
-        return mine
-    own = set(mine.get("properties", {}))
-    foreign = [p for p in other.get("properties", {}) if p not in own]
-    foreign += [p for p in other.get("required", []) if p not in own and p not in foreign]
-    if not foreign:
-        return mine
-    if extra_rule is False:
-        required = set(mine.get("required", [])) | set(other.get("required", []))
-        for prop in foreign:
-            if prop in required:
-                raise UnsupportedSchemaError(
-                    f"allOf: property {prop!r} is required but forbidden by additionalProperties "
-                    "of another branch; no object satisfies the schema", pointer=pointer)
-        # the property may not appear at all
-        props = dict(mine.get("properties", {}))
-        props.update({p: False for p in foreign})
-        return {**mine, "properties": props}
-    props = dict(mine.get("properties", {}))
-    props.update({p: extra_rule for p in foreign})
-    return {**mine, "properties": props}
-
-
 def _ceil(v: JSON) -> int:
     i = int(v)
     return i if i == v or v < 0 else i + 1
@@ -625,64 +350,6 @@ def _ceil(v: JSON) -> int:
 def _floor(v: JSON) -> int:
     i = int(v)
     return i if i == v or v > 0 else i - 1
-
-
-def _constraining(schema: dict[str, JSON]) -> bool:
-    return any(k not in ANNOTATIONS for k in schema)
-
-
-def _merge(a: dict[str, JSON], b: JSON, pointer: str) -> dict[str, JSON]:
-    """The conjunction of two schemas as one schema, where that can be written exactly."""
-    if b is True:
-        return dict(a)
-    if not isinstance(b, dict):
-        raise UnsupportedSchemaError("allOf with a 'false' schema admits no value", pointer=pointer)
-    a = _close_over(a, b, pointer)
-    b = _close_over(b, a, pointer)
-    out = dict(a)
-    for key, value in b.items():
-        if key not in out or out[key] == value or key in ANNOTATIONS:
-            out.setdefault(key, value)
-            continue
-        mine = out[key]
-        if key == "properties":
-            props = dict(mine)
-            for name, sub in value.items():
-                if name not in props:
-                    props[name] = sub
-                elif props[name] is False or sub is False:
-                    props[name] = False
-                else:
-                    props[name] = {"allOf": [props[name], sub]}
-            out[key] = props
-        elif key == "required":
-            out[key] = list(dict.fromkeys([*mine, *value]))
-        elif key == "type":
-            ta = {mine} if isinstance(mine, str) else set(mine)
-            tb = {value} if isinstance(value, str) else set(value)
-            if "number" in ta and "integer" in tb:
-                ta.add("integer")
-            if "number" in tb and "integer" in ta:
-                tb.add("integer")
-            both = sorted(ta & tb)
-            if not both:
-                raise UnsupportedSchemaError("allOf branches share no type", pointer=pointer)
-            out[key] = both[0] if len(both) == 1 else both
-        elif key in ("minimum", "exclusiveMinimum", "minLength", "minItems"):
-            out[key] = max(mine, value)
-        elif key in ("maximum", "exclusiveMaximum", "maxLength", "maxItems"):
-            out[key] = min(mine, value)
-        elif key == "enum":
-            out[key] = [v for v in mine if v in value]
-        elif key in ("items", "additionalProperties") and isinstance(mine, dict | bool):
-            out[key] = {"allOf": [mine, value]}
-        else:
-            raise UnsupportedSchemaError(f"allOf: cannot combine two different '{key}' values",
-                                         pointer=pointer)
-    return out
-
-
-
 
 
 def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bool = False,

@@ -52,3 +52,21 @@ class UnsupportedSchemaError(SchemaError):
     def __init__(self, message: str, *, pointer: str = "", keyword: str = "") -> None:
         self.keyword = keyword
         super().__init__(message, pointer=pointer)
+
+
+def excerpt(text: str, line: int, column: int) -> str:
+    lines = text.splitlines() or [""]
+    if not 1 <= line <= len(lines):
+        return ""
+    src = lines[line - 1]
+    start = max(0, column - 40)
+    return f"  {src[start:start + 80]}\n  {' ' * (column - 1 - start)}^"
+
+
+def error_at(text: str, message: str, line: int, column: int) -> GbnfSyntaxError:
+    return GbnfSyntaxError(message, line=line, column=column, context=excerpt(text, line, column))
+
+
+def escape_pointer(part: str) -> str:
+    """One JSON-pointer reference token (RFC 6901)."""
+    return part.replace("~", "~0").replace("/", "~1")

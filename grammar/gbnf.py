@@ -18,100 +18,31 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from dataclasses import dataclass
 from importlib import resources
 
 import lark
 from lark.lexer import Token as LarkToken
 
-from grammar.errors import GbnfSyntaxError
+from grammar.errors import GbnfSyntaxError, error_at
+from grammar.gbnf_ast import (
+    MAX_REPETITION,
+    Alternatives,
+    AnyChar,
+    CharClass,
+    Grammar,
+    Literal,
+    Node,
+    Repeat,
+    RuleRef,
+    Sequence,
+    TokenRef,
+)
+from grammar.gbnf_checks import check
 
-#: llama.cpp's MAX_REPETITION_THRESHOLD: a larger lower bound is refused, a larger
-#: upper bound silently becomes unbounded, and nested repetitions whose product
-#: passes it are refused.
-MAX_REPETITION = 2000
-
-
-@dataclass(frozen=True, slots=True)
-class Literal:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class CharClass:
-    negated: bool
-    ranges: tuple[tuple[int, int], ...]
-
-    def matches(self, code: int) -> bool:
-        inside = any(lo <= code <= hi for lo, hi in self.ranges)
-        return inside != self.negated
-
-
-@dataclass(frozen=True, slots=True)
-class AnyChar:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class RuleRef:
-    name: str
-    line: int
-    column: int
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRef:
-    """``<[id]>`` (``value`` is the id) or ``<piece>`` (``value`` is the text)."""
-
-    value: int | str
-    negated: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Repeat:
-    node: Node
-    min: int
-    max: int | None  # None: unbounded
-
-
-@dataclass(frozen=True, slots=True)
-class Sequence:
-    items: tuple[Node, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Alternatives:
-    options: tuple[Sequence, ...]
-
-
-Node = Literal | CharClass | AnyChar | RuleRef | TokenRef | Repeat | Sequence | Alternatives
-
-
-@dataclass(frozen=True, slots=True)
-class Grammar:
-    """A parsed grammar: rule name to its alternatives, in source order."""
-
-    rules: dict[str, Alternatives]
-    text: str
-
-    @property
-    def uses_tokens(self) -> bool:
-        return any(_contains_token(alt) for alt in self.rules.values())
-
-
-def _contains_token(node: Node) -> bool:
-    match node:
-        case TokenRef():
-            return True
-        case Repeat(node=inner):
-            return _contains_token(inner)
-        case Sequence(items=items):
-            return any(_contains_token(i) for i in items)
-        case Alternatives(options=options):
-            return any(_contains_token(o) for o in options)
-        case _:
-            return False
-
+__all__ = [
+    "MAX_REPETITION", "Alternatives", "AnyChar", "CharClass", "Grammar", "Literal", "Node",
+    "Repeat", "RuleRef", "Sequence", "TokenRef", "parse_gbnf",
+]
 
 _SIMPLE_ESCAPES = {"t": "\t", "r": "\r", "n": "\n", "\\": "\\", '"': '"', "[": "[", "]": "]", "-": "-"}
 _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
@@ -143,19 +74,6 @@ def _parser() -> lark.Lark:
                      maybe_placeholders=False)
 
 
-def _excerpt(text: str, line: int, column: int) -> str:
-    lines = text.splitlines() or [""]
-    if not 1 <= line <= len(lines):
-        return ""
-    src = lines[line - 1]
-    start = max(0, column - 40)
-    return f"  {src[start:start + 80]}\n  {' ' * (column - 1 - start)}^"
-
-
-def _error_at(text: str, message: str, line: int, column: int) -> GbnfSyntaxError:
-    return GbnfSyntaxError(message, line=line, column=column, context=_excerpt(text, line, column))
-
-
 def _decode_chars(raw: str, tok: LarkToken, text: str) -> list[int]:
     """Decode the body of a literal or class into code points, as llama.cpp's parse_char."""
     out: list[int] = []
@@ -174,16 +92,16 @@ def _decode_chars(raw: str, tok: LarkToken, text: str) -> list[int]:
             size = _HEX_ESCAPES[nxt]
             digits = raw[i + 2 : i + 2 + size]
             if len(digits) != size or any(c not in "0123456789abcdefABCDEF" for c in digits):
-                raise _error_at(text, f"expecting {size} hex digits after \\{nxt}",
+                raise error_at(text, f"expecting {size} hex digits after \\{nxt}",
                                 tok.line or 0, (tok.column or 0) + 1 + i)
             value = int(digits, 16)
             if value > 0x10FFFF:
-                raise _error_at(text, f"code point {digits} is beyond Unicode",
+                raise error_at(text, f"code point {digits} is beyond Unicode",
                                 tok.line or 0, (tok.column or 0) + 1 + i)
             out.append(value)
             i += 2 + size
         else:
-            raise _error_at(text, f"unknown escape \\{nxt}", tok.line or 0, (tok.column or 0) + 1 + i)
+            raise error_at(text, f"unknown escape \\{nxt}", tok.line or 0, (tok.column or 0) + 1 + i)
     return out
 
 
@@ -212,7 +130,7 @@ class _Builder(lark.Transformer[LarkToken, object]):
             if i + 2 < len(codes) + 0 and raw_dash[i + 1] and i + 2 <= len(codes) - 1:
                 lo, hi = codes[i], codes[i + 2]
                 if hi < lo:
-                    raise _error_at(self._text, f"empty range {chr(lo)!r}-{chr(hi)!r} in class",
+                    raise error_at(self._text, f"empty range {chr(lo)!r}-{chr(hi)!r} in class",
                                     tok.line or 0, tok.column or 0)
                 ranges.append((lo, hi))
                 i += 3
@@ -220,7 +138,7 @@ class _Builder(lark.Transformer[LarkToken, object]):
                 ranges.append((codes[i], codes[i]))
                 i += 1
         if not ranges:
-            raise _error_at(self._text, "empty character class", tok.line or 0, tok.column or 0)
+            raise error_at(self._text, "empty character class", tok.line or 0, tok.column or 0)
         return CharClass(negated, tuple(ranges))
 
     def token(self, children: list[LarkToken]) -> TokenRef:
@@ -267,13 +185,13 @@ class _Builder(lark.Transformer[LarkToken, object]):
         hi: int | None = quant[1]
         tok: LarkToken = quant[2]
         if lo > MAX_REPETITION:
-            raise _error_at(self._text, f"repetition minimum {lo} exceeds llama.cpp's limit of "
+            raise error_at(self._text, f"repetition minimum {lo} exceeds llama.cpp's limit of "
                             f"{MAX_REPETITION}", tok.line or 0, tok.column or 0)
         if hi is not None and hi < lo:
-            raise _error_at(self._text, f"repetition maximum {hi} is below its minimum {lo}",
+            raise error_at(self._text, f"repetition maximum {hi} is below its minimum {lo}",
                             tok.line or 0, tok.column or 0)
         if hi is not None and hi > MAX_REPETITION:
-            raise _error_at(self._text, f"repetition maximum {hi} exceeds llama.cpp's limit of "
+            raise error_at(self._text, f"repetition maximum {hi} exceeds llama.cpp's limit of "
                             f"{MAX_REPETITION} (llama.cpp would make it unbounded)",
                             tok.line or 0, tok.column or 0)
         return Repeat(node, lo, hi)  # type: ignore[arg-type]  # node: a Node built below
@@ -292,7 +210,7 @@ class _Builder(lark.Transformer[LarkToken, object]):
         for name_tok, alts in children:
             name = str(name_tok)
             if name in rules:
-                raise _error_at(self._text, f"rule '{name}' is defined twice",
+                raise error_at(self._text, f"rule '{name}' is defined twice",
                                 name_tok.line or 0, name_tok.column or 0)
             rules[name] = alts
         return rules
@@ -330,7 +248,7 @@ def parse_gbnf(text: str) -> Grammar:
     try:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedCharacters as exc:
-        raise _error_at(text, f"unexpected character {text[exc.pos_in_stream or 0]!r}",
+        raise error_at(text, f"unexpected character {text[exc.pos_in_stream or 0]!r}",
                         exc.line, exc.column) from None
     except lark.exceptions.UnexpectedToken as exc:
         tok = exc.token
@@ -338,7 +256,7 @@ def parse_gbnf(text: str) -> Grammar:
             raise GbnfSyntaxError("unexpected end of grammar", line=exc.line or 0,
                                   column=exc.column or 0) from None
         what = "newline" if tok.type == "_NL" else repr(str(tok))
-        raise _error_at(text, f"unexpected {what}", exc.line, exc.column) from None
+        raise error_at(text, f"unexpected {what}", exc.line, exc.column) from None
     except lark.exceptions.UnexpectedEOF:
         raise GbnfSyntaxError("unexpected end of grammar") from None
     try:
@@ -349,149 +267,7 @@ def parse_gbnf(text: str) -> Grammar:
         raise
     assert isinstance(rules, dict)
     grammar = Grammar(rules=rules, text=text)
-    _check(grammar)
+    check(grammar)
     return grammar
 
 
-def _refs(node: Node) -> Iterator[RuleRef]:
-    match node:
-        case RuleRef():
-            yield node
-        case Repeat(node=inner):
-            yield from _refs(inner)
-        case Sequence(items=items):
-            for item in items:
-                yield from _refs(item)
-        case Alternatives(options=options):
-            for option in options:
-                yield from _refs(option)
-        case _:
-            return
-
-
-def _check(grammar: Grammar) -> None:
-    if "root" not in grammar.rules:
-        raise GbnfSyntaxError("grammar has no 'root' rule")
-    for alts in grammar.rules.values():
-        for ref in _refs(alts):
-            if ref.name not in grammar.rules:
-                raise _error_at(grammar.text, f"undefined rule '{ref.name}'", ref.line, ref.column)
-    for alts in grammar.rules.values():
-        for option in alts.options:
-            _check_repetition_product(grammar.text, option)
-    _check_left_recursion(grammar)
-
-
-def _synthesized(node: Node) -> int:
-    """How many helper rules llama.cpp synthesizes for ``node``."""
-    match node:
-        case Alternatives(options=options):
-            return 1 + sum(_synthesized(i) for o in options for i in o.items)
-        case Repeat(node=inner, min=lo, max=hi):
-            return _synthesized(inner) + (1 if hi is None else max(hi - lo, 0))
-        case _:
-            return 0
-
-
-def _check_repetition_product(text: str, seq: Sequence) -> None:
-    # llama.cpp multiplies, per repeated element, the rule count of the element by
-    # the repetition count and refuses products above MAX_REPETITION.
-    for item in seq.items:
-        if isinstance(item, Alternatives):
-            for option in item.options:
-                _check_repetition_product(text, option)
-        if not isinstance(item, Repeat):
-            continue
-        factor = 1
-        node: Node = item
-        while isinstance(node, Repeat):
-            count = node.max if node.max is not None and node.max > 0 else node.min
-            factor *= max(count, 1)
-            node = node.node
-        base = max(1, _synthesized(node)) if isinstance(node, Alternatives) else 1
-        if base * factor > MAX_REPETITION:
-            raise GbnfSyntaxError(
-                f"repetition generates {base * factor} rules, over llama.cpp's limit of "
-                f"{MAX_REPETITION}; reduce the repetition count or the repeated group")
-        if isinstance(node, Alternatives):
-            for option in node.options:
-                _check_repetition_product(text, option)
-
-
-def _nullable_rules(grammar: Grammar) -> set[str]:
-    nullable: set[str] = set()
-
-    def can_be_empty(node: Node) -> bool:
-        match node:
-            case Literal(text=t):
-                return t == ""
-            case RuleRef(name=n):
-                return n in nullable
-            case Repeat(node=inner, min=lo):
-                return lo == 0 or can_be_empty(inner)
-            case Sequence(items=items):
-                return all(can_be_empty(i) for i in items)
-            case Alternatives(options=options):
-                return any(can_be_empty(o) for o in options)
-            case _:
-                return False
-
-    changed = True
-    while changed:
-        changed = False
-        for name, alts in grammar.rules.items():
-            if name not in nullable and can_be_empty(alts):
-                nullable.add(name)
-                changed = True
-    return nullable
-
-
-def _check_left_recursion(grammar: Grammar) -> None:
-    nullable = _nullable_rules(grammar)
-
-    def leftmost(node: Node) -> tuple[set[str], bool]:
-        """Rules that can start ``node``, and whether ``node`` can match empty."""
-        match node:
-            case Literal(text=t):
-                return set(), t == ""
-            case RuleRef(name=n):
-                return {n}, n in nullable
-            case Repeat(node=inner, min=lo):
-                refs, empty = leftmost(inner)
-                return refs, empty or lo == 0
-            case Sequence(items=items):
-                out: set[str] = set()
-                for item in items:
-                    refs, empty = leftmost(item)
-                    out |= refs
-                    if not empty:
-                        return out, False
-                return out, True
-            case Alternatives(options=options):
-                out = set()
-                any_empty = False
-                for option in options:
-                    refs, empty = leftmost(option)
-                    out |= refs
-                    any_empty = any_empty or empty
-                return out, any_empty
-            case _:
-                return set(), False
-
-    edges = {name: leftmost(alts)[0] for name, alts in grammar.rules.items()}
-    state: dict[str, int] = {}  # 1 in progress, 2 done
-
-    def visit(name: str, path: list[str]) -> None:
-        state[name] = 1
-        for nxt in sorted(edges[name]):
-            if state.get(nxt) == 1:
-                cycle = [*path[path.index(nxt):], nxt] if nxt in path else [name, nxt]
-                raise GbnfSyntaxError("left recursion (llama.cpp refuses it): "
-                                      + " -> ".join(cycle))
-            if state.get(nxt) is None:
-                visit(nxt, [*path, nxt])
-        state[name] = 2
-
-    for name in grammar.rules:
-        if name not in state:
-            visit(name, [name])

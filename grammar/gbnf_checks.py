@@ -1,0 +1,162 @@
+"""Checks llama.cpp applies to a grammar after parsing it (or dies on): undefined rules, a
+missing ``root``, left recursion, and repetitions whose helper rules pass its limit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from grammar.errors import GbnfSyntaxError, error_at
+from grammar.gbnf_ast import (
+    MAX_REPETITION,
+    Alternatives,
+    Grammar,
+    Literal,
+    Node,
+    Repeat,
+    RuleRef,
+    Sequence,
+)
+
+
+def _refs(node: Node) -> Iterator[RuleRef]:
+    match node:
+        case RuleRef():
+            yield node
+        case Repeat(node=inner):
+            yield from _refs(inner)
+        case Sequence(items=items):
+            for item in items:
+                yield from _refs(item)
+        case Alternatives(options=options):
+            for option in options:
+                yield from _refs(option)
+        case _:
+            return
+
+
+def check(grammar: Grammar) -> None:
+    if "root" not in grammar.rules:
+        raise GbnfSyntaxError("grammar has no 'root' rule")
+    for alts in grammar.rules.values():
+        for ref in _refs(alts):
+            if ref.name not in grammar.rules:
+                raise error_at(grammar.text, f"undefined rule '{ref.name}'", ref.line, ref.column)
+    for alts in grammar.rules.values():
+        for option in alts.options:
+            _check_repetition_product(grammar.text, option)
+    _check_left_recursion(grammar)
+
+
+def _synthesized(node: Node) -> int:
+    """How many helper rules llama.cpp synthesizes for ``node``."""
+    match node:
+        case Alternatives(options=options):
+            return 1 + sum(_synthesized(i) for o in options for i in o.items)
+        case Repeat(node=inner, min=lo, max=hi):
+            return _synthesized(inner) + (1 if hi is None else max(hi - lo, 0))
+        case _:
+            return 0
+
+
+def _check_repetition_product(text: str, seq: Sequence) -> None:
+    # llama.cpp multiplies, per repeated element, the rule count of the element by
+    # the repetition count and refuses products above MAX_REPETITION.
+    for item in seq.items:
+        if isinstance(item, Alternatives):
+            for option in item.options:
+                _check_repetition_product(text, option)
+        if not isinstance(item, Repeat):
+            continue
+        factor = 1
+        node: Node = item
+        while isinstance(node, Repeat):
+            count = node.max if node.max is not None and node.max > 0 else node.min
+            factor *= max(count, 1)
+            node = node.node
+        base = max(1, _synthesized(node)) if isinstance(node, Alternatives) else 1
+        if base * factor > MAX_REPETITION:
+            raise GbnfSyntaxError(
+                f"repetition generates {base * factor} rules, over llama.cpp's limit of "
+                f"{MAX_REPETITION}; reduce the repetition count or the repeated group")
+        if isinstance(node, Alternatives):
+            for option in node.options:
+                _check_repetition_product(text, option)
+
+
+def _nullable_rules(grammar: Grammar) -> set[str]:
+    nullable: set[str] = set()
+
+    def can_be_empty(node: Node) -> bool:
+        match node:
+            case Literal(text=t):
+                return t == ""
+            case RuleRef(name=n):
+                return n in nullable
+            case Repeat(node=inner, min=lo):
+                return lo == 0 or can_be_empty(inner)
+            case Sequence(items=items):
+                return all(can_be_empty(i) for i in items)
+            case Alternatives(options=options):
+                return any(can_be_empty(o) for o in options)
+            case _:
+                return False
+
+    changed = True
+    while changed:
+        changed = False
+        for name, alts in grammar.rules.items():
+            if name not in nullable and can_be_empty(alts):
+                nullable.add(name)
+                changed = True
+    return nullable
+
+
+def _check_left_recursion(grammar: Grammar) -> None:
+    nullable = _nullable_rules(grammar)
+
+    def leftmost(node: Node) -> tuple[set[str], bool]:
+        """Rules that can start ``node``, and whether ``node`` can match empty."""
+        match node:
+            case Literal(text=t):
+                return set(), t == ""
+            case RuleRef(name=n):
+                return {n}, n in nullable
+            case Repeat(node=inner, min=lo):
+                refs, empty = leftmost(inner)
+                return refs, empty or lo == 0
+            case Sequence(items=items):
+                out: set[str] = set()
+                for item in items:
+                    refs, empty = leftmost(item)
+                    out |= refs
+                    if not empty:
+                        return out, False
+                return out, True
+            case Alternatives(options=options):
+                out = set()
+                any_empty = False
+                for option in options:
+                    refs, empty = leftmost(option)
+                    out |= refs
+                    any_empty = any_empty or empty
+                return out, any_empty
+            case _:
+                return set(), False
+
+    edges = {name: leftmost(alts)[0] for name, alts in grammar.rules.items()}
+    state: dict[str, int] = {}  # 1 in progress, 2 done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for nxt in sorted(edges[name]):
+            if state.get(nxt) == 1:
+                cycle = [*path[path.index(nxt):], nxt] if nxt in path else [name, nxt]
+                raise GbnfSyntaxError("left recursion (llama.cpp refuses it): "
+                                      + " -> ".join(cycle))
+            if state.get(nxt) is None:
+                visit(nxt, [*path, nxt])
+        state[name] = 2
+
+    for name in grammar.rules:
+        if name not in state:
+            visit(name, [name])

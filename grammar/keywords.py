@@ -1,0 +1,31 @@
+"""How the converter classifies JSON Schema keywords."""
+
+from __future__ import annotations
+
+# Keywords that only annotate: they never constrain an instance.
+ANNOTATIONS = frozenset({
+    "$schema", "$id", "$anchor", "$dynamicAnchor", "$comment", "$defs", "definitions",
+    "$vocabulary", "title", "description", "default", "examples", "readOnly", "writeOnly",
+    "deprecated", "contentEncoding", "contentMediaType", "contentSchema",
+})
+# Keywords checked only by validation after generation.
+VALIDATED_ONLY = frozenset({
+    "uniqueItems", "multipleOf", "not", "minProperties", "maxProperties", "contains",
+    "minContains", "maxContains", "patternProperties", "propertyNames", "dependentRequired",
+    "dependentSchemas", "dependencies", "if", "then", "else", "unevaluatedItems",
+    "unevaluatedProperties",
+})
+TYPE_KEYWORDS = {
+    "string": {"minLength", "maxLength", "pattern", "format"},
+    "boolean": set(),
+    "null": set(),
+    "number": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"},
+    "integer": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"},
+    "array": {"items", "prefixItems", "minItems", "maxItems", "uniqueItems", "contains",
+              "minContains", "maxContains", "unevaluatedItems"},
+    "object": {"properties", "required", "additionalProperties", "minProperties",
+               "maxProperties", "patternProperties", "propertyNames", "dependentRequired",
+               "dependentSchemas", "unevaluatedProperties"},
+}
+ALL_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
+STRUCTURAL = {"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref"}

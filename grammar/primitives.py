@@ -1,0 +1,52 @@
+"""The shared GBNF rules every converted grammar draws from, and the string formats.
+
+Rules are declared once per grammar, by name, when first used.
+"""
+
+from __future__ import annotations
+
+PRIMITIVES: dict[str, str] = {
+    "space": '| " " | "\\n" [ \\t]{0,20}',
+    "boolean": '("true" | "false") space',
+    "null": '"null" space',
+    # \u escapes of surrogates are left out: a pair would count as two characters
+    # here and as one in JSON Schema's length; such characters are written as UTF-8.
+    "char": ('[^"\\\\\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" ( [0-9a-cA-C] [0-9a-fA-F]{3} | '
+             '[dD] [0-7] [0-9a-fA-F]{2} | [eEfF] [0-9a-fA-F]{3} ))'),
+    "string": '"\\"" char* "\\"" space',
+    "integral-part": '[0] | [1-9] [0-9]{0,15}',
+    "decimal-part": "[0-9]{1,16}",
+    "number": '("-"? integral-part) ("." decimal-part)? ([eE] [-+]? [0-9]{1,4})? space',
+    "integer": '("-"? integral-part) space',
+    "value": "object | array | string | number | boolean | null",
+    "object": '"{" space ( string ":" space value ("," space string ":" space value)* )? "}" space',
+    "array": '"[" space ( value ("," space value)* )? "]" space',
+}
+PRIMITIVE_DEPS = {
+    "boolean": ["space"], "null": ["space"], "string": ["char", "space"],
+    "number": ["integral-part", "decimal-part", "space"], "integer": ["integral-part", "space"],
+    "value": ["object", "array", "string", "number", "boolean", "null"],
+    "object": ["string", "value", "space"], "array": ["value", "space"],
+}
+
+# Calendar-exact dates: days per month, 29 February only in leap years, no year 0000
+# (which Python's date, and so validation, refuses).
+_YEAR = '( [0-9]{3} [1-9] | [0-9]{2} [1-9] "0" | [0-9] [1-9] "00" | [1-9] "000" )'
+_LEAP_YEAR = ('( [0-9]{2} ( "0" [48] | [2468] [048] | [13579] [26] ) | '
+              '( "0" [48] | [2468] [048] | [13579] [26] ) "00" )')
+_DATE = (f'( {_YEAR} "-" ( ( "0" [13578] | "1" [02] ) "-" ( "0" [1-9] | [12] [0-9] | "3" [01] ) | '
+         '( "0" [469] | "11" ) "-" ( "0" [1-9] | [12] [0-9] | "30" ) | '
+         '"02-" ( "0" [1-9] | "1" [0-9] | "2" [0-8] ) ) | '
+         f'{_LEAP_YEAR} "-02-29" )')
+_TIME = ('( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] ":" [0-5] [0-9] ( "." [0-9]{1,9} )? '
+         '( [Zz] | [+-] ( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] )')
+_OCTET = '( "25" [0-5] | "2" [0-4] [0-9] | "1" [0-9] [0-9] | [1-9]? [0-9] )'
+FORMATS: dict[str, str] = {
+    "date": _DATE,
+    "time": _TIME,
+    "date-time": f"{_DATE} [Tt] {_TIME}",
+    "uuid": ('[0-9a-fA-F]{8} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" '
+             "[0-9a-fA-F]{12}"),
+    "ipv4": f'{_OCTET} "." {_OCTET} "." {_OCTET} "." {_OCTET}',
+    "email": '[A-Za-z0-9._%+-]{1,64} "@" [A-Za-z0-9-]{1,63} ( "." [A-Za-z0-9-]{1,63} ){1,8}',
+}
