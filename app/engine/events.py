@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from app.engine.sampling import Sampler
+from app.engine.sampling import Sampler, TokenProb
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,18 +41,12 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
-class TokenProbability:
-    token: int
-    logprob: float
-
-
-@dataclass(frozen=True, slots=True)
 class TokenInfo:
     """One generated token with its probabilities (when ``n_probs`` asked for them)."""
 
     token: int
     logprob: float | None = None
-    top: tuple[TokenProbability, ...] = ()
+    top: tuple[TokenProb, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

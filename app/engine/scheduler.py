@@ -21,12 +21,11 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import enum
 import queue
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from app.engine.context import Context
@@ -40,10 +39,10 @@ from app.engine.events import (
     StopType,
     Token,
     TokenInfo,
-    TokenProbability,
 )
 from app.engine.model import Model
 from app.engine.sampling import Sampled
+from app.engine.slots import Counters, Slot, SlotInfo, SlotState
 from app.engine.text import Detokenizer, StopMatcher
 
 
@@ -54,60 +53,6 @@ class Outbox(Protocol):
     """
 
     def post(self, items: Sequence[tuple[Job, Event]]) -> None: ...
-
-
-class SlotState(enum.Enum):
-    IDLE = "idle"
-    PROMPT = "prompt"
-    GENERATE = "generate"
-
-
-@dataclass(eq=False)
-class Slot:
-    id: int
-    n_ctx: int
-    cache: list[int] = field(default_factory=list)  # tokens whose KV is in sequence `id`
-    state: SlotState = SlotState.IDLE
-    job: Job | None = None
-    next_prompt: int = 0  # index of the next prompt token to evaluate
-    pending: int = -1  # sampled token to feed at the next step
-    n_decoded: int = 0
-    tokens_cached: int = 0
-    outbox: collections.deque[Event] = field(default_factory=collections.deque)
-    detok: Detokenizer = field(default_factory=Detokenizer)
-    stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
-    t_start: float = 0.0
-    t_prompt: float = 0.0
-    last_used: float = 0.0
-
-    @property
-    def n_past(self) -> int:
-        return len(self.cache)
-
-
-@dataclass(frozen=True, slots=True)
-class SlotInfo:
-    id: int
-    n_ctx: int
-    is_processing: bool
-    state: str
-    id_task: int
-    n_cached: int
-    n_decoded: int
-    n_prompt: int
-
-
-@dataclass
-class Counters:
-    """Monotonic counters for /metrics (written by the engine thread only)."""
-
-    prompt_tokens_total: int = 0
-    tokens_predicted_total: int = 0
-    decode_calls_total: int = 0
-    requests_total: int = 0  # submitted
-    requests_started_total: int = 0  # got a slot
-    requests_dropped_queued_total: int = 0  # cancelled before they got a slot
-    busy_slots_total: int = 0  # summed over decode calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,7 +420,7 @@ class Engine:
         slot.n_decoded += 1
         self.counters.tokens_predicted_total += 1
         info = TokenInfo(token=token, logprob=sampled.logprob,
-                         top=tuple(TokenProbability(p.token, p.logprob) for p in sampled.top))
+                         top=sampled.top)
         if token in self.model.eog_ids:
             if info.logprob is not None:
                 slot.outbox.append(Token(text="", tokens=(info,)))

@@ -1,0 +1,64 @@
+"""A slot's state, what /slots reports of it, and the engine's counters."""
+
+from __future__ import annotations
+
+import collections
+import enum
+from dataclasses import dataclass, field
+
+from app.engine.events import Event, Job
+from app.engine.text import Detokenizer, StopMatcher
+
+
+class SlotState(enum.Enum):
+    IDLE = "idle"
+    PROMPT = "prompt"
+    GENERATE = "generate"
+
+
+@dataclass(eq=False)
+class Slot:
+    id: int
+    n_ctx: int
+    cache: list[int] = field(default_factory=list)  # tokens whose KV is in sequence `id`
+    state: SlotState = SlotState.IDLE
+    job: Job | None = None
+    next_prompt: int = 0  # index of the next prompt token to evaluate
+    pending: int = -1  # sampled token to feed at the next step
+    n_decoded: int = 0
+    tokens_cached: int = 0
+    outbox: collections.deque[Event] = field(default_factory=collections.deque)
+    detok: Detokenizer = field(default_factory=Detokenizer)
+    stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+    t_start: float = 0.0
+    t_prompt: float = 0.0
+    last_used: float = 0.0
+
+    @property
+    def n_past(self) -> int:
+        return len(self.cache)
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    id: int
+    n_ctx: int
+    is_processing: bool
+    state: str
+    id_task: int
+    n_cached: int
+    n_decoded: int
+    n_prompt: int
+
+
+@dataclass
+class Counters:
+    """Monotonic counters for /metrics (written by the engine thread only)."""
+
+    prompt_tokens_total: int = 0
+    tokens_predicted_total: int = 0
+    decode_calls_total: int = 0
+    requests_total: int = 0  # submitted
+    requests_started_total: int = 0  # got a slot
+    requests_dropped_queued_total: int = 0  # cancelled before they got a slot
+    busy_slots_total: int = 0  # summed over decode calls
