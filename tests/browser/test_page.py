@@ -175,3 +175,20 @@ def test_errors_are_shown_in_words(browser: Browser, tmp_path: Path) -> None:
         page.click("#model-load")
         expect(page.locator("#model-status")).to_contain_text("loaded, ")
         context.close()
+
+
+def test_mid_stream_error_event_is_shown(page: Page) -> None:
+    # The engine fails a request mid-stream only on a decode failure; the page's handling of
+    # such an event is checked by answering /completion with one.
+    stream = ('data: {"content":"Hello","tokens":[1],"stop":false,"id_slot":0,"id":1}\n\n'
+              'data: {"error":{"code":500,"message":"decoding failed: no room left in the KV '
+              'cache","type":"server_error"}}\n\n')
+    page.route("**/completion", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=stream))
+    page.click("[data-tab=completion]")
+    page.fill("#completion-prompt", "Hi")
+    page.click("#completion-form button[type=submit]")
+    expect(page.locator("#completion-output")).to_have_text("Hello")
+    expect(page.locator("#error-banner")).to_contain_text("decoding failed")
+    expect(page.locator("#error-banner")).to_contain_text("The server answered 500")
+    shot(page, "09-mid-stream-error")

@@ -1,0 +1,79 @@
+"""Chat templates: built-ins, files, the sandbox, system prompts and prefill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.chat import BUILTINS, ChatTemplate, Message, select
+from app.errors import InvalidRequest
+
+CONVO = [Message("system", "Be brief."), Message("user", "Hi"), Message("assistant", "Hello!"),
+         Message("user", "Bye")]
+
+
+def pick(**kw: object) -> ChatTemplate:
+    args: dict[str, object] = {"file": None, "name": None, "gguf_template": None,
+                               "architecture": "gemma3", "bos_token": "<bos>", "eos_token": "<eos>"}
+    args.update(kw)
+    return select(**args)  # type: ignore[arg-type]
+
+
+def test_architecture_default_for_gemma() -> None:
+    t = pick()
+    assert t.name == "gemma"
+    assert t.prompt(CONVO) == (
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!"
+        "<end_of_turn>\n<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")
+    assert pick(architecture="qwen2").name == "chatml"
+
+
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_every_builtin_renders_the_conversation(name: str) -> None:
+    text = pick(name=name).prompt(CONVO)
+    assert "Be brief." in text
+    assert "Hello!" in text
+    assert text.index("Hi") < text.index("Bye")
+
+
+def test_builtin_aliases_and_unknown_names() -> None:
+    assert pick(name="vicuna").name == "vicuna_v1.1"
+    with pytest.raises(ValueError, match="unknown chat template"):
+        pick(name="nope")
+
+
+def test_gguf_template_wins_over_architecture_and_file_over_all(tmp_path: Path) -> None:
+    gguf = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"
+    assert pick(gguf_template=gguf).prompt([Message("user", "x")]) == "[user]x"
+    f = tmp_path / "t.jinja"
+    f.write_text("{{ messages[-1].content | upper }}")
+    assert pick(gguf_template=gguf, file=f).prompt([Message("user", "x")]) == "X"
+    assert pick(gguf_template=gguf, name="chatml").name == "chatml"
+
+
+def test_system_prompt_only_when_the_chat_has_none() -> None:
+    t = pick(name="chatml")
+    with_default = t.prompt([Message("user", "Hi")], system_prompt="You are Sluice.")
+    assert with_default.startswith("<|im_start|>system\nYou are Sluice.<|im_end|>")
+    own = t.prompt([Message("developer", "Mine."), Message("user", "Hi")], system_prompt="Other")
+    assert "Mine." in own
+    assert "Other" not in own
+    assert "<|im_start|>system" in own
+
+
+def test_trailing_assistant_message_is_continued() -> None:
+    t = pick(name="chatml")
+    text = t.prompt([Message("user", "List fruits."), Message("assistant", "1. Apple\n2.")])
+    assert text.endswith("<|im_start|>assistant\n1. Apple\n2.")
+
+
+def test_template_errors_are_400s() -> None:
+    raising = pick(gguf_template="{{ raise_exception('roles must alternate') }}")
+    with pytest.raises(InvalidRequest, match="roles must alternate"):
+        raising.prompt([Message("user", "x")])
+    sneaky = pick(gguf_template="{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    with pytest.raises(InvalidRequest):
+        sneaky.prompt([Message("user", "x")])
+    with pytest.raises(ValueError, match="does not compile"):
+        pick(gguf_template="{% for %}")
