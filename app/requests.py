@@ -11,38 +11,18 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from app.engine.sampling import DEFAULT_SAMPLERS
+from app.engine.sampling import DEFAULT_SAMPLERS, SamplingParams
 from app.errors import JSON, InvalidRequest
 
 PromptPart = str | int
 
 
 @dataclass(frozen=True, slots=True)
-class SamplingOptions:
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    typical_p: float = 1.0
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    mirostat: int = 0
-    mirostat_tau: float = 5.0
-    mirostat_eta: float = 0.1
-    seed: int = -1
-    ignore_eos: bool = False
-    n_probs: int = 0
-    samplers: tuple[str, ...] = DEFAULT_SAMPLERS
-    # (token id or text, bias); text is tokenized later, every token of it biased.
-    logit_bias: tuple[tuple[int | str, float], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
 class CompletionParams:
     prompt: tuple[PromptPart, ...]
-    sampling: SamplingOptions
+    sampling: SamplingParams  # seed -1 and logit_bias until the service resolves them
+    # (token id or text, bias); text is tokenized by the service, every token of it biased
+    logit_bias: tuple[tuple[int | str, float], ...] = ()
     n_predict: int = -1
     stops: tuple[str, ...] = ()
     grammar: str | None = None
@@ -74,8 +54,8 @@ def completion_params(body: JSON, *, default_n_predict: int, default_seed: int) 
     stops = (stop,) if isinstance(stop, str) else tuple(stop)
     if "" in stops:
         raise InvalidRequest("invalid value for 'stop': empty stop string", param="stop")
-    defaults = SamplingOptions()
-    sampling = SamplingOptions(
+    defaults = SamplingParams()
+    sampling = SamplingParams(
         temperature=float(body.get("temperature", defaults.temperature)),
         top_k=int(body.get("top_k", defaults.top_k)),
         top_p=float(body.get("top_p", defaults.top_p)),
@@ -92,13 +72,13 @@ def completion_params(body: JSON, *, default_n_predict: int, default_seed: int) 
         ignore_eos=bool(body.get("ignore_eos", False)),
         n_probs=int(body.get("n_probs", 0)),
         samplers=tuple(body.get("samplers", DEFAULT_SAMPLERS)),
-        logit_bias=_logit_bias(body.get("logit_bias", ())),
     )
     raw_n: int = body["n_predict"] if "n_predict" in body else body.get("max_tokens", default_n_predict)
     n_predict = int(raw_n)
     return CompletionParams(
         prompt=parts,
         sampling=sampling,
+        logit_bias=_logit_bias(body.get("logit_bias", ())),
         n_predict=int(n_predict),
         stops=stops,
         grammar=body.get("grammar"),

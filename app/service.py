@@ -176,16 +176,9 @@ class Service:
             parse_gbnf(grammar)  # the converter's output passes the same checks as a user's
         else:
             grammar = self._grammar(params)
-        opts = params.sampling
-        seed = opts.seed if opts.seed >= 0 else secrets.randbits(32)
-        sampling = SamplingParams(
-            temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p, min_p=opts.min_p,
-            typical_p=opts.typical_p, repeat_penalty=opts.repeat_penalty,
-            repeat_last_n=opts.repeat_last_n, presence_penalty=opts.presence_penalty,
-            frequency_penalty=opts.frequency_penalty, mirostat=opts.mirostat,
-            mirostat_tau=opts.mirostat_tau, mirostat_eta=opts.mirostat_eta, seed=seed,
-            logit_bias=self._logit_bias(opts.logit_bias), ignore_eos=opts.ignore_eos,
-            n_probs=opts.n_probs, samplers=opts.samplers)
+        seed = params.sampling.seed
+        sampling = replace(params.sampling, seed=seed if seed >= 0 else secrets.randbits(32),
+                           logit_bias=self._logit_bias(params.logit_bias))
         request = GenerationRequest(prompt=tuple(tokens), n_predict=params.n_predict,
                                     stops=params.stops, cache_prompt=params.cache_prompt,
                                     id_slot=params.id_slot)

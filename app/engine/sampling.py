@@ -57,7 +57,7 @@ class SamplingParams:
     mirostat: int = 0
     mirostat_tau: float = 5.0
     mirostat_eta: float = 0.1
-    seed: int = 0  # resolved: never -1 here
+    seed: int = -1  # -1: the service draws one before the request reaches the engine
     logit_bias: tuple[tuple[int, float], ...] = ()
     ignore_eos: bool = False
     n_probs: int = 0

@@ -64,7 +64,7 @@ def test_defaults_and_conversions() -> None:
     assert p.prompt == ("hi",)
     assert p.stops == ("END",)
     assert p.n_predict == -1
-    assert p.sampling.logit_bias == ((15, -1.5), ("hello", -math.inf))
+    assert p.logit_bias == ((15, -1.5), ("hello", -math.inf))
     assert p.stream is False
     assert p.cache_prompt is True
 
@@ -73,4 +73,4 @@ def test_mixed_prompt_and_max_tokens_alias() -> None:
     p = params({"prompt": ["a", 5, "b"], "max_tokens": 7, "logit_bias": [[3, 2.0], ["x", False]]})
     assert p.prompt == ("a", 5, "b")
     assert p.n_predict == 7
-    assert p.sampling.logit_bias == ((3, 2.0), ("x", -math.inf))
+    assert p.logit_bias == ((3, 2.0), ("x", -math.inf))
