@@ -39,7 +39,8 @@ from grammar import (
     convert,
     parse_gbnf,
 )
-from grammar.gbnf import Grammar, TokenRef
+from grammar.gbnf import Grammar
+from grammar.gbnf_ast import token_refs
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,29 +214,14 @@ class Service:
         return params.grammar
 
     def _check_grammar_tokens(self, grammar: Grammar) -> None:
-        from grammar.gbnf import Alternatives, Repeat, Sequence
-
-        def walk(node: object) -> None:
-            match node:
-                case TokenRef(value=int() as tid) if not self.model.valid_token(tid):
-                    raise InvalidRequest(f"invalid grammar: token id {tid} is outside the "
-                                         "vocabulary", param="grammar")
-                case TokenRef(value=str() as text):
-                    if len(self.model.tokenize(text, add_special=False, parse_special=True)) != 1:
-                        raise InvalidRequest(f"invalid grammar: {text} is not a single token",
-                                             param="grammar")
-                case Repeat(node=inner):
-                    walk(inner)
-                case Sequence(items=items):
-                    for item in items:
-                        walk(item)
-                case Alternatives(options=options):
-                    for option in options:
-                        walk(option)
-
-        if grammar.uses_tokens:
-            for alts in grammar.rules.values():
-                walk(alts)
+        for ref in token_refs(grammar):
+            if isinstance(ref.value, int) and not self.model.valid_token(ref.value):
+                raise InvalidRequest(f"invalid grammar: token id {ref.value} is outside the "
+                                     "vocabulary", param="grammar")
+            if isinstance(ref.value, str) and len(self.model.tokenize(
+                    ref.value, add_special=False, parse_special=True)) != 1:
+                raise InvalidRequest(f"invalid grammar: {ref.value} is not a single token",
+                                     param="grammar")
 
     def _logit_bias(self, pairs: tuple[tuple[int | str, float], ...]) -> tuple[tuple[int, float], ...]:
         out: list[tuple[int, float]] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 #: llama.cpp's MAX_REPETITION_THRESHOLD: a larger lower bound is refused, a larger
@@ -74,18 +75,28 @@ class Grammar:
 
     @property
     def uses_tokens(self) -> bool:
-        return any(_contains_token(alt) for alt in self.rules.values())
+        return next(token_refs(self), None) is not None
 
 
-def _contains_token(node: Node) -> bool:
+def iter_nodes(node: Node) -> Iterator[Node]:
+    """``node`` and every node below it, depth first."""
+    yield node
     match node:
-        case TokenRef():
-            return True
         case Repeat(node=inner):
-            return _contains_token(inner)
+            yield from iter_nodes(inner)
         case Sequence(items=items):
-            return any(_contains_token(i) for i in items)
+            for item in items:
+                yield from iter_nodes(item)
         case Alternatives(options=options):
-            return any(_contains_token(o) for o in options)
+            for option in options:
+                yield from iter_nodes(option)
         case _:
-            return False
+            return
+
+
+def token_refs(grammar: Grammar) -> Iterator[TokenRef]:
+    """Every token reference (``<[id]>``, ``<piece>``) in the grammar."""
+    for alts in grammar.rules.values():
+        for node in iter_nodes(alts):
+            if isinstance(node, TokenRef):
+                yield node

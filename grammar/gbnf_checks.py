@@ -15,23 +15,12 @@ from grammar.gbnf_ast import (
     Repeat,
     RuleRef,
     Sequence,
+    iter_nodes,
 )
 
 
 def _refs(node: Node) -> Iterator[RuleRef]:
-    match node:
-        case RuleRef():
-            yield node
-        case Repeat(node=inner):
-            yield from _refs(inner)
-        case Sequence(items=items):
-            for item in items:
-                yield from _refs(item)
-        case Alternatives(options=options):
-            for option in options:
-                yield from _refs(option)
-        case _:
-            return
+    return (n for n in iter_nodes(node) if isinstance(n, RuleRef))
 
 
 def check(grammar: Grammar) -> None:

@@ -318,6 +318,8 @@ async def test_seeded_sampling_is_reproducible(client: httpx.AsyncClient) -> Non
         (b'{"prompt": [999999999]}', 400, "outside the vocabulary"),
         (b'{"prompt": "x", "logit_bias": [[999999999, 1]]}', 400, "'logit_bias'"),
         (b'{"prompt": "x", "id_slot": 9}', 400, "'id_slot'"),
+        (b'{"prompt": "x", "grammar": "root ::= <[999999999]>"}', 400, "outside the vocabulary"),
+        (b'{"prompt": "x", "grammar": "root ::= <qzxv-not-a-token>"}', 400, "not a single token"),
     ],
 )
 async def test_bad_bodies(client: httpx.AsyncClient, body: bytes, status: int, needle: str) -> None:
