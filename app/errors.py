@@ -81,6 +81,14 @@ class Unavailable(ApiError):
     type = "unavailable_error"
 
 
+class SlotBusy(Unavailable):
+    """A slot action on a slot that is processing a request."""
+
+
+class SlotFileError(InvalidRequest):
+    """A slot state file that could not be written or read."""
+
+
 class ServerError(ApiError):
     status = 500
     type = "server_error"

@@ -1,39 +1,91 @@
-"""Typed request objects shared by every API family.
+"""Building typed requests from bodies a family has already checked against its schema.
 
-A body is validated against its JSON Schema first (``app.validation``); these
-functions then turn the plain dict into frozen objects, resolving defaults from
-the settings, so each parameter is read in exactly one place.
+Each API family validates its body against its own ``schemas/*.json`` (types,
+ranges, unknown fields), then builds a :class:`~app.completion.CompletionRequest`
+with these helpers. Sampling fields are read through one table derived from
+:class:`~app.completion.SamplingParams`, so a parameter means the same on every
+route. Imports no llama_cpp: request parsing is testable without the engine.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from app.engine.sampling import DEFAULT_SAMPLERS, SamplingParams
-from app.errors import JSON, InvalidRequest
+from app.completion import (
+    CompletionRequest,
+    Constraint,
+    GrammarConstraint,
+    SamplingParams,
+    SchemaConstraint,
+)
+from app.errors import InvalidRequest
 
-PromptPart = str | int
+#: sampling field name -> the Python type a wire value is coerced to
+_HINTS = typing.get_type_hints(SamplingParams)
+SAMPLING_FIELDS: dict[str, Any] = {
+    f.name: _HINTS[f.name] for f in fields(SamplingParams) if f.name != "logit_bias"}
 
 
 @dataclass(frozen=True, slots=True)
-class CompletionParams:
-    prompt: tuple[PromptPart, ...]
-    sampling: SamplingParams  # seed -1 and logit_bias until the service resolves them
-    # (token id or text, bias); text is tokenized by the service, every token of it biased
-    logit_bias: tuple[tuple[int | str, float], ...] = ()
+class Defaults:
+    """Server-wide defaults a request falls back to (from the settings)."""
+
     n_predict: int = -1
-    stops: tuple[str, ...] = ()
-    grammar: str | None = None
-    json_schema: Any = None
-    cache_prompt: bool = True
-    id_slot: int = -1
-    stream: bool = False
-    n_keep: int = 0
+    seed: int = -1
+    sampling: SamplingParams = field(default_factory=SamplingParams)
 
 
-def _logit_bias(raw: Any) -> tuple[tuple[int | str, float], ...]:
+def _coerce(kind: Any, value: Any) -> Any:
+    if kind is float:
+        return float(value)
+    if kind is int:
+        return int(value)
+    if kind is bool:
+        return bool(value)
+    return tuple(value)
+
+
+def renamed(body: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    """A family's fields under llama.cpp's names (``{"temp": "temperature", ...}``)."""
+    return {names[k]: v for k, v in body.items() if k in names}
+
+
+def sampling_from(body: Mapping[str, Any], defaults: Defaults) -> SamplingParams:
+    """The sampling fields present in ``body`` (under llama.cpp's names) over the defaults."""
+    changes = {name: _coerce(kind, body[name]) for name, kind in SAMPLING_FIELDS.items()
+               if body.get(name) is not None}
+    changes.setdefault("seed", defaults.seed)
+    return replace(defaults.sampling, **changes)
+
+
+def sampling_report(params: SamplingParams) -> dict[str, Any]:
+    """The sampling fields as llama.cpp reports them (``generation_settings``, ``/props``)."""
+    out: dict[str, Any] = {}
+    for name in SAMPLING_FIELDS:
+        value = getattr(params, name)
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def prompt_parts(raw: str | list[str | int]) -> tuple[str | int, ...]:
+    return (raw,) if isinstance(raw, str) else tuple(raw)
+
+
+def stops_from(raw: str | list[str] | None, *, field: str = "stop") -> tuple[str, ...]:
+    stops = () if raw is None else (raw,) if isinstance(raw, str) else tuple(raw)
+    if "" in stops:
+        raise InvalidRequest(f"invalid value for '{field}': empty stop string", param=field)
+    return stops
+
+
+def logit_bias_from(raw: Any) -> tuple[tuple[int | str, float], ...]:
+    """``{"15043": 1.0, "Hello": -1}`` or ``[[15043, 1.0], ["Hello", false]]``; false bans."""
+    if not raw:
+        return ()
     pairs: list[tuple[Any, Any]] = list(raw.items()) if isinstance(raw, dict) else list(raw)
     out: list[tuple[int | str, float]] = []
     for key, value in pairs:
@@ -44,47 +96,35 @@ def _logit_bias(raw: Any) -> tuple[tuple[int | str, float], ...]:
     return tuple(out)
 
 
-def completion_params(body: JSON, *, default_n_predict: int, default_seed: int) -> CompletionParams:
-    """Build :class:`CompletionParams` from a body already checked by ``schemas/completion.json``."""
-    if "grammar" in body and "json_schema" in body:
+def constraint_from(body: Mapping[str, Any]) -> Constraint | None:
+    """llama.cpp's ``grammar`` or ``json_schema`` (not both)."""
+    if body.get("grammar") is not None and body.get("json_schema") is not None:
         raise InvalidRequest("'grammar' and 'json_schema' cannot be used together", param="grammar")
-    prompt = body["prompt"]
-    parts: tuple[PromptPart, ...] = (prompt,) if isinstance(prompt, str) else tuple(prompt)
-    stop = body.get("stop", ())
-    stops = (stop,) if isinstance(stop, str) else tuple(stop)
-    if "" in stops:
-        raise InvalidRequest("invalid value for 'stop': empty stop string", param="stop")
-    defaults = SamplingParams()
-    sampling = SamplingParams(
-        temperature=float(body.get("temperature", defaults.temperature)),
-        top_k=int(body.get("top_k", defaults.top_k)),
-        top_p=float(body.get("top_p", defaults.top_p)),
-        min_p=float(body.get("min_p", defaults.min_p)),
-        typical_p=float(body.get("typical_p", defaults.typical_p)),
-        repeat_penalty=float(body.get("repeat_penalty", defaults.repeat_penalty)),
-        repeat_last_n=int(body.get("repeat_last_n", defaults.repeat_last_n)),
-        presence_penalty=float(body.get("presence_penalty", defaults.presence_penalty)),
-        frequency_penalty=float(body.get("frequency_penalty", defaults.frequency_penalty)),
-        mirostat=int(body.get("mirostat", defaults.mirostat)),
-        mirostat_tau=float(body.get("mirostat_tau", defaults.mirostat_tau)),
-        mirostat_eta=float(body.get("mirostat_eta", defaults.mirostat_eta)),
-        seed=int(body.get("seed", default_seed)),
-        ignore_eos=bool(body.get("ignore_eos", False)),
-        n_probs=int(body.get("n_probs", 0)),
-        samplers=tuple(body.get("samplers", DEFAULT_SAMPLERS)),
-    )
-    raw_n: int = body["n_predict"] if "n_predict" in body else body.get("max_tokens", default_n_predict)
-    n_predict = int(raw_n)
-    return CompletionParams(
-        prompt=parts,
-        sampling=sampling,
-        logit_bias=_logit_bias(body.get("logit_bias", ())),
+    if body.get("grammar") is not None:
+        return GrammarConstraint(body["grammar"])
+    if body.get("json_schema") is not None:
+        return SchemaConstraint(body["json_schema"])
+    return None
+
+
+def native_options(body: Mapping[str, Any]) -> dict[str, Any]:
+    """llama.cpp's per-request options that are not sampling fields."""
+    out: dict[str, Any] = {}
+    for name, default in (("cache_prompt", True), ("id_slot", -1), ("n_keep", 0)):
+        value = body.get(name)
+        out[name] = type(default)(value) if value is not None else default
+    return out
+
+
+def native_request(body: Mapping[str, Any], defaults: Defaults, *,
+                   prompt: tuple[str | int, ...] | None = None) -> CompletionRequest:
+    """A body checked by ``schemas/completion.json`` (llama.cpp's ``/completion``)."""
+    n_predict = body.get("n_predict", body.get("max_tokens", defaults.n_predict))
+    return CompletionRequest(
+        prompt=prompt if prompt is not None else prompt_parts(body["prompt"]),
+        sampling=sampling_from(body, defaults),
+        logit_bias=logit_bias_from(body.get("logit_bias")),
         n_predict=int(n_predict),
-        stops=stops,
-        grammar=body.get("grammar"),
-        json_schema=body.get("json_schema"),
-        cache_prompt=bool(body.get("cache_prompt", True)),
-        id_slot=int(body.get("id_slot", -1)),
-        stream=bool(body.get("stream", False)),
-        n_keep=int(body.get("n_keep", 0)),
-    )
+        stops=stops_from(body.get("stop")),
+        constraint=constraint_from(body),
+        **native_options(body))

@@ -3,16 +3,65 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
 from app.bridge import TrioOutbox
 from app.chat import ChatTemplate, select
+from app.completion import SamplingParams
 from app.engine.context import Context, ContextConfig
 from app.engine.embedding import Embedder
-from app.engine.model import Model
+from app.engine.events import SamplerLike
+from app.engine.model import Model, ModelInfo
+from app.engine.sampling import Sampler
 from app.engine.scheduler import Engine
 from app.settings import Settings
+
+
+class ModelLike(Protocol):
+    """What the service needs of a loaded model (:class:`app.engine.model.Model`)."""
+
+    n_vocab: int
+    eog_ids: frozenset[int]
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def tokenize(self, text: str, *, add_special: bool = True,
+                 parse_special: bool = True) -> list[int]: ...
+
+    def valid_token(self, token: int) -> bool: ...
+
+    def piece(self, token: int) -> bytes: ...
+
+    def token_text(self, token: int) -> str: ...
+
+    def detokenize(self, tokens: list[int]) -> str: ...
+
+    def fim_tokens(self) -> tuple[int, int, int] | None: ...
+
+
+class RuntimeLike(Protocol):
+    """One loaded model and what runs it; tests put fakes behind this."""
+
+    @property
+    def model(self) -> ModelLike: ...
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def chat(self) -> ChatTemplate: ...
+
+    @property
+    def embedder(self) -> Embedder | None: ...
+
+    def new_sampler(self, params: SamplingParams, grammar: str | None) -> SamplerLike:
+        """Build a request's sampler. Blocking (grammar construction): call in a worker."""
+        ...
+
+    def close(self) -> None: ...
 
 
 def chat_template_for(settings: Settings, model: Model) -> ChatTemplate:
@@ -54,6 +103,9 @@ class Runtime:
         if settings.embedding:
             embedder = Embedder(model, n_ctx=min(settings.slot_ctx, 8192), threads=settings.threads)
         return cls(model, context, engine, template or chat_template_for(settings, model), embedder)
+
+    def new_sampler(self, params: SamplingParams, grammar: str | None) -> SamplerLike:
+        return Sampler(self.model, params, grammar)
 
     def close(self) -> None:
         """Stop the engine thread and free the context, the embedder and the model. Blocking."""

@@ -148,5 +148,3 @@ async def serve(settings: Settings, model: Model, template: ChatTemplate | None 
     finally:
         if service.runtime is not None:
             service.runtime.close()
-        if service.scratch_dir is not None:
-            service.scratch_dir.cleanup()

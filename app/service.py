@@ -1,73 +1,46 @@
-"""Between the HTTP layer and the engine: prompts, grammars, defaults, running requests.
+"""Between the HTTP layer and the engine: the loaded model's life and the running requests.
 
-:meth:`Service.prepare` turns typed request parameters into a tokenized,
-checked :class:`Prepared` request (every error here is a 400 before any token
-is generated); :meth:`Service.generate` submits it and yields a
-:class:`~app.bridge.Generation` whose exit always removes the request from the
-engine, whether it ended, failed, was aborted or its client went away.
+:meth:`Service.submit` does all fallible work for a completion (waiting for a
+model that is loading, tokenizing, checking the context, converting and parsing
+its grammar, building the sampler in a worker thread) and returns a
+:class:`~app.running.Completion`: a handler that got one can send its 200, and
+every error knowable before the first token has already been raised as an
+:class:`~app.errors.ApiError`.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import itertools
-import secrets
-import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from app import chat
-from app.bridge import CHANNEL_CAPACITY, Generation, StopReason
-from app.engine.embedding import Embedder
-from app.engine.events import Event, GenerationRequest, Job
-from app.engine.model import Model
-from app.engine.sampling import Sampler, SamplerInitError, SamplingParams
-from app.engine.scheduler import Engine
-from app.errors import ContextOverflow, InvalidRequest, Unavailable
-from app.requests import CompletionParams
-from app.runtime import Runtime
+from app.completion import CompletionRequest, Interruption
+from app.engine import scheduler
+from app.engine.embedding import Embedder, EmbeddingError
+from app.engine.model import Model, ModelLoadError, check_model_file
+from app.engine.slots import SlotInfo
+from app.errors import InvalidRequest, NotSupported, ServerError, SlotBusy, SlotFileError, Unavailable
+from app.prepare import Prepared, prepare
+from app.requests import Defaults
+from app.running import Completion
+from app.runtime import ModelLike, Runtime, RuntimeLike
 from app.settings import Settings
-from grammar import (
-    Conversion,
-    GbnfSyntaxError,
-    SchemaError,
-    UnsupportedSchemaError,
-    convert,
-    parse_gbnf,
-)
-from grammar.gbnf import Grammar
-from grammar.gbnf_ast import token_refs
 
-
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    params: CompletionParams
-    request: GenerationRequest
-    sampling: SamplingParams
-    grammar: str | None
-    schema: Any = None  # the JSON Schema the grammar came from, validated after generation
-    conversion: Conversion | None = None
-    model: Model | None = None  # the model it was tokenized for
-
-
-def convert_schema(schema: Any, *, field: str, prop_order: list[str] | None = None,
-                   strict: bool = False, dotall: bool = False) -> Conversion:
-    """Convert a request's JSON Schema, mapping grammar errors to a 400 naming ``field``."""
-    try:
-        return convert(schema, prop_order=prop_order, strict=strict, dotall=dotall)
-    except SchemaError as exc:
-        kind = "unsupported" if isinstance(exc, UnsupportedSchemaError) else "invalid"
-        where = exc.pointer or "/"
-        raise InvalidRequest(f"{kind} schema in '{field}' at {where}: {exc.message}",
-                             param=field, pointer=where) from None
+#: how long an unload or a switch waits for running requests to end after asking them to
+SWITCH_DRAIN_S = 10.0
+#: how long a slot action may wait for the engine thread
+SLOT_ACTION_TIMEOUT_S = 60.0
 
 
 class Service:
-    """Owns the loaded model's runtime and the running requests.
+    """Owns the loaded model's runtime and the registry of submitted completions.
 
     The model can be switched or unloaded while the server runs (goinfer's
     routes): running requests then end like an abort, marked
@@ -75,7 +48,7 @@ class Service:
     model; with no model loaded they get 503.
     """
 
-    def __init__(self, settings: Settings, runtime: Runtime | None) -> None:
+    def __init__(self, settings: Settings, runtime: RuntimeLike | None) -> None:
         self.settings = settings
         self.runtime = runtime
         self.loading = False
@@ -83,27 +56,25 @@ class Service:
         if runtime is not None:
             self._ready.set()
         self._switch = trio.Lock()
-        self.scratch_dir: tempfile.TemporaryDirectory[str] | None = None  # /stream caches
-        self.token_feed: object | None = None  # goinfer's /ws broadcast (app.api.goinfer)
-        self.infer_jobs: set[int] = set()  # running goinfer /infer requests, for /infer/abort
         self._ids = itertools.count(1)
-        self.running: dict[int, Generation] = {}
-        self._idle = trio.Event()
-        self._idle.set()
+        self._running: weakref.WeakValueDictionary[int, Completion] = weakref.WeakValueDictionary()
+        self._preparing = 0
+        self._idle_waiters: list[trio.Event] = []
+        self._token = trio.lowlevel.current_trio_token()
         self.shutting_down = False
 
     # --- the loaded model --------------------------------------------------------
-    def _rt(self) -> Runtime:
+    def _rt(self) -> RuntimeLike:
         if self.runtime is None:
             raise Unavailable("loading model" if self.loading else "no model is loaded")
         return self.runtime
 
     @property
-    def model(self) -> Model:
+    def model(self) -> ModelLike:
         return self._rt().model
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> scheduler.Engine:
         return self._rt().engine
 
     @property
@@ -113,6 +84,50 @@ class Service:
     @property
     def embedder(self) -> Embedder | None:
         return self._rt().embedder
+
+    async def embed(self, token_lists: list[list[int]]) -> list[list[float]]:
+        """Embed each token list in a worker thread.
+
+        Raises:
+            NotSupported: embeddings are off.
+            InvalidRequest: an input does not fit, naming ``input[i]``.
+        """
+        embedder = self.embedder
+        if embedder is None:
+            raise NotSupported("embeddings are disabled; start the server with --embedding")
+        vectors = []
+        for i, tokens in enumerate(token_lists):
+            try:
+                vectors.append(await trio.to_thread.run_sync(embedder.embed, tokens))
+            except EmbeddingError as exc:
+                raise InvalidRequest(f"invalid value for 'input[{i}]': {exc}",
+                                     param=f"input[{i}]") from None
+        return vectors
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.alias or self.model.info.path.name
+
+    @property
+    def defaults(self) -> Defaults:
+        return Defaults(n_predict=self.settings.n_predict, seed=self.settings.seed)
+
+    async def load_model(self, path: Path, *, field: str, **overrides: Any) -> None:
+        """Switch to the model file ``path``; ``field`` names the request field in errors.
+
+        Raises:
+            InvalidRequest: the file is not a loadable GGUF model (checked before
+                the current model is unloaded).
+            ServerError: llama.cpp failed to load it; no model is loaded then.
+        """
+        try:
+            check_model_file(path)
+        except ModelLoadError as exc:
+            raise InvalidRequest(f"invalid value for '{field}': {exc}", param=field) from None
+        try:
+            await self.switch_model(path, **overrides)
+        except ModelLoadError as exc:
+            raise ServerError(f"could not load {path.name!r}: {exc}") from None
 
     async def switch_model(self, path: Path | None, **overrides: Any) -> None:
         """Unload the current model (ending its requests) and load ``path`` (None: unload only).
@@ -127,10 +142,10 @@ class Service:
             self.loading = path is not None
             self._ready = trio.Event()
             old, self.runtime = self.runtime, None
-            for gen in list(self.running.values()):
-                gen.request_stop(StopReason.MODEL_CHANGED)
-            with trio.move_on_after(10):
-                await self._idle.wait()
+            for completion in list(self._running.values()):
+                completion.request_stop(Interruption.MODEL_CHANGED)
+            with trio.move_on_after(SWITCH_DRAIN_S):
+                await self._wait_idle()
             if old is not None:
                 await trio.to_thread.run_sync(old.close)
             if path is None:
@@ -147,144 +162,81 @@ class Service:
                 self.loading = False
                 self._ready.set()
 
-    # --- preparing ---------------------------------------------------------
-    async def prepare(self, params: CompletionParams) -> Prepared:
-        """Tokenize and check a request; waits while a model is loading.
+    # --- submitting ----------------------------------------------------------------
+    async def submit(self, request: CompletionRequest) -> Completion:
+        """Prepare ``request`` and register it; waits while a model is loading.
+
+        Cancellation: a client that leaves while its request is prepared costs
+        the rest of that preparation (it runs in a worker thread), nothing more.
 
         Raises:
             InvalidRequest: and its subclasses, naming the field.
-            Unavailable: shutting down, or no model loaded.
+            Unavailable: shutting down, no model loaded, the model changed
+                meanwhile, or the engine is not running.
         """
         if self.shutting_down:
             raise Unavailable("the server is shutting down")
         await self._ready.wait()
-        self._rt()
-        return await trio.to_thread.run_sync(self._prepare_sync, params)
+        runtime = self._rt()
+        if not runtime.engine.alive:
+            raise Unavailable("the engine is not running")
+        built: list[Prepared] = []
 
-    def _prepare_sync(self, params: CompletionParams) -> Prepared:
-        tokens = self.tokenize_prompt(params.prompt)
-        n_ctx = self.engine.slot_ctx
-        if len(tokens) >= n_ctx:
-            raise ContextOverflow(len(tokens), n_ctx)
-        if params.id_slot >= len(self.engine.slots):
-            raise InvalidRequest(f"invalid value for 'id_slot': there are {len(self.engine.slots)} "
-                                 "slots", param="id_slot")
-        conversion = None
-        grammar: str | None
-        if params.json_schema is not None:
-            conversion = convert_schema(params.json_schema, field="json_schema")
-            grammar = conversion.gbnf
-            parse_gbnf(grammar)  # the converter's output passes the same checks as a user's
-        else:
-            grammar = self._grammar(params)
-        seed = params.sampling.seed
-        sampling = replace(params.sampling, seed=seed if seed >= 0 else secrets.randbits(32),
-                           logit_bias=self._logit_bias(params.logit_bias))
-        request = GenerationRequest(prompt=tuple(tokens), n_predict=params.n_predict,
-                                    stops=params.stops, cache_prompt=params.cache_prompt,
-                                    id_slot=params.id_slot)
-        return Prepared(params=params, request=request, sampling=sampling, grammar=grammar,
-                        schema=params.json_schema if conversion else None, conversion=conversion,
-                        model=self.model)
+        def work() -> Prepared:
+            prepared = prepare(runtime, request)
+            built.append(prepared)
+            return prepared
 
-    def tokenize_prompt(self, parts: tuple[str | int, ...]) -> list[int]:
-        tokens: list[int] = []
-        for i, part in enumerate(parts):
-            if isinstance(part, str):
-                tokens.extend(self.model.tokenize(part, add_special=False, parse_special=True))
-            elif not self.model.valid_token(part):
-                field = "prompt" if len(parts) == 1 else f"prompt[{i}]"
-                raise InvalidRequest(f"invalid value for '{field}': token id {part} is outside "
-                                     f"the vocabulary of {self.model.n_vocab}", param=field)
-            else:
-                tokens.append(part)
-        bos = self.model.info.bos
-        if self.model.info.add_bos and bos >= 0 and (not tokens or tokens[0] != bos):
-            tokens.insert(0, bos)
-        return tokens
-
-    def _grammar(self, params: CompletionParams) -> str | None:
-        if params.grammar is None:
-            return None
+        self._preparing += 1
         try:
-            parsed = parse_gbnf(params.grammar)
-        except GbnfSyntaxError as exc:
-            raise InvalidRequest(f"invalid grammar: {exc}", param="grammar") from None
-        self._check_grammar_tokens(parsed)
-        return params.grammar
-
-    def _check_grammar_tokens(self, grammar: Grammar) -> None:
-        for ref in token_refs(grammar):
-            if isinstance(ref.value, int) and not self.model.valid_token(ref.value):
-                raise InvalidRequest(f"invalid grammar: token id {ref.value} is outside the "
-                                     "vocabulary", param="grammar")
-            if isinstance(ref.value, str) and len(self.model.tokenize(
-                    ref.value, add_special=False, parse_special=True)) != 1:
-                raise InvalidRequest(f"invalid grammar: {ref.value} is not a single token",
-                                     param="grammar")
-
-    def _logit_bias(self, pairs: tuple[tuple[int | str, float], ...]) -> tuple[tuple[int, float], ...]:
-        out: list[tuple[int, float]] = []
-        for key, bias in pairs:
-            if isinstance(key, int):
-                if not self.model.valid_token(key):
-                    raise InvalidRequest(f"invalid value for 'logit_bias': token id {key} is "
-                                         "outside the vocabulary", param="logit_bias")
-                out.append((key, bias))
-            else:
-                out.extend((t, bias) for t in self.model.tokenize(key, add_special=False,
-                                                                   parse_special=False))
-        return tuple(out)
-
-    # --- running -------------------------------------------------------------
-    @asynccontextmanager
-    async def generate(self, prepared: Prepared, job_id: int | None = None
-                       ) -> AsyncIterator[Generation]:
-        """Submit ``prepared`` and yield its :class:`Generation`.
-
-        On exit (normal, error or cancellation) the request is removed from the
-        engine: from the queue if it never started, from its slot otherwise.
-        """
-        if self.shutting_down:
-            raise Unavailable("the server is shutting down")
-        if self.runtime is None or prepared.model is not self.runtime.model:
-            raise Unavailable("the model changed while the request was being prepared")
-        try:
-            sampler = Sampler(self.model, prepared.sampling, prepared.grammar)
-        except SamplerInitError as exc:
-            raise InvalidRequest(f"invalid grammar: {exc}", param="grammar") from None
-        if job_id is None:
-            job_id = self.new_id()
-        send, receive = trio.open_memory_channel[Event](CHANNEL_CAPACITY)
-        timeout = self.settings.request_timeout_s
-        gen = Generation(id=job_id, events=receive,
-                         deadline=trio.current_time() + timeout if timeout else float("inf"))
-        gen.job = Job(id=job_id, request=prepared.request, sampler=sampler, sink=send)
-        engine = self.engine
-        self.running[job_id] = gen
-        self._idle = trio.Event()
-        engine.submit(gen.job)
-        try:
-            with receive, send:
-                yield gen
+            prepared = await trio.to_thread.run_sync(work)
+            if self.runtime is not runtime or self.shutting_down:
+                raise Unavailable("the model changed while the request was being prepared"
+                                  if not self.shutting_down else "the server is shutting down")
+        except BaseException:
+            for p in built:
+                p.sampler.close()
+            raise
         finally:
-            self.running.pop(job_id, None)
-            engine.cancel(job_id)
-            if not self.running:
-                self._idle.set()
+            self._preparing -= 1
+            self._check_idle()
+        job_id = next(self._ids)
+        timeout = self.settings.request_timeout_s
+        completion = Completion(
+            id=job_id, prepared=prepared, model_name=self.model_name,
+            deadline=trio.current_time() + timeout if timeout else float("inf"),
+            current=lambda: self.runtime, on_end=self._forget)
+        self._running[job_id] = completion
+        return completion
 
-    def new_id(self) -> int:
-        return next(self._ids)
+    def _forget(self, job_id: int) -> None:
+        # also called by a completion's finalizer, possibly on another thread
+        self._running.pop(job_id, None)
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._check_idle)
 
-    @property
-    def model_name(self) -> str:
-        return self.settings.alias or self.model.info.path.name
+    def _check_idle(self) -> None:
+        if not self._running and not self._preparing:
+            for event in self._idle_waiters:
+                event.set()
+            self._idle_waiters.clear()
+
+    async def _wait_idle(self) -> None:
+        """Until no completion is registered or being prepared."""
+        if self._running or self._preparing:
+            event = trio.Event()
+            self._idle_waiters.append(event)
+            await event.wait()
+
+    def running(self, job_id: int) -> Completion | None:
+        return self._running.get(job_id)
 
     def abort(self, job_id: int) -> bool:
-        gen = self.running.get(job_id)
-        if gen is None:
+        """End the running completion ``job_id``; False when there is none."""
+        completion = self._running.get(job_id)
+        if completion is None:
             return False
-        gen.request_stop(StopReason.ABORTED)
+        completion.request_stop(Interruption.ABORTED)
         return True
 
     def begin_shutdown(self) -> None:
@@ -292,5 +244,27 @@ class Service:
         self.shutting_down = True
 
     def stop_all(self) -> None:
-        for gen in list(self.running.values()):
-            gen.request_stop(StopReason.SHUTDOWN)
+        for completion in list(self._running.values()):
+            completion.request_stop(Interruption.SHUTDOWN)
+
+    # --- slots ---------------------------------------------------------------------
+    def slot_infos(self) -> list[SlotInfo]:
+        return self.engine.slot_infos()
+
+    async def slot_action(self, kind: str, slot_id: int, path: str = "") -> dict[str, int]:
+        """Save, restore or erase an idle slot's KV (``path`` for save and restore).
+
+        Raises:
+            SlotBusy: the slot is processing a request.
+            SlotFileError: the file could not be written or read.
+            Unavailable: the engine did not answer in time.
+        """
+        future = self.engine.slot_action(kind, slot_id, path)
+        try:
+            return await trio.to_thread.run_sync(future.result, SLOT_ACTION_TIMEOUT_S)
+        except scheduler.SlotBusy as exc:
+            raise SlotBusy(str(exc)) from None
+        except scheduler.SlotFileError as exc:
+            raise SlotFileError(str(exc), param="filename") from None
+        except concurrent.futures.TimeoutError:
+            raise Unavailable("the engine did not answer the slot action in time") from None

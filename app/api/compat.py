@@ -27,73 +27,99 @@ import re
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from dataclasses import replace
 from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import trio
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response, current_app, request
 
-from app.api.common import json_response, read_json, run_stream, run_whole, service
+from app.api.common import json_response, read_json, service, streamed
 from app.chat import ALIASES, BUILTINS, ChatTemplate, Message
-from app.engine.scheduler import SlotBusy, SlotFileError
-from app.errors import JSON, ApiError, InvalidRequest
-from app.requests import completion_params
-from app.service import Prepared, Service
+from app.completion import CompletionRequest, Delta, Final, Outcome, StopType
+from app.errors import JSON, ApiError, InvalidRequest, SlotBusy, SlotFileError
+from app.requests import Defaults, renamed, sampling_from
+from app.service import Service
 from app.validation import validate
 
 compat = Blueprint("compat", __name__)
 
-_REASONS = {"eos": "EOS", "limit": "MaxTokens", "word": "Stop", "none": "Aborted"}
 
-
-async def _prepare(svc: Service, native: JSON) -> Prepared:
-    params = completion_params(validate("completion", native),
-                               default_n_predict=svc.settings.n_predict,
-                               default_seed=svc.settings.seed)
-    return await svc.prepare(params)
-
-
-def _rename(body: JSON, names: dict[str, str]) -> JSON:
-    return {names[k]: v for k, v in body.items() if k in names}
+def _request(values: JSON, defaults: Defaults, *, n_predict: int | None = None,
+             stops: tuple[str, ...] = ()) -> CompletionRequest:
+    """A request from fields already under llama.cpp's names."""
+    limit = values.get("n_predict", defaults.n_predict if n_predict is None else n_predict)
+    return CompletionRequest(prompt=(values["prompt"],), sampling=sampling_from(values, defaults),
+                             n_predict=int(limit), stops=stops)
 
 
 # --- llama-go ----------------------------------------------------------------------------------
+_LLAMA_GO = {"prompt": "prompt", "tokens": "n_predict", "top_k": "top_k", "top_p": "top_p",
+             "temp": "temperature", "repeat_penalty": "repeat_penalty",
+             "repeat_lastn": "repeat_last_n", "seed": "seed"}
+
+
+def complete_reason(outcome: Outcome) -> str:
+    """llama-go's ``CompleteReason``."""
+    if outcome.interruption is not None:
+        return "Aborted"
+    return {StopType.EOS: "EOS", StopType.LIMIT: "MaxTokens", StopType.WORD: "Stop",
+            StopType.NONE: "Aborted"}[outcome.stop]
+
+
+def llama_go_reply(prompt: str, outcome: Outcome) -> JSON:
+    return {"Prompt": prompt, "Text": outcome.text, "Tokens": outcome.n_predicted,
+            "CompleteReason": complete_reason(outcome)}
+
+
 @compat.route("/api/completion", methods=["POST"])
 async def llama_go() -> Response:
     svc = service()
     body = validate("llama_go", await read_json())
-    native = _rename(body, {"prompt": "prompt", "tokens": "n_predict", "top_k": "top_k",
-                            "top_p": "top_p", "temp": "temperature",
-                            "repeat_penalty": "repeat_penalty", "repeat_lastn": "repeat_last_n",
-                            "seed": "seed"})
-    whole = await run_whole(svc, await _prepare(svc, native))
-    final = whole.final
-    return json_response({"Prompt": body["prompt"], "Text": final["content"],
-                          "Tokens": final["tokens_predicted"],
-                          "CompleteReason": _REASONS[final["stop_type"]]})
+    completion = await svc.submit(_request(renamed(body, _LLAMA_GO), svc.defaults))
+    outcome = await completion.result()
+    return json_response(llama_go_reply(body["prompt"], outcome))
 
 
 # --- Rust llm: /stream -----------------------------------------------------------------------
+_LLM_STREAM = {"prompt": "prompt", "num_predict": "n_predict", "top_k": "top_k", "top_p": "top_p",
+               "repeat_penalty": "repeat_penalty", "temp": "temperature", "seed": "seed"}
+_CACHE_DIR = "sluice.prompt_cache_dir"
+
+
+@compat.record_once
+def _setup(state: Any) -> None:
+    state.app.extensions[_CACHE_DIR] = None
+
+
+@compat.after_app_serving
+async def _cleanup() -> None:
+    scratch = current_app.extensions.get(_CACHE_DIR)
+    if scratch is not None:
+        scratch.cleanup()
+
+
 def cache_dir(svc: Service) -> Path:
     """Where /stream keeps its prompt caches: under --slot-save-path, else a temporary folder."""
     if svc.settings.slot_save_path is not None:
         path = svc.settings.slot_save_path / "prompt-cache"
         path.mkdir(exist_ok=True)
         return path
-    if svc.scratch_dir is None:
-        svc.scratch_dir = tempfile.TemporaryDirectory(prefix="sluice-cache-")
-    return Path(svc.scratch_dir.name)
+    scratch = current_app.extensions.get(_CACHE_DIR)
+    if scratch is None:
+        scratch = tempfile.TemporaryDirectory(prefix="sluice-cache-")
+        current_app.extensions[_CACHE_DIR] = scratch
+    return Path(scratch.name)
 
 
 async def _restore_cache(svc: Service, path: Path) -> int:
     """Load a saved state into an idle slot; its id, or -1 when none could take it."""
-    for info in svc.engine.slot_infos():
+    for info in svc.slot_infos():
         if info.is_processing:
             continue
         try:
-            await trio.to_thread.run_sync(svc.engine.slot_action("restore", info.id,
-                                                                 str(path)).result)
+            await svc.slot_action("restore", info.id, str(path))
         except SlotBusy:
             continue
         except SlotFileError:
@@ -106,42 +132,33 @@ async def _restore_cache(svc: Service, path: Path) -> int:
 async def llm_stream() -> Response:
     svc = service()
     body = validate("llm_stream", await read_json())
-    native = _rename(body, {"prompt": "prompt", "num_predict": "n_predict", "top_k": "top_k",
-                            "top_p": "top_p", "repeat_penalty": "repeat_penalty",
-                            "temp": "temperature", "seed": "seed"})
-    native.setdefault("n_predict", 32)
+    values = renamed(body, _LLM_STREAM)
     cache_file = cache_dir(svc) / f"{body['cache']}.bin" if "cache" in body else None
+    request_ = _request(values, svc.defaults, n_predict=32)
     if cache_file is not None and cache_file.is_file():
         slot = await _restore_cache(svc, cache_file)
         if slot >= 0:
-            native["id_slot"] = slot
-    prepared = await _prepare(svc, native)
-    job_id = svc.new_id()
+            request_ = replace(request_, id_slot=slot)
+    completion = await svc.submit(request_)
 
     async def text() -> AsyncIterator[bytes]:
         id_slot = -1
-        async with aclosing(run_stream(svc, prepared, job_id)) as steps:
-            async for step in steps:
-                if step.kind == "token" and step.data is not None:
-                    id_slot = step.data["id_slot"]
-                    if step.data["content"]:
-                        yield step.data["content"].encode()
-                elif step.kind == "final" and step.data is not None:
-                    id_slot = step.data["id_slot"]
+        async with aclosing(completion.items()) as items:
+            async for item in items:
+                if isinstance(item, Delta):
+                    id_slot = item.id_slot
+                    if item.text:
+                        yield item.text.encode()
+                elif isinstance(item, Final):
+                    id_slot = item.outcome.id_slot
         if cache_file is not None and id_slot >= 0:
-            future = svc.engine.slot_action("save", id_slot, str(cache_file))
             # a short, bounded clean-up step; if it fails, the next request with this id
             # evaluates its prompt in full
-            with trio.CancelScope(shield=True), contextlib.suppress(SlotBusy, SlotFileError):
-                await trio.to_thread.run_sync(future.result)
+            with trio.CancelScope(shield=True), contextlib.suppress(ApiError):
+                await svc.slot_action("save", id_slot, str(cache_file))
 
-    headers = {"Content-Type": "text/plain; charset=utf-8", "X-Request-Id": str(job_id),
-               "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    if "n_batch" in body:
-        headers["X-Sluice-Ignored"] = "n_batch"
-    resp = Response(text(), status=200, headers=headers)
-    resp.timeout = None
-    return resp
+    headers = {"X-Sluice-Ignored": "n_batch"} if "n_batch" in body else {}
+    return streamed(text(), completion.id, text=True, headers=headers)
 
 
 # --- llm-api: form routes -------------------------------------------------------------------
@@ -215,40 +232,33 @@ def _template(svc: Service, form: Any) -> ChatTemplate:
 
 
 async def _text_reply(svc: Service, form: Any, prompt: str, stops: tuple[str, ...]) -> Response:
-    native: JSON = {"prompt": prompt}
+    values: JSON = {"prompt": prompt}
     temperature = _number(form, "temperature", float, 0, 100)
     if temperature is not None:
-        native["temperature"] = temperature
+        values["temperature"] = temperature
     max_tokens = _number(form, "max_tokens", int, -1, 1 << 20)
     if max_tokens is not None:
-        native["n_predict"] = max_tokens
-    if stops:
-        native["stop"] = list(stops)
+        values["n_predict"] = max_tokens
     pattern = _stop_regex(form)
-    prepared = await _prepare(svc, native)
-    job_id = svc.new_id()
+    completion = await svc.submit(_request(values, svc.defaults, stops=stops))
 
     async def text() -> AsyncIterator[bytes]:
         sent = 0
         produced = ""
-        async with aclosing(run_stream(svc, prepared, job_id)) as steps:
-            async for step in steps:
-                if step.kind != "token" or step.data is None:
+        async with aclosing(completion.items()) as items:
+            async for item in items:
+                if not isinstance(item, Delta):
                     continue
-                produced += step.data["content"]
+                produced += item.text
                 match = pattern.search(produced) if pattern is not None else None
                 end = match.start() if match is not None else len(produced)
                 if end > sent:
                     yield produced[sent:end].encode()
                     sent = end
                 if match is not None:
-                    return  # leaving run_stream ends the generation
+                    return  # leaving the items ends the generation
 
-    resp = Response(text(), status=200, headers={
-        "Content-Type": "text/plain; charset=utf-8", "X-Request-Id": str(job_id),
-        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    resp.timeout = None
-    return resp
+    return streamed(text(), completion.id, text=True)
 
 
 @compat.route("/predict", methods=["POST"])

@@ -22,11 +22,10 @@ from pathlib import Path
 import trio
 from quart import Blueprint, Response, request
 
-from app.api.common import json_response, read_json, run_whole, service
-from app.engine.embedding import EmbeddingError
-from app.engine.scheduler import SlotBusy, SlotFileError
-from app.errors import InvalidRequest, NotFound, NotSupported, Unavailable
-from app.requests import completion_params
+from app.api.common import json_response, read_json, service
+from app.api.native import final_object
+from app.errors import InvalidRequest, NotFound, NotSupported
+from app.requests import native_request
 from app.validation import validate
 
 extras = Blueprint("extras", __name__)
@@ -65,11 +64,11 @@ async def detokenize() -> Response:
 
 @extras.route("/apply-template", methods=["POST"])
 async def apply_template() -> Response:
-    from app.api.openai import _messages
+    from app.api.openai import messages
 
     svc = service()
     body = validate("apply_template", await read_json())
-    return json_response({"prompt": svc.chat.prompt(_messages(body), svc.settings.system_prompt)})
+    return json_response({"prompt": svc.chat.prompt(messages(body), svc.settings.system_prompt)})
 
 
 # --- embeddings --------------------------------------------------------------------------------
@@ -97,14 +96,7 @@ async def embeddings() -> Response:
                 raise InvalidRequest(f"invalid value for 'input[{i}]': a token id is outside the "
                                      "vocabulary", param=f"input[{i}]")
             token_lists.append(list(item))
-    embedder = svc.embedder
-    vectors = []
-    for i, tokens in enumerate(token_lists):
-        try:
-            vectors.append(await trio.to_thread.run_sync(embedder.embed, tokens))
-        except EmbeddingError as exc:
-            raise InvalidRequest(f"invalid value for 'input[{i}]': {exc}",
-                                 param=f"input[{i}]") from None
+    vectors = await svc.embed(token_lists)
     as_base64 = body.get("encoding_format") == "base64"
     data = [{"object": "embedding", "index": i,
              "embedding": base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
@@ -129,11 +121,8 @@ async def infill() -> Response:
     native = {k: v for k, v in body.items()
               if k not in ("input_prefix", "input_suffix", "input_extra", "prompt", "stream")}
     native["prompt"] = [pre, *prefix, suf, *suffix, mid, *tail]
-    native = validate("completion", native)
-    params = completion_params(native, default_n_predict=svc.settings.n_predict,
-                               default_seed=svc.settings.seed)
-    whole = await run_whole(svc, await svc.prepare(params))
-    return json_response(whole.final)
+    completion = await svc.submit(native_request(validate("completion", native), svc.defaults))
+    return json_response(final_object(await completion.result()))
 
 
 # --- slot files ---------------------------------------------------------------------------------
@@ -147,7 +136,7 @@ async def slot_action(slot_id: int) -> Response:
     if action not in ("save", "restore", "erase"):
         raise InvalidRequest("invalid value for 'action': use save, restore or erase",
                              param="action")
-    if not 0 <= slot_id < len(svc.engine.slots):
+    if not 0 <= slot_id < len(svc.slot_infos()):
         raise NotFound(f"no slot with id {slot_id}")
     body = validate("slot_action", await read_json()) if await request.get_data() else {}
     path = ""
@@ -163,13 +152,7 @@ async def slot_action(slot_id: int) -> Response:
             raise NotFound(f"no saved slot file named {name!r}")
         path = str(target)
     start = time.perf_counter()
-    future = svc.engine.slot_action(action, slot_id, path)
-    try:
-        result = await trio.to_thread.run_sync(future.result)
-    except SlotBusy as exc:
-        raise Unavailable(str(exc)) from None
-    except SlotFileError as exc:
-        raise InvalidRequest(str(exc), param="filename") from None
+    result = await svc.slot_action(action, slot_id, path)
     ms = (time.perf_counter() - start) * 1000.0
     out: dict[str, object] = {"id_slot": slot_id, **result}
     if action != "erase":

@@ -28,19 +28,20 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
-from quart import Blueprint, Response, websocket
+from quart import Blueprint, Response, current_app, websocket
 
 from app import sse
-from app.api.common import json_response, read_json, run_stream, service
-from app.bridge import StopReason
-from app.engine.model import ModelLoadError, check_model_file
+from app.api.common import json_response, read_json, service, streamed
+from app.completion import CompletionRequest, Delta, Failure, Final, Outcome
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported, ServerError
-from app.requests import completion_params
+from app.requests import renamed, sampling_from, stops_from
 from app.service import Service
 from app.validation import validate
 
@@ -70,11 +71,21 @@ class TokenFeed:
                 channel.close()  # the subscriber sees the end of its feed and disconnects
 
 
-def feed(svc: Service) -> TokenFeed:
-    if svc.token_feed is None:
-        svc.token_feed = TokenFeed()
-    assert isinstance(svc.token_feed, TokenFeed)
-    return svc.token_feed
+@dataclass(eq=False)
+class GoinferState:
+    """goinfer's own state: the /ws feed and the running /infer requests (for /infer/abort)."""
+
+    feed: TokenFeed = field(default_factory=TokenFeed)
+    infer_jobs: set[int] = field(default_factory=set)
+
+
+@goinfer.record_once
+def _setup(state: Any) -> None:
+    state.app.extensions["sluice.goinfer"] = GoinferState()
+
+
+def _state() -> GoinferState:
+    return current_app.extensions["sluice.goinfer"]  # type: ignore[no-any-return]
 
 
 def _models_dir(svc: Service) -> Path:
@@ -112,10 +123,6 @@ async def model_load() -> Response:
         path = directory / f"{name}.gguf"
     if path.name not in _model_names(directory):
         raise NotFound(f"no model named {name!r} in the models directory")
-    try:
-        check_model_file(path)  # refuse a broken file before unloading the current model
-    except ModelLoadError as exc:
-        raise InvalidRequest(f"invalid value for '{field}': {exc}", param=field) from None
     overrides: JSON = {}
     if "ctx" in body:
         overrides["ctx_size"] = body["ctx"]
@@ -123,10 +130,7 @@ async def model_load() -> Response:
         overrides["embedding"] = body["embeddings"]
     if "gpuLayers" in body:
         overrides["n_gpu_layers"] = body["gpuLayers"]
-    try:
-        await svc.switch_model(path, **overrides)
-    except ModelLoadError as exc:
-        raise ServerError(f"could not load {name!r}: {exc}") from None
+    await svc.load_model(path, field=field, **overrides)
     return Response("", status=204)
 
 
@@ -140,26 +144,28 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}s"
 
 
-def _reply(final: JSON, started: float, first_token: float | None, ended: float) -> JSON:
+def _reply(outcome: Outcome, started: float, first_token: float | None, ended: float) -> JSON:
     first = first_token if first_token is not None else ended
     thinking, emitting, total = first - started, ended - first, ended - started
-    n = final["tokens_predicted"]
-    out: JSON = {"text": final["content"], "thinkingTime": thinking,
+    n = outcome.n_predicted
+    out: JSON = {"text": outcome.text, "thinkingTime": thinking,
                  "thinkingTimeFormat": _seconds(thinking), "emitTime": emitting,
                  "emitTimeFormat": _seconds(emitting), "totalTime": total,
                  "totalTimeFormat": _seconds(total),
                  "tokensPerSecond": round(n / emitting, 2) if emitting > 0 else 0.0,
                  "totalTokens": n}
-    for key in ("aborted", "timeout", "shutdown", "model_changed"):
-        if key in final:
-            out[key] = True
+    if outcome.interruption is not None:
+        out[outcome.interruption.value] = True
     return out
 
 
-@goinfer.route("/infer", methods=["POST"])
-async def infer() -> Response:
-    svc = service()
-    body = validate("goinfer_infer", await read_json())
+_NAMES = {"prompt": "prompt", "tokens": "n_predict", "topK": "top_k", "topP": "top_p",
+          "minP": "min_p", "temp": "temperature", "frequencyPenalty": "frequency_penalty",
+          "presencePenalty": "presence_penalty", "repeatPenalty": "repeat_penalty", "seed": "seed"}
+
+
+def infer_request(body: JSON, svc: Service) -> CompletionRequest:
+    """goinfer's /infer body (checked by its schema) as a typed request."""
     threads = svc.settings.threads or os.cpu_count()
     if "threads" in body and body["threads"] != threads:
         raise InvalidRequest(f"invalid value for 'threads': this server decodes with {threads} "
@@ -167,68 +173,70 @@ async def infer() -> Response:
     if body.get("tfs", 1.0) != 1.0:
         raise InvalidRequest("invalid value for 'tfs': tail-free sampling is not available; "
                              "use 1 (off)", param="tfs")
+    values = renamed(body, _NAMES)
     prompt = body["prompt"]
     if "template" in body:
         prompt = body["template"].replace("{prompt}", prompt)
-    names = {"tokens": "n_predict", "topK": "top_k", "topP": "top_p", "minP": "min_p",
-             "temp": "temperature", "frequencyPenalty": "frequency_penalty",
-             "presencePenalty": "presence_penalty", "repeatPenalty": "repeat_penalty",
-             "stop": "stop", "seed": "seed"}
-    native: JSON = {"prompt": prompt, **{names[k]: v for k, v in body.items() if k in names}}
-    params = completion_params(validate("completion", native),
-                               default_n_predict=svc.settings.n_predict,
-                               default_seed=svc.settings.seed)
-    prepared = await svc.prepare(params)
-    job_id = svc.new_id()
-    tokens = feed(svc)
+    defaults = svc.defaults
+    return CompletionRequest(prompt=(prompt,), sampling=sampling_from(values, defaults),
+                             n_predict=int(values.get("n_predict", defaults.n_predict)),
+                             stops=stops_from(body.get("stop")))
+
+
+@goinfer.route("/infer", methods=["POST"])
+async def infer() -> Response:
+    svc = service()
+    body = validate("goinfer_infer", await read_json())
+    completion = await svc.submit(infer_request(body, svc))
+    state = _state()
     streaming = bool(body.get("stream"))
 
-    async def events() -> AsyncIterator[bytes]:
+    async def events() -> AsyncGenerator[bytes | JSON]:
         started, first = time.perf_counter(), None
         n = 0
-        svc.infer_jobs.add(job_id)
+        state.infer_jobs.add(completion.id)
         try:
-            async with aclosing(run_stream(svc, prepared, job_id)) as steps:
-                async for step in steps:
-                    data = step.data
-                    if step.kind == "token" and data is not None and data["content"]:
-                        first = first or time.perf_counter()
-                        tokens.publish(data["content"], n)
-                        if streaming:
-                            yield sse.event({"msgType": "token", "content": data["content"],
-                                             "num": n})
-                        n += 1
-                    elif step.kind == "final" and data is not None:
-                        reply = _reply(data, started, first, time.perf_counter())
-                        yield (sse.event({"msgType": "system", "content": "result",
-                                          "data": reply}) if streaming
-                               else json.dumps(reply).encode())
-                    elif step.kind == "error" and data is not None:
-                        yield sse.event(data) if streaming else json.dumps(data).encode()
+            async with aclosing(completion.items()) as items:
+                async for item in items:
+                    match item:
+                        case Delta(text=text) if text:
+                            first = first or time.perf_counter()
+                            state.feed.publish(text, n)
+                            if streaming:
+                                yield sse.event({"msgType": "token", "content": text, "num": n})
+                            n += 1
+                        case Final(outcome=outcome):
+                            reply = _reply(outcome, started, first, time.perf_counter())
+                            yield (sse.event({"msgType": "system", "content": "result",
+                                              "data": reply}) if streaming else reply)
+                        case Failure(message=message):
+                            if not streaming:
+                                raise ServerError(message)
+                            yield sse.event(ServerError(message).body())
         finally:
-            svc.infer_jobs.discard(job_id)
+            state.infer_jobs.discard(completion.id)
 
     if streaming:
-        resp = Response(events(), status=200, headers={**sse.HEADERS,
-                                                       "X-Request-Id": str(job_id)})
-        resp.timeout = None
-        return resp
-    chunks = [chunk async for chunk in events()]
-    out = json.loads(b"".join(chunks))
-    if "error" in out:
-        raise ServerError(out["error"]["message"])
-    return json_response(out, headers={"X-Request-Id": str(job_id)})
+        return streamed(_bytes(events()), completion.id)
+    async with aclosing(events()) as gen:
+        async for reply in gen:
+            assert isinstance(reply, dict)
+            return json_response(reply, headers={"X-Request-Id": str(completion.id)})
+    raise ServerError("the completion ended without a result")  # pragma: no cover
+
+
+async def _bytes(chunks: AsyncIterator[bytes | JSON]) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        assert isinstance(chunk, bytes)
+        yield chunk
 
 
 @goinfer.route("/infer/abort", methods=["GET"])
 async def infer_abort() -> Response:
     svc = service()
     aborted = False
-    for job_id in list(svc.infer_jobs):
-        gen = svc.running.get(job_id)
-        if gen is not None:
-            gen.request_stop(StopReason.ABORTED)
-            aborted = True
+    for job_id in list(_state().infer_jobs):
+        aborted = svc.abort(job_id) or aborted
     return Response("", status=204 if aborted else 202)
 
 
@@ -239,7 +247,7 @@ async def ws() -> None:
         await websocket.close(1008, "the token feed is disabled (--no-ws)")
         return
     await websocket.accept()
-    async with feed(svc).subscribe() as messages:
+    async with _state().feed.subscribe() as messages:
         async for message in messages:
             await websocket.send(message)
     await websocket.close(1008, "too far behind the token feed")

@@ -1,4 +1,7 @@
-"""llama.cpp's native routes: /completion, /health, /props, /slots, and abort by id.
+"""llama.cpp's native routes and wire shape: /completion, /health, /props, /slots, abort by id.
+
+This module owns llama.cpp's reply shape (:func:`partial`, :func:`final_object`)
+as ``openai.py`` owns OpenAI's; ``/infill`` reuses it.
 
 Abort: every completion reports its id (the ``X-Request-Id`` header, and ``id``
 in every stream event and in the final object). ``POST /completion/{id}/abort``
@@ -16,43 +19,118 @@ import trio
 from quart import Blueprint, Response, request
 
 from app import sse
-from app.api.common import json_response, read_json, run_stream, run_whole, service
-from app.errors import NotFound, Unavailable
-from app.requests import completion_params
-from app.service import Prepared, Service, convert_schema
+from app.api.common import json_response, read_json, service, streamed
+from app.completion import (
+    Delta,
+    Failure,
+    Final,
+    Outcome,
+    Ping,
+    SamplingParams,
+    StopType,
+    TokenLogprobs,
+    TokenProb,
+)
+from app.errors import JSON, NotFound, ServerError, Unavailable
+from app.prepare import convert_schema
+from app.requests import native_request, sampling_report
+from app.running import Completion
 from app.validation import validate
 
 native = Blueprint("native", __name__)
 
 
+# --- llama.cpp's wire shape ----------------------------------------------------------------------
+def _prob(p: TokenProb) -> JSON:
+    return {"id": p.id, "token": p.text, "bytes": list(p.piece), "logprob": p.logprob}
+
+
+def probabilities(logprobs: tuple[TokenLogprobs, ...]) -> list[JSON]:
+    """``completion_probabilities`` entries."""
+    return [{**_prob(lp.chosen), "top_logprobs": [_prob(t) for t in lp.top]} for lp in logprobs]
+
+
+def partial(delta: Delta, completion: Completion) -> JSON:
+    """The stream event of one delta."""
+    out: JSON = {"content": delta.text, "tokens": list(delta.token_ids), "stop": False,
+                 "id_slot": delta.id_slot, "id": completion.id,
+                 "tokens_predicted": delta.n_predicted, "tokens_evaluated": completion.n_prompt}
+    if delta.logprobs:
+        out["completion_probabilities"] = probabilities(delta.logprobs)
+    return out
+
+
+def generation_settings(outcome: Outcome) -> JSON:
+    req = outcome.reported.request
+    return {"n_predict": req.n_predict, **sampling_report(req.sampling), "stop": list(req.stops),
+            "cache_prompt": req.cache_prompt, "grammar": outcome.reported.grammar or "",
+            "n_keep": req.n_keep}
+
+
+def timings(outcome: Outcome) -> JSON:
+    t = outcome.timings
+    return {"prompt_n": t.prompt_n, "prompt_ms": t.prompt_ms,
+            "prompt_per_token_ms": t.prompt_ms / t.prompt_n if t.prompt_n else 0.0,
+            "prompt_per_second": t.prompt_n * 1000.0 / t.prompt_ms if t.prompt_ms else 0.0,
+            "predicted_n": t.predicted_n, "predicted_ms": t.predicted_ms,
+            "predicted_per_token_ms": t.predicted_ms / t.predicted_n if t.predicted_n else 0.0,
+            "predicted_per_second": (t.predicted_n * 1000.0 / t.predicted_ms
+                                     if t.predicted_ms else 0.0)}
+
+
+def final_object(outcome: Outcome) -> JSON:
+    """llama.cpp's final object (the non-streamed reply, the last stream event)."""
+    stop = outcome.stop
+    out: JSON = {
+        "id": outcome.id, "content": outcome.text, "tokens": list(outcome.token_ids),
+        "id_slot": outcome.id_slot, "stop": True, "model": outcome.reported.model,
+        "tokens_predicted": outcome.n_predicted, "tokens_evaluated": outcome.n_prompt,
+        "tokens_cached": outcome.tokens_cached, "prompt": outcome.reported.request.prompt_text,
+        "has_new_line": "\n" in outcome.text, "truncated": outcome.truncated,
+        "stop_type": stop.value, "stopped_eos": stop is StopType.EOS,
+        "stopped_word": stop is StopType.WORD, "stopped_limit": stop is StopType.LIMIT,
+        "stopping_word": outcome.stopping_word,
+        "generation_settings": generation_settings(outcome), "timings": timings(outcome),
+    }
+    if outcome.interruption is not None:
+        out[outcome.interruption.value] = True
+    if outcome.grammar_stats is not None:
+        out["grammar_stats"] = {"rejections": outcome.grammar_stats[0],
+                                "full_passes": outcome.grammar_stats[1]}
+    if outcome.reported.request.sampling.n_probs > 0:
+        out["completion_probabilities"] = probabilities(outcome.logprobs)
+    if outcome.schema is not None:
+        out["schema_valid"] = outcome.schema.valid
+        out["schema_errors"] = [e.as_dict() for e in outcome.schema.errors]
+    return out
+
+
+async def events(completion: Completion, ping_interval_s: float) -> AsyncIterator[bytes]:
+    """The SSE body of a native stream: a ping, partials, then the final object or an error."""
+    yield sse.PING  # headers and a first byte leave at once, even while queued
+    async for item in completion.items(ping_interval_s):
+        match item:
+            case Ping():
+                yield sse.PING
+            case Delta():
+                yield sse.event(partial(item, completion))
+            case Final(outcome=outcome):
+                yield sse.event(final_object(outcome))
+            case Failure(message=message):
+                yield sse.event(ServerError(message).body())
+
+
+# --- routes ---------------------------------------------------------------------------------------
 @native.route("/completion", methods=["POST"])
 @native.route("/completions", methods=["POST"])
 async def completion() -> Response:
     svc = service()
     body = validate("completion", await read_json())
-    params = completion_params(body, default_n_predict=svc.settings.n_predict,
-                               default_seed=svc.settings.seed)
-    prepared = await svc.prepare(params)
-    if params.stream:
-        return _stream(svc, prepared)
-    whole = await run_whole(svc, prepared)
-    return json_response(whole.final, headers={"X-Request-Id": str(whole.state.job_id)})
-
-
-def _stream(svc: Service, prepared: Prepared) -> Response:
-    job_id = svc.new_id()  # known now for the header; the body submits the request
-
-    async def body() -> AsyncIterator[bytes]:
-        async for step in run_stream(svc, prepared, job_id):
-            if step.kind == "ping":
-                yield sse.PING
-            else:
-                assert step.data is not None
-                yield sse.event(step.data)
-
-    resp = Response(body(), status=200, headers={**sse.HEADERS, "X-Request-Id": str(job_id)})
-    resp.timeout = None
-    return resp
+    completion = await svc.submit(native_request(body, svc.defaults))
+    if body.get("stream"):
+        return streamed(events(completion, svc.settings.queue_ping_interval_s), completion.id)
+    outcome = await completion.result()
+    return json_response(final_object(outcome), headers={"X-Request-Id": str(outcome.id)})
 
 
 @native.route("/completion/<int:job_id>/abort", methods=["POST"])
@@ -73,8 +151,7 @@ async def health() -> Response:
 
 @native.route("/slots", methods=["GET"])
 async def slots() -> Response:
-    svc = service()
-    infos = svc.engine.slot_infos()
+    infos = service().slot_infos()
     if request.args.get("fail_on_no_slot") in ("1", "true") and all(i.is_processing for i in infos):
         raise Unavailable("no slot available")
     return json_response([
@@ -89,17 +166,17 @@ async def props() -> Response:
     svc = service()
     info = svc.model.info
     st = svc.settings
+    engine = svc.engine
+    defaults = sampling_report(SamplingParams(seed=st.seed))
     return json_response({
-        "default_generation_settings": {
-            "n_ctx": svc.engine.slot_ctx, "n_predict": st.n_predict, "seed": st.seed,
-            "temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
-        },
-        "total_slots": len(svc.engine.slots),
+        "default_generation_settings": {"n_ctx": engine.slot_ctx, "n_predict": st.n_predict,
+                                        **defaults},
+        "total_slots": len(engine.slots),
         "model_path": str(info.path),
         "model_alias": svc.model_name,
         "chat_template": svc.chat.source,
         "chat_template_name": svc.chat.name,
-        "n_ctx": svc.engine.ctx.n_ctx,
+        "n_ctx": engine.ctx.n_ctx,
         "n_vocab": info.n_vocab,
         "build_info": "sluice 0.1.0 (llama-cpp-python 0.3.36)",
     })

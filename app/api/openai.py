@@ -1,72 +1,87 @@
-"""OpenAI's routes: /v1/chat/completions, /v1/completions, /v1/models.
+"""OpenAI's routes and wire shape: /v1/chat/completions, /v1/completions, /v1/models.
 
-An OpenAI body is validated against its own schema, then translated into the
-native body and parsed by the one request parser (``app.requests``), so a
-sampling parameter means the same whichever route it arrives by. Replies are
-built from the native final object.
+An OpenAI body is validated against its own schema and built into a
+:class:`~app.completion.CompletionRequest` here (llama.cpp's extra sampling
+fields such as ``top_k`` keep their names); replies are rendered from the typed
+outcome.
 
 Decisions where OpenAI's API has no counterpart here: ``n`` must be 1 and
-``/v1/completions`` takes one prompt (400 otherwise); an aborted, timed-out or
-shut-down request ends with ``finish_reason: "stop"`` and a top-level
-``"aborted"`` / ``"timeout"`` / ``"shutdown": true``; ``model`` is accepted and
-ignored (one model is loaded).
+``/v1/completions`` takes one prompt (400 otherwise); an aborted, timed-out,
+shut-down or model-changed request ends with ``finish_reason: "stop"`` and a
+top-level ``"aborted"`` / ``"timeout"`` / ``"shutdown"`` / ``"model_changed": true``;
+``model`` is accepted and ignored (one model is loaded).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from quart import Blueprint, Response
 
 from app import sse
-from app.api.common import json_response, read_json, run_stream, run_whole, service
+from app.api.common import json_response, read_json, service, streamed
+from app.api.native import timings
 from app.chat import Message
-from app.errors import JSON, InvalidRequest
-from app.requests import completion_params
-from app.service import Prepared, Service
+from app.completion import (
+    CompletionRequest,
+    Constraint,
+    Delta,
+    Failure,
+    Outcome,
+    Ping,
+    SchemaConstraint,
+    StopType,
+    TokenLogprobs,
+)
+from app.errors import JSON, InvalidRequest, ServerError
+from app.requests import (
+    Defaults,
+    constraint_from,
+    logit_bias_from,
+    native_options,
+    sampling_from,
+    stops_from,
+)
+from app.running import Completion
 from app.validation import validate
 
 openai = Blueprint("openai", __name__)
 
-# OpenAI names that the native parser reads under the same name.
-_SAME = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p",
-         "typical_p", "repeat_penalty", "repeat_last_n", "mirostat", "mirostat_tau",
-         "mirostat_eta", "ignore_eos", "grammar", "json_schema", "cache_prompt", "id_slot",
-         "samplers", "n_keep")
+
+# --- body -> typed request ---------------------------------------------------------------------
+def _constraint(body: JSON) -> Constraint | None:
+    native = constraint_from(body)
+    fmt = body.get("response_format")
+    if fmt is None or fmt["type"] == "text":
+        return native
+    if native is not None:
+        raise InvalidRequest("'response_format' cannot be combined with 'json_schema' or "
+                             "'grammar'", param="response_format")
+    if fmt["type"] == "json_object":
+        return SchemaConstraint(fmt.get("schema", {"type": "object"}), field="response_format")
+    return SchemaConstraint(fmt["json_schema"]["schema"], field="response_format")
 
 
-def _native_body(body: JSON, prompt: Any, extra_stops: tuple[str, ...] = ()) -> JSON:
-    """The native /completion body equivalent to an OpenAI body."""
-    native: JSON = {"prompt": prompt}
-    for key in _SAME:
-        if body.get(key) is not None:
-            native[key] = body[key]
+def openai_request(body: JSON, defaults: Defaults, *, prompt: str | list[str | int],
+                   n_probs: int, extra_stops: tuple[str, ...] = ()) -> CompletionRequest:
+    """A chat or text completion body checked by its schema, as a typed request."""
     limit = body.get("max_completion_tokens")
     if limit is None:
         limit = body.get("max_tokens")
-    if limit is not None:
-        native["n_predict"] = limit
-    stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if extra_stops or stops:
-        native["stop"] = list(dict.fromkeys([*extra_stops, *stops]))
-    if body.get("logit_bias"):
-        native["logit_bias"] = {k: float(v) for k, v in body["logit_bias"].items()}
-    return native
+    stops = tuple(dict.fromkeys([*extra_stops, *stops_from(body.get("stop"))]))
+    sampling = sampling_from(body, defaults)
+    return CompletionRequest(
+        prompt=(prompt,) if isinstance(prompt, str) else tuple(prompt),
+        sampling=replace(sampling, n_probs=n_probs),
+        logit_bias=logit_bias_from(body.get("logit_bias")),
+        n_predict=int(limit) if limit is not None else defaults.n_predict,
+        stops=stops, constraint=_constraint(body), **native_options(body))
 
 
-def _response_format(body: JSON) -> Any:
-    fmt = body.get("response_format")
-    if fmt is None or fmt["type"] == "text":
-        return None
-    if fmt["type"] == "json_object":
-        return fmt.get("schema", {"type": "object"})
-    return fmt["json_schema"]["schema"]
-
-
-def _messages(body: JSON) -> list[Message]:
+def messages(body: JSON) -> list[Message]:
     out = []
     for m in body["messages"]:
         content = m["content"]
@@ -76,39 +91,43 @@ def _messages(body: JSON) -> list[Message]:
     return out
 
 
-def _finish_reason(final: JSON) -> str:
-    return "length" if final["stop_type"] == "limit" else "stop"
+# --- typed outcome -> OpenAI's shape -------------------------------------------------------------
+def finish_reason(outcome: Outcome) -> str:
+    return "length" if outcome.stop is StopType.LIMIT else "stop"
 
 
-def _usage(final: JSON) -> JSON:
-    prompt, completion = final["tokens_evaluated"], final["tokens_predicted"]
+def usage(outcome: Outcome) -> JSON:
+    prompt, completion = outcome.n_prompt, outcome.n_predicted
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
 
 
-def _extras(final: JSON) -> JSON:
-    out: JSON = {"timings": final["timings"]}
-    for key in ("aborted", "timeout", "shutdown", "schema_valid", "schema_errors"):
-        if key in final:
-            out[key] = final[key]
+def extras(outcome: Outcome) -> JSON:
+    """Sluice's additions at the top level: timings, the interruption, the schema verdict."""
+    out: JSON = {"timings": timings(outcome)}
+    if outcome.interruption is not None:
+        out[outcome.interruption.value] = True
+    if outcome.schema is not None:
+        out["schema_valid"] = outcome.schema.valid
+        out["schema_errors"] = [e.as_dict() for e in outcome.schema.errors]
     return out
 
 
-def _logprob_entries(probs: list[JSON], top: int) -> list[JSON]:
-    return [{"token": p["token"], "logprob": p["logprob"], "bytes": p["bytes"],
-             "top_logprobs": [{"token": t["token"], "logprob": t["logprob"], "bytes": t["bytes"]}
-                              for t in p["top_logprobs"][:top]]}
-            for p in probs]
+def _logprob_entries(logprobs: tuple[TokenLogprobs, ...], top: int) -> list[JSON]:
+    return [{"token": lp.chosen.text, "logprob": lp.chosen.logprob, "bytes": list(lp.chosen.piece),
+             "top_logprobs": [{"token": t.text, "logprob": t.logprob, "bytes": list(t.piece)}
+                              for t in lp.top[:top]]}
+            for lp in logprobs]
 
 
-def _text_logprobs(probs: list[JSON], top: int, offset: int) -> JSON:
+def _text_logprobs(logprobs: tuple[TokenLogprobs, ...], top: int, offset: int) -> JSON:
     offsets = []
-    for p in probs:
+    for lp in logprobs:
         offsets.append(offset)
-        offset += len(p["token"])
-    return {"tokens": [p["token"] for p in probs], "token_logprobs": [p["logprob"] for p in probs],
-            "top_logprobs": [{t["token"]: t["logprob"] for t in p["top_logprobs"][:top]}
-                             for p in probs],
+        offset += len(lp.chosen.text)
+    return {"tokens": [lp.chosen.text for lp in logprobs],
+            "token_logprobs": [lp.chosen.logprob for lp in logprobs],
+            "top_logprobs": [{t.text: t.logprob for t in lp.top[:top]} for lp in logprobs],
             "text_offset": offsets}
 
 
@@ -118,80 +137,76 @@ def _text_logprobs(probs: list[JSON], top: int, offset: int) -> JSON:
 async def chat_completions() -> Response:
     svc = service()
     body = validate("chat_completion", await read_json())
-    prompt = svc.chat.prompt(_messages(body), svc.settings.system_prompt)
-    native = _native_body(body, prompt, svc.chat.stops)
-    schema = _response_format(body)
-    if schema is not None:
-        if "json_schema" in native or "grammar" in native:
-            raise InvalidRequest("'response_format' cannot be combined with 'json_schema' or "
-                                 "'grammar'", param="response_format")
-        native["json_schema"] = schema
+    template = svc.chat
+    prompt = template.prompt(messages(body), svc.settings.system_prompt)
     top = body.get("top_logprobs") or 0
-    if body.get("logprobs"):
-        native["n_probs"] = max(top, 1)
-    params = completion_params(native, default_n_predict=svc.settings.n_predict,
-                               default_seed=svc.settings.seed)
-    prepared = await svc.prepare(params)
+    logprobs = bool(body.get("logprobs"))
+    request = openai_request(body, svc.defaults, prompt=prompt,
+                             n_probs=max(top, 1) if logprobs else 0, extra_stops=template.stops)
+    completion = await svc.submit(request)
     created = int(time.time())
+    ident = f"chatcmpl-{completion.id}"
+    head: JSON = {"id": ident, "object": "chat.completion.chunk", "created": created,
+                  "model": svc.model_name, "system_fingerprint": "sluice-0.1.0"}
     if body.get("stream"):
+        def choice(delta: JSON, finish: str | None = None, lp: JSON | None = None) -> JSON:
+            return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                                         "logprobs": lp}]}
+
+        def on_delta(d: Delta) -> JSON | None:
+            lp = {"content": _logprob_entries(d.logprobs, top)} if logprobs and d.logprobs else None
+            return choice({"content": d.text}, lp=lp) if d.text or lp else None
+
+        def usage_chunk(o: Outcome) -> JSON:
+            return {**{k: v for k, v in head.items() if k != "system_fingerprint"},
+                    "choices": [], "usage": usage(o)}
+
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return _chat_stream(svc, prepared, created, bool(body.get("logprobs")), top, include_usage)
-    whole = await run_whole(svc, prepared)
-    final = whole.final
-    choice: JSON = {"index": 0, "message": {"role": "assistant", "content": final["content"]},
-                    "finish_reason": _finish_reason(final), "logprobs": None}
-    if body.get("logprobs"):
-        choice["logprobs"] = {"content": _logprob_entries(final["completion_probabilities"], top)}
+        return streamed(_stream(completion, svc.settings.queue_ping_interval_s,
+                                role=choice({"role": "assistant", "content": None}),
+                                delta=on_delta,
+                                finish=lambda o: {**choice({}, finish_reason(o)), **extras(o)},
+                                usage_chunk=usage_chunk if include_usage else None),
+                        completion.id)
+    outcome = await completion.result()
+    message: JSON = {"role": "assistant", "content": outcome.text}
+    out_choice: JSON = {"index": 0, "message": message, "finish_reason": finish_reason(outcome),
+                        "logprobs": None}
+    if logprobs:
+        out_choice["logprobs"] = {"content": _logprob_entries(outcome.logprobs, top)}
     return json_response({
-        "id": f"chatcmpl-{whole.state.job_id}", "object": "chat.completion", "created": created,
-        "model": svc.model_name, "system_fingerprint": "sluice-0.1.0", "choices": [choice],
-        "usage": _usage(final), **_extras(final)},
-        headers={"X-Request-Id": str(whole.state.job_id)})
+        "id": ident, "object": "chat.completion", "created": created, "model": svc.model_name,
+        "system_fingerprint": "sluice-0.1.0", "choices": [out_choice], "usage": usage(outcome),
+        **extras(outcome)}, headers={"X-Request-Id": str(completion.id)})
 
 
-def _chat_stream(svc: Service, prepared: Prepared, created: int, logprobs: bool, top: int,
-                 include_usage: bool) -> Response:
-    job_id = svc.new_id()
-    ident = f"chatcmpl-{job_id}"
+async def _stream(completion: Completion, ping_s: float, *, role: JSON | None,
+                  delta: Callable[[Delta], JSON | None], finish: Callable[[Outcome], JSON],
+                  usage_chunk: Callable[[Outcome], JSON] | None) -> AsyncIterator[bytes]:
+    """An OpenAI stream: pings, a role chunk, delta chunks, the finish chunk, usage, [DONE].
 
-    def chunk(delta: JSON, finish: str | None = None, logprobs: JSON | None = None,
-              top_level: JSON | None = None) -> bytes:
-        return sse.event({"id": ident, "object": "chat.completion.chunk", "created": created,
-                          "model": svc.model_name, "system_fingerprint": "sluice-0.1.0",
-                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
-                                       "logprobs": logprobs}], **(top_level or {})})
-
-    async def body() -> AsyncIterator[bytes]:
-        first = True
-        async for step in run_stream(svc, prepared, job_id):
-            if step.kind == "ping":
-                yield sse.PING
-                continue
-            if step.kind == "error":
-                assert step.data is not None
-                yield sse.event(step.data)
-                return
-            if first:
-                first = False
-                yield chunk({"role": "assistant", "content": None})
-            data = step.data
-            assert data is not None
-            if step.kind == "token":
-                probs = data.get("completion_probabilities")
-                lp = {"content": _logprob_entries(probs, top)} if logprobs and probs else None
-                if data["content"] or lp:
-                    yield chunk({"content": data["content"]}, logprobs=lp)
-                continue
-            yield chunk({}, _finish_reason(data), top_level=_extras(data))
-            if include_usage:
-                yield sse.event({"id": ident, "object": "chat.completion.chunk",
-                                 "created": created, "model": svc.model_name, "choices": [],
-                                 "usage": _usage(data)})
+    An engine failure after the first byte is one error event, and the stream ends.
+    """
+    yield sse.PING
+    async for item in completion.items(ping_s):
+        if isinstance(item, Ping):
+            yield sse.PING
+            continue
+        if isinstance(item, Failure):
+            yield sse.event(ServerError(item.message).body())
+            return
+        if role is not None:
+            yield sse.event(role)
+            role = None
+        if isinstance(item, Delta):
+            chunk = delta(item)
+            if chunk is not None:
+                yield sse.event(chunk)
+        else:
+            yield sse.event(finish(item.outcome))
+            if usage_chunk is not None:
+                yield sse.event(usage_chunk(item.outcome))
             yield sse.DONE
-
-    resp = Response(body(), status=200, headers={**sse.HEADERS, "X-Request-Id": str(job_id)})
-    resp.timeout = None
-    return resp
 
 
 # --- text completions -------------------------------------------------------------------------
@@ -199,71 +214,45 @@ def _chat_stream(svc: Service, prepared: Prepared, created: int, logprobs: bool,
 async def completions() -> Response:
     svc = service()
     body = validate("openai_completion", await read_json())
-    prompt = body["prompt"]
+    prompt: Any = body["prompt"]
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
         prompt = prompt[0]
-    native = _native_body(body, prompt)
     top = body.get("logprobs") or 0
-    if top:
-        native["n_probs"] = top
-    params = completion_params(native, default_n_predict=16 if "max_tokens" not in body
-                               else svc.settings.n_predict, default_seed=svc.settings.seed)
-    prepared = await svc.prepare(params)
+    defaults = svc.defaults if "max_tokens" in body else replace(svc.defaults, n_predict=16)
+    completion = await svc.submit(openai_request(body, defaults, prompt=prompt, n_probs=top))
     created = int(time.time())
+    ident = f"cmpl-{completion.id}"
+    head: JSON = {"id": ident, "object": "text_completion", "created": created,
+                  "model": svc.model_name}
     if body.get("stream"):
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return _text_stream(svc, prepared, created, top, include_usage)
-    whole = await run_whole(svc, prepared)
-    final = whole.final
-    choice: JSON = {"index": 0, "text": final["content"], "finish_reason": _finish_reason(final),
-                    "logprobs": None}
-    if top:
-        choice["logprobs"] = _text_logprobs(final["completion_probabilities"], top, 0)
-    return json_response({
-        "id": f"cmpl-{whole.state.job_id}", "object": "text_completion", "created": created,
-        "model": svc.model_name, "choices": [choice], "usage": _usage(final), **_extras(final)},
-        headers={"X-Request-Id": str(whole.state.job_id)})
-
-
-def _text_stream(svc: Service, prepared: Prepared, created: int, top: int,
-                 include_usage: bool) -> Response:
-    job_id = svc.new_id()
-    ident = f"cmpl-{job_id}"
-
-    def chunk(text: str, finish: str | None, logprobs: JSON | None,
-              top_level: JSON | None = None) -> bytes:
-        return sse.event({"id": ident, "object": "text_completion", "created": created,
-                          "model": svc.model_name,
-                          "choices": [{"index": 0, "text": text, "finish_reason": finish,
-                                       "logprobs": logprobs}], **(top_level or {})})
-
-    async def body() -> AsyncIterator[bytes]:
         offset = 0
-        async for step in run_stream(svc, prepared, job_id):
-            if step.kind == "ping":
-                yield sse.PING
-                continue
-            data = step.data
-            assert data is not None
-            if step.kind == "error":
-                yield sse.event(data)
-                return
-            if step.kind == "token":
-                probs = data.get("completion_probabilities")
-                lp = _text_logprobs(probs, top, offset) if top and probs else None
-                offset += len(data["content"])
-                if data["content"] or lp:
-                    yield chunk(data["content"], None, lp)
-                continue
-            yield chunk("", _finish_reason(data), None, _extras(data))
-            if include_usage:
-                yield sse.event({"id": ident, "object": "text_completion", "created": created,
-                                 "model": svc.model_name, "choices": [], "usage": _usage(data)})
-            yield sse.DONE
 
-    resp = Response(body(), status=200, headers={**sse.HEADERS, "X-Request-Id": str(job_id)})
-    resp.timeout = None
-    return resp
+        def choice(text: str, finish: str | None, lp: JSON | None) -> JSON:
+            return {**head, "choices": [{"index": 0, "text": text, "finish_reason": finish,
+                                         "logprobs": lp}]}
+
+        def on_delta(d: Delta) -> JSON | None:
+            nonlocal offset
+            lp = _text_logprobs(d.logprobs, top, offset) if top and d.logprobs else None
+            offset += len(d.text)
+            return choice(d.text, None, lp) if d.text or lp else None
+
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return streamed(_stream(completion, svc.settings.queue_ping_interval_s, role=None,
+                                delta=on_delta,
+                                finish=lambda o: {**choice("", finish_reason(o), None), **extras(o)},
+                                usage_chunk=(lambda o: {**head, "choices": [], "usage": usage(o)})
+                                if include_usage else None),
+                        completion.id)
+    outcome = await completion.result()
+    out_choice: JSON = {"index": 0, "text": outcome.text, "finish_reason": finish_reason(outcome),
+                        "logprobs": None}
+    if top:
+        out_choice["logprobs"] = _text_logprobs(outcome.logprobs, top, 0)
+    return json_response({
+        "id": ident, "object": "text_completion", "created": created, "model": svc.model_name,
+        "choices": [out_choice], "usage": usage(outcome), **extras(outcome)},
+        headers={"X-Request-Id": str(completion.id)})
 
 
 # --- models ----------------------------------------------------------------------------------

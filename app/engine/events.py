@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from app.engine.sampling import Sampler, TokenProb
+from app.completion import StopType
+from app.engine.sampling import Sampled, TokenProb
+
+__all__ = ["CHANNEL_CAPACITY", "Done", "Event", "Failed", "GenerationRequest", "Job",
+           "SamplerLike", "Started", "StopType", "Token", "TokenInfo"]
+
+
+class SamplerLike(Protocol):
+    """What the engine needs of a request's sampler (:class:`app.engine.sampling.Sampler`)."""
+
+    rejections: int
+    full_passes: int
+
+    def sample(self, ctx: Any, row: int) -> Sampled: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +49,7 @@ class Job:
 
     id: int
     request: GenerationRequest
-    sampler: Sampler
+    sampler: SamplerLike
     sink: object = field(repr=False)
     posted: int = 0
     consumed: int = 0
@@ -63,13 +78,6 @@ class Token:
 
     text: str
     tokens: tuple[TokenInfo, ...]
-
-
-class StopType(enum.Enum):
-    NONE = "none"
-    EOS = "eos"
-    LIMIT = "limit"
-    WORD = "word"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,11 +27,9 @@ import llama_cpp.llama_cpp as C
 import numpy as np
 import numpy.typing as npt
 
+from app.completion import SamplingParams
 from app.engine.model import Model
 
-#: sampler names accepted in a request's ``samplers`` list (llama.cpp's names).
-KNOWN_SAMPLERS = ("penalties", "top_k", "typ_p", "top_p", "min_p", "temperature")
-DEFAULT_SAMPLERS = KNOWN_SAMPLERS
 WALK_CANDIDATES = 128
 
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
@@ -39,38 +37,6 @@ _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float3
 
 class SamplerInitError(Exception):
     """llama.cpp refused to build the sampler (for a grammar that passed our parser)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingParams:
-    """Resolved sampling parameters of one request (validated by the HTTP layer)."""
-
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    typical_p: float = 1.0
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    mirostat: int = 0
-    mirostat_tau: float = 5.0
-    mirostat_eta: float = 0.1
-    seed: int = -1  # -1: the service draws one before the request reaches the engine
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    ignore_eos: bool = False
-    n_probs: int = 0
-    samplers: tuple[str, ...] = DEFAULT_SAMPLERS
-
-    @property
-    def penalties_active(self) -> bool:
-        return (self.repeat_penalty != 1.0 or self.presence_penalty != 0.0
-                or self.frequency_penalty != 0.0) and self.repeat_last_n != 0
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0 and self.mirostat == 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,9 +26,8 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from app.engine.context import Context
 from app.engine.events import (
     CHANNEL_CAPACITY,
     Done,
@@ -40,10 +39,45 @@ from app.engine.events import (
     Token,
     TokenInfo,
 )
-from app.engine.model import Model
 from app.engine.sampling import Sampled
 from app.engine.slots import Counters, Slot, SlotInfo, SlotState
 from app.engine.text import Detokenizer, StopMatcher
+
+
+class VocabLike(Protocol):
+    """What the step loop needs of the model (:class:`app.engine.model.Model`)."""
+
+    eog_ids: frozenset[int]
+
+    def piece(self, token: int) -> bytes: ...
+
+
+class ContextLike(Protocol):
+    """What the step loop needs of the context (:class:`app.engine.context.Context`)."""
+
+    n_ctx: int
+    n_batch: int
+    n_seq_max: int
+
+    @property
+    def n_rows(self) -> int: ...
+
+    @property
+    def raw(self) -> Any: ...
+
+    def clear_batch(self) -> None: ...
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int: ...
+
+    def decode(self) -> int: ...
+
+    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool: ...
+
+    def seq_clear(self, seq: int) -> None: ...
+
+    def save_seq(self, seq: int, path: str, tokens: list[int]) -> int: ...
+
+    def load_seq(self, seq: int, path: str, capacity: int) -> list[int] | None: ...
 
 
 class Outbox(Protocol):
@@ -101,7 +135,7 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class Engine:
     """Runs the step loop on its own thread. Start with :meth:`start`, end with :meth:`stop`."""
 
-    def __init__(self, model: Model, context: Context, outbox: Outbox, *, n_slots: int,
+    def __init__(self, model: VocabLike, context: ContextLike, outbox: Outbox, *, n_slots: int,
                  slot_ctx: int) -> None:
         if n_slots > context.n_seq_max:
             raise ValueError("more slots than context sequences")

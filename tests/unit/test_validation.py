@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 
 from app.errors import InvalidRequest
-from app.requests import completion_params
+from app.requests import Defaults, native_request
 from app.validation import parse_json_body, validate
 
 
 def params(body: dict[str, Any]) -> Any:
-    return completion_params(validate("completion", body), default_n_predict=-1, default_seed=-1)
+    return native_request(validate("completion", body), Defaults())
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,6 @@ def test_defaults_and_conversions() -> None:
     assert p.stops == ("END",)
     assert p.n_predict == -1
     assert p.logit_bias == ((15, -1.5), ("hello", -math.inf))
-    assert p.stream is False
     assert p.cache_prompt is True
 
 

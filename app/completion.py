@@ -1,0 +1,229 @@
+"""The typed completion core: what a request is, what its stream carries, how it ended.
+
+Every API family builds a :class:`CompletionRequest` from its own body in one
+function, submits it (:meth:`app.service.Service.submit`), and renders the items
+of the resulting stream (:data:`Item`) into its own wire format. Nothing here
+knows a wire shape, and nothing here imports llama_cpp, trio or quart, so a
+request can be built and checked without the engine.
+
+``SamplingParams`` is the one definition of the sampling fields: parsing
+(``app.requests``), the reported ``generation_settings`` and the ``/props``
+defaults all derive from :func:`dataclasses.fields` of it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from grammar import Violation
+
+#: sampler names accepted in a request's ``samplers`` list (llama.cpp's names).
+KNOWN_SAMPLERS = ("penalties", "top_k", "typ_p", "top_p", "min_p", "temperature")
+DEFAULT_SAMPLERS = KNOWN_SAMPLERS
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Sampling parameters of one request; field names are llama.cpp's wire names.
+
+    ``seed`` -1 and text keys of ``logit_bias`` are resolved by the service before
+    the request reaches the engine.
+    """
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    mirostat: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    seed: int = -1
+    ignore_eos: bool = False
+    n_probs: int = 0
+    samplers: tuple[str, ...] = DEFAULT_SAMPLERS
+    logit_bias: tuple[tuple[int, float], ...] = ()  # resolved token ids only
+
+    @property
+    def penalties_active(self) -> bool:
+        return (self.repeat_penalty != 1.0 or self.presence_penalty != 0.0
+                or self.frequency_penalty != 0.0) and self.repeat_last_n != 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0 and self.mirostat == 0
+
+
+# --- the request ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class GrammarConstraint:
+    """A GBNF grammar written by the client."""
+
+    text: str
+    field: str = "grammar"
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaConstraint:
+    """A JSON Schema: converted to GBNF, and the output validated against it."""
+
+    schema: Any
+    field: str = "json_schema"  # the request field errors name (``response_format``, ...)
+
+
+Constraint = GrammarConstraint | SchemaConstraint
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    """One completion as every API family asks for it."""
+
+    prompt: tuple[str | int, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    # (token id or text, bias); text is tokenized by the service, every token of it biased
+    logit_bias: tuple[tuple[int | str, float], ...] = ()
+    n_predict: int = -1  # -1: until end of generation or the slot's context; 0: prompt only
+    stops: tuple[str, ...] = ()
+    constraint: Constraint | None = None
+    cache_prompt: bool = True
+    id_slot: int = -1
+    n_keep: int = 0
+
+    @property
+    def prompt_text(self) -> str:
+        """The prompt when it is one string (what llama.cpp echoes back), else ''."""
+        only = self.prompt[0] if len(self.prompt) == 1 else None
+        return only if isinstance(only, str) else ""
+
+
+# --- what the stream carries ---------------------------------------------------------------------
+class StopType(enum.Enum):
+    """Why generation ended by itself (llama.cpp's ``stop_type``)."""
+
+    NONE = "none"  # it did not: see :class:`Interruption`
+    EOS = "eos"
+    LIMIT = "limit"
+    WORD = "word"
+
+
+class Interruption(enum.Enum):
+    """Why a request was ended from outside before it finished."""
+
+    ABORTED = "aborted"
+    TIMEOUT = "timeout"
+    SHUTDOWN = "shutdown"
+    MODEL_CHANGED = "model_changed"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenProb:
+    id: int
+    piece: bytes
+    logprob: float
+
+    @property
+    def text(self) -> str:
+        return self.piece.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprobs:
+    """A generated token's log-probability and the most likely alternatives."""
+
+    chosen: TokenProb
+    top: tuple[TokenProb, ...]
+
+
+class Ping:
+    """Nothing happened for a ping interval: streams send a keep-alive."""
+
+    __slots__ = ()
+
+
+PING = Ping()
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """Text released by one engine step; ``text`` may be empty while a stop string is pending."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprobs, ...]  # empty unless the request asked for n_probs
+    id_slot: int
+    n_predicted: int  # tokens generated so far, this step's included
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    prompt_n: int  # prompt tokens evaluated (not taken from the cache)
+    prompt_ms: float
+    predicted_n: int
+    predicted_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaVerdict:
+    """The output validated against the request's JSON Schema."""
+
+    valid: bool
+    errors: tuple[Violation, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """What a request ran with, as resolved by the service (for ``generation_settings``)."""
+
+    request: CompletionRequest  # seed resolved, logit_bias tokenized into sampling
+    grammar: str | None  # the GBNF that constrained it
+    n_prompt: int  # prompt tokens, after tokenization
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a completion ended, with everything it produced."""
+
+    id: int
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprobs, ...]
+    stop: StopType
+    stopping_word: str
+    interruption: Interruption | None
+    truncated: bool
+    id_slot: int
+    tokens_cached: int
+    timings: Timings
+    reported: Reported
+    schema: SchemaVerdict | None = None
+    grammar_stats: tuple[int, int] | None = None  # (rejections, full passes)
+
+    @property
+    def n_prompt(self) -> int:
+        return self.reported.n_prompt
+
+    @property
+    def n_predicted(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The engine failed the request after it started (a plain error before that)."""
+
+    message: str
+
+
+Item = Ping | Delta | Final | Failure

@@ -1,0 +1,143 @@
+"""Preparing a request: every check that can fail, done before the first byte of a response.
+
+:func:`prepare` runs in a worker thread (tokenizing, converting a schema, parsing
+a grammar and building llama.cpp's sampler can each take long on large input) and
+either returns a :class:`Prepared` request, ready for a slot, or raises an
+:class:`~app.errors.ApiError` naming the field. A grammar is parsed once here, in
+Python; llama.cpp then builds its own from the same text.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, replace
+from typing import Any
+
+from app.completion import CompletionRequest, GrammarConstraint, SchemaConstraint
+from app.engine.events import GenerationRequest, SamplerLike
+from app.engine.sampling import SamplerInitError
+from app.errors import ContextOverflow, InvalidRequest
+from app.runtime import ModelLike, RuntimeLike
+from grammar import Conversion, GbnfSyntaxError, SchemaError, UnsupportedSchemaError, convert, parse_gbnf
+from grammar.gbnf import Grammar
+from grammar.gbnf_ast import token_refs
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A checked request: tokens, resolved sampling, grammar text, and its built sampler.
+
+    The sampler belongs to whoever holds this until it is handed to the engine,
+    which then closes it.
+    """
+
+    request: CompletionRequest  # seed resolved, logit_bias tokenized into request.sampling
+    generation: GenerationRequest
+    sampler: SamplerLike
+    grammar: str | None
+    schema: Any  # the JSON Schema to validate the output against (None: none)
+    conversion: Conversion | None
+    runtime: RuntimeLike  # the model it was prepared for
+
+
+def convert_schema(schema: Any, *, field: str, prop_order: list[str] | None = None,
+                   strict: bool = False, dotall: bool = False) -> Conversion:
+    """Convert a request's JSON Schema, mapping grammar errors to a 400 naming ``field``."""
+    try:
+        return convert(schema, prop_order=prop_order, strict=strict, dotall=dotall)
+    except SchemaError as exc:
+        kind = "unsupported" if isinstance(exc, UnsupportedSchemaError) else "invalid"
+        where = exc.pointer or "/"
+        raise InvalidRequest(f"{kind} schema in '{field}' at {where}: {exc.message}",
+                             param=field, pointer=where) from None
+
+
+def prepare(runtime: RuntimeLike, request: CompletionRequest) -> Prepared:
+    """Tokenize, check and compile ``request`` for ``runtime``. Blocking: call in a worker.
+
+    Raises:
+        InvalidRequest: and its subclasses (``ContextOverflow``), naming the field.
+    """
+    model = runtime.model
+    tokens = tokenize_prompt(model, request.prompt)
+    n_ctx = runtime.engine.slot_ctx
+    if len(tokens) >= n_ctx:
+        raise ContextOverflow(len(tokens), n_ctx)
+    n_slots = len(runtime.engine.slots)
+    if request.id_slot >= n_slots:
+        raise InvalidRequest(f"invalid value for 'id_slot': there are {n_slots} slots",
+                             param="id_slot")
+    conversion = None
+    grammar: str | None = None
+    schema: Any = None
+    field = "grammar"
+    match request.constraint:
+        case SchemaConstraint(schema=schema, field=field):
+            conversion = convert_schema(schema, field=field)
+            grammar = conversion.gbnf
+            _parse(grammar, field, model)
+        case GrammarConstraint(text=grammar, field=field):
+            _parse(grammar, field, model)
+    seed = request.sampling.seed
+    sampling = replace(request.sampling, seed=seed if seed >= 0 else secrets.randbits(32),
+                       logit_bias=_logit_bias(model, request.logit_bias))
+    try:
+        sampler = runtime.new_sampler(sampling, grammar)
+    except SamplerInitError as exc:
+        raise InvalidRequest(f"invalid grammar in '{field}': {exc}", param=field) from None
+    generation = GenerationRequest(prompt=tuple(tokens), n_predict=request.n_predict,
+                                   stops=request.stops, cache_prompt=request.cache_prompt,
+                                   id_slot=request.id_slot)
+    return Prepared(request=replace(request, sampling=sampling), generation=generation,
+                    sampler=sampler, grammar=grammar, schema=schema, conversion=conversion,
+                    runtime=runtime)
+
+
+def tokenize_prompt(model: ModelLike, parts: tuple[str | int, ...]) -> list[int]:
+    """A prompt of strings and token ids as tokens, with BOS where the model wants one."""
+    tokens: list[int] = []
+    for i, part in enumerate(parts):
+        if isinstance(part, str):
+            tokens.extend(model.tokenize(part, add_special=False, parse_special=True))
+        elif not model.valid_token(part):
+            field = "prompt" if len(parts) == 1 else f"prompt[{i}]"
+            raise InvalidRequest(f"invalid value for '{field}': token id {part} is outside "
+                                 f"the vocabulary of {model.n_vocab}", param=field)
+        else:
+            tokens.append(part)
+    bos = model.info.bos
+    if model.info.add_bos and bos >= 0 and (not tokens or tokens[0] != bos):
+        tokens.insert(0, bos)
+    return tokens
+
+
+def _parse(text: str, field: str, model: ModelLike) -> Grammar:
+    """The one Python parse of a grammar, with its token references checked."""
+    try:
+        parsed = parse_gbnf(text)
+    except GbnfSyntaxError as exc:
+        raise InvalidRequest(f"invalid grammar in '{field}': {exc}", param=field) from None
+    for ref in token_refs(parsed):
+        if isinstance(ref.value, int) and not model.valid_token(ref.value):
+            raise InvalidRequest(f"invalid grammar in '{field}': token id {ref.value} is outside "
+                                 "the vocabulary", param=field)
+        if isinstance(ref.value, str) and len(model.tokenize(
+                ref.value, add_special=False, parse_special=True)) != 1:
+            raise InvalidRequest(f"invalid grammar in '{field}': {ref.value} is not a single "
+                                 "token", param=field)
+    return parsed
+
+
+def _logit_bias(model: ModelLike, pairs: tuple[tuple[int | str, float], ...]
+                ) -> tuple[tuple[int, float], ...]:
+    out: list[tuple[int, float]] = []
+    for key, bias in pairs:
+        if isinstance(key, int):
+            if not model.valid_token(key):
+                raise InvalidRequest(f"invalid value for 'logit_bias': token id {key} is "
+                                     "outside the vocabulary", param="logit_bias")
+            out.append((key, bias))
+        else:
+            out.extend((t, bias) for t in model.tokenize(key, add_special=False,
+                                                         parse_special=False))
+    return tuple(out)

@@ -1,0 +1,244 @@
+"""A submitted completion as its handler holds it: engine events in, typed items out.
+
+:meth:`app.service.Service.submit` returns a :class:`Completion` once every
+fallible step is done; the handler then builds its response and the response
+body reads :meth:`Completion.items` (or the handler awaits
+:meth:`Completion.result`). The request reaches the engine only when its items
+are first read, so a response that is never sent costs no slot; if the
+completion is dropped unread, its sampler is freed when it is collected.
+
+Waiting for the next event happens in a short cancel scope that never spans a
+``yield``: an abort, a timeout or a shutdown cancels exactly that wait and the
+stream ends with a :class:`~app.completion.Final` item marked with the
+interruption. A client that leaves cancels the whole body as usual; leaving the
+generator removes the request from the engine at its next step.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+import trio
+
+from app.completion import (
+    PING,
+    Delta,
+    Failure,
+    Final,
+    Interruption,
+    Item,
+    Outcome,
+    Ping,
+    Reported,
+    SchemaVerdict,
+    StopType,
+    Timings,
+    TokenLogprobs,
+    TokenProb,
+)
+from app.engine.events import (
+    CHANNEL_CAPACITY,
+    Done,
+    Event,
+    Failed,
+    Job,
+    SamplerLike,
+    Started,
+    Token,
+    TokenInfo,
+)
+from app.errors import ServerError
+from app.prepare import Prepared
+from app.runtime import ModelLike, RuntimeLike
+from grammar import validate
+
+
+@dataclass(eq=False)
+class _Ticket:
+    """The part of a completion its finalizer needs (it must not refer to the completion)."""
+
+    sampler: SamplerLike
+    on_end: Callable[[], None]
+    handed: bool = False  # the engine owns the sampler now
+
+    def release(self) -> None:
+        if not self.handed:
+            self.sampler.close()
+        self.on_end()
+
+
+class Completion:
+    """One prepared, registered completion. Read its items once."""
+
+    def __init__(self, *, id: int, prepared: Prepared, model_name: str, deadline: float,
+                 current: Callable[[], RuntimeLike | None], on_end: Callable[[int], None]) -> None:
+        self.id = id
+        self.prepared = prepared
+        self.model_name = model_name
+        self.deadline = deadline
+        self.stop_reason: Interruption | None = None
+        self._current = current
+        self._wait: trio.CancelScope | None = None
+        self._used = False
+        self._ticket = _Ticket(prepared.sampler, lambda: on_end(id))
+        self._release = weakref.finalize(self, self._ticket.release)
+
+    @property
+    def n_prompt(self) -> int:
+        """Prompt tokens, after tokenization."""
+        return len(self.prepared.generation.prompt)
+
+    def request_stop(self, reason: Interruption) -> None:
+        """End this completion from outside (abort, shutdown, model change). Idempotent."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self._wait is not None:
+            self._wait.cancel(reason=reason.value)
+
+    async def result(self) -> Outcome:
+        """Run to the end (or the interruption) and return the outcome.
+
+        Raises:
+            ServerError: the engine failed the request.
+        """
+        async with aclosing(self.items()) as items:
+            async for item in items:
+                match item:
+                    case Final(outcome=outcome):
+                        return outcome
+                    case Failure(message=message):
+                        raise ServerError(message)
+        raise ServerError("the completion ended without a result")  # pragma: no cover
+
+    async def items(self, ping_interval_s: float | None = None) -> AsyncGenerator[Item]:
+        """The stream: :data:`~app.completion.PING` while quiet, deltas, then one Final or Failure.
+
+        Leaving the generator early (client gone, renderer done) ends the request.
+        """
+        if self._used:
+            raise RuntimeError("the items of a completion can be read once")
+        self._used = True
+        runtime = self.prepared.runtime
+        builder = _Builder(self, runtime.model)
+        submitted = False
+        try:
+            if self.stop_reason is None and self._current() is not runtime:
+                self.stop_reason = Interruption.MODEL_CHANGED
+            if self.stop_reason is not None:
+                yield Final(await builder.outcome(self.stop_reason))
+                return
+            send, receive = trio.open_memory_channel[Event](CHANNEL_CAPACITY)
+            job = Job(id=self.id, request=self.prepared.generation, sampler=self.prepared.sampler,
+                      sink=send)
+            self._ticket.handed = True
+            runtime.engine.submit(job)
+            submitted = True
+            with send, receive:
+                while True:
+                    event = await self._next(receive, job, ping_interval_s)
+                    match event:
+                        case None:
+                            yield Final(await builder.outcome(self.stop_reason))
+                            return
+                        case Ping():
+                            yield PING
+                        case Started():
+                            builder.id_slot, builder.tokens_cached = event.id_slot, event.tokens_cached
+                        case Token():
+                            yield builder.delta(event)
+                        case Done():
+                            builder.done = event
+                            yield Final(await builder.outcome(None))
+                            return
+                        case Failed(message=message):
+                            yield Failure(message)
+                            return
+        finally:
+            if submitted:
+                runtime.engine.cancel(self.id)
+            self._release()
+
+    async def _next(self, receive: trio.MemoryReceiveChannel[Event], job: Job,
+                    ping_interval_s: float | None) -> Event | Ping | None:
+        """The next event, PING after a quiet interval, or None once stopped or timed out."""
+        if self.stop_reason is not None:
+            return None
+        wait_until = self.deadline
+        if ping_interval_s is not None:
+            wait_until = min(wait_until, trio.current_time() + ping_interval_s)
+        with trio.CancelScope(deadline=wait_until) as scope:
+            self._wait = scope
+            try:
+                event = await receive.receive()
+            finally:
+                self._wait = None
+            job.consumed += 1
+            return event
+        if self.stop_reason is not None:
+            return None
+        if trio.current_time() >= self.deadline:
+            self.stop_reason = Interruption.TIMEOUT
+            return None
+        return PING
+
+
+@dataclass(eq=False)
+class _Builder:
+    """Accumulates one completion's events into deltas and its outcome."""
+
+    completion: Completion
+    model: ModelLike
+    id_slot: int = -1
+    tokens_cached: int = 0
+    text: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    done: Done | None = None
+
+    def _prob(self, token: int, logprob: float) -> TokenProb:
+        return TokenProb(token, self.model.piece(token), logprob)
+
+    def _logprobs(self, info: TokenInfo) -> TokenLogprobs:
+        chosen = self._prob(info.token, info.logprob if info.logprob is not None else 0.0)
+        return TokenLogprobs(chosen, tuple(self._prob(p.token, p.logprob) for p in info.top))
+
+    def delta(self, event: Token) -> Delta:
+        self.text.append(event.text)
+        ids = tuple(t.token for t in event.tokens)
+        self.ids.extend(ids)
+        probs: tuple[TokenLogprobs, ...] = ()
+        if self.completion.prepared.request.sampling.n_probs > 0:
+            probs = tuple(self._logprobs(t) for t in event.tokens)
+            self.logprobs.extend(probs)
+        return Delta(event.text, ids, probs, self.id_slot, len(self.ids))
+
+    async def outcome(self, interruption: Interruption | None) -> Outcome:
+        prepared = self.completion.prepared
+        done = self.done
+        text = "".join(self.text)
+        verdict = None
+        if prepared.schema is not None:
+            # user-written patterns run in jsonschema: keep them off the event loop
+            result = await trio.to_thread.run_sync(validate, text, prepared.schema)
+            verdict = SchemaVerdict(result.valid, result.errors)
+        return Outcome(
+            id=self.completion.id, text=text, token_ids=tuple(self.ids),
+            logprobs=tuple(self.logprobs),
+            stop=done.stop_type if done is not None else StopType.NONE,
+            stopping_word=done.stopping_word if done is not None else "",
+            interruption=interruption,
+            truncated=bool(done and done.truncated), id_slot=self.id_slot,
+            tokens_cached=self.tokens_cached,
+            timings=Timings(prompt_n=done.prompt_n if done else 0,
+                            prompt_ms=done.prompt_ms if done else 0.0,
+                            predicted_n=len(self.ids),
+                            predicted_ms=done.predicted_ms if done else 0.0),
+            reported=Reported(request=prepared.request, grammar=prepared.grammar,
+                              n_prompt=len(prepared.generation.prompt),
+                              model=self.completion.model_name),
+            schema=verdict,
+            grammar_stats=((done.grammar_rejections, done.grammar_full_passes)
+                           if done is not None and prepared.grammar is not None else None))
