@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import itertools
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import trio
 
 from app import chat
 from app.completion import CompletionRequest, Interruption
-from app.engine import scheduler
+from app.engine import ports, scheduler
 from app.engine.embedding import Embedder, EmbeddingError
 from app.engine.model import Model, ModelLoadError, check_model_file
 from app.engine.slots import SlotInfo
@@ -32,6 +33,8 @@ from app.requests import Defaults
 from app.running import Completion
 from app.runtime import ModelLike, Runtime, RuntimeLike
 from app.settings import Settings
+
+Offload = Callable[[Callable[[], Prepared]], Awaitable[Prepared]]
 
 #: how long an unload or a switch waits for running requests to end after asking them to
 SWITCH_DRAIN_S = 10.0
@@ -48,13 +51,14 @@ class Service:
     model; with no model loaded they get 503.
     """
 
-    def __init__(self, settings: Settings, runtime: RuntimeLike | None) -> None:
+    def __init__(self, settings: Settings, runtime: RuntimeLike | None, *,
+                 offload: Offload = trio.to_thread.run_sync) -> None:
         self.settings = settings
+        self._offload = offload  # runs a blocking preparation (tests run it inline)
         self.runtime = runtime
         self.loading = False
-        self._ready = trio.Event()
-        if runtime is not None:
-            self._ready.set()
+        self._ready = trio.Event()  # cleared while a model loads
+        self._ready.set()
         self._switch = trio.Lock()
         self._ids = itertools.count(1)
         self._running: weakref.WeakValueDictionary[int, Completion] = weakref.WeakValueDictionary()
@@ -189,7 +193,7 @@ class Service:
 
         self._preparing += 1
         try:
-            prepared = await trio.to_thread.run_sync(work)
+            prepared = await self._offload(work)
             if self.runtime is not runtime or self.shutting_down:
                 raise Unavailable("the model changed while the request was being prepared"
                                   if not self.shutting_down else "the server is shutting down")
@@ -262,9 +266,9 @@ class Service:
         future = self.engine.slot_action(kind, slot_id, path)
         try:
             return await trio.to_thread.run_sync(future.result, SLOT_ACTION_TIMEOUT_S)
-        except scheduler.SlotBusy as exc:
+        except ports.SlotBusy as exc:
             raise SlotBusy(str(exc)) from None
-        except scheduler.SlotFileError as exc:
+        except ports.SlotFileError as exc:
             raise SlotFileError(str(exc), param="filename") from None
         except concurrent.futures.TimeoutError:
             raise Unavailable("the engine did not answer the slot action in time") from None

@@ -7,6 +7,7 @@ from grammar.convert import Conversion, convert, schema_to_gbnf
 from grammar.errors import (
     GbnfSyntaxError,
     GrammarError,
+    GrammarTooLarge,
     InvalidSchemaError,
     SchemaError,
     UnsupportedSchemaError,
@@ -20,6 +21,7 @@ __all__ = [
     "GbnfSyntaxError",
     "Grammar",
     "GrammarError",
+    "GrammarTooLarge",
     "InvalidSchemaError",
     "Recognizer",
     "Result",

@@ -33,6 +33,10 @@ class GbnfSyntaxError(GrammarError):
         super().__init__(text)
 
 
+class GrammarTooLarge(GbnfSyntaxError):
+    """A grammar over :data:`grammar.gbnf.MAX_GBNF_BYTES`, refused before it is parsed."""
+
+
 class SchemaError(GrammarError):
     """Base class of the errors about a JSON Schema; ``pointer`` locates the problem."""
 

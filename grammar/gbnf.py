@@ -23,7 +23,7 @@ from importlib import resources
 import lark
 from lark.lexer import Token as LarkToken
 
-from grammar.errors import GbnfSyntaxError, error_at
+from grammar.errors import GbnfSyntaxError, GrammarTooLarge, error_at
 from grammar.gbnf_ast import (
     MAX_REPETITION,
     Alternatives,
@@ -231,6 +231,13 @@ def _raw_dash_positions(body: str) -> list[bool]:
     return flags
 
 
+#: Grammars are refused above this size, before parsing. Measured (bench/bench_loop.py's
+#: machine): parsing 128 KiB of GBNF takes ~0.7 s and its garbage collections pause other
+#: threads for up to ~50 ms; 800 KiB (60,000 alternatives) took 4.7 s with pauses of
+#: 400 ms, and llama.cpp then needs seconds to build it and ~95 s per full grammar pass.
+MAX_GBNF_BYTES = 128 * 1024
+
+
 def parse_gbnf(text: str) -> Grammar:
     """Parse and check a GBNF grammar.
 
@@ -244,7 +251,13 @@ def parse_gbnf(text: str) -> Grammar:
         GbnfSyntaxError: a syntax error, an unknown escape, an undefined rule, a
             missing ``root`` rule, left recursion, or a repetition beyond
             llama.cpp's limit; with line and column where they apply.
+        GrammarTooLarge: the text is over :data:`MAX_GBNF_BYTES` (a subclass of
+            ``GbnfSyntaxError``).
     """
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_GBNF_BYTES:
+        raise GrammarTooLarge(f"the grammar is {size} bytes, over the limit of "
+                              f"{MAX_GBNF_BYTES} bytes")
     try:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedCharacters as exc:

@@ -18,7 +18,13 @@ class SamplerLike(Protocol):
     rejections: int
     full_passes: int
 
-    def sample(self, ctx: Any, row: int) -> Sampled: ...
+    def sample(self, ctx: Any, row: int) -> Sampled | None:
+        """The next token; None when the step must be finished by :meth:`resolve`."""
+        ...
+
+    def resolve(self) -> Sampled:
+        """Finish an open step (any thread; the engine leaves the sampler alone meanwhile)."""
+        ...
 
     def close(self) -> None: ...
 

@@ -92,6 +92,7 @@ class Sampler:
             self._one = np.zeros(1, dtype=_TOKEN_DATA)
         self.rejections = 0
         self.full_passes = 0
+        self._pending: npt.NDArray[np.float32] | None = None  # logits of an open step
 
     # --- construction ---------------------------------------------------
     @staticmethod
@@ -138,10 +139,13 @@ class Sampler:
         return chain
 
     # --- the step ----------------------------------------------------------
-    def sample(self, ctx: ctypes.c_void_p, row: int) -> Sampled:
+    def sample(self, ctx: ctypes.c_void_p, row: int) -> Sampled | None:
         """Sample (and accept) the next token from batch row ``row`` of ``ctx``.
 
         Must run on the engine thread that owns ``ctx``, right after the decode.
+        Returns None when the grammar rejected the chain's choice: the logits are
+        copied and :meth:`resolve` (on any one thread) finishes the step, so a
+        slow grammar pass never holds up the other slots' decoding.
         """
         ptr = C.llama_get_logits_ith(ctx, row)
         if not ptr:
@@ -159,13 +163,25 @@ class Sampler:
         token = self._apply_chain(logits)
         if not self._allowed(token, logits):
             self.rejections += 1
-            walked = self._walk(logits) if self._walk_ok else None
+            self._pending = logits.copy()
+            return None
+        return self._accept(token, logits)
+
+    def resolve(self) -> Sampled:
+        """Finish a step :meth:`sample` left open: walk the best candidates, else the full pass."""
+        logits = self._pending
+        if logits is None:
+            raise RuntimeError("no sampling step is pending")
+        self._pending = None
+        walked = self._walk(logits) if self._walk_ok else None
+        if walked is None:
+            self.full_passes += 1
+            walked = self._full_pass(logits)
             if walked is None:
-                self.full_passes += 1
-                walked = self._full_pass(logits)
-                if walked is None:
-                    return Sampled(token=-1, grammar_exhausted=True)
-            token = walked
+                return Sampled(token=-1, grammar_exhausted=True)
+        return self._accept(walked, logits)
+
+    def _accept(self, token: int, logits: npt.NDArray[np.float32]) -> Sampled:
         C.llama_sampler_accept(self._chain, token)
         if token not in self._model.eog_ids:
             C.llama_sampler_accept(self._grammar, token)

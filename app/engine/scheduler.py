@@ -7,7 +7,9 @@ One thread owns the model's context. Each step it
    tokens share the longest prefix with the prompt,
 3. builds one batch: one token for every generating slot, then prompt chunks of
    slots still reading their prompt, up to ``n_batch`` rows,
-4. calls ``llama_decode`` once, samples each slot at its own row, and
+4. calls ``llama_decode`` once, samples each slot at its own row (a grammar
+   step the fast path cannot settle is finished on a worker thread while the
+   other slots go on), and
 5. hands the step's events to the request side in one call (:class:`Outbox`).
 
 A request is dropped between two steps when it is cancelled or its receiver is
@@ -24,112 +26,28 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
 
-from app.engine.events import (
-    CHANNEL_CAPACITY,
-    Done,
-    Event,
-    Failed,
-    Job,
-    Started,
-    StopType,
-    Token,
-    TokenInfo,
+from app.engine import slot_files
+from app.engine.delivery import Delivery
+from app.engine.events import Done, Failed, Job, Started, StopType, Token, TokenInfo
+from app.engine.ports import (
+    Cancel,
+    Command,
+    ContextLike,
+    Outbox,
+    SlotOp,
+    Stop,
+    Submit,
+    VocabLike,
+    Wake,
 )
 from app.engine.sampling import Sampled
-from app.engine.slots import Counters, Slot, SlotInfo, SlotState
+from app.engine.slots import Counters, Slot, SlotInfo, SlotState, common_prefix
 from app.engine.text import Detokenizer, StopMatcher
 
-
-class VocabLike(Protocol):
-    """What the step loop needs of the model (:class:`app.engine.model.Model`)."""
-
-    eog_ids: frozenset[int]
-
-    def piece(self, token: int) -> bytes: ...
-
-
-class ContextLike(Protocol):
-    """What the step loop needs of the context (:class:`app.engine.context.Context`)."""
-
-    n_ctx: int
-    n_batch: int
-    n_seq_max: int
-
-    @property
-    def n_rows(self) -> int: ...
-
-    @property
-    def raw(self) -> Any: ...
-
-    def clear_batch(self) -> None: ...
-
-    def add(self, token: int, pos: int, seq: int, logits: bool) -> int: ...
-
-    def decode(self) -> int: ...
-
-    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool: ...
-
-    def seq_clear(self, seq: int) -> None: ...
-
-    def save_seq(self, seq: int, path: str, tokens: list[int]) -> int: ...
-
-    def load_seq(self, seq: int, path: str, capacity: int) -> list[int] | None: ...
-
-
-class Outbox(Protocol):
-    """Hands events to requests; called on the engine thread, must not block.
-
-    A request whose receiver is gone is reported back with :meth:`Engine.cancel`.
-    """
-
-    def post(self, items: Sequence[tuple[Job, Event]]) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Submit:
-    job: Job
-
-
-@dataclass(frozen=True, slots=True)
-class _Cancel:
-    job_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Stop:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _SlotOp:
-    kind: str  # "save" | "restore" | "erase"
-    slot_id: int
-    path: str
-    future: concurrent.futures.Future[dict[str, int]]
-
-
-class SlotBusy(Exception):
-    """A slot action on a slot that is processing a request."""
-
-
-class SlotFileError(Exception):
-    """A slot state file that could not be written or read."""
-
-
-_Command = _Submit | _Cancel | _Stop | _SlotOp
+#: threads that finish grammar steps the fast path could not (see Sampler.resolve)
+GRAMMAR_WORKERS = 2
 _STALL_WAIT_S = 0.002
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class Engine:
@@ -141,26 +59,27 @@ class Engine:
             raise ValueError("more slots than context sequences")
         self.model = model
         self.ctx = context
-        self._outbox = outbox
         self.slots = [Slot(id=i, n_ctx=slot_ctx) for i in range(n_slots)]
         self.slot_ctx = slot_ctx
-        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._waiting: collections.deque[Job] = collections.deque()
-        self._finishing: dict[int, tuple[Job, collections.deque[Event]]] = {}
+        self._delivery = Delivery(outbox)
         self._prompt_order: list[Slot] = []
         self._thread = threading.Thread(target=self._run, name="sluice-engine", daemon=True)
         self.counters = Counters()
         self.error: BaseException | None = None
+        self._grammar_pool = concurrent.futures.ThreadPoolExecutor(
+            GRAMMAR_WORKERS, thread_name_prefix="sluice-grammar")
 
     # --- API for other threads -------------------------------------------
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, job: Job) -> None:
-        self._commands.put(_Submit(job))
+        self._commands.put(Submit(job))
 
     def cancel(self, job_id: int) -> None:
-        self._commands.put(_Cancel(job_id))
+        self._commands.put(Cancel(job_id))
 
     def slot_action(self, kind: str, slot_id: int, path: str = ""
                     ) -> concurrent.futures.Future[dict[str, int]]:
@@ -170,13 +89,15 @@ class Engine:
         with :class:`SlotFileError` when the file cannot be written or read.
         """
         future: concurrent.futures.Future[dict[str, int]] = concurrent.futures.Future()
-        self._commands.put(_SlotOp(kind, slot_id, path, future))
+        self._commands.put(SlotOp(kind, slot_id, path, future))
         return future
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        self._commands.put(_Stop())
+        """Stop the thread; returns once no thread of the engine uses the model any more."""
+        self._commands.put(Stop())
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+        self._grammar_pool.shutdown(wait=True, cancel_futures=True)
 
     @property
     def alive(self) -> bool:
@@ -187,14 +108,7 @@ class Engine:
         return len(self._waiting)
 
     def slot_infos(self) -> list[SlotInfo]:
-        out = []
-        for s in self.slots:
-            job = s.job
-            out.append(SlotInfo(
-                id=s.id, n_ctx=s.n_ctx, is_processing=job is not None, state=s.state.value,
-                id_task=job.id if job is not None else -1, n_cached=len(s.cache),
-                n_decoded=s.n_decoded, n_prompt=len(job.request.prompt) if job else 0))
-        return out
+        return [s.info() for s in self.slots]
 
     # --- the loop ------------------------------------------------------------
     def run_once(self, *, block: bool = False) -> bool:
@@ -205,11 +119,12 @@ class Engine:
         tests call it directly to drive the scheduler step by step.
         """
         active = any(s.job is not None for s in self.slots) or bool(self._waiting)
-        if not self._take_commands(block=block and not active and not self._finishing):
+        if not self._take_commands(block=block and not active and not self._delivery.finishing):
             return False
         self._assign()
+        self._collect_sampling()
         self._flush()
-        if not self._step() and block and (self._finishing or self._any_stalled()):
+        if not self._step() and block and (self._delivery.finishing or self._any_stalled()):
             return self._take_commands(block=True, timeout=_STALL_WAIT_S)
         return True
 
@@ -232,15 +147,17 @@ class Engine:
             return True
         while True:
             match cmd:
-                case _Submit(job=job):
+                case Submit(job=job):
                     self.counters.requests_total += 1
                     self._waiting.append(job)
-                case _Cancel(job_id=job_id):
+                case Cancel(job_id=job_id):
                     self._drop(job_id)
-                case _SlotOp():
+                case SlotOp():
                     self._slot_op(cmd)
-                case _Stop():
+                case Stop():
                     return False
+                case Wake():
+                    pass
             try:
                 cmd = self._commands.get_nowait()
             except queue.Empty:
@@ -253,36 +170,14 @@ class Engine:
                 job.sampler.close()
                 self.counters.requests_dropped_queued_total += 1
                 return
-        self._finishing.pop(job_id, None)
+        self._delivery.finishing.pop(job_id, None)
         for slot in self.slots:
             if slot.job is not None and slot.job.id == job_id:
                 self._release(slot)
                 return
 
-    def _slot_op(self, op: _SlotOp) -> None:
-        slot = self.slots[op.slot_id]
-        if slot.job is not None:
-            op.future.set_exception(SlotBusy(f"slot {slot.id} is processing a request"))
-            return
-        if op.kind == "erase":
-            n = len(slot.cache)
-            self.ctx.seq_clear(slot.id)
-            slot.cache.clear()
-            op.future.set_result({"n_erased": n})
-        elif op.kind == "save":
-            written = self.ctx.save_seq(slot.id, op.path, slot.cache)
-            if written == 0:
-                op.future.set_exception(SlotFileError(f"could not write {op.path}"))
-            else:
-                op.future.set_result({"n_saved": len(slot.cache), "n_written": written})
-        else:
-            tokens = self.ctx.load_seq(slot.id, op.path, slot.n_ctx)
-            if tokens is None:
-                slot.cache.clear()
-                op.future.set_exception(SlotFileError(f"could not restore from {op.path}"))
-            else:
-                slot.cache = tokens
-                op.future.set_result({"n_restored": len(tokens)})
+    def _slot_op(self, op: SlotOp) -> None:
+        slot_files.apply(self.ctx, self.slots[op.slot_id], op)
 
     # --- slots -------------------------------------------------------------
     def _assign(self) -> None:
@@ -332,7 +227,13 @@ class Engine:
 
     def _release(self, slot: Slot) -> None:
         if slot.job is not None:
-            slot.job.sampler.close()
+            sampler = slot.job.sampler
+            if slot.sampling is not None:
+                # a grammar worker may still be using it: free it when the worker is done
+                slot.sampling.add_done_callback(lambda _f: sampler.close())
+            else:
+                sampler.close()
+        slot.sampling = None
         slot.job = None
         slot.state = SlotState.IDLE
         slot.outbox.clear()
@@ -358,11 +259,11 @@ class Engine:
             prompt_n=len(job.request.prompt) - slot.tokens_cached,
             grammar_rejections=job.sampler.rejections,
             grammar_full_passes=job.sampler.full_passes))
-        self._finishing[job.id] = (job, collections.deque(slot.outbox))
+        self._delivery.finish(job, slot.outbox)
         self._release(slot)
 
     def _any_stalled(self) -> bool:
-        return any(s.job is not None and s.outbox for s in self.slots)
+        return any(s.job is not None and (s.outbox or s.sampling is not None) for s in self.slots)
 
     # --- one step ----------------------------------------------------------
     def _step(self) -> bool:
@@ -413,11 +314,14 @@ class Engine:
             # Positions decoded in a failed batch are unknown: drop the whole sequence.
             self.ctx.seq_clear(slot.id)
             slot.cache.clear()
-            slot.outbox.append(Failed(message=f"decoding failed: {reason}"))
-            job = slot.job
-            assert job is not None
-            self._finishing[job.id] = (job, collections.deque(slot.outbox))
-            self._release(slot)
+            self._fail(slot, f"decoding failed: {reason}")
+
+    def _fail(self, slot: Slot, message: str) -> None:
+        slot.outbox.append(Failed(message=message))
+        job = slot.job
+        assert job is not None
+        self._delivery.finish(job, slot.outbox)
+        self._release(slot)
 
     def _advance(self, slot: Slot, rows: int, logit_row: int | None) -> None:
         job = slot.job
@@ -441,7 +345,27 @@ class Engine:
             slot.cache.append(slot.pending)
         assert logit_row is not None
         sampled = job.sampler.sample(self.ctx.raw, logit_row)
+        if sampled is None:  # the grammar's slow path: finish it on a worker
+            slot.state = SlotState.SAMPLING
+            slot.sampling = self._grammar_pool.submit(job.sampler.resolve)
+            slot.sampling.add_done_callback(lambda _f: self._commands.put(Wake()))
+            return
         self._on_token(slot, sampled)
+
+    def _collect_sampling(self) -> None:
+        """Apply grammar steps finished off the thread; the slot generates again."""
+        for slot in self.slots:
+            future = slot.sampling
+            if future is None or not future.done():
+                continue
+            slot.sampling = None
+            slot.state = SlotState.GENERATE
+            try:
+                sampled = future.result()
+            except Exception as exc:
+                self._fail(slot, f"sampling failed: {exc!r}")
+                continue
+            self._on_token(slot, sampled)
 
     def _on_token(self, slot: Slot, sampled: Sampled) -> None:
         job = slot.job
@@ -473,32 +397,14 @@ class Engine:
 
     # --- delivery ----------------------------------------------------------
     def _flush(self) -> None:
-        """Post pending events, at most CHANNEL_CAPACITY in flight per request."""
-        batch: list[tuple[Job, Event]] = []
-        for busy in self.slots:
-            if busy.job is not None and busy.outbox:
-                self._take(busy.job, busy.outbox, batch)
-        for job_id, (job, events) in list(self._finishing.items()):
-            self._take(job, events, batch)
-            if not events:
-                del self._finishing[job_id]
-        if batch:
-            self._outbox.post(batch)
-
-    @staticmethod
-    def _take(job: Job, events: collections.deque[Event], batch: list[tuple[Job, Event]]) -> None:
-        room = CHANNEL_CAPACITY - (job.posted - job.consumed)
-        n = min(room, len(events))
-        for _ in range(n):
-            batch.append((job, events.popleft()))
-        job.posted += n
+        self._delivery.flush(self.slots)
 
     def _fail_all(self, message: str) -> None:
         for slot in self.slots:
             if slot.job is not None:
                 slot.outbox.append(Failed(message=message))
         for job in self._waiting:
-            self._finishing[job.id] = (job, collections.deque([Failed(message=message)]))
+            self._delivery.finish(job, [Failed(message=message)])
         self._waiting.clear()
         with contextlib.suppress(Exception):  # best effort while dying
             self._flush()

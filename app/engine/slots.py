@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from app.engine.events import Event, Job
+from app.engine.sampling import Sampled
 from app.engine.text import Detokenizer, StopMatcher
 
 
@@ -14,6 +17,7 @@ class SlotState(enum.Enum):
     IDLE = "idle"
     PROMPT = "prompt"
     GENERATE = "generate"
+    SAMPLING = "sampling"  # a grammar step is being finished off the engine thread
 
 
 @dataclass(eq=False)
@@ -25,6 +29,7 @@ class Slot:
     job: Job | None = None
     next_prompt: int = 0  # index of the next prompt token to evaluate
     pending: int = -1  # sampled token to feed at the next step
+    sampling: concurrent.futures.Future[Sampled] | None = None  # an open grammar step
     n_decoded: int = 0
     tokens_cached: int = 0
     outbox: collections.deque[Event] = field(default_factory=collections.deque)
@@ -37,6 +42,13 @@ class Slot:
     @property
     def n_past(self) -> int:
         return len(self.cache)
+
+    def info(self) -> SlotInfo:
+        job = self.job
+        return SlotInfo(id=self.id, n_ctx=self.n_ctx, is_processing=job is not None,
+                        state=self.state.value, id_task=job.id if job is not None else -1,
+                        n_cached=len(self.cache), n_decoded=self.n_decoded,
+                        n_prompt=len(job.request.prompt) if job else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +74,11 @@ class Counters:
     requests_started_total: int = 0  # got a slot
     requests_dropped_queued_total: int = 0  # cancelled before they got a slot
     busy_slots_total: int = 0  # summed over decode calls
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,66 +21,16 @@ from app.engine.events import (
 )
 from app.engine.sampling import Sampled
 from app.engine.scheduler import Engine
-
-EOS = 1
+from tests.fakes import EOS, FakeContext, FakeSampler
 
 
 class FakeModel:
+    """Renders token t as ``<t>`` so texts show the ids."""
+
     eog_ids = frozenset({EOS})
 
     def piece(self, token: int) -> bytes:
         return f"<{token}>".encode()
-
-
-class FakeContext:
-    def __init__(self, n_batch: int = 8, n_seq_max: int = 4) -> None:
-        self.n_batch = n_batch
-        self.n_seq_max = n_seq_max
-        self.rows: list[tuple[int, int, int, bool]] = []
-        self.batches: list[list[tuple[int, int, int, bool]]] = []
-        self.removed: list[tuple[int, int]] = []
-        self.raw = None
-
-    @property
-    def n_rows(self) -> int:
-        return len(self.rows)
-
-    def clear_batch(self) -> None:
-        self.rows = []
-
-    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
-        assert len(self.rows) < self.n_batch
-        self.rows.append((token, pos, seq, logits))
-        return len(self.rows) - 1
-
-    def decode(self) -> int:
-        self.batches.append(list(self.rows))
-        return 0
-
-    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:
-        self.removed.append((seq, p0))
-        return True
-
-    def seq_clear(self, seq: int) -> None:
-        self.removed.append((seq, 0))
-
-
-class FakeSampler:
-    """Emits tokens 100, 101, ... then EOS after ``length`` tokens."""
-
-    def __init__(self, length: int = 1000) -> None:
-        self.length = length
-        self.n = 0
-        self.closed = False
-        self.rejections = 0
-        self.full_passes = 0
-
-    def sample(self, ctx: Any, row: int) -> Sampled:
-        self.n += 1
-        return Sampled(token=EOS if self.n > self.length else 99 + self.n)
-
-    def close(self) -> None:
-        self.closed = True
 
 
 class Collect:
@@ -113,7 +65,7 @@ class Collect:
 def make(n_slots: int = 2, n_batch: int = 8, slot_ctx: int = 64) -> tuple[Engine, FakeContext, Collect]:
     ctx = FakeContext(n_batch=n_batch, n_seq_max=n_slots)
     box = Collect()
-    engine = Engine(FakeModel(), ctx, box, n_slots=n_slots, slot_ctx=slot_ctx)  # type: ignore[arg-type]
+    engine = Engine(FakeModel(), ctx, box, n_slots=n_slots, slot_ctx=slot_ctx)
     box.engine = engine
     return engine, ctx, box
 
@@ -121,7 +73,7 @@ def make(n_slots: int = 2, n_batch: int = 8, slot_ctx: int = 64) -> tuple[Engine
 def job(job_id: int, prompt: Sequence[int], *, n_predict: int = -1, length: int = 1000,
         stops: tuple[str, ...] = (), id_slot: int = -1) -> Job:
     req = GenerationRequest(prompt=tuple(prompt), n_predict=n_predict, stops=stops, id_slot=id_slot)
-    return Job(id=job_id, request=req, sampler=FakeSampler(length), sink=None)  # type: ignore[arg-type]
+    return Job(id=job_id, request=req, sampler=FakeSampler(length=length), sink=None)
 
 
 def test_generating_slots_come_first_then_prompt_chunks_fill_the_batch() -> None:
@@ -293,3 +245,70 @@ def test_every_batch_stays_within_n_batch(n_slots: int) -> None:
         engine.run_once()
     assert all(len(b) <= 8 for b in ctx.batches)
     assert all(box.done(i) is not None for i in range(6))
+
+
+class SlowGrammarSampler(FakeSampler):
+    """Leaves its 3rd step open; :meth:`resolve` (on a grammar worker) waits for ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__(length=1000)
+        self.release = threading.Event()
+        self.resolving = threading.Event()
+        self.used_after_close = False
+
+    def sample(self, ctx: Any, row: int) -> Sampled | None:
+        if self.n == 2:
+            self.n += 1
+            return None
+        return super().sample(ctx, row)
+
+    def resolve(self) -> Sampled:
+        self.resolving.set()
+        assert self.release.wait(10)
+        if self.closed:
+            self.used_after_close = True
+        return Sampled(token=500)
+
+
+def _run_until(engine: Engine, predicate: Any, steps: int = 2000) -> None:
+    for _ in range(steps):
+        engine.run_once()
+        if predicate():
+            return
+        time.sleep(0.001)
+    raise AssertionError("condition not reached")
+
+
+def test_a_slow_grammar_step_does_not_hold_up_other_slots() -> None:
+    engine, ctx, box = make(n_slots=2, slot_ctx=1000)
+    slow = SlowGrammarSampler()
+    engine.submit(Job(id=1, request=GenerationRequest(prompt=(2, 5)), sampler=slow, sink=None))
+    engine.submit(job(2, [2, 6]))
+    _run_until(engine, slow.resolving.is_set)
+    before = sum(1 for b in ctx.batches for r in b if r[2] == 1)
+    for _ in range(20):
+        engine.run_once()
+    # slot 1 kept decoding while slot 0's grammar step was open, slot 0 was not decoded
+    assert sum(1 for b in ctx.batches for r in b if r[2] == 1) >= before + 20
+    assert all(r[2] == 1 for b in ctx.batches[-20:] for r in b)
+    assert engine.slot_infos()[0].state == "sampling"
+    slow.release.set()
+    _run_until(engine, lambda: "<500>" in box.text(1))
+    _run_until(engine, lambda: box.text(1).count(">") >= 5)
+    assert box.text(1).startswith("<100><101><500><")  # resumed in order after the open step
+    engine.stop()
+
+
+def test_cancel_during_an_open_grammar_step_frees_the_sampler_after_the_worker() -> None:
+    engine, _ctx, _box = make(n_slots=1)
+    slow = SlowGrammarSampler()
+    engine.submit(Job(id=1, request=GenerationRequest(prompt=(2, 5)), sampler=slow, sink=None))
+    _run_until(engine, slow.resolving.is_set)
+    engine.cancel(1)
+    engine.run_once()
+    assert engine.slot_infos()[0].is_processing is False
+    assert not slow.closed  # the worker still has it
+    slow.release.set()
+    _run_until(engine, lambda: slow.closed)
+    assert not slow.used_after_close
+    engine.stop()

@@ -1,0 +1,170 @@
+"""Fakes behind the engine's and the service's protocols: no model, no sockets, no threads.
+
+``FakeModel`` tokenizes one character per token (id = code point + 10) and
+renders pieces back; ``FakeSampler`` replays a script of token ids, then EOS;
+``FakeContext`` records batches. ``FakeRuntime`` runs the real scheduler
+(:class:`app.engine.scheduler.Engine`) on these, stepped by a Trio task
+(:func:`drive`) instead of its thread, so tests run under ``autojump_clock``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from app.bridge import TrioOutbox
+from app.chat import select
+from app.completion import SamplingParams
+from app.engine.model import ModelInfo
+from app.engine.sampling import Sampled
+from app.engine.scheduler import Engine
+
+EOS = 1
+BOS = 2
+OFFSET = 10  # token id of a character: its code point + OFFSET
+
+
+class FakeModel:
+    eog_ids = frozenset({EOS})
+    n_vocab = 0x110000 + OFFSET
+
+    def __init__(self) -> None:
+        self.info = ModelInfo(path=Path("fake.gguf"), architecture="fake", description="fake",
+                              n_vocab=self.n_vocab, n_ctx_train=4096, n_params=0, size_bytes=0,
+                              bos=BOS, eos=EOS, add_bos=True, chat_template=None)
+
+    def tokenize(self, text: str, *, add_special: bool = True,
+                 parse_special: bool = True) -> list[int]:
+        return [ord(c) + OFFSET for c in text]
+
+    def valid_token(self, token: int) -> bool:
+        return 0 <= token < self.n_vocab
+
+    def piece(self, token: int) -> bytes:
+        return chr(token - OFFSET).encode() if token >= OFFSET else b""
+
+    def token_text(self, token: int) -> str:
+        return self.piece(token).decode()
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode()
+
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        return None
+
+
+class FakeContext:
+    def __init__(self, n_batch: int = 8, n_seq_max: int = 4, n_ctx: int = 4096) -> None:
+        self.n_batch = n_batch
+        self.n_seq_max = n_seq_max
+        self.n_ctx = n_ctx
+        self.rows: list[tuple[int, int, int, bool]] = []
+        self.batches: list[list[tuple[int, int, int, bool]]] = []
+        self.removed: list[tuple[int, int]] = []
+        self.raw = None
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows)
+
+    def clear_batch(self) -> None:
+        self.rows = []
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        assert len(self.rows) < self.n_batch
+        self.rows.append((token, pos, seq, logits))
+        return len(self.rows) - 1
+
+    def decode(self) -> int:
+        self.batches.append(list(self.rows))
+        return 0
+
+    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:
+        self.removed.append((seq, p0))
+        return True
+
+    def seq_clear(self, seq: int) -> None:
+        self.removed.append((seq, 0))
+
+    def save_seq(self, seq: int, path: str, tokens: list[int]) -> int:
+        return 0
+
+    def load_seq(self, seq: int, path: str, capacity: int) -> list[int] | None:
+        return None
+
+
+class FakeSampler:
+    """Emits ``script`` (token ids), then EOS; or tokens 100, 101, ... for ``length`` steps."""
+
+    def __init__(self, script: Sequence[int] | None = None, length: int = 1000) -> None:
+        self.script = list(script) if script is not None else None
+        self.length = length
+        self.n = 0
+        self.closed = False
+        self.rejections = 0
+        self.full_passes = 0
+
+    def sample(self, ctx: Any, row: int) -> Sampled:
+        self.n += 1
+        if self.script is not None:
+            return Sampled(token=self.script[self.n - 1] if self.n <= len(self.script) else EOS)
+        return Sampled(token=EOS if self.n > self.length else 99 + self.n)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def text_script(text: str) -> list[int]:
+    return [ord(c) + OFFSET for c in text]
+
+
+class DrivenEngine(Engine):
+    """The real scheduler, stepped by :func:`drive` on the Trio thread."""
+
+    alive = True  # type: ignore[assignment]
+
+
+@dataclass(eq=False)
+class FakeRuntime:
+    """A :class:`app.runtime.RuntimeLike` over the fakes.
+
+    ``sampler_factory`` builds each request's sampler (raise from it to play a
+    grammar llama.cpp refuses); every sampler built is kept in ``samplers``.
+    """
+
+    n_slots: int = 2
+    slot_ctx: int = 256
+    sampler_factory: Callable[[SamplingParams, str | None], Any] = (
+        lambda params, grammar: FakeSampler(text_script("hello world")))
+    model: FakeModel = field(default_factory=FakeModel)
+    samplers: list[Any] = field(default_factory=list)
+    closed: bool = False
+    embedder: None = None
+
+    def __post_init__(self) -> None:
+        self.context = FakeContext(n_seq_max=self.n_slots)
+        self.outbox = TrioOutbox(trio.lowlevel.current_trio_token())
+        self.engine = DrivenEngine(self.model, self.context, self.outbox, n_slots=self.n_slots,
+                                   slot_ctx=self.slot_ctx)
+        self.outbox.on_gone = self.engine.cancel
+        self.chat = select(file=None, name="chatml", gguf_template=None, architecture="fake",
+                           bos_token="", eos_token="")
+
+    def new_sampler(self, params: SamplingParams, grammar: str | None) -> Any:
+        sampler = self.sampler_factory(params, grammar)
+        self.samplers.append(sampler)
+        return sampler
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def drive(engine: Engine, step_s: float = 0.01) -> None:
+    """Step the scheduler forever (cancel the surrounding scope to stop)."""
+    while True:
+        engine.run_once()
+        await trio.sleep(step_s)

@@ -1,0 +1,101 @@
+"""Errors knowable before the first token are plain HTTP errors on every family, streaming or not."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.engine.model import default_model_path
+from tests.integration.helpers import TIMEOUT
+from tests.serverproc import ServerProcess, running_server
+
+MODELS = Path(__file__).resolve().parents[2] / "test-artifacts" / "models-errors"
+
+# Passes Sluice's GBNF parser, refused by llama.cpp's ("expecting preceding item to */+/?/{"):
+# the refusal only shows when the sampler is built, which now happens before the response.
+LLAMA_REFUSES = 'root ::= ""*'
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    MODELS.mkdir(parents=True, exist_ok=True)
+    target = MODELS / "only.gguf"
+    if not target.exists():
+        try:
+            target.hardlink_to(default_model_path())
+        except OSError:
+            shutil.copyfile(default_model_path(), target)
+    with running_server("--models-dir", str(MODELS), "--model", "only.gguf",
+                        "--parallel", "2") as srv:
+        yield srv
+
+
+@pytest.fixture
+async def client(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=TIMEOUT) as c:
+        yield c
+
+
+async def _status(client: httpx.AsyncClient, route: str, body: dict[str, Any],
+                  **kwargs: Any) -> tuple[int, httpx.Headers, bytes]:
+    async with client.stream("POST", route, json=body, **kwargs) as resp:
+        return resp.status_code, resp.headers, await resp.aread()
+
+
+GRAMMAR_ROUTES = [
+    ("/completion", {"prompt": "Hi", "n_predict": 4, "grammar": LLAMA_REFUSES}),
+    ("/v1/completions", {"prompt": "Hi", "max_tokens": 4, "grammar": LLAMA_REFUSES}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+                              "grammar": LLAMA_REFUSES}),
+]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize(("route", "body"), GRAMMAR_ROUTES)
+async def test_a_grammar_llama_cpp_refuses_is_a_400_before_any_stream(
+        client: httpx.AsyncClient, route: str, body: dict[str, Any], stream: bool) -> None:
+    status, headers, raw = await _status(client, route, {**body, "stream": stream})
+    assert status == 400, raw
+    assert headers["content-type"].startswith("application/json")
+    error = httpx.Response(400, content=raw).json()["error"]
+    assert error["param"] == "grammar"
+    assert "llama.cpp refused" in error["message"]
+    # the server is fine afterwards
+    ok = await client.post("/completion", json={"prompt": "Hi", "n_predict": 2})
+    assert ok.status_code == 200
+
+
+STREAM_ROUTES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("/completion", {"json": {"prompt": "Hi", "stream": True}}, {}),
+    ("/v1/completions", {"json": {"prompt": "Hi", "stream": True}}, {}),
+    ("/v1/chat/completions", {"json": {"messages": [{"role": "user", "content": "Hi"}],
+                                       "stream": True}}, {}),
+    ("/infer", {"json": {"prompt": "Hi", "stream": True}}, {}),
+    ("/api/completion", {"json": {"prompt": "Hi"}}, {}),
+    ("/stream", {"json": {"prompt": "Hi"}}, {}),
+    ("/predict", {"data": {"prompt": "Hi"}}, {"text": True}),
+]
+
+
+async def test_without_a_model_every_family_answers_503_not_a_stream(
+        client: httpx.AsyncClient) -> None:
+    assert (await client.get("/model/unload")).status_code == 204
+    try:
+        for route, kwargs, expect in STREAM_ROUTES:
+            async with client.stream("POST", route, **kwargs) as resp:
+                raw = await resp.aread()
+                assert resp.status_code == 503, (route, raw)
+                if expect.get("text"):  # llm-api reports errors as plain text
+                    assert resp.headers["content-type"].startswith("text/plain")
+                    assert b"no model" in raw
+                else:
+                    assert resp.headers["content-type"].startswith("application/json"), route
+                    assert httpx.Response(503, content=raw).json()["error"]["type"] == (
+                        "unavailable_error")
+    finally:
+        assert (await client.post("/model/load", json={"name": "only"})).status_code == 204
