@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,3 +76,16 @@ def test_mixed_prompt_and_max_tokens_alias() -> None:
     assert p.prompt == ("a", 5, "b")
     assert p.n_predict == 7
     assert p.logit_bias == ((3, 2.0), ("x", -math.inf))
+
+
+def test_request_parsing_imports_without_the_engine() -> None:
+    # llama_cpp made unimportable: parsing a body into a typed request must not need it
+    code = ("import sys; sys.modules['llama_cpp'] = None\n"
+            "import app.requests, app.completion, app.validation\n"
+            "from app.requests import Defaults, native_request\n"
+            "from app.validation import validate\n"
+            "r = native_request(validate('completion', {'prompt': 'x', 'temperature': 0}), Defaults())\n"
+            "assert r.sampling.greedy and 'llama_cpp.llama_cpp' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], timeout=60)
+    assert done.returncode == 0, done.stderr
