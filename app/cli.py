@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--shutdown-grace", dest="shutdown_grace_s", type=float,
       help="seconds running requests get to finish on SIGTERM (default 5)")
     a("--max-body-bytes", type=int, help="largest accepted request body (default 4 MiB)")
+    a("--max-queue", type=int, help="requests that may wait beyond the busy slots; more get 503 "
+      "with Retry-After (default 64)")
+    a("--max-ws", type=int, help="/ws token-feed connections at once (default 64)")
     a("--metrics", action="store_const", const=True, help="serve Prometheus metrics at /metrics")
     a("--embedding", "--embeddings", dest="embedding", action="store_const", const=True,
       help="serve /embedding and /v1/embeddings")
@@ -128,6 +131,13 @@ def _check(s: Settings) -> None:
         (s.parallel >= 1, "--parallel must be at least 1"),
         (s.ctx_size >= 16 * s.parallel, "--ctx-size must give each slot at least 16 tokens"),
         (s.batch_size >= 1, "--batch-size must be at least 1"),
+        # llama_decode reserves one output row per sequence: fewer rows than slots aborts it
+        (s.batch_size >= s.parallel, "--batch-size must be at least --parallel"),
+        (s.parallel <= 256, "--parallel must be at most 256"),
+        (s.ctx_size <= 1 << 22, "--ctx-size must be at most 4194304"),
+        (s.batch_size <= 1 << 16, "--batch-size must be at most 65536"),
+        (s.max_queue >= 0, "--max-queue must not be negative"),
+        (s.max_ws >= 0, "--max-ws must not be negative"),
         (s.threads is None or s.threads >= 1, "--threads must be at least 1"),
         (s.threads_batch is None or s.threads_batch >= 1, "--threads-batch must be at least 1"),
         (s.n_predict >= -1, "--n-predict must be -1 or more"),

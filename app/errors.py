@@ -23,6 +23,7 @@ class ApiError(Exception):
         self.message = message
         self.param = param
         self.extra = extra
+        self.headers: dict[str, str] = {}  # sent with the error response
 
     def body(self) -> JSON:
         error: JSON = {"code": self.status, "message": self.message, "type": self.type}
@@ -61,6 +62,13 @@ class NotFound(ApiError):
     type = "not_found_error"
 
 
+class Conflict(ApiError):
+    """The server's state does not allow this now (a model still in use cannot be unloaded)."""
+
+    status = 409
+    type = "conflict_error"
+
+
 class MethodNotAllowed(ApiError):
     status = 405
     type = "invalid_request_error"
@@ -79,6 +87,14 @@ class NotSupported(ApiError):
 class Unavailable(ApiError):
     status = 503
     type = "unavailable_error"
+
+
+class Overloaded(Unavailable):
+    """Too many requests wait already; the client should retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class SlotBusy(Unavailable):

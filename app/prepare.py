@@ -21,6 +21,7 @@ from app.runtime import ModelLike, RuntimeLike
 from grammar import Conversion, GbnfSyntaxError, SchemaError, UnsupportedSchemaError, convert, parse_gbnf
 from grammar.gbnf import Grammar
 from grammar.gbnf_ast import token_refs
+from grammar.linear_regex import UnsupportedPattern, check_schema_patterns
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,9 @@ def convert_schema(schema: Any, *, field: str, prop_order: list[str] | None = No
     """Convert a request's JSON Schema, mapping grammar errors to a 400 naming ``field``."""
     try:
         return convert(schema, prop_order=prop_order, strict=strict, dotall=dotall)
+    except RecursionError:
+        raise InvalidRequest(f"unsupported schema in '{field}': nested too deeply to convert",
+                             param=field, pointer="/") from None
     except SchemaError as exc:
         kind = "unsupported" if isinstance(exc, UnsupportedSchemaError) else "invalid"
         where = exc.pointer or "/"
@@ -74,12 +78,22 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest) -> Prepared:
     match request.constraint:
         case SchemaConstraint(schema=schema, field=field):
             conversion = convert_schema(schema, field=field)
+            try:
+                check_schema_patterns(schema)  # they are matched again when validating
+            except UnsupportedPattern as exc:
+                raise InvalidRequest(f"unsupported schema in '{field}' at {exc.pointer}: {exc}",
+                                     param=field, pointer=exc.pointer) from None
             grammar = conversion.gbnf
             _parse(grammar, field, model)
         case GrammarConstraint(text=grammar, field=field):
             _parse(grammar, field, model)
+    # the penalty window cannot reach past the slot's context (-1 means all of it); the
+    # schemas bound the value itself, so the penalties buffer stays small
+    last_n = request.sampling.repeat_last_n
     seed = request.sampling.seed
-    sampling = replace(request.sampling, seed=seed if seed >= 0 else secrets.randbits(32),
+    # 0xFFFFFFFF is LLAMA_DEFAULT_SEED, which llama.cpp replaces with a random seed
+    sampling = replace(request.sampling, seed=seed if seed >= 0 else secrets.randbelow(0xFFFFFFFF),
+                       repeat_last_n=n_ctx if last_n < 0 else min(last_n, n_ctx),
                        logit_bias=_logit_bias(model, request.logit_bias))
     try:
         sampler = runtime.new_sampler(sampling, grammar)

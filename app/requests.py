@@ -10,6 +10,7 @@ route. Imports no llama_cpp: request parsing is testable without the engine.
 from __future__ import annotations
 
 import math
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -23,6 +24,8 @@ from app.completion import (
     SchemaConstraint,
 )
 from app.errors import InvalidRequest
+
+_TOKEN_ID = re.compile(r"-?[0-9]{1,10}")  # ASCII digits only: "²".isdigit() is True
 
 #: sampling field name -> the Python type a wire value is coerced to
 _HINTS = typing.get_type_hints(SamplingParams)
@@ -90,7 +93,7 @@ def logit_bias_from(raw: Any) -> tuple[tuple[int | str, float], ...]:
     out: list[tuple[int | str, float]] = []
     for key, value in pairs:
         bias = -math.inf if value is False else float(value)
-        if isinstance(key, str) and key.lstrip("-").isdigit() and isinstance(raw, dict):
+        if isinstance(raw, dict) and isinstance(key, str) and _TOKEN_ID.fullmatch(key):
             key = int(key)
         out.append((key, bias))
     return tuple(out)

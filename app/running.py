@@ -136,6 +136,9 @@ class Completion:
             self._ticket.handed = True
             runtime.engine.submit(job)
             submitted = True
+            if not runtime.engine.alive:  # it died since submit() looked
+                yield Failure("the engine is not running")
+                return
             with send, receive:
                 while True:
                     event = await self._next(receive, job, ping_interval_s)

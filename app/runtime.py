@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import threading
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
@@ -17,6 +19,8 @@ from app.engine.model import Model, ModelInfo
 from app.engine.sampling import Sampler
 from app.engine.scheduler import Engine
 from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class ModelLike(Protocol):
@@ -57,11 +61,55 @@ class RuntimeLike(Protocol):
     @property
     def embedder(self) -> Embedder | None: ...
 
+    @property
+    def leases(self) -> Leases: ...
+
     def new_sampler(self, params: SamplingParams, grammar: str | None) -> SamplerLike:
         """Build a request's sampler. Blocking (grammar construction): call in a worker."""
         ...
 
     def close(self) -> None: ...
+
+
+class Leases:
+    """Counts the users of a runtime's model memory; thread-safe.
+
+    Everything that touches the model, context or embedder outside the engine
+    thread (preparing a request, tokenizing, embedding, a submitted completion's
+    sampler) holds a lease; :meth:`drain` refuses new ones and waits for the
+    count to reach zero, so memory is freed only when no thread can touch it.
+    """
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._closing = False
+        self._cond = threading.Condition()
+
+    @property
+    def count(self) -> int:
+        return self._n
+
+    def acquire(self) -> bool:
+        """Take a lease; False once the runtime is draining."""
+        with self._cond:
+            if self._closing:
+                return False
+            self._n += 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._n -= 1
+            self._cond.notify_all()
+
+    def drain(self, timeout_s: float) -> bool:
+        """Refuse new leases, wait for held ones; False (and leases allowed again) on timeout."""
+        with self._cond:
+            self._closing = True
+            if self._cond.wait_for(lambda: self._n == 0, timeout_s):
+                return True
+            self._closing = False
+            return False
 
 
 def chat_template_for(settings: Settings, model: Model) -> ChatTemplate:
@@ -85,6 +133,7 @@ class Runtime:
     engine: Engine
     chat: ChatTemplate
     embedder: Embedder | None = None
+    leases: Leases = field(default_factory=Leases)
 
     @classmethod
     def start(cls, settings: Settings, model: Model,
@@ -108,8 +157,17 @@ class Runtime:
         return Sampler(self.model, params, grammar)
 
     def close(self) -> None:
-        """Stop the engine thread and free the context, the embedder and the model. Blocking."""
+        """Stop the engine thread, then free the context, the embedder and the model. Blocking.
+
+        Call after :meth:`Leases.drain` succeeded. Memory is freed only if the engine
+        thread (and its grammar workers) really stopped; otherwise it is kept, and
+        logged: a leak is better than freeing memory a thread still reads.
+        """
         self.engine.stop()
+        if self.engine.alive or self.leases.count:
+            log.error("the engine thread did not stop (or the model is still in use): "
+                      "keeping the model's memory instead of freeing it under a running thread")
+            return
         self.context.close()
         if self.embedder is not None:
             self.embedder.close()

@@ -10,7 +10,7 @@ import signal
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
-from quart import Response, request
+from quart import Response, has_request_context, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -44,7 +44,10 @@ _HTTP_ERRORS: dict[int, type[ApiError]] = {
 
 
 def _error_response(exc: ApiError) -> Response:
-    return Response(json.dumps(exc.body()), status=exc.status, content_type="application/json")
+    resp = Response(json.dumps(exc.body()), status=exc.status, content_type="application/json")
+    for key, value in exc.headers.items():
+        resp.headers[key] = value
+    return resp
 
 
 def create_app(settings: Settings, service: Service) -> QuartTrio:
@@ -85,6 +88,11 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
+        if has_request_context():
+            # A route may refuse before reading the body (503 with no model, 501, ...): read it
+            # now, or its bytes stay on the keep-alive connection and stall the next request.
+            with contextlib.suppress(HTTPException):
+                await request.get_data(cache=False)
         return _error_response(exc)
 
     @app.errorhandler(HTTPException)

@@ -14,10 +14,11 @@ import concurrent.futures
 import contextlib
 import itertools
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -27,13 +28,23 @@ from app.engine import ports, scheduler
 from app.engine.embedding import Embedder, EmbeddingError
 from app.engine.model import Model, ModelLoadError, check_model_file
 from app.engine.slots import SlotInfo
-from app.errors import InvalidRequest, NotSupported, ServerError, SlotBusy, SlotFileError, Unavailable
+from app.errors import (
+    Conflict,
+    InvalidRequest,
+    NotSupported,
+    Overloaded,
+    ServerError,
+    SlotBusy,
+    SlotFileError,
+    Unavailable,
+)
 from app.prepare import Prepared, prepare
 from app.requests import Defaults
 from app.running import Completion
 from app.runtime import ModelLike, Runtime, RuntimeLike
 from app.settings import Settings
 
+T = TypeVar("T")
 Offload = Callable[[Callable[[], Prepared]], Awaitable[Prepared]]
 
 #: how long an unload or a switch waits for running requests to end after asking them to
@@ -66,6 +77,7 @@ class Service:
         self._idle_waiters: list[trio.Event] = []
         self._token = trio.lowlevel.current_trio_token()
         self.shutting_down = False
+        self.drain_s = SWITCH_DRAIN_S
 
     # --- the loaded model --------------------------------------------------------
     def _rt(self) -> RuntimeLike:
@@ -76,6 +88,26 @@ class Service:
     @property
     def model(self) -> ModelLike:
         return self._rt().model
+
+    @contextmanager
+    def lease(self) -> Iterator[RuntimeLike]:
+        """The loaded runtime, kept alive (not unloaded) until the block ends.
+
+        Raises:
+            Unavailable: no model, or it is being unloaded.
+        """
+        runtime = self._rt()
+        if not runtime.leases.acquire():
+            raise Unavailable("the model is being unloaded")
+        try:
+            yield runtime
+        finally:
+            runtime.leases.release()
+
+    async def with_model(self, work: Callable[[RuntimeLike], T]) -> T:
+        """Run ``work(runtime)`` in a worker thread under a lease (tokenizing, embedding...)."""
+        with self.lease() as runtime:
+            return await trio.to_thread.run_sync(work, runtime)
 
     @property
     def engine(self) -> scheduler.Engine:
@@ -96,17 +128,18 @@ class Service:
             NotSupported: embeddings are off.
             InvalidRequest: an input does not fit, naming ``input[i]``.
         """
-        embedder = self.embedder
-        if embedder is None:
-            raise NotSupported("embeddings are disabled; start the server with --embedding")
-        vectors = []
-        for i, tokens in enumerate(token_lists):
-            try:
-                vectors.append(await trio.to_thread.run_sync(embedder.embed, tokens))
-            except EmbeddingError as exc:
-                raise InvalidRequest(f"invalid value for 'input[{i}]': {exc}",
-                                     param=f"input[{i}]") from None
-        return vectors
+        with self.lease() as runtime:
+            embedder = runtime.embedder
+            if embedder is None:
+                raise NotSupported("embeddings are disabled; start the server with --embedding")
+            vectors = []
+            for i, tokens in enumerate(token_lists):
+                try:
+                    vectors.append(await trio.to_thread.run_sync(embedder.embed, tokens))
+                except EmbeddingError as exc:
+                    raise InvalidRequest(f"invalid value for 'input[{i}]': {exc}",
+                                         param=f"input[{i}]") from None
+            return vectors
 
     @property
     def model_name(self) -> str:
@@ -148,9 +181,14 @@ class Service:
             old, self.runtime = self.runtime, None
             for completion in list(self._running.values()):
                 completion.request_stop(Interruption.MODEL_CHANGED)
-            with trio.move_on_after(SWITCH_DRAIN_S):
+            with trio.move_on_after(self.drain_s):
                 await self._wait_idle()
             if old is not None:
+                if not await trio.to_thread.run_sync(old.leases.drain, self.drain_s):
+                    self.runtime, self.loading = old, False
+                    self._ready.set()
+                    raise Conflict(f"the model is still in use by {old.leases.count} operations "
+                                   f"after {self.drain_s:g} s; it stays loaded, try again")
                 await trio.to_thread.run_sync(old.close)
             if path is None:
                 self._ready.set()  # nothing to wait for: requests get 503 at once
@@ -182,8 +220,14 @@ class Service:
             raise Unavailable("the server is shutting down")
         await self._ready.wait()
         runtime = self._rt()
+        limit = len(runtime.engine.slots) + self.settings.max_queue
+        if len(self._running) + self._preparing >= limit:
+            raise Overloaded(f"{limit} requests are running or waiting (--max-queue "
+                             f"{self.settings.max_queue}); retry later", retry_after_s=1)
         if not runtime.engine.alive:
             raise Unavailable("the engine is not running")
+        if not runtime.leases.acquire():  # held until the completion ends
+            raise Unavailable("the model is being unloaded")
         built: list[Prepared] = []
 
         def work() -> Prepared:
@@ -200,6 +244,7 @@ class Service:
         except BaseException:
             for p in built:
                 p.sampler.close()
+            runtime.leases.release()
             raise
         finally:
             self._preparing -= 1
@@ -209,13 +254,15 @@ class Service:
         completion = Completion(
             id=job_id, prepared=prepared, model_name=self.model_name,
             deadline=trio.current_time() + timeout if timeout else float("inf"),
-            current=lambda: self.runtime, on_end=self._forget)
+            current=lambda: self.runtime,
+            on_end=lambda job_id: self._ended(job_id, runtime))
         self._running[job_id] = completion
         return completion
 
-    def _forget(self, job_id: int) -> None:
+    def _ended(self, job_id: int, runtime: RuntimeLike) -> None:
         # also called by a completion's finalizer, possibly on another thread
         self._running.pop(job_id, None)
+        runtime.leases.release()
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(self._check_idle)
 
@@ -263,12 +310,17 @@ class Service:
             SlotFileError: the file could not be written or read.
             Unavailable: the engine did not answer in time.
         """
-        future = self.engine.slot_action(kind, slot_id, path)
+        engine = self.engine
+        if not engine.alive:
+            raise Unavailable("the engine is not running")
+        future = engine.slot_action(kind, slot_id, path)
         try:
             return await trio.to_thread.run_sync(future.result, SLOT_ACTION_TIMEOUT_S)
         except ports.SlotBusy as exc:
             raise SlotBusy(str(exc)) from None
         except ports.SlotFileError as exc:
             raise SlotFileError(str(exc), param="filename") from None
+        except ports.EngineStopped as exc:
+            raise Unavailable(str(exc)) from None
         except concurrent.futures.TimeoutError:
             raise Unavailable("the engine did not answer the slot action in time") from None

@@ -41,6 +41,8 @@ class Settings:
     request_timeout_s: float | None = None  # None: no limit
     shutdown_grace_s: float = 5.0
     max_body_bytes: int = 4 * 1024 * 1024
+    max_queue: int = 64  # requests waiting beyond the slots; more are refused with 503
+    max_ws: int = 64  # goinfer /ws subscribers at once
     queue_ping_interval_s: float = 5.0
 
     @property

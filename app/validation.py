@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,55 @@ def field_name(path: Any) -> str:
     return out
 
 
+#: deepest nesting of arrays and objects a body may have (JSON Schemas in real use stay far below)
+MAX_DEPTH = 64
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJson(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _check_depth(data: Any) -> None:
+    """Iteratively, so a deep body cannot exhaust the stack of whatever reads it next."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidRequest(f"the request body is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
 def parse_json_body(raw: bytes) -> JSON:
-    """Decode a JSON request body; it must be an object."""
+    """Decode a JSON request body; it must be an object.
+
+    NaN, Infinity and numbers beyond a float's range are refused (they are not JSON,
+    and echoing them back would not be either), as are bodies nested deeper than
+    :data:`MAX_DEPTH`.
+    """
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite)
+    except RecursionError:
+        raise InvalidRequest(f"the request body is nested deeper than {MAX_DEPTH} levels"
+                             ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise InvalidRequest(f"malformed JSON body: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    _check_depth(data)
     return data
 
 

@@ -259,6 +259,13 @@ def parse_gbnf(text: str) -> Grammar:
         raise GrammarTooLarge(f"the grammar is {size} bytes, over the limit of "
                               f"{MAX_GBNF_BYTES} bytes")
     try:
+        return _parse_checked(text)
+    except RecursionError:
+        raise GbnfSyntaxError("the grammar is nested too deeply") from None
+
+
+def _parse_checked(text: str) -> Grammar:
+    try:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedCharacters as exc:
         raise error_at(text, f"unexpected character {text[exc.pos_in_stream or 0]!r}",
@@ -277,6 +284,8 @@ def parse_gbnf(text: str) -> Grammar:
     except lark.exceptions.VisitError as exc:
         if isinstance(exc.orig_exc, GbnfSyntaxError):
             raise exc.orig_exc from None
+        if isinstance(exc.orig_exc, RecursionError):
+            raise GbnfSyntaxError("the grammar is nested too deeply") from None
         raise
     assert isinstance(rules, dict)
     grammar = Grammar(rules=rules, text=text)

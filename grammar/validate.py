@@ -8,6 +8,10 @@ from typing import Any
 
 import jsonschema
 
+from grammar.linear_regex import UnsupportedPattern, install_for_jsonschema
+
+install_for_jsonschema()  # patterns from schemas are matched by RE2, never by backtracking
+
 
 @dataclass(frozen=True, slots=True)
 class Violation:
@@ -42,6 +46,10 @@ def validate(text: str, schema: Any) -> Result:
         return Result(False, (Violation("", f"not valid JSON: {exc}"),))
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
-    errors = sorted(validator.iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path])
+    try:
+        errors = sorted(validator.iter_errors(value),
+                        key=lambda e: [str(p) for p in e.absolute_path])
+    except UnsupportedPattern as exc:  # refused before generation; kept fail-closed here
+        return Result(False, (Violation("", f"cannot be checked: {exc}"),), value)
     return Result(not errors, tuple(Violation(_pointer(e.absolute_path), e.message) for e in errors),
                   value)

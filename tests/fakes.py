@@ -22,6 +22,7 @@ from app.completion import SamplingParams
 from app.engine.model import ModelInfo
 from app.engine.sampling import Sampled
 from app.engine.scheduler import Engine
+from app.runtime import Leases
 
 EOS = 1
 BOS = 2
@@ -144,6 +145,7 @@ class FakeRuntime:
     samplers: list[Any] = field(default_factory=list)
     closed: bool = False
     embedder: None = None
+    leases: Leases = field(default_factory=Leases)
 
     def __post_init__(self) -> None:
         self.context = FakeContext(n_seq_max=self.n_slots)

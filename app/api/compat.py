@@ -15,7 +15,8 @@
   alternating user / assistant, starting with user) as ``application/x-www-form-urlencoded``,
   with ``stopRegex``, ``temperature``, ``max_tokens``, ``template`` (a built-in name; default
   the server's chat template) and ``system``. Replies stream as plain text. ``stopRegex``
-  (Python ``re`` syntax) ends generation at its first match, which is not sent; text streamed
+  (Python ``re`` syntax without look-around or back-references: it runs on RE2, in linear time,
+  so no pattern can stall the server) ends generation at its first match, which is not sent; text streamed
   before the match was found stays sent. Errors before streaming are a status with a plain-text
   description.
 """
@@ -23,7 +24,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -42,6 +42,7 @@ from app.errors import JSON, ApiError, InvalidRequest, SlotBusy, SlotFileError
 from app.requests import Defaults, renamed, sampling_from
 from app.service import Service
 from app.validation import validate
+from grammar.linear_regex import UnsupportedPattern, compile_linear
 
 compat = Blueprint("compat", __name__)
 
@@ -171,7 +172,7 @@ def plain_errors(handler: Callable[[], Awaitable[Response]]) -> Callable[[], Awa
             return await handler()
         except ApiError as exc:
             return Response(exc.message + "\n", status=exc.status,
-                            content_type="text/plain; charset=utf-8")
+                            content_type="text/plain; charset=utf-8", headers=exc.headers)
 
     return wrapper
 
@@ -205,17 +206,16 @@ def _number(form: Any, key: str, kind: type[float] | type[int], lo: float, hi: f
     return value
 
 
-def _stop_regex(form: Any) -> re.Pattern[str] | None:
+def _stop_regex(form: Any) -> Any:
+    """llm-api's ``stopRegex``, run by RE2 (linear time: it is searched after every token)."""
     raw = form.get("stopRegex")
     if not raw:
         return None
-    if len(raw) > 1000:
-        raise InvalidRequest("invalid value for 'stopRegex': longer than 1000 characters",
-                             param="stopRegex")
     try:
-        return re.compile(raw)
-    except re.error as exc:
-        raise InvalidRequest(f"invalid value for 'stopRegex': {exc}", param="stopRegex") from None
+        return compile_linear(raw)
+    except UnsupportedPattern as exc:
+        raise InvalidRequest(f"invalid value for 'stopRegex': {exc.reason}",
+                             param="stopRegex") from None
 
 
 def _template(svc: Service, form: Any) -> ChatTemplate:

@@ -18,8 +18,8 @@ import base64
 import struct
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import trio
 from quart import Blueprint, Response, request
 
 from app.api.common import json_response, read_json, service
@@ -28,6 +28,9 @@ from app.errors import InvalidRequest, NotFound, NotSupported
 from app.requests import native_request
 from app.validation import validate
 
+if TYPE_CHECKING:
+    from app.runtime import RuntimeLike
+
 extras = Blueprint("extras", __name__)
 
 
@@ -35,31 +38,39 @@ extras = Blueprint("extras", __name__)
 async def tokenize() -> Response:
     svc = service()
     body = validate("tokenize", await read_json())
-    tokens = await trio.to_thread.run_sync(lambda: svc.model.tokenize(
-        body["content"], add_special=bool(body.get("add_special", False)),
-        parse_special=bool(body.get("parse_special", True))))
-    if not body.get("with_pieces"):
-        return json_response({"tokens": tokens})
-    pieces = []
-    for t in tokens:
-        raw = svc.model.piece(t) or svc.model.token_text(t).encode()
-        try:
-            piece: str | list[int] = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            piece = list(raw)  # a partial UTF-8 sequence: its bytes, as llama.cpp does
-        pieces.append({"id": t, "piece": piece})
-    return json_response({"tokens": pieces})
+    with_pieces = bool(body.get("with_pieces"))
+
+    def work(rt: RuntimeLike) -> list[Any]:
+        tokens = rt.model.tokenize(body["content"], add_special=bool(body.get("add_special", False)),
+                                   parse_special=bool(body.get("parse_special", True)))
+        if not with_pieces:
+            return list(tokens)
+        pieces = []
+        for t in tokens:
+            raw = rt.model.piece(t) or rt.model.token_text(t).encode()
+            try:
+                piece: str | list[int] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                piece = list(raw)  # a partial UTF-8 sequence: its bytes, as llama.cpp does
+            pieces.append({"id": t, "piece": piece})
+        return pieces
+
+    return json_response({"tokens": await svc.with_model(work)})
 
 
 @extras.route("/detokenize", methods=["POST"])
 async def detokenize() -> Response:
     svc = service()
     body = validate("detokenize", await read_json())
-    for i, t in enumerate(body["tokens"]):
-        if not svc.model.valid_token(t):
-            raise InvalidRequest(f"invalid value for 'tokens[{i}]': token id {t} is outside the "
-                                 f"vocabulary of {svc.model.n_vocab}", param=f"tokens[{i}]")
-    return json_response({"content": svc.model.detokenize(body["tokens"])})
+
+    def work(rt: RuntimeLike) -> str:
+        for i, t in enumerate(body["tokens"]):
+            if not rt.model.valid_token(t):
+                raise InvalidRequest(f"invalid value for 'tokens[{i}]': token id {t} is outside "
+                                     f"the vocabulary of {rt.model.n_vocab}", param=f"tokens[{i}]")
+        return rt.model.detokenize(body["tokens"])
+
+    return json_response({"content": await svc.with_model(work)})
 
 
 @extras.route("/apply-template", methods=["POST"])
@@ -87,15 +98,20 @@ async def embeddings() -> Response:
     # one string, one token list, or a list of either
     single = isinstance(raw, str) or all(isinstance(x, int) for x in raw)
     inputs: list[str | list[int]] = [raw] if single else list(raw)
-    token_lists: list[list[int]] = []
-    for i, item in enumerate(inputs):
-        if isinstance(item, str):
-            token_lists.append(svc.model.tokenize(item, add_special=True, parse_special=False))
-        else:
-            if not all(svc.model.valid_token(t) for t in item):
-                raise InvalidRequest(f"invalid value for 'input[{i}]': a token id is outside the "
-                                     "vocabulary", param=f"input[{i}]")
-            token_lists.append(list(item))
+
+    def to_tokens(rt: RuntimeLike) -> list[list[int]]:
+        token_lists: list[list[int]] = []
+        for i, item in enumerate(inputs):
+            if isinstance(item, str):
+                token_lists.append(rt.model.tokenize(item, add_special=True, parse_special=False))
+            else:
+                if not all(rt.model.valid_token(t) for t in item):
+                    raise InvalidRequest(f"invalid value for 'input[{i}]': a token id is outside "
+                                         "the vocabulary", param=f"input[{i}]")
+                token_lists.append(list(item))
+        return token_lists
+
+    token_lists = await svc.with_model(to_tokens)
     vectors = await svc.embed(token_lists)
     as_base64 = body.get("encoding_format") == "base64"
     data = [{"object": "embedding", "index": i,
@@ -110,17 +126,25 @@ async def embeddings() -> Response:
 @extras.route("/infill", methods=["POST"])
 async def infill() -> Response:
     svc = service()
-    fim = svc.model.fim_tokens()
-    if fim is None:
+    if svc.model.fim_tokens() is None:
         raise NotSupported("this model has no fill-in-the-middle tokens")
     body = validate("infill", await read_json())
-    pre, suf, mid = fim
-    prefix = svc.model.tokenize(body["input_prefix"], add_special=False, parse_special=False)
-    suffix = svc.model.tokenize(body["input_suffix"], add_special=False, parse_special=False)
-    tail = svc.model.tokenize(body.get("prompt", ""), add_special=False, parse_special=False)
+
+    def fim_prompt(rt: RuntimeLike) -> list[int]:
+        fim = rt.model.fim_tokens()
+        if fim is None:
+            raise NotSupported("this model has no fill-in-the-middle tokens")
+        pre, suf, mid = fim
+
+        def tok(text: str) -> list[int]:
+            return rt.model.tokenize(text, add_special=False, parse_special=False)
+
+        return [pre, *tok(body["input_prefix"]), suf, *tok(body["input_suffix"]), mid,
+                *tok(body.get("prompt", ""))]
+
     native = {k: v for k, v in body.items()
               if k not in ("input_prefix", "input_suffix", "input_extra", "prompt", "stream")}
-    native["prompt"] = [pre, *prefix, suf, *suffix, mid, *tail]
+    native["prompt"] = await svc.with_model(fim_prompt)
     completion = await svc.submit(native_request(validate("completion", native), svc.defaults))
     return json_response(final_object(await completion.result()))
 

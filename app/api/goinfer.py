@@ -6,7 +6,10 @@
   only: a name with a path separator, ``..`` or an absolute path is 400; an unknown name 404.
   Running requests end like an abort (marked ``"model_changed": true``), requests arriving
   during the load wait for it, ``/health`` answers 503 meanwhile.
-- ``GET /model/unload`` -> 204; afterwards requests get 503 until a model is loaded.
+- ``POST /model/unload`` (also ``GET``, goinfer's method) -> 204; afterwards requests get 503
+  until a model is loaded. It needs ``--models-dir`` (501 without: nothing could be loaded
+  again); while the model is still in use after 10 s (a long tokenization, say) it stays
+  loaded and the answer is 409.
 - ``POST /infer`` with goinfer's names (``prompt``, ``template`` with a ``{prompt}`` slot,
   ``tokens``, ``topK``, ``topP``, ``temp``, ``frequencyPenalty``, ``presencePenalty``, ``stop``,
   ``stream``, plus ``minP``, ``repeatPenalty``, ``seed``). ``threads`` must equal the server's
@@ -16,11 +19,12 @@
   ``tokensPerSecond`` and ``totalTokens``. Streamed, each token is
   ``data: {"msgType": "token", "content", "num"}`` and the stream ends with
   ``data: {"msgType": "system", "content": "result", "data": {...the reply...}}``.
-- ``GET /infer/abort`` -> 204 when /infer requests were aborted, 202 when none ran.
+- ``POST /infer/abort`` (also ``GET``) -> 204 when /infer requests were aborted, 202 when none ran.
 - ``/ws``: a websocket carrying the tokens of running /infer requests as
   ``{"msg": "<piece>", "nToken": i}`` (with ``--no-ws`` its handshake is refused, 403). A
   subscriber that falls 256 messages behind is disconnected (close code 1008) rather than
-  silently skipped.
+  silently skipped; beyond ``--max-ws`` connections (default 64) the handshake is refused
+  with close code 1013 (try again later).
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,10 +60,20 @@ class TokenFeed:
     def __init__(self) -> None:
         self._subscribers: set[trio.MemorySendChannel[str]] = set()
 
-    def subscribe(self) -> trio.MemoryReceiveChannel[str]:
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    @contextmanager
+    def subscribe(self) -> Iterator[trio.MemoryReceiveChannel[str]]:
+        """A subscription for the block's duration: leaving it (a client gone) unsubscribes."""
         send, receive = trio.open_memory_channel[str](WS_BACKLOG)
         self._subscribers.add(send)
-        return receive
+        try:
+            with receive:
+                yield receive
+        finally:
+            self._subscribers.discard(send)
+            send.close()
 
     def publish(self, piece: str, n_token: int) -> None:
         message = json.dumps({"msg": piece, "nToken": n_token}, ensure_ascii=False)
@@ -134,9 +148,13 @@ async def model_load() -> Response:
     return Response("", status=204)
 
 
-@goinfer.route("/model/unload", methods=["GET"])
+@goinfer.route("/model/unload", methods=["POST", "GET"])  # GET: goinfer's own method
 async def model_unload() -> Response:
-    await service().switch_model(None)
+    """Unload the model. Only with a models directory: without one nothing could be loaded
+    again, and the server would answer 503 for good."""
+    svc = service()
+    _models_dir(svc)
+    await svc.switch_model(None)
     return Response("", status=204)
 
 
@@ -231,7 +249,7 @@ async def _bytes(chunks: AsyncIterator[bytes | JSON]) -> AsyncIterator[bytes]:
         yield chunk
 
 
-@goinfer.route("/infer/abort", methods=["GET"])
+@goinfer.route("/infer/abort", methods=["POST", "GET"])  # GET: goinfer's own method
 async def infer_abort() -> Response:
     svc = service()
     aborted = False
@@ -246,8 +264,12 @@ async def ws() -> None:
     if not svc.settings.websocket:
         await websocket.close(1008, "the token feed is disabled (--no-ws)")
         return
+    feed = _state().feed
+    if len(feed) >= svc.settings.max_ws:
+        await websocket.close(1013, f"too many /ws connections (--max-ws {svc.settings.max_ws})")
+        return
     await websocket.accept()
-    async with _state().feed.subscribe() as messages:
+    with feed.subscribe() as messages:
         async for message in messages:
             await websocket.send(message)
     await websocket.close(1008, "too far behind the token feed")

@@ -87,6 +87,10 @@ class SlotOp:
     future: concurrent.futures.Future[dict[str, int]]
 
 
+class EngineStopped(Exception):
+    """The engine thread is not running (stopped, or died): the command was not carried out."""
+
+
 class SlotBusy(Exception):
     """A slot action on a slot that is processing a request."""
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -34,6 +35,7 @@ from app.engine.ports import (
     Cancel,
     Command,
     ContextLike,
+    EngineStopped,
     Outbox,
     SlotOp,
     Stop,
@@ -44,6 +46,8 @@ from app.engine.ports import (
 from app.engine.sampling import Sampled
 from app.engine.slots import Counters, Slot, SlotInfo, SlotState, common_prefix
 from app.engine.text import Detokenizer, StopMatcher
+
+log = logging.getLogger(__name__)
 
 #: threads that finish grammar steps the fast path could not (see Sampler.resolve)
 GRAMMAR_WORKERS = 2
@@ -90,6 +94,8 @@ class Engine:
         """
         future: concurrent.futures.Future[dict[str, int]] = concurrent.futures.Future()
         self._commands.put(SlotOp(kind, slot_id, path, future))
+        if not self.alive and self._thread.ident is not None:
+            self._fail_commands()  # nobody will take it
         return future
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -132,12 +138,26 @@ class Engine:
         try:
             while self.run_once(block=True):
                 pass
-        except BaseException as exc:  # the thread must report, not vanish
+        except Exception as exc:  # the thread must report, not vanish: /health turns 503
             self.error = exc
+            log.exception("the engine thread failed; its requests fail and /health reports it")
             self._fail_all(f"engine failure: {exc!r}")
-            raise
         finally:
             self._release_all()
+            self._fail_commands()
+
+    def _fail_commands(self) -> None:
+        """Answer what is still queued once the loop has ended: no future waits forever."""
+        while True:
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            match cmd:
+                case SlotOp(future=future) if not future.done():
+                    future.set_exception(EngineStopped("the engine is not running"))
+                case Submit(job=job):
+                    job.sampler.close()
 
     def _take_commands(self, *, block: bool, timeout: float | None = None) -> bool:
         """Apply queued commands; False when the engine must stop."""

@@ -89,3 +89,15 @@ def test_model_name_resolves_inside_models_dir(tmp_path: Path) -> None:
     s, _ = load_settings(["--models-dir", str(tmp_path), "--model", "../m.gguf"])
     with pytest.raises(ConfigError, match="inside --models-dir"):
         resolve_model_path(s)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("-np", "2", "-b", "1"), "--batch-size must be at least --parallel"),
+    (("--max-queue", "-1"), "--max-queue must not be negative"),
+    (("--ctx-size", "99999999"), "--ctx-size must be at most 4194304"),
+])
+def test_impossible_flag_combinations_end_startup_with_one_line(args: tuple[str, ...],
+                                                                message: str) -> None:
+    result = run_app(*args, "--port", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"sluice: error: {message}"], result.stderr

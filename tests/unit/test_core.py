@@ -28,7 +28,7 @@ from app.completion import (
     StopType,
 )
 from app.engine.sampling import SamplerInitError
-from app.errors import ContextOverflow, InvalidRequest, Unavailable
+from app.errors import Conflict, ContextOverflow, InvalidRequest, Overloaded, Unavailable
 from app.running import Completion
 from app.service import Service
 from app.settings import Settings
@@ -144,7 +144,7 @@ async def test_model_switch_ends_running_requests_marked(autojump_clock: trio.te
     rt = FakeRuntime(sampler_factory=lambda p, g: FakeSampler(length=100_000))
     async with running(rt) as (svc, _rt):
         completion = await svc.submit(request())
-        unread = await svc.submit(request())
+        unread = await svc.submit(request())  # submitted, its response not sent yet
         async with trio.open_nursery() as nursery:
             out: list[Item] = []
 
@@ -153,13 +153,41 @@ async def test_model_switch_ends_running_requests_marked(autojump_clock: trio.te
 
             nursery.start_soon(read)
             await trio.sleep(0.5)
-            await svc.switch_model(None)
+            nursery.start_soon(svc.switch_model, None)
+            await trio.sleep(0.5)
+            assert not rt.closed  # the unread completion still holds the model
+            # read now, it ends at once, marked too, and lets the unload go on
+            assert final(await collect(unread)).interruption is Interruption.MODEL_CHANGED
         assert final(out).interruption is Interruption.MODEL_CHANGED
         assert rt.closed
-        # a submitted completion read after the switch ends at once, marked too
-        assert final(await collect(unread)).interruption is Interruption.MODEL_CHANGED
         with pytest.raises(Unavailable):
             await svc.submit(request())
+
+
+async def test_unload_refuses_while_the_model_is_in_use(autojump_clock: trio.testing.MockClock) -> None:
+    async with running() as (svc, rt):
+        svc.drain_s = 0.2
+        with svc.lease():  # a long tokenization, say
+            with pytest.raises(Conflict, match="still in use"):
+                await svc.switch_model(None)
+            assert svc.runtime is rt
+            assert not rt.closed
+            # the model still serves
+            assert final(await collect(await svc.submit(request()))).text == "hello world"
+        await svc.switch_model(None)
+        assert rt.closed
+
+
+async def test_admission_limit_is_a_503_with_retry_after(autojump_clock: trio.testing.MockClock) -> None:
+    async with running(FakeRuntime(n_slots=1), max_queue=2) as (svc, _rt):
+        held = [await svc.submit(request()) for _ in range(3)]  # 1 slot + 2 waiting
+        with pytest.raises(Overloaded) as refused:
+            await svc.submit(request())
+        assert refused.value.status == 503
+        assert refused.value.headers == {"Retry-After": "1"}
+        del held
+        gc.collect()
+        await svc.submit(request())  # room again
 
 
 # --- cancellation -------------------------------------------------------------------------------

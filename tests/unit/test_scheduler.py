@@ -13,12 +13,14 @@ from app.engine.events import (
     CHANNEL_CAPACITY,
     Done,
     Event,
+    Failed,
     GenerationRequest,
     Job,
     Started,
     StopType,
     Token,
 )
+from app.engine.ports import EngineStopped
 from app.engine.sampling import Sampled
 from app.engine.scheduler import Engine
 from tests.fakes import EOS, FakeContext, FakeSampler
@@ -311,4 +313,26 @@ def test_cancel_during_an_open_grammar_step_frees_the_sampler_after_the_worker()
     slow.release.set()
     _run_until(engine, lambda: slow.closed)
     assert not slow.used_after_close
+    engine.stop()
+
+
+def test_a_dying_engine_fails_its_requests_and_answers_every_pending_command() -> None:
+    engine, ctx, box = make(n_slots=1)
+
+    def broken() -> int:
+        raise RuntimeError("decode exploded")
+
+    ctx.decode = broken  # type: ignore[method-assign]
+    engine.submit(job(1, [2, 5]))
+    engine.submit(job(2, [2, 6]))  # still queued when the engine dies
+    engine.start()
+    engine._thread.join(5)
+    assert not engine.alive
+    for job_id in (1, 2):
+        failed = [e for e in box.events.get(job_id, []) if isinstance(e, Failed)]
+        assert failed, job_id
+        assert "decode exploded" in failed[0].message
+    future = engine.slot_action("erase", 0)
+    with pytest.raises(EngineStopped):
+        future.result(timeout=1)
     engine.stop()

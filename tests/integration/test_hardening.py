@@ -1,0 +1,180 @@
+"""Hostile inputs and operator actions against a real server: 4xx naming the field, never a crash."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from app.engine.model import default_model_path
+from tests.integration.helpers import TIMEOUT
+from tests.serverproc import ServerProcess, running_server
+
+MODELS = Path(__file__).resolve().parents[2] / "test-artifacts" / "models-hardening"
+
+
+def _models() -> Path:
+    MODELS.mkdir(parents=True, exist_ok=True)
+    target = MODELS / "only.gguf"
+    if not target.exists():
+        try:
+            target.hardlink_to(default_model_path())
+        except OSError:
+            shutil.copyfile(default_model_path(), target)
+    return MODELS
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with running_server("--models-dir", str(_models()), "--model", "only.gguf", "--embedding",
+                        "--parallel", "2") as srv:
+        yield srv
+
+
+@pytest.fixture
+async def client(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=TIMEOUT) as c:
+        yield c
+
+
+BAD_BODIES: list[tuple[str, bytes, str]] = [
+    ("/completion", b'{"prompt": "x", "temperature": NaN}', "NaN"),
+    ("/completion", b'{"prompt": "x", "temperature": Infinity}', "Infinity"),
+    ("/completion", b'{"prompt": "x", "top_p": 1e400}', "out of range"),
+    ("/completion", b'{"prompt": "x", "seed": ' + b"9" * 5000 + b"}", "malformed JSON"),
+    ("/completion", b"[" * 100_000, "nested deeper"),
+    ("/completion", b'{"prompt": "x", "json_schema": ' + b'{"items": ' * 80 + b"{}"
+     + b"}" * 80 + b"}", "nested deeper"),
+    ("/completion", b'{"prompt": "x", "seed": 4294967295}', "seed"),
+    ("/completion", b'{"prompt": "x", "repeat_last_n": 2000000000}', "repeat_last_n"),
+    ("/completion", b'{"prompt": "x", "top_k": 99999999999}', "top_k"),
+    ("/completion", b'{"prompt": "x", "n_predict": 99999999999}', "n_predict"),
+    ("/completion", b'{"prompt": "x", "stop": ["' + b"s" * 2000 + b'"]}', "stop"),
+    ("/completion", json.dumps({"prompt": "x", "grammar": "root ::= " + "(" * 300 + '"a"'
+                                + ")" * 300}).encode(), "nested too deeply"),
+    ("/completion", json.dumps({"prompt": "x", "grammar": "root ::= " + " | ".join(
+        f'"w{i}"' for i in range(30_000))}).encode(), "over the limit"),
+    ("/completion", json.dumps({"prompt": "x", "json_schema": {
+        "type": "string", "not": {"pattern": "(?=a)b"}}}).encode(), "json_schema"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], '
+                             b'"temperature": NaN}', "NaN"),
+    ("/infer", b'{"prompt": "x", "seed": 4294967295}', "seed"),
+]
+
+
+@pytest.mark.parametrize(("route", "raw", "needle"), BAD_BODIES)
+async def test_bad_inputs_are_400s_in_the_error_shape(client: httpx.AsyncClient, route: str,
+                                                      raw: bytes, needle: str) -> None:
+    resp = await client.post(route, content=raw, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == 400
+    assert needle in error["message"]
+
+
+async def test_odd_but_valid_inputs_are_served(client: httpx.AsyncClient) -> None:
+    # a non-ASCII digit is text to bias, not a token id; the converter's lazy quantifier is
+    # the same language as the greedy one
+    for body in ({"prompt": "x", "n_predict": 2, "logit_bias": {"\u00b2": 1}},
+                 {"prompt": "x", "n_predict": 2, "seed": 4294967294},
+                 {"prompt": "x", "n_predict": 2, "repeat_last_n": -1, "repeat_penalty": 1.1}):
+        resp = await client.post("/completion", json=body)
+        assert resp.status_code == 200, (body, resp.text)
+    out = (await client.post("/completion", json={"prompt": "x", "n_predict": 3, "seed": 5,
+                                                  "temperature": 1})).json()
+    again = (await client.post("/completion", json={"prompt": "x", "n_predict": 3, "seed": 5,
+                                                    "temperature": 1})).json()
+    assert out["content"] == again["content"]
+    assert json.loads(json.dumps(out)) == out  # valid JSON: no NaN anywhere
+
+
+async def test_unload_while_tokenize_and_embedding_run_does_not_crash(
+        server: ServerProcess, client: httpx.AsyncClient) -> None:
+    text = "The quick brown fox jumps over the lazy dog. " * 60_000  # ~2.7 MB
+    results: dict[str, int] = {}
+
+    async def tokenize() -> None:
+        resp = await client.post("/tokenize", json={"content": text})
+        results["tokenize"] = resp.status_code
+
+    async def embed() -> None:
+        for _ in range(5):
+            resp = await client.post("/embedding", json={"content": "hello " * 300})
+            results.setdefault("embedding", resp.status_code)
+
+    async def unload() -> None:
+        await trio.sleep(0.1)
+        resp = await client.post("/model/unload")
+        results["unload"] = resp.status_code
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tokenize)
+        nursery.start_soon(embed)
+        nursery.start_soon(unload)
+    assert server.proc.poll() is None, server.log()  # alive: no segmentation fault
+    assert results["unload"] == 204
+    assert results["tokenize"] in (200, 503)
+    assert results["embedding"] in (200, 503)
+    assert (await client.get("/health")).status_code == 503
+    assert (await client.post("/model/load", json={"name": "only"})).status_code == 204
+    assert (await client.get("/health")).status_code == 200
+    assert (await client.post("/tokenize", json={"content": "hi"})).status_code == 200
+
+
+async def test_unload_without_a_models_directory_is_refused() -> None:
+    with running_server("--parallel", "1") as srv:
+        async with httpx.AsyncClient(base_url=srv.base_url, timeout=TIMEOUT) as c:
+            for method in ("GET", "POST"):
+                resp = await c.request(method, "/model/unload")
+                assert resp.status_code == 501
+                assert "--models-dir" in resp.json()["error"]["message"]
+            assert (await c.post("/completion", json={"prompt": "x", "n_predict": 1})
+                    ).status_code == 200
+
+
+async def test_admission_limit_and_websocket_cap() -> None:
+    with running_server("--parallel", "1", "--max-queue", "1", "--max-ws", "1") as srv:
+        async with httpx.AsyncClient(base_url=srv.base_url, timeout=TIMEOUT) as c:
+            long = {"prompt": "Once upon a time", "n_predict": 5000, "ignore_eos": True,
+                    "stream": True}
+            async with c.stream("POST", "/completion", json=long) as first, \
+                    c.stream("POST", "/completion", json=long) as second:
+                assert (first.status_code, second.status_code) == (200, 200)
+                refused = await c.post("/completion", json={"prompt": "x", "n_predict": 1})
+                assert refused.status_code == 503
+                assert refused.headers["Retry-After"] == "1"
+                assert "--max-queue" in refused.json()["error"]["message"]
+                plain = await c.post("/predict", data={"prompt": "x"})
+                assert plain.status_code == 503
+                assert plain.headers["Retry-After"] == "1"
+            ws_url = srv.base_url.replace("http", "ws") + "/ws"
+            handshake = {"Connection": "Upgrade", "Upgrade": "websocket",
+                         "Sec-WebSocket-Version": "13",
+                         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+            async with open_websocket_url(ws_url) as first_ws:
+                await trio.sleep(0.2)
+                refused_ws = await c.get("/ws", headers=handshake)
+                assert refused_ws.status_code == 403  # a handshake refused before accept
+                assert not first_ws.closed
+            await trio.sleep(0.2)
+            # the first subscriber left (its subscription went with it): room again
+            async with open_websocket_url(ws_url) as again:
+                assert not again.closed
+            ok = await c.post("/completion", json={"prompt": "x", "n_predict": 1})
+            assert ok.status_code == 200
+
+
+async def test_an_error_before_the_body_is_read_keeps_the_connection_usable() -> None:
+    with running_server("--parallel", "1") as srv:  # no --embedding: /embedding is 501
+        async with httpx.AsyncClient(base_url=srv.base_url, timeout=10) as c:
+            for _ in range(5):
+                refused = await c.post("/embedding", json={"content": "x " * 20_000})
+                assert refused.status_code == 501
+            ok = await c.post("/tokenize", json={"content": "hi"})  # same keep-alive connection
+            assert ok.status_code == 200
