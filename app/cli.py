@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--api-key-file", type=Path, help="file with one API key per line")
     a("--timeout", dest="request_timeout_s", type=float,
       help="seconds a request may run before it is ended")
+    a("--send-timeout", dest="send_timeout_s", type=float,
+      help="seconds a streaming client may go without taking data before it is treated as "
+      "gone and its slot freed (default 30)")
     a("--shutdown-grace", dest="shutdown_grace_s", type=float,
       help="seconds running requests get to finish on SIGTERM (default 5)")
     a("--max-body-bytes", type=int, help="largest accepted request body (default 4 MiB)")
@@ -144,6 +147,7 @@ def _check(s: Settings) -> None:
         (s.seed >= -1, "--seed must be -1 or more"),
         (s.request_timeout_s is None or s.request_timeout_s > 0, "--timeout must be positive"),
         (s.shutdown_grace_s >= 0, "--shutdown-grace must not be negative"),
+        (s.send_timeout_s > 0, "--send-timeout must be positive"),
         (s.max_body_bytes >= 1024, "--max-body-bytes must be at least 1024"),
     ]
     for ok, message in checks:

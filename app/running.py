@@ -83,6 +83,8 @@ class Completion:
         self._current = current
         self._wait: trio.CancelScope | None = None
         self._used = False
+        self._handed_out_at: float | None = None  # an item is with the consumer since then
+        self.abandoned = False
         self._ticket = _Ticket(prepared.sampler, lambda: on_end(id))
         self._release = weakref.finalize(self, self._ticket.release)
 
@@ -97,6 +99,20 @@ class Completion:
             self.stop_reason = reason
         if self._wait is not None:
             self._wait.cancel(reason=reason.value)
+
+    def stalled(self, now: float, send_timeout_s: float) -> bool:
+        """Whether the consumer has held an item (a send to the client) for too long."""
+        since = self._handed_out_at
+        return not self.abandoned and since is not None and now - since > send_timeout_s
+
+    def abandon(self) -> None:
+        """Give up on a consumer that stopped reading: free the slot and the model now.
+
+        The generator, if it ever resumes, ends at once without touching the model.
+        """
+        self.abandoned = True
+        self.prepared.runtime.engine.cancel(self.id)
+        self._release()
 
     async def result(self) -> Outcome:
         """Run to the end (or the interruption) and return the outcome.
@@ -140,25 +156,31 @@ class Completion:
                 yield Failure("the engine is not running")
                 return
             with send, receive:
-                while True:
+                while not self.abandoned:
                     event = await self._next(receive, job, ping_interval_s)
+                    item: Item | None = None
+                    last = True
                     match event:
                         case None:
-                            yield Final(await builder.outcome(self.stop_reason))
-                            return
+                            item = Final(await builder.outcome(self.stop_reason))
                         case Ping():
-                            yield PING
+                            item, last = PING, False
                         case Started():
                             builder.id_slot, builder.tokens_cached = event.id_slot, event.tokens_cached
+                            last = False
                         case Token():
-                            yield builder.delta(event)
+                            item, last = builder.delta(event), False
                         case Done():
                             builder.done = event
-                            yield Final(await builder.outcome(None))
-                            return
+                            item = Final(await builder.outcome(None))
                         case Failed(message=message):
-                            yield Failure(message)
-                            return
+                            item = Failure(message)
+                    if item is not None:
+                        self._handed_out_at = trio.current_time()
+                        yield item
+                        self._handed_out_at = None
+                    if last:
+                        return
         finally:
             if submitted:
                 runtime.engine.cancel(self.id)

@@ -150,6 +150,7 @@ async def serve(settings: Settings, model: Model, template: ChatTemplate | None 
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals)
+            nursery.start_soon(service.watch_stalled)
             await hypercorn_serve(app, hypercorn_config(settings),
                                   shutdown_trigger=stop.wait)
             nursery.cancel_scope.cancel(reason="server stopped")

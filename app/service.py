@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import itertools
+import logging
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,8 @@ from app.settings import Settings
 
 T = TypeVar("T")
 Offload = Callable[[Callable[[], Prepared]], Awaitable[Prepared]]
+
+log = logging.getLogger(__name__)
 
 #: how long an unload or a switch waits for running requests to end after asking them to
 SWITCH_DRAIN_S = 10.0
@@ -278,6 +281,27 @@ class Service:
             event = trio.Event()
             self._idle_waiters.append(event)
             await event.wait()
+
+    def reap_stalled(self) -> int:
+        """Abandon completions whose client has not taken a piece for ``--send-timeout``.
+
+        A client that keeps its connection open but stops reading would otherwise hold
+        its slot (and the model) for as long as it likes. Returns how many were abandoned.
+        """
+        now = trio.current_time()
+        stalled = [c for c in self._running.values()
+                   if c.stalled(now, self.settings.send_timeout_s)]
+        for completion in stalled:
+            log.warning("request %d: the client took no data for %.0f s; freeing its slot",
+                        completion.id, self.settings.send_timeout_s)
+            completion.abandon()
+        return len(stalled)
+
+    async def watch_stalled(self, interval_s: float = 1.0) -> None:
+        """Run :meth:`reap_stalled` every ``interval_s`` (start it in the server's nursery)."""
+        while True:
+            await trio.sleep(interval_s)
+            self.reap_stalled()
 
     def running(self, job_id: int) -> Completion | None:
         return self._running.get(job_id)

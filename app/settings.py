@@ -39,6 +39,7 @@ class Settings:
     websocket: bool = True  # goinfer's /ws token feed
     slot_save_path: Path | None = None  # directory for /slots/{id}?action=save|restore
     request_timeout_s: float | None = None  # None: no limit
+    send_timeout_s: float = 30.0  # a client that takes no data this long is treated as gone
     shutdown_grace_s: float = 5.0
     max_body_bytes: int = 4 * 1024 * 1024
     max_queue: int = 64  # requests waiting beyond the slots; more are refused with 503

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: threads that finish grammar steps the fast path could not (see Sampler.resolve)
 GRAMMAR_WORKERS = 2
+#: a grammar step still open after this long fails its request (the watchdog)
+GRAMMAR_STEP_BUDGET_S = 30.0
 _STALL_WAIT_S = 0.002
 
 
@@ -74,6 +76,7 @@ class Engine:
         self.error: BaseException | None = None
         self._grammar_pool = concurrent.futures.ThreadPoolExecutor(
             GRAMMAR_WORKERS, thread_name_prefix="sluice-grammar")
+        self.grammar_step_budget_s = GRAMMAR_STEP_BUDGET_S
 
     # --- API for other threads -------------------------------------------
     def start(self) -> None:
@@ -367,6 +370,7 @@ class Engine:
         sampled = job.sampler.sample(self.ctx.raw, logit_row)
         if sampled is None:  # the grammar's slow path: finish it on a worker
             slot.state = SlotState.SAMPLING
+            slot.sampling_since = time.perf_counter()
             slot.sampling = self._grammar_pool.submit(job.sampler.resolve)
             slot.sampling.add_done_callback(lambda _f: self._commands.put(Wake()))
             return
@@ -376,7 +380,14 @@ class Engine:
         """Apply grammar steps finished off the thread; the slot generates again."""
         for slot in self.slots:
             future = slot.sampling
-            if future is None or not future.done():
+            if future is None:
+                continue
+            if not future.done():
+                if time.perf_counter() - slot.sampling_since > self.grammar_step_budget_s:
+                    # the one request fails, not the server; its worker finishes in the
+                    # background and frees the sampler then
+                    self._fail(slot, f"a grammar step took over {self.grammar_step_budget_s:g} s: "
+                                     "the grammar is too costly for this model's vocabulary")
                 continue
             slot.sampling = None
             slot.state = SlotState.GENERATE

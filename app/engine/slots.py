@@ -30,6 +30,7 @@ class Slot:
     next_prompt: int = 0  # index of the next prompt token to evaluate
     pending: int = -1  # sampled token to feed at the next step
     sampling: concurrent.futures.Future[Sampled] | None = None  # an open grammar step
+    sampling_since: float = 0.0
     n_decoded: int = 0
     tokens_cached: int = 0
     outbox: collections.deque[Event] = field(default_factory=collections.deque)

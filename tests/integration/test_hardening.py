@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from app.engine.model import default_model_path
-from tests.integration.helpers import TIMEOUT
+from tests.integration.helpers import TIMEOUT, wait_until
 from tests.serverproc import ServerProcess, running_server
 
 MODELS = Path(__file__).resolve().parents[2] / "test-artifacts" / "models-hardening"
@@ -65,6 +66,8 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], '
                              b'"temperature": NaN}', "NaN"),
     ("/infer", b'{"prompt": "x", "seed": 4294967295}', "seed"),
+    ("/completion", json.dumps({"prompt": "x", "grammar": 'root ::= (("a"|"b"){0,40}){0,40}'}
+                               ).encode(), "ambiguous"),
 ]
 
 
@@ -178,3 +181,29 @@ async def test_an_error_before_the_body_is_read_keeps_the_connection_usable() ->
                 assert refused.status_code == 501
             ok = await c.post("/tokenize", json={"content": "hi"})  # same keep-alive connection
             assert ok.status_code == 200
+
+
+async def test_a_client_that_never_reads_loses_its_slot_after_the_send_timeout() -> None:
+    with running_server("--parallel", "1", "--send-timeout", "2") as srv:
+        body = json.dumps({"prompt": "Once upon a time", "n_predict": 100000, "ignore_eos": True,
+                           "n_probs": 20, "stream": True}).encode()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # a tiny window, never read
+        sock.connect(("127.0.0.1", srv.port))
+        sock.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        try:
+            async with httpx.AsyncClient(base_url=srv.base_url, timeout=TIMEOUT) as c:
+                async def busy() -> bool:
+                    return bool((await c.get("/slots")).json()[0]["is_processing"])
+
+                async def idle() -> bool:
+                    return not await busy()
+
+                await wait_until(busy, timeout_s=10)
+                took = await wait_until(idle, timeout_s=30)
+                assert took < 25
+                ok = await c.post("/completion", json={"prompt": "x", "n_predict": 2})
+                assert ok.status_code == 200
+        finally:
+            sock.close()

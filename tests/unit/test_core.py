@@ -309,3 +309,27 @@ async def test_engine_failure_after_start_is_a_failure_item(
         items = await collect(completion)
     assert isinstance(items[-1], Failure)
     assert "KV cache" in items[-1].message
+
+
+async def test_a_client_that_stops_reading_is_abandoned_after_the_send_timeout(
+        autojump_clock: trio.testing.MockClock) -> None:
+    rt = FakeRuntime(n_slots=1, sampler_factory=lambda p, g: FakeSampler(length=100_000),
+                     slot_ctx=100_000)
+    async with running(rt, send_timeout_s=5.0) as (svc, _rt):
+        completion = await svc.submit(request())
+        items = completion.items()
+        first = await items.__anext__()  # the consumer takes one item, then stops reading
+        assert isinstance(first, Delta)
+        await trio.sleep(2.0)
+        assert svc.reap_stalled() == 0
+        assert rt.engine.slot_infos()[0].is_processing  # paused on its full channel
+        await trio.sleep(4.0)
+        assert svc.reap_stalled() == 1
+        await trio.sleep(0.1)
+        assert not rt.engine.slot_infos()[0].is_processing  # the slot is free
+        assert svc.running(completion.id) is None
+        await svc.switch_model(None)  # and the model is no longer held
+        assert rt.closed
+        with pytest.raises(StopAsyncIteration):  # resuming ends at once
+            await items.__anext__()
+        await items.aclose()

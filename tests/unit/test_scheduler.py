@@ -336,3 +336,21 @@ def test_a_dying_engine_fails_its_requests_and_answers_every_pending_command() -
     with pytest.raises(EngineStopped):
         future.result(timeout=1)
     engine.stop()
+
+
+def test_a_grammar_step_over_its_budget_fails_only_its_request() -> None:
+    engine, _ctx, box = make(n_slots=2, slot_ctx=1000)
+    engine.grammar_step_budget_s = 0.05
+    slow = SlowGrammarSampler()
+    engine.submit(Job(id=1, request=GenerationRequest(prompt=(2, 5)), sampler=slow, sink=None))
+    engine.submit(job(2, [2, 6]))
+    _run_until(engine, slow.resolving.is_set)
+    _run_until(engine, lambda: any(isinstance(e, Failed) for e in box.events.get(1, [])))
+    failed = next(e for e in box.events[1] if isinstance(e, Failed))
+    assert "grammar step took over" in failed.message
+    assert engine.slot_infos()[0].is_processing is False
+    assert engine.slot_infos()[1].is_processing is True  # the other request goes on
+    assert not slow.closed  # still in the worker's hands
+    slow.release.set()
+    _run_until(engine, lambda: slow.closed)
+    engine.stop()
