@@ -10,7 +10,8 @@ import hmac
 
 from app.errors import Unauthorized
 
-PUBLIC_PATHS = frozenset({"/health", "/v1/health", "/models", "/v1/models", "/", "/index.html"})
+PUBLIC_PATHS = frozenset({"/health", "/v1/health", "/models", "/v1/models", "/", "/index.html",
+                          "/openapi.json"})
 PUBLIC_PREFIXES = ("/web/",)
 
 

@@ -118,7 +118,7 @@ def tokenize_prompt(model: ModelLike, parts: tuple[str | int, ...]) -> list[int]
             raise InvalidRequest(f"invalid value for '{field}': token id {part} is outside "
                                  f"the vocabulary of {model.n_vocab}", param=field)
         else:
-            tokens.append(part)
+            tokens.append(int(part))
     bos = model.info.bos
     if model.info.add_bos and bos >= 0 and (not tokens or tokens[0] != bos):
         tokens.insert(0, bos)

@@ -21,6 +21,7 @@ from app.api.goinfer import goinfer
 from app.api.metrics import metrics
 from app.api.native import native
 from app.api.openai import openai
+from app.api.openapi import openapi
 from app.api.web import web
 from app.chat import ChatTemplate
 from app.engine.model import Model
@@ -64,6 +65,7 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
     app.register_blueprint(compat)
     app.register_blueprint(goinfer)
     app.register_blueprint(web)
+    app.register_blueprint(openapi)
 
     @app.after_request
     async def add_cors(response: Response) -> Response:

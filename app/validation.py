@@ -46,11 +46,14 @@ def _refuse_constant(name: str) -> Any:
     raise _NotJson(f"{name} is not JSON")
 
 
-def _finite(text: str) -> float:
+def _finite(text: str) -> float | int:
+    """A JSON number with a fraction or exponent. An integral one (``5.0``) becomes an int:
+    JSON Schema counts it as an integer, and token ids and counts must reach llama.cpp as
+    ints (a float token id killed the engine thread; found by the fuzzer)."""
     value = float(text)
     if not math.isfinite(value):
         raise _NotJson(f"the number {text[:40]} is out of range")
-    return value
+    return int(value) if value.is_integer() else value
 
 
 def _check_depth(data: Any) -> None:
