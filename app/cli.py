@@ -207,10 +207,39 @@ def resolve_model_path(settings: Settings) -> Path | None:
     return candidate
 
 
+#: glibc's M_MMAP_THRESHOLD; and the fixed threshold the server sets
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def fix_malloc_threshold() -> bool:
+    """Keep large allocations in their own mappings, returned to the OS when freed.
+
+    glibc raises its mmap threshold each time a large mapped block is freed, after which
+    blocks of that size (the samplers' per-token arrays of a 262k vocabulary are 1-3 MB)
+    come from the heap, whose freed memory it keeps. Measured with schema-constrained
+    traffic: RSS rose from 552 to ~790 MiB and stayed there with the default; with the
+    threshold fixed at 128 KiB it stayed at 587 MiB. Returns whether it could be set.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False  # not glibc
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
 def main(argv: list[str] | None = None) -> int:
     import logging
 
     import trio
+
+    fix_malloc_threshold()
 
     from app.engine.model import Model, ModelLoadError, default_model_path
     from app.runtime import chat_template_for

@@ -345,7 +345,10 @@ class _Emitter:
                 return "( " + " | ".join(self.emit(o) or '""' for o in options) + " )"
             case _Rep(node=inner, lo=lo, hi=hi):
                 body = self.emit(inner) or '""'
-                if not (body.startswith("[") or body.startswith('"')) or " " in body:
+                # a repeated repetition (``(?:x{4})*``) needs a rule of its own: GBNF has no
+                # stacked quantifiers (``x{4}*`` is a syntax error there)
+                stacked = body.endswith(("*", "+", "?", "}"))
+                if stacked or not (body.startswith("[") or body.startswith('"')) or " " in body:
                     self.n += 1
                     body = self.add_rule(f"{self.name}-{self.n}", body)
                 return repeat(body, lo, hi, self.add_rule)

@@ -181,3 +181,18 @@ def test_cli_errors_exit_2(tmp_path: Path) -> None:
     out = run_cli("check", str(grammar), str(text))
     assert out.returncode == 2
     assert "line 1, column 14" in out.stderr
+
+
+@pytest.mark.parametrize(("pattern", "good", "bad"), [
+    (r"^(?:[A-Za-z0-9+/]{4})*$", ["", "QUJD", "QUJDRAxx"], ["QUJ", "QUJDR", "QU=D"]),
+    (r"^(a{2}){3}$", ["aaaaaa"], ["aaaa", "aaaaaaaa"]),
+    (r"^[a-z]{2}{3}$", ["abcdef"], ["abcde", "abcdefg"]),
+])
+def test_stacked_quantifiers_become_nested_rules_that_pass_the_gbnf_check(
+        pattern: str, good: list[str], bad: list[str]) -> None:
+    gbnf = convert({"type": "string", "pattern": pattern}).gbnf
+    parse_gbnf(gbnf)  # every converter output passes the same check as a user's grammar
+    for text in good:
+        assert accepts(gbnf, json.dumps(text)), text
+    for text in bad:
+        assert not accepts(gbnf, json.dumps(text)), text

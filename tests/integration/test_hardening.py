@@ -86,9 +86,13 @@ async def test_odd_but_valid_inputs_are_served(client: httpx.AsyncClient) -> Non
     # the same language as the greedy one
     for body in ({"prompt": "x", "n_predict": 2, "logit_bias": {"\u00b2": 1}},
                  {"prompt": "x", "n_predict": 2, "seed": 4294967294},
-                 {"prompt": "x", "n_predict": 2, "repeat_last_n": -1, "repeat_penalty": 1.1}):
+                 {"prompt": "x", "n_predict": 2, "repeat_last_n": -1, "repeat_penalty": 1.1},
+                 # JSON Schema integers may be written 2.0: they reach llama.cpp as ints
+                 {"prompt": [2.0, 651.0], "n_predict": 2.0}):
         resp = await client.post("/completion", json=body)
         assert resp.status_code == 200, (body, resp.text)
+    assert (await client.post("/detokenize", json={"tokens": [651.0]})).status_code == 200
+    assert (await client.get("/health")).status_code == 200  # the engine thread is alive
     out = (await client.post("/completion", json={"prompt": "x", "n_predict": 3, "seed": 5,
                                                   "temperature": 1})).json()
     again = (await client.post("/completion", json={"prompt": "x", "n_predict": 3, "seed": 5,
@@ -207,3 +211,21 @@ async def test_a_client_that_never_reads_loses_its_slot_after_the_send_timeout()
                 assert ok.status_code == 200
         finally:
             sock.close()
+
+
+async def test_stop_regexes_run_on_re2(client: httpx.AsyncClient) -> None:
+    refused = await client.post("/predict", data={"prompt": "x", "stopRegex": "(?=a)b"})
+    assert refused.status_code == 400
+    assert "stopRegex" in refused.text
+    # a pattern that makes a backtracking engine run for ages is harmless here
+    ok = await client.post("/predict", data={"prompt": "1, 2, 3,", "max_tokens": "12",
+                                             "stopRegex": "(a+)+$"})
+    assert ok.status_code == 200
+
+
+async def test_a_schema_whose_pattern_stacks_quantifiers_is_served(
+        client: httpx.AsyncClient) -> None:
+    resp = await client.post("/completion", json={
+        "prompt": "base64:", "n_predict": 12, "temperature": 0,
+        "json_schema": {"type": "string", "pattern": "^(?:[A-Za-z0-9+/]{4})*$"}})
+    assert resp.status_code == 200, resp.text
