@@ -101,9 +101,12 @@ class Completion:
             self._wait.cancel(reason=reason.value)
 
     def stalled(self, now: float, send_timeout_s: float) -> bool:
-        """Whether the consumer has held an item (a send to the client) for too long."""
+        """Whether the consumer has held an item (a send to the client) for too long: over
+        the send timeout, or past the request's deadline (``--timeout`` holds even while a
+        send is blocked)."""
         since = self._handed_out_at
-        return not self.abandoned and since is not None and now - since > send_timeout_s
+        return (not self.abandoned and since is not None
+                and (now - since > send_timeout_s or now >= self.deadline))
 
     def abandon(self) -> None:
         """Give up on a consumer that stopped reading: free the slot and the model now.

@@ -333,3 +333,24 @@ async def test_a_client_that_stops_reading_is_abandoned_after_the_send_timeout(
         with pytest.raises(StopAsyncIteration):  # resuming ends at once
             await items.__anext__()
         await items.aclose()
+
+
+async def test_the_deadline_holds_while_a_send_is_blocked(autojump_clock: trio.testing.MockClock) -> None:
+    rt = FakeRuntime(n_slots=1, sampler_factory=lambda p, g: FakeSampler(length=100_000),
+                     slot_ctx=100_000)
+    async with running(rt, send_timeout_s=60.0, request_timeout_s=3.0) as (svc, _rt):
+        completion = await svc.submit(request())
+        items = completion.items()
+        await items.__anext__()  # then the send blocks
+        await trio.sleep(2.0)
+        assert svc.reap_stalled() == 0
+        await trio.sleep(1.5)
+        assert svc.reap_stalled() == 1  # past --timeout, long before --send-timeout
+        await items.aclose()
+
+
+async def test_a_dead_engine_refuses_new_requests(autojump_clock: trio.testing.MockClock) -> None:
+    async with running() as (svc, rt):
+        rt.engine.alive = False  # type: ignore[misc]
+        with pytest.raises(Unavailable, match="engine is not running"):
+            await svc.submit(request())
