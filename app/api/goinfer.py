@@ -46,6 +46,7 @@ from app.api.common import json_response, read_json, service, streamed
 from app.completion import CompletionRequest, Delta, Failure, Final, Outcome
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported, ServerError
 from app.requests import renamed, sampling_from, stops_from
+from app.running import Completion
 from app.service import Service
 from app.validation import validate
 
@@ -201,52 +202,58 @@ def infer_request(body: JSON, svc: Service) -> CompletionRequest:
                              stops=stops_from(body.get("stop")))
 
 
+async def _infer_steps(completion: Completion, state: GoinferState
+                       ) -> AsyncGenerator[tuple[str, int] | JSON]:
+    """``(piece, n)`` per token (also published to /ws), then goinfer's reply.
+
+    Raises:
+        ServerError: the engine failed the request after it started.
+    """
+    started, first = time.perf_counter(), None
+    n = 0
+    state.infer_jobs.add(completion.id)
+    try:
+        async with aclosing(completion.items()) as items:
+            async for item in items:
+                match item:
+                    case Delta(text=text) if text:
+                        first = first or time.perf_counter()
+                        state.feed.publish(text, n)
+                        yield text, n
+                        n += 1
+                    case Final(outcome=outcome):
+                        yield _reply(outcome, started, first, time.perf_counter())
+                    case Failure(message=message):
+                        raise ServerError(message)
+    finally:
+        state.infer_jobs.discard(completion.id)
+
+
 @goinfer.route("/infer", methods=["POST"])
 async def infer() -> Response:
     svc = service()
     body = validate("goinfer_infer", await read_json())
     completion = await svc.submit(infer_request(body, svc))
-    state = _state()
-    streaming = bool(body.get("stream"))
+    steps = _infer_steps(completion, _state())
+    if not body.get("stream"):
+        async with aclosing(steps):
+            async for step in steps:
+                if isinstance(step, dict):
+                    return json_response(step, headers={"X-Request-Id": str(completion.id)})
+        raise ServerError("the completion ended without a result")  # pragma: no cover
 
-    async def events() -> AsyncGenerator[bytes | JSON]:
-        started, first = time.perf_counter(), None
-        n = 0
-        state.infer_jobs.add(completion.id)
+    async def events() -> AsyncIterator[bytes]:
         try:
-            async with aclosing(completion.items()) as items:
-                async for item in items:
-                    match item:
-                        case Delta(text=text) if text:
-                            first = first or time.perf_counter()
-                            state.feed.publish(text, n)
-                            if streaming:
-                                yield sse.event({"msgType": "token", "content": text, "num": n})
-                            n += 1
-                        case Final(outcome=outcome):
-                            reply = _reply(outcome, started, first, time.perf_counter())
-                            yield (sse.event({"msgType": "system", "content": "result",
-                                              "data": reply}) if streaming else reply)
-                        case Failure(message=message):
-                            if not streaming:
-                                raise ServerError(message)
-                            yield sse.event(ServerError(message).body())
-        finally:
-            state.infer_jobs.discard(completion.id)
+            async with aclosing(steps):
+                async for step in steps:
+                    if isinstance(step, dict):
+                        yield sse.event({"msgType": "system", "content": "result", "data": step})
+                    else:
+                        yield sse.event({"msgType": "token", "content": step[0], "num": step[1]})
+        except ServerError as exc:  # after the 200: one error event, then the end
+            yield sse.event(exc.body())
 
-    if streaming:
-        return streamed(_bytes(events()), completion.id)
-    async with aclosing(events()) as gen:
-        async for reply in gen:
-            assert isinstance(reply, dict)
-            return json_response(reply, headers={"X-Request-Id": str(completion.id)})
-    raise ServerError("the completion ended without a result")  # pragma: no cover
-
-
-async def _bytes(chunks: AsyncIterator[bytes | JSON]) -> AsyncIterator[bytes]:
-    async for chunk in chunks:
-        assert isinstance(chunk, bytes)
-        yield chunk
+    return streamed(events(), completion.id)
 
 
 @goinfer.route("/infer/abort", methods=["POST", "GET"])  # GET: goinfer's own method
