@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("-b", "--batch-size", type=int, help="tokens per decode call (default 512)")
     a("-t", "--threads", type=int, help="threads for generation")
     a("-tb", "--threads-batch", type=int, help="threads for prompt processing")
+    a("--poll", type=int, help="how long decode threads spin before sleeping, 0-100 (0: sleep "
+      "at once, 100: spin without limit, as ggml does by itself; default 100): see the README's "
+      "performance section")
     a("-ngl", "--n-gpu-layers", type=int, help="layers to offload to a GPU")
     a("-s", "--seed", type=int, help="default seed (-1: random per request)")
     a("-n", "--n-predict", type=int, help="default tokens to predict (-1: unlimited)")
@@ -140,6 +143,7 @@ def _check(s: Settings) -> None:
         (s.ctx_size <= 1 << 22, "--ctx-size must be at most 4194304"),
         (s.batch_size <= 1 << 16, "--batch-size must be at most 65536"),
         (s.max_queue >= 0, "--max-queue must not be negative"),
+        (0 <= s.poll <= 100, "--poll must be 0..100"),
         (s.max_ws >= 0, "--max-ws must not be negative"),
         (s.threads is None or s.threads >= 1, "--threads must be at least 1"),
         (s.threads_batch is None or s.threads_batch >= 1, "--threads-batch must be at least 1"),
@@ -234,19 +238,51 @@ def fix_malloc_threshold() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
+#: GOMP_SPINCOUNT per --poll step: --poll 50 spins 200,000 times before sleeping
+SPINS_PER_POLL = 4000
+
+
+def apply_poll(poll: int, env: dict[str, str] | Any) -> str:
+    """Set OpenMP's wait policy for the decode threads; must run before llama.cpp loads.
+
+    ggml asks for ``OMP_WAIT_POLICY=active`` when none is set, and an active wait spins
+    without limit: beside one busy process, decoding on 2 cores fell 50-fold (ENGINE_NOTES).
+    ``--poll`` bounds the spin as llama.cpp's flag of that name bounds its threadpool's:
+    0 is ``PASSIVE``, 100 is ``ACTIVE`` (the default: what ggml picks by itself, kept until
+    ``bench/contention.py`` shows a better one beyond its noise), between them
+    ``GOMP_SPINCOUNT = poll * 4000``. Variables the user set win. Returns what was set.
+    """
+    if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env:
+        return "OMP_WAIT_POLICY/GOMP_SPINCOUNT from the environment"
+    if poll <= 0:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+        return "OMP_WAIT_POLICY=PASSIVE"
+    if poll >= 100:
+        env["OMP_WAIT_POLICY"] = "ACTIVE"
+        return "OMP_WAIT_POLICY=ACTIVE"
+    env["GOMP_SPINCOUNT"] = str(poll * SPINS_PER_POLL)
+    return f"GOMP_SPINCOUNT={env['GOMP_SPINCOUNT']}"
+
+
 def main(argv: list[str] | None = None) -> int:
     import logging
+    import os
 
     import trio
 
     fix_malloc_threshold()
+    try:
+        settings, args = load_settings(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"sluice: error: {exc}", file=sys.stderr)
+        return 2
+    apply_poll(settings.poll, os.environ)  # before llama.cpp (and its OpenMP) loads
 
     from app.engine.model import Model, ModelLoadError, default_model_path
     from app.runtime import chat_template_for
     from app.server import serve
 
     try:
-        settings, args = load_settings(sys.argv[1:] if argv is None else argv)
         if args.assemble_model:
             print(default_model_path())
             return 0

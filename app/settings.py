@@ -24,6 +24,7 @@ class Settings:
     batch_size: int = 512  # tokens per llama_decode
     threads: int | None = None
     threads_batch: int | None = None
+    poll: int = 100  # decode threads' spin before sleeping, 0-100 (see app.cli.apply_poll)
     n_gpu_layers: int = 0
     seed: int = -1  # default per-request seed; -1: random
     n_predict: int = -1  # default token limit per request; -1: until EOS or context end

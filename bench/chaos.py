@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import signal
 import socket
 import sys
@@ -35,10 +34,8 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.engine.model import default_model_path  # noqa: E402
-from tests.serverproc import ServerProcess  # noqa: E402
+from tests.serverproc import ServerProcess, models_dir  # noqa: E402
 
-MODELS = ROOT / "test-artifacts" / "models-chaos"
 LONG = {"prompt": "Once upon a time", "n_predict": 100000, "ignore_eos": True, "stream": True}
 
 
@@ -200,14 +197,8 @@ HOSTILE: list[tuple[str, bytes]] = [
 
 
 async def soak(seconds: float) -> None:
-    MODELS.mkdir(parents=True, exist_ok=True)
-    target = MODELS / "only.gguf"
-    if not target.exists():
-        try:
-            target.hardlink_to(default_model_path())
-        except OSError:
-            shutil.copyfile(default_model_path(), target)
-    server = start("--models-dir", str(MODELS), "--model", "only.gguf", "--parallel", "4",
+    server = start("--models-dir", str(models_dir("models-chaos", "only.gguf")),
+                   "--model", "only.gguf", "--parallel", "4",
                    "--embedding", "--send-timeout", "5", "--timeout", "20")
     stats = {"requests": 0, "2xx": 0, "4xx": 0, "503": 0, "5xx": 0, "left": 0, "errors": 0}
     rss_start = rss_mib(server.proc.pid)

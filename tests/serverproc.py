@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,23 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60.0
+
+
+def models_dir(name: str, *files: str) -> Path:
+    """``test-artifacts/<name>`` holding the embedded model under each of ``files``
+    (hard links where the file system allows, copies otherwise)."""
+    from app.engine.model import default_model_path
+
+    folder = ROOT / "test-artifacts" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        target = folder / file
+        if not target.exists():
+            try:
+                target.hardlink_to(default_model_path())
+            except OSError:
+                shutil.copyfile(default_model_path(), target)
+    return folder
 
 
 def free_port() -> int:

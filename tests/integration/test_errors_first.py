@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from app.engine.model import default_model_path
 from tests.integration.helpers import TIMEOUT
-from tests.serverproc import ServerProcess, running_server
-
-MODELS = Path(__file__).resolve().parents[2] / "test-artifacts" / "models-errors"
+from tests.serverproc import ServerProcess, models_dir, running_server
 
 # Passes Sluice's GBNF parser, refused by llama.cpp's ("expecting preceding item to */+/?/{"):
 # the refusal only shows when the sampler is built, which now happens before the response.
@@ -23,14 +18,8 @@ LLAMA_REFUSES = 'root ::= ""*'
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    MODELS.mkdir(parents=True, exist_ok=True)
-    target = MODELS / "only.gguf"
-    if not target.exists():
-        try:
-            target.hardlink_to(default_model_path())
-        except OSError:
-            shutil.copyfile(default_model_path(), target)
-    with running_server("--models-dir", str(MODELS), "--model", "only.gguf",
+    with running_server("--models-dir", str(models_dir("models-errors", "only.gguf")),
+                        "--model", "only.gguf",
                         "--parallel", "2") as srv:
         yield srv
 

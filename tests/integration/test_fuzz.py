@@ -7,9 +7,7 @@ stays up, and every 4xx/5xx on a JSON route is in the error shape.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,10 +17,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from app.api.openapi import document
-from app.engine.model import default_model_path
-from tests.serverproc import ServerProcess, running_server
+from tests.serverproc import ServerProcess, models_dir, running_server
 
-MODELS = Path(__file__).resolve().parents[2] / "test-artifacts" / "models-fuzz"
 EXAMPLES = 15
 #: documented 501: the default model has no fill-in-the-middle tokens
 EXPECTED_501 = {"/infill"}
@@ -30,14 +26,8 @@ EXPECTED_501 = {"/infill"}
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    MODELS.mkdir(parents=True, exist_ok=True)
-    target = MODELS / "only.gguf"
-    if not target.exists():
-        try:
-            target.hardlink_to(default_model_path())
-        except OSError:
-            shutil.copyfile(default_model_path(), target)
-    with running_server("--models-dir", str(MODELS), "--model", "only.gguf", "--embedding",
+    with running_server("--models-dir", str(models_dir("models-fuzz", "only.gguf")),
+                        "--model", "only.gguf", "--embedding",
                         "--parallel", "2", "--ctx-size", "2048", "--timeout", "1") as srv:
         yield srv
 

@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from app.engine.model import default_model_path
 from tests.integration.helpers import TIMEOUT, wait_until
-from tests.serverproc import ServerProcess, running_server
-
-MODELS = Path(__file__).resolve().parents[2] / "test-artifacts" / "models-hardening"
-
-
-def _models() -> Path:
-    MODELS.mkdir(parents=True, exist_ok=True)
-    target = MODELS / "only.gguf"
-    if not target.exists():
-        try:
-            target.hardlink_to(default_model_path())
-        except OSError:
-            shutil.copyfile(default_model_path(), target)
-    return MODELS
+from tests.serverproc import ServerProcess, models_dir, running_server
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    with running_server("--models-dir", str(_models()), "--model", "only.gguf", "--embedding",
+    with running_server("--models-dir", str(models_dir("models-hardening", "only.gguf")),
+                        "--model", "only.gguf", "--embedding",
                         "--parallel", "2") as srv:
         yield srv
 

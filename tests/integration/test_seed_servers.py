@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,23 +11,15 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from app.engine.model import default_model_path
 from tests.integration.helpers import TIMEOUT
-from tests.serverproc import ServerProcess, running_server
+from tests.serverproc import ServerProcess, models_dir, running_server
 
 MODELS = Path(__file__).resolve().parents[2] / "test-artifacts" / "models"
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    MODELS.mkdir(parents=True, exist_ok=True)
-    for name in ("first.gguf", "second.gguf"):
-        target = MODELS / name
-        if not target.exists():
-            try:
-                target.hardlink_to(default_model_path())
-            except OSError:
-                shutil.copyfile(default_model_path(), target)
+    models_dir("models", "first.gguf", "second.gguf")
     (MODELS / "notes.txt").write_text("not a model")
     with running_server("--models-dir", str(MODELS), "--model", "first.gguf", "--parallel",
                         "2") as srv:

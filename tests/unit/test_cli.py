@@ -101,3 +101,19 @@ def test_impossible_flag_combinations_end_startup_with_one_line(args: tuple[str,
     result = run_app(*args, "--port", "0")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"sluice: error: {message}"], result.stderr
+
+
+def test_poll_sets_the_openmp_wait_before_llama_cpp_loads() -> None:
+    from app.cli import apply_poll
+
+    cases = {0: {"OMP_WAIT_POLICY": "PASSIVE"}, 100: {"OMP_WAIT_POLICY": "ACTIVE"},
+             50: {"GOMP_SPINCOUNT": "200000"}}
+    for poll, expected in cases.items():
+        env: dict[str, str] = {}
+        apply_poll(poll, env)
+        assert env == expected
+    user = {"GOMP_SPINCOUNT": "7"}
+    apply_poll(50, user)
+    assert user == {"GOMP_SPINCOUNT": "7"}  # the user's own setting wins
+    with pytest.raises(ConfigError, match="--poll"):
+        load_settings(["--poll", "101"])
