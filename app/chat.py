@@ -11,26 +11,43 @@ messages is a 400.
 A trailing assistant message is a prefill: the history before it is rendered
 with the generation prompt, and the assistant text is appended unclosed, so
 the model continues it.
+
+Tools: a template that reads ``tools`` gets them, and the messages, as Hugging
+Face's ``apply_chat_template`` passes them (``tools`` as OpenAI function
+objects, assistant ``tool_calls`` with ``arguments`` parsed into objects, tool
+results as ``role: "tool"`` with ``tool_call_id``). Any other template gets the
+tool instructions of :func:`app.tools.tools_prompt` in its system message, the
+calls written into the assistant text, and each result as a user turn inside
+``<tool_response>`` tags.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from app.completion import FunctionTool
 from app.errors import InvalidRequest
+from app.tools import THINK_OPEN, ToolCall, render_call, tools_prompt
 
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     role: str  # one of ROLES ("developer" is treated as "system")
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant's calls
+    tool_call_id: str = ""  # a tool result: the call it answers
+    name: str = ""  # a tool result: the function's name, where known
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,37 +168,98 @@ class ChatTemplate:
         env.globals["strftime_now"] = _strftime_now
         try:
             self._template = env.from_string(source)
+            names = jinja2.meta.find_undeclared_variables(env.parse(source))
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f"chat template {name!r} does not compile: {exc}") from None
+        self.renders_tools = "tools" in names
+        #: the generation prompt opens a thinking block (the model starts inside it)
+        self.opens_thinking = False
         self.name = name
         self.source = source
         self.stops = stops
         self.bos_token = bos_token
         self.eos_token = eos_token
 
-    def render(self, messages: list[Message], *, add_generation_prompt: bool = True) -> str:
+    def render(self, messages: Sequence[Message], *, tools: Sequence[FunctionTool] = (),
+               add_generation_prompt: bool = True) -> str:
         """The prompt for ``messages``.
 
         Raises:
             InvalidRequest: the template refused the messages.
         """
+        extra: dict[str, Any] = {}
+        if self.renders_tools:
+            wire = [_hf_message(m) for m in messages]
+            if tools:
+                extra["tools"] = [{"type": "function", "function": {
+                    "name": t.name, "description": t.description, "parameters": t.parameters}}
+                    for t in tools]
+        else:
+            wire = _plain_messages(messages, tools)
         try:
-            return self._template.render(
-                messages=[{"role": "system" if m.role == "developer" else m.role,
-                           "content": m.content} for m in messages],
-                add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token, eos_token=self.eos_token)
+            return self._template.render(messages=wire, add_generation_prompt=add_generation_prompt,
+                                         bos_token=self.bos_token, eos_token=self.eos_token,
+                                         **extra)
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"the chat template refused the messages: {exc}",
                                  param="messages") from None
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            raise InvalidRequest(f"the chat template failed on the messages: {exc}",
+                                 param="messages") from None
 
-    def prompt(self, messages: list[Message], system_prompt: str | None = None) -> str:
+    def prompt(self, messages: Sequence[Message], system_prompt: str | None = None, *,
+               tools: Sequence[FunctionTool] = ()) -> str:
         """Render a conversation; a trailing assistant message is continued (prefill)."""
         if system_prompt and not any(m.role in ("system", "developer") for m in messages):
             messages = [Message("system", system_prompt), *messages]
-        if messages and messages[-1].role == "assistant":
-            return self.render(messages[:-1]) + messages[-1].content
-        return self.render(messages)
+        if messages and messages[-1].role == "assistant" and not messages[-1].tool_calls:
+            return self.render(messages[:-1], tools=tools) + messages[-1].content
+        return self.render(messages, tools=tools)
+
+    def thinking_open(self, prompt: str) -> bool:
+        """Whether ``prompt`` (rendered by this template) leaves the model inside ``<think>``."""
+        return prompt.rstrip().endswith(THINK_OPEN)
+
+
+def _hf_message(m: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role,
+                           "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+            "name": c.name, "arguments": _arguments(c)}} for c in m.tool_calls]
+    if m.role == "tool":
+        out["tool_call_id"] = m.tool_call_id
+        if m.name:
+            out["name"] = m.name
+    return out
+
+
+def _arguments(call: ToolCall) -> Any:
+    try:
+        return json.loads(call.arguments)
+    except ValueError:
+        raise InvalidRequest(f"the arguments of tool call {call.id!r} are not JSON",
+                             param="messages") from None
+
+
+def _plain_messages(messages: Sequence[Message], tools: Sequence[FunctionTool]) -> list[dict[str, str]]:
+    """Messages for a template that knows only roles and text."""
+    out: list[dict[str, str]] = []
+    for m in messages:
+        role = "system" if m.role == "developer" else m.role
+        content = m.content
+        if m.tool_calls:
+            content = "\n".join([content, *(render_call(c) for c in m.tool_calls)]).lstrip("\n")
+        if role == "tool":
+            role, content = "user", f"<tool_response>\n{content}\n</tool_response>"
+        out.append({"role": role, "content": content})
+    if tools:
+        block = tools_prompt(tools)
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + block}
+        else:
+            out.insert(0, {"role": "system", "content": block})
+    return out
 
 
 def builtin_names() -> list[str]:

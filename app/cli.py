@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--config", type=Path, help="JSON config file (flags override it)")
     a("-m", "--model", dest="model_path", type=Path,
-      help="GGUF model file (default: the embedded Gemma 3 270M)")
+      help="GGUF model file, or an embedded model: gemma3-270m (Gemma 3 270M, a base model; "
+      "the default) or smollm2-135m-instruct (SmolLM2 135M Instruct, a chat model)")
     a("--models-dir", type=Path, help="directory of GGUF models")
     a("--alias", help="model name reported to clients")
     a("--host", help="address to listen on (default 127.0.0.1)")
@@ -199,6 +200,17 @@ def load_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     return settings, args
 
 
+def embedded_model(settings: Settings) -> Path | None:
+    """``--model`` naming an embedded model by its alias (and no file of that name exists)."""
+    from app.engine.model import EMBEDDED
+
+    name = str(settings.model_path) if settings.model_path is not None else ""
+    if name not in EMBEDDED or settings.model_path is None or settings.model_path.exists() or (
+            settings.models_dir is not None and (settings.models_dir / name).exists()):
+        return None
+    return EMBEDDED[name]()
+
+
 def resolve_model_path(settings: Settings) -> Path | None:
     """``--model`` as given, or, when it names no file, a file of that name in ``--models-dir``."""
     path = settings.model_path
@@ -278,15 +290,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     apply_poll(settings.poll, os.environ)  # before llama.cpp (and its OpenMP) loads
 
-    from app.engine.model import Model, ModelLoadError, default_model_path
+    from app.engine.model import EMBEDDED, Model, ModelLoadError, default_model_path
     from app.runtime import chat_template_for
     from app.server import serve
 
     try:
         if args.assemble_model:
-            print(default_model_path())
+            for make in EMBEDDED.values():
+                print(make())
             return 0
-        path = resolve_model_path(settings) or default_model_path()
+        path = embedded_model(settings) or resolve_model_path(settings) or default_model_path()
         model = Model(path, n_gpu_layers=settings.n_gpu_layers, verbose=settings.verbose)
         try:
             template = chat_template_for(settings, model)

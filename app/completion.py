@@ -77,7 +77,27 @@ class SchemaConstraint:
     field: str = "json_schema"  # the request field errors name (``response_format``, ...)
 
 
-Constraint = GrammarConstraint | SchemaConstraint
+@dataclass(frozen=True, slots=True)
+class FunctionTool:
+    """A function the model may call; ``parameters`` is the JSON Schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: Any
+    field: str  # the request field errors about its schema name: ``tools[0].function.parameters``
+
+
+@dataclass(frozen=True, slots=True)
+class ToolsConstraint:
+    """The reply may (``required=False``) or must call one of ``tools``; arguments follow their
+    schemas. Converted to GBNF by :mod:`grammar.tools` (text format in :mod:`app.tools`)."""
+
+    tools: tuple[FunctionTool, ...]
+    required: bool
+    parallel: bool
+
+
+Constraint = GrammarConstraint | SchemaConstraint | ToolsConstraint
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,3 +113,16 @@ class ServerError(ApiError):
 def error_body(exc: ApiError) -> JSON:
     """The JSON body for ``exc`` (its status is ``exc.status``)."""
     return exc.body()
+
+
+#: Anthropic's error type for each status (its API's names)
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                    429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
+
+
+def anthropic_body(exc: ApiError) -> JSON:
+    """``exc`` in Anthropic's shape: ``{"type": "error", "error": {"type", "message"}}``."""
+    kind = _ANTHROPIC_TYPES.get(exc.status, "invalid_request_error" if exc.status < 500
+                                else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": exc.message}}

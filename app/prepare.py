@@ -13,15 +13,17 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import Any
 
-from app.completion import CompletionRequest, GrammarConstraint, SchemaConstraint
+from app.completion import CompletionRequest, GrammarConstraint, SchemaConstraint, ToolsConstraint
 from app.engine.events import GenerationRequest, SamplerLike
 from app.engine.sampling import SamplerInitError
 from app.errors import ContextOverflow, InvalidRequest
 from app.runtime import ModelLike, RuntimeLike
+from app.tools import CALL_CLOSE, CALL_OPEN
 from grammar import Conversion, GbnfSyntaxError, SchemaError, UnsupportedSchemaError, convert, parse_gbnf
 from grammar.gbnf import Grammar
 from grammar.gbnf_ast import token_refs
 from grammar.linear_regex import UnsupportedPattern, check_schema_patterns
+from grammar.tools import ToolSchema, tool_calls_gbnf
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,31 @@ def convert_schema(schema: Any, *, field: str, prop_order: list[str] | None = No
                              param=field, pointer=where) from None
 
 
+def tools_grammar(constraint: ToolsConstraint) -> str:
+    """The GBNF of a tool-calling reply, mapping a bad tool schema to a 400 naming the tool."""
+    for tool in constraint.tools:
+        try:
+            check_schema_patterns(tool.parameters)
+        except UnsupportedPattern as exc:
+            raise InvalidRequest(f"unsupported schema in tool {tool.name!r} ('{tool.field}') at "
+                                 f"{exc.pointer}: {exc}", param=tool.field,
+                                 pointer=exc.pointer) from None
+    try:
+        return tool_calls_gbnf(
+            [ToolSchema(t.name, t.parameters) for t in constraint.tools],
+            mode="required" if constraint.required else "auto", parallel=constraint.parallel,
+            open_tag=CALL_OPEN, close_tag=CALL_CLOSE).gbnf
+    except RecursionError:
+        raise InvalidRequest("unsupported schema in 'tools': nested too deeply to convert",
+                             param="tools", pointer="/") from None
+    except SchemaError as exc:
+        tool = constraint.tools[exc.index or 0]
+        kind = "unsupported" if isinstance(exc, UnsupportedSchemaError) else "invalid"
+        where = exc.pointer or "/"
+        raise InvalidRequest(f"{kind} schema in tool {tool.name!r} ('{tool.field}') at {where}: "
+                             f"{exc.message}", param=tool.field, pointer=where) from None
+
+
 def prepare(runtime: RuntimeLike, request: CompletionRequest) -> Prepared:
     """Tokenize, check and compile ``request`` for ``runtime``. Blocking: call in a worker.
 
@@ -86,6 +113,10 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest) -> Prepared:
             grammar = conversion.gbnf
             _parse(grammar, field, model)
         case GrammarConstraint(text=grammar, field=field):
+            _parse(grammar, field, model)
+        case ToolsConstraint() as tools:
+            field = "tools"
+            grammar = tools_grammar(tools)
             _parse(grammar, field, model)
     # the penalty window cannot reach past the slot's context (-1 means all of it); the
     # schemas bound the value itself, so the penalties buffer stays small

@@ -15,6 +15,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from app import auth, cors
+from app.api.anthropic import anthropic
 from app.api.compat import compat
 from app.api.extras import extras
 from app.api.goinfer import goinfer
@@ -22,6 +23,7 @@ from app.api.metrics import metrics
 from app.api.native import native
 from app.api.openai import openai
 from app.api.openapi import openapi
+from app.api.responses import responses
 from app.api.web import web
 from app.chat import ChatTemplate
 from app.engine.model import Model
@@ -32,6 +34,7 @@ from app.errors import (
     NotFound,
     PayloadTooLarge,
     ServerError,
+    anthropic_body,
 )
 from app.runtime import Runtime
 from app.service import Service
@@ -45,7 +48,11 @@ _HTTP_ERRORS: dict[int, type[ApiError]] = {
 
 
 def _error_response(exc: ApiError) -> Response:
-    resp = Response(json.dumps(exc.body()), status=exc.status, content_type="application/json")
+    """The one place errors become responses: Anthropic's shape on its routes, else llama.cpp's
+    and OpenAI's."""
+    anthropic = has_request_context() and request.path.startswith("/v1/messages")
+    body = anthropic_body(exc) if anthropic else exc.body()
+    resp = Response(json.dumps(body), status=exc.status, content_type="application/json")
     for key, value in exc.headers.items():
         resp.headers[key] = value
     return resp
@@ -61,6 +68,8 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
     app.register_blueprint(native)
     app.register_blueprint(metrics)
     app.register_blueprint(openai)
+    app.register_blueprint(anthropic)
+    app.register_blueprint(responses)
     app.register_blueprint(extras)
     app.register_blueprint(compat)
     app.register_blueprint(goinfer)

@@ -36,6 +36,7 @@ class Settings:
     chat_template: str | None = None  # a built-in's name
     chat_template_file: Path | None = None
     system_prompt: str | None = None
+    reasoning_format: str = "deepseek"  # "none": leave <think> blocks in the content
     embedding: bool = False  # serve /embedding and /v1/embeddings
     websocket: bool = True  # goinfer's /ws token feed
     slot_save_path: Path | None = None  # directory for /slots/{id}?action=save|restore

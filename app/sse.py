@@ -28,3 +28,8 @@ def event(payload: JSON) -> bytes:
     single ``data:`` line.
     """
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def named(name: str, payload: JSON) -> bytes:
+    """An event with an ``event:`` type line (Anthropic's and OpenAI Responses' streams)."""
+    return f"event: {name}\n".encode() + event(payload)

@@ -40,7 +40,7 @@ from typing import Any
 import jsonschema
 
 from grammar.containers import ContainerRules
-from grammar.errors import InvalidSchemaError, UnsupportedSchemaError, escape_pointer
+from grammar.errors import InvalidSchemaError, SchemaError, UnsupportedSchemaError, escape_pointer
 from grammar.gbnf_text import literal, repeat
 from grammar.keywords import ALL_TYPES, ANNOTATIONS, STRUCTURAL, TYPE_KEYWORDS, VALIDATED_ONLY
 from grammar.merge import constraining, merge
@@ -379,6 +379,40 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
     return Conversion(gbnf="\n".join(lines) + "\n", enforced=tuple(dict.fromkeys(conv.enforced)),
                       validated_only=tuple(dict.fromkeys(conv.validated_only)),
                       ignored=tuple(dict.fromkeys(conv.ignored)))
+
+
+def convert_many(schemas: Sequence[JSON], names: Sequence[str], *, strict: bool = False
+                 ) -> tuple[list[str], dict[str, str], list[Conversion]]:
+    """Convert several schemas into one rule set (to embed in a larger grammar).
+
+    Each schema is its own document for ``$ref``; rules that two schemas share
+    (primitives) are written once, rules that only share a name are renamed.
+
+    Returns:
+        one GBNF expression per schema, the rules they use (no ``root``), and
+        one :class:`Conversion` per schema (its ``gbnf`` holds only its own
+        expression) with what it enforces and leaves to validation.
+
+    Raises:
+        SchemaError: as :func:`convert`; ``index`` on the error says which schema.
+    """
+    conv = _Converter(root=None, prop_order=[], dotall=False, strict=strict, remote_refs={})
+    exprs: list[str] = []
+    reports: list[Conversion] = []
+    for index, (schema, name) in enumerate(zip(schemas, names, strict=True)):
+        try:
+            check_schema(schema)
+            conv.root, conv.refs = schema, {}
+            conv.enforced, conv.validated_only, conv.ignored = [], [], []
+            expr = conv.visit(schema, "", f"{name}-value")
+        except SchemaError as exc:
+            exc.index = index
+            raise
+        exprs.append(expr)
+        reports.append(Conversion(gbnf=expr, enforced=tuple(dict.fromkeys(conv.enforced)),
+                                  validated_only=tuple(dict.fromkeys(conv.validated_only)),
+                                  ignored=tuple(dict.fromkeys(conv.ignored))))
+    return exprs, dict(conv.rules), reports
 
 
 def schema_to_gbnf(schema: JSON, *, prop_order: Sequence[str] | None = None,

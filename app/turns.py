@@ -1,0 +1,126 @@
+"""A chat turn shared by the chat APIs (OpenAI chat, Anthropic Messages, OpenAI Responses).
+
+Each API parses its body into :class:`Message` values and a :class:`ToolPolicy`;
+:func:`chat_request` renders the prompt and builds the typed request;
+:class:`~app.tools.ReplySplitter` splits the reply; :func:`check_calls`
+validates each call's arguments against its tool's schema (the grammar already
+enforced what a grammar can; this reports the rest, never silently).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from app.chat import ChatTemplate, Message
+from app.completion import CompletionRequest, FunctionTool, ToolsConstraint
+from app.errors import InvalidRequest
+from app.tools import Reply, ReplySplitter, ToolCall
+from grammar import validate
+
+Choice = Literal["none", "auto", "required"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPolicy:
+    tools: tuple[FunctionTool, ...] = ()
+    choice: Choice = "auto"
+    named: str = ""  # a tool the reply must call (choice is then "required")
+    parallel: bool = True
+
+    @property
+    def active(self) -> bool:
+        return bool(self.tools) and self.choice != "none"
+
+    def constraint(self) -> ToolsConstraint | None:
+        if not self.active:
+            return None
+        chosen = tuple(t for t in self.tools if not self.named or t.name == self.named)
+        return ToolsConstraint(chosen, required=self.choice == "required", parallel=self.parallel)
+
+
+def tool_policy(tools: Sequence[FunctionTool], choice: Choice, named: str, parallel: bool, *,
+                choice_field: str) -> ToolPolicy:
+    """A checked policy: names unique, a named tool declared, ``required`` with tools.
+
+    Raises:
+        InvalidRequest: naming the field.
+    """
+    seen: set[str] = set()
+    for t in tools:
+        if t.name in seen:
+            raise InvalidRequest(f"two tools are named {t.name!r}", param="tools")
+        seen.add(t.name)
+    if named and named not in seen:
+        raise InvalidRequest(f"'{choice_field}' names the tool {named!r}, which is not in 'tools'",
+                             param=choice_field)
+    if (choice == "required" or named) and not tools:
+        raise InvalidRequest(f"'{choice_field}' requires a tool call but 'tools' is empty",
+                             param=choice_field)
+    return ToolPolicy(tuple(tools), "required" if named else choice, named, parallel)
+
+
+def parse_arguments(text: str, *, field: str) -> None:
+    """Refuse a history call whose arguments are not a JSON object."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise InvalidRequest(f"'{field}' is not JSON", param=field) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"'{field}' must be a JSON object", param=field)
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    request: CompletionRequest
+    policy: ToolPolicy
+    reasoning: bool
+    thinking_open: bool
+
+    def splitter(self, *, new_id: object = None) -> ReplySplitter:
+        kwargs = {} if new_id is None else {"new_id": new_id}
+        return ReplySplitter(tools=self.policy.active, reasoning=self.reasoning,
+                             thinking_open=self.thinking_open, **kwargs)  # type: ignore[arg-type]
+
+
+def chat_request(template: ChatTemplate, messages: Sequence[Message], policy: ToolPolicy,
+                 base: CompletionRequest, *, system_prompt: str | None,
+                 reasoning: bool) -> Turn:
+    """Render the prompt and attach the tool grammar to ``base`` (built from the sampling fields).
+
+    Raises:
+        InvalidRequest: the template refused the messages; tools combined with another
+            constraint.
+    """
+    tools = policy.tools if policy.active else ()
+    prompt = template.prompt(messages, system_prompt, tools=tools)
+    constraint = policy.constraint()
+    if constraint is not None and base.constraint is not None:
+        raise InvalidRequest("a tool call cannot be combined with 'response_format', 'grammar' or "
+                             "'json_schema'; set 'tool_choice' to 'none' to use them",
+                             param="tool_choice")
+    request = replace(base, prompt=(prompt,),
+                      constraint=constraint if constraint is not None else base.constraint)
+    return Turn(request, policy, reasoning, reasoning and template.thinking_open(prompt))
+
+
+@dataclass(frozen=True, slots=True)
+class CallCheck:
+    call: ToolCall
+    valid: bool
+    errors: tuple[str, ...]
+
+
+def check_calls(reply: Reply, policy: ToolPolicy) -> list[CallCheck]:
+    """Each call of ``reply``, validated against its tool's parameters."""
+    by_name = {t.name: t for t in policy.tools}
+    out = []
+    for call, complete in zip(reply.calls, reply.complete, strict=True):
+        result = validate(call.arguments, by_name[call.name].parameters)
+        errors = tuple(f"{v.pointer or '/'}: {v.message}" for v in result.errors)
+        if not complete:
+            errors = ("the call was cut off", *errors)
+        out.append(CallCheck(call, result.valid and complete, errors))
+    return out
