@@ -12,7 +12,8 @@ A trailing assistant message is a prefill: the history before it is rendered
 with the generation prompt, and the assistant text is appended unclosed, so
 the model continues it.
 
-Tools: a template that reads ``tools`` gets them, and the messages, as Hugging
+Tools: a template that reads ``tools`` and writes calls in Hermes' ``<tool_call>``
+format (Qwen 2.5/3, Hermes, SmolLM3) gets them, and the messages, as Hugging
 Face's ``apply_chat_template`` passes them (``tools`` as OpenAI function
 objects, assistant ``tool_calls`` with ``arguments`` parsed into objects, tool
 results as ``role: "tool"`` with ``tool_call_id``). Any other template gets the
@@ -162,8 +163,10 @@ class ChatTemplate:
 
     def __init__(self, name: str, source: str, *, stops: tuple[str, ...] = (),
                  bos_token: str = "", eos_token: str = "") -> None:
+        # as Hugging Face's apply_chat_template: real templates test ``message.tool_calls``
+        # on messages without it, which a strict Undefined would refuse
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            undefined=jinja2.StrictUndefined)
+                                            extensions=["jinja2.ext.loopcontrols"])
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = _strftime_now
         try:
@@ -171,7 +174,10 @@ class ChatTemplate:
             names = jinja2.meta.find_undeclared_variables(env.parse(source))
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f"chat template {name!r} does not compile: {exc}") from None
-        self.renders_tools = "tools" in names
+        # a template renders tools itself only if it asks for Sluice's (Hermes') call format;
+        # one that teaches another format (Llama 3's, Mistral's) gets the generic instructions,
+        # so the prompt and the grammar agree
+        self.renders_tools = "tools" in names and "<tool_call>" in source
         #: the generation prompt opens a thinking block (the model starts inside it)
         self.opens_thinking = False
         self.name = name

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--chat-template-file", type=Path, help="Jinja chat template file")
     a("--system-prompt", help="system prompt for chats that bring none")
     a("--system-prompt-file", type=Path, help="file holding the system prompt")
+    a("--reasoning-format", choices=["none", "deepseek", "auto"],
+      help="deepseek (or auto, the default): a reply's <think> block becomes reasoning_content, "
+      "Anthropic thinking blocks and Responses reasoning items; none: it stays in the text")
     a("-v", "--verbose", action="store_const", const=True, help="log requests and llama.cpp")
     a("--assemble-model", action="store_true",
       help="write the embedded default model to the cache and exit")
@@ -145,6 +148,8 @@ def _check(s: Settings) -> None:
         (s.batch_size <= 1 << 16, "--batch-size must be at most 65536"),
         (s.max_queue >= 0, "--max-queue must not be negative"),
         (0 <= s.poll <= 100, "--poll must be 0..100"),
+        (s.reasoning_format in ("none", "deepseek", "auto"),
+         "--reasoning-format must be none, deepseek or auto"),
         (s.max_ws >= 0, "--max-ws must not be negative"),
         (s.threads is None or s.threads >= 1, "--threads must be at least 1"),
         (s.threads_batch is None or s.threads_batch >= 1, "--threads-batch must be at least 1"),

@@ -199,12 +199,18 @@ class ReplySplitter:
                     return False  # empty, or maybe the tag arriving
                 self._state = "text"
                 return True
+            case "think_end":  # the whitespace after </think> is not part of the answer
+                self._buf = buf.lstrip()
+                if not self._buf:
+                    return False
+                self._state = "text"
+                return True
             case "think":
                 at = buf.find(THINK_CLOSE)
                 if at >= 0:
                     self._reasoning(out, buf[:at])
-                    self._buf = buf[at + len(THINK_CLOSE):].lstrip()
-                    self._state = "text"
+                    self._buf = buf[at + len(THINK_CLOSE):]
+                    self._state = "think_end"
                     return True
                 keep = 0 if final else _held(buf, THINK_CLOSE)
                 self._reasoning(out, buf[:len(buf) - keep])

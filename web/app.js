@@ -204,6 +204,7 @@ $("chat-form").addEventListener("submit", async (e) => {
   history.push({ role: "user", content: text });
   bubble("user", text);
   const reply = bubble("assistant", "");
+  let thinking = null;
   const run = new Run();
   try {
     const response = await request("POST", "/v1/chat/completions", {
@@ -213,6 +214,15 @@ $("chat-form").addEventListener("submit", async (e) => {
       if (data === "[DONE]") break;
       const event = JSON.parse(data);
       streamError(event);
+      const thought = event.choices?.[0]?.delta?.reasoning_content;
+      if (thought) {  // a thinking model's reasoning, shown apart from the answer
+        if (!thinking) {
+          thinking = bubble("thinking", "");
+          $("chat-log").insertBefore(thinking, reply);
+        }
+        thinking.textContent += thought;
+        run.token();
+      }
       const delta = event.choices?.[0]?.delta?.content;
       if (delta) {
         reply.textContent += delta;

@@ -92,15 +92,15 @@ def conversation(body: JSON) -> list[Message]:
                 texts.append(block["text"])
             elif kind == "tool_use":
                 if m["role"] != "assistant":
-                    raise InvalidRequest("only assistant messages carry 'tool_use' blocks",
-                                         param=where)
+                    raise InvalidRequest(f"'{where}': only assistant messages carry 'tool_use' "
+                                         "blocks", param=where)
                 calls.append(ToolCall(block["id"], block["name"],
                                       json.dumps(block["input"], ensure_ascii=False)))
                 names[block["id"]] = block["name"]
             elif kind == "tool_result":
                 if m["role"] != "user":
-                    raise InvalidRequest("only user messages carry 'tool_result' blocks",
-                                         param=where)
+                    raise InvalidRequest(f"'{where}': only user messages carry 'tool_result' "
+                                         "blocks", param=where)
                 result = _text_of(block.get("content", ""))
                 if block.get("is_error"):
                     result = f"Error: {result}"

@@ -110,17 +110,17 @@ def messages(body: JSON) -> list[Message]:
         calls = []
         for j, c in enumerate(m.get("tool_calls") or ()):
             if role != "assistant":
-                raise InvalidRequest("only assistant messages carry 'tool_calls'",
-                                     param=f"messages[{i}].tool_calls")
+                raise InvalidRequest(f"'messages[{i}].tool_calls': only assistant messages carry "
+                                     "tool calls", param=f"messages[{i}].tool_calls")
             parse_arguments(c["function"]["arguments"],
                             field=f"messages[{i}].tool_calls[{j}].function.arguments")
             calls.append(ToolCall(c["id"], c["function"]["name"], c["function"]["arguments"]))
         if role == "tool" and not m.get("tool_call_id"):
-            raise InvalidRequest("a tool message needs 'tool_call_id'",
+            raise InvalidRequest(f"'messages[{i}].tool_call_id' is required in a tool message",
                                  param=f"messages[{i}].tool_call_id")
         if m.get("content") is None and not calls:
-            raise InvalidRequest("'content' is required unless the message has 'tool_calls'",
-                                 param=f"messages[{i}].content")
+            raise InvalidRequest(f"'messages[{i}].content' is required unless the message has "
+                                 "'tool_calls'", param=f"messages[{i}].content")
         out.append(Message(role, _text(m.get("content")), tuple(calls),
                            tool_call_id=m.get("tool_call_id") or "", name=m.get("name") or ""))
     return out

@@ -192,3 +192,28 @@ def test_mid_stream_error_event_is_shown(page: Page) -> None:
     expect(page.locator("#error-banner")).to_contain_text("decoding failed")
     expect(page.locator("#error-banner")).to_contain_text("The server answered 500")
     shot(page, "09-mid-stream-error")
+
+
+def test_chat_with_the_chat_model_answers_in_words(browser: Browser) -> None:
+    """With the embedded chat model, the chat tab answers instead of echoing the prompt."""
+    with running_server("--model", "smollm2-135m-instruct") as chat_server:
+        context = browser.new_context(viewport={"width": 1280, "height": 860})
+        pg = context.new_page()
+        pg.set_default_timeout(30_000)
+        pg.goto(chat_server.base_url + "/")
+        expect(pg.locator("#model-name")).to_have_text("SmolLM2-135M-Instruct.Q4_1.gguf")
+        pg.fill("#max_tokens", "48")
+        pg.fill("#temperature", "0.2")
+        pg.fill("#seed", "1")
+        question = "What is the capital of France?"
+        pg.fill("#chat-input", question)
+        pg.click("#chat-form button[type=submit]")
+        expect(pg.locator("#stop")).to_be_disabled()
+        expect(pg.locator("#stats")).to_contain_text("tok/s")
+        answer = pg.locator(".msg.assistant").last.inner_text()
+        shot(pg, "10-chat-model")
+        context.close()
+    words = [w for w in answer.split() if any(c.isalpha() for c in w)]
+    assert len(words) >= 3, answer
+    assert question not in answer
+    assert "<|im_" not in answer

@@ -54,7 +54,12 @@ def test_fuzzed_requests_never_break_the_server(server: ServerProcess, operation
         where = f"{operation.method.upper()} {operation.path} -> {status}: {response.text[:300]}"
         assert status != 500, where
         assert status < 500 or status == 503 or (status == 501 and operation.path in EXPECTED_501), where
-        if status >= 400 and operation.path not in ("/predict", "/chat"):
+        if status >= 400 and operation.path.startswith("/v1/messages"):
+            body = response.json()  # Anthropic's error shape
+            assert body["type"] == "error", where
+            assert isinstance(body["error"]["type"], str), where
+            assert isinstance(body["error"]["message"], str), where
+        elif status >= 400 and operation.path not in ("/predict", "/chat"):
             error = response.json()["error"]
             assert error["code"] == status, where
             assert isinstance(error["message"], str), where

@@ -198,7 +198,8 @@ def test_invalid_messages_are_400(server: ServerProcess, messages: Any) -> None:
 @pytest.mark.parametrize(("body", "needle"), [
     ({"n": 2}, "'n'"),
     ({"response_format": {"type": "xml"}}, "'response_format'"),
-    ({"tools": []}, "unknown field 'tools'"),
+    ({"tool_choice": "required"}, "'tool_choice'"),
+    ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools[0].function.name"),
     ({"temperature": 3}, "'temperature'"),
     ({"logit_bias": {"abc": 1}}, "'logit_bias'"),
     ({"response_format": {"type": "json_object"}, "grammar": "root ::= \"a\""}, "response_format"),
