@@ -136,9 +136,8 @@ class ReplySplitter:
         self._state = "think" if reasoning and thinking_open else (
             "think_start" if reasoning else "text")
         self._buf = ""
-        self._sent = 0  # characters of the current call's arguments already given out
         self._new_id = new_id
-        self._args = ""
+        self._args: list[str] = []  # the current call's arguments given out so far
         self.reply = Reply()
 
     # each step consumes from the buffer and returns whether to go on
@@ -172,19 +171,17 @@ class ReplySplitter:
             self.reply.reasoning += text
             out.append(ReasoningPiece(text))
 
-    def _emit_args(self, out: list[Piece], upto: str) -> None:
-        piece = upto[self._sent:]
+    def _emit_args(self, out: list[Piece], piece: str) -> None:
         if piece:
-            self._sent += len(piece)
-            self._args += piece
+            self._args.append(piece)
             out.append(CallArguments(len(self.reply.calls) - 1, piece))
 
     def _finish_call(self, out: list[Piece], *, complete: bool) -> None:
         last = self.reply.calls[-1]
-        self.reply.calls[-1] = ToolCall(last.id, last.name, self._args)
+        self.reply.calls[-1] = ToolCall(last.id, last.name, "".join(self._args))
         self.reply.complete.append(complete)
         out.append(CallEnd(len(self.reply.calls) - 1))
-        self._args, self._sent = "", 0
+        self._args = []
 
     def _step(self, out: list[Piece], *, final: bool) -> bool:
         buf = self._buf
@@ -244,7 +241,7 @@ class ReplySplitter:
                 self._buf = buf[m.end():]
                 self._state = "args"
                 return True
-            case "args":
+            case "args":  # the buffer holds only what is not given out yet
                 at = buf.find(_CALL_END)
                 if at >= 0:
                     self._emit_args(out, buf[:at].rstrip())
@@ -252,9 +249,10 @@ class ReplySplitter:
                     self._buf = buf[at + len(_CALL_END):]
                     self._state = "between"
                     return True
-                safe = buf[:len(buf) - _held(buf, _CALL_END)].rstrip()
-                if len(safe) > self._sent:
-                    self._emit_args(out, safe)
+                keep = len(buf) - _held(buf, _CALL_END)
+                body = buf[:keep].rstrip()  # trailing whitespace may precede the end
+                self._emit_args(out, body)
+                self._buf = buf[len(body):]
                 return False
             case _:  # between calls
                 nxt = CALL_SEPARATOR + CALL_OPEN

@@ -10,14 +10,14 @@ enforced what a grammar can; this reports the rest, never silently).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from app.chat import ChatTemplate, Message
 from app.completion import CompletionRequest, FunctionTool, ToolsConstraint
 from app.errors import InvalidRequest
-from app.tools import Reply, ReplySplitter, ToolCall
+from app.tools import Reply, ReplySplitter, ToolCall, new_call_id
 from grammar import validate
 
 Choice = Literal["none", "auto", "required"]
@@ -79,10 +79,9 @@ class Turn:
     reasoning: bool
     thinking_open: bool
 
-    def splitter(self, *, new_id: object = None) -> ReplySplitter:
-        kwargs = {} if new_id is None else {"new_id": new_id}
+    def splitter(self, *, new_id: Callable[[], str] = new_call_id) -> ReplySplitter:
         return ReplySplitter(tools=self.policy.active, reasoning=self.reasoning,
-                             thinking_open=self.thinking_open, **kwargs)  # type: ignore[arg-type]
+                             thinking_open=self.thinking_open, new_id=new_id)
 
 
 def chat_request(template: ChatTemplate, messages: Sequence[Message], policy: ToolPolicy,

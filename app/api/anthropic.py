@@ -43,6 +43,7 @@ from app.completion import (
 from app.errors import JSON, InvalidRequest, ServerError, anthropic_body
 from app.prepare import tokenize_prompt
 from app.requests import sampling_from, stops_from
+from app.running import Completion
 from app.tools import (
     CallArguments,
     CallEnd,
@@ -252,7 +253,7 @@ class _Blocks:
         return out
 
 
-async def _events(completion: Any, splitter: ReplySplitter, turn: Turn, head: JSON,
+async def _events(completion: Completion, splitter: ReplySplitter, turn: Turn, head: JSON,
                   user_stops: tuple[str, ...], ping_s: float) -> AsyncIterator[bytes]:
     yield sse.named("message_start", {"type": "message_start", "message": {
         **head, "content": [], "stop_reason": None, "stop_sequence": None,
