@@ -2,8 +2,8 @@
 
 - ``POST /tokenize`` ``{content, add_special, parse_special, with_pieces}`` and
   ``POST /detokenize`` ``{tokens}``.
-- ``POST /apply-template`` ``{messages}`` -> ``{"prompt"}``: what a chat request
-  would send to the model.
+- ``POST /apply-template`` ``{messages, tools?, tool_choice?}`` -> ``{"prompt"}``: what a
+  chat request would send to the model.
 - ``POST /embedding``, ``POST /embeddings``, ``POST /v1/embeddings`` (with
   ``--embedding``; 501 otherwise): mean-pooled, L2-normalised vectors, as floats
   or base64 (little-endian float32).
@@ -75,11 +75,13 @@ async def detokenize() -> Response:
 
 @extras.route("/apply-template", methods=["POST"])
 async def apply_template() -> Response:
-    from app.api.openai import messages
+    from app.api.openai import messages, tools_from
 
     svc = service()
     body = validate("apply_template", await read_json())
-    return json_response({"prompt": svc.chat.prompt(messages(body), svc.settings.system_prompt)})
+    policy = tools_from(body)
+    return json_response({"prompt": svc.chat.prompt(messages(body), svc.settings.system_prompt,
+                                                    tools=policy.tools if policy.active else ())})
 
 
 # --- embeddings --------------------------------------------------------------------------------

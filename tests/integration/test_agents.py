@@ -145,6 +145,22 @@ def test_a_tool_result_turn(client: openai.OpenAI) -> None:
     assert r.usage.prompt_tokens > 100
 
 
+def test_apply_template_shows_tools_calls_and_results(server: ServerProcess) -> None:
+    history = [*ASK,
+               {"role": "assistant", "content": None, "tool_calls": [{
+                   "id": "call_1", "type": "function",
+                   "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "3"}]
+    resp = httpx.post(server.base_url + "/apply-template", json={"messages": history, "tools": TOOLS},
+                      timeout=TIMEOUT)
+    prompt = resp.json()["prompt"]
+    assert prompt.startswith("<|im_start|>system\nYou can call functions.")
+    assert '"name": "get_weather"' in prompt
+    assert '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>' in prompt
+    assert "<|im_start|>user\n<tool_response>\n3\n</tool_response><|im_end|>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
 @pytest.mark.parametrize(("change", "field"), [
     ({"tools": [{"type": "function", "function": {"name": "broken", "parameters": {
         "type": "object", "properties": {"a": {"type": "strin"}}}}}]},
