@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-body-bytes", type=int, help="largest accepted request body (default 4 MiB)")
     a("--max-queue", type=int, help="requests that may wait beyond the busy slots; more get 503 "
       "with Retry-After (default 64)")
+    a("--cache-ram", dest="cache_ram_mib", type=int,
+      help="MiB of host memory for saved slot states (the prompt cache): a request whose prompt "
+      "starts like a saved one evaluates only the rest; -1 no limit, 0 off (default 8192)")
     a("--max-ws", type=int, help="/ws token-feed connections at once (default 64)")
     a("--metrics", action="store_const", const=True, help="serve Prometheus metrics at /metrics")
     a("--embedding", "--embeddings", dest="embedding", action="store_const", const=True,
@@ -151,6 +154,7 @@ def _check(s: Settings) -> None:
         (s.reasoning_format in ("none", "deepseek", "auto"),
          "--reasoning-format must be none, deepseek or auto"),
         (s.max_ws >= 0, "--max-ws must not be negative"),
+        (s.cache_ram_mib >= -1, "--cache-ram must be -1 (no limit), 0 (off) or a size in MiB"),
         (s.threads is None or s.threads >= 1, "--threads must be at least 1"),
         (s.threads_batch is None or s.threads_batch >= 1, "--threads-batch must be at least 1"),
         (s.n_predict >= -1, "--n-predict must be -1 or more"),

@@ -16,6 +16,7 @@ from app.engine.context import Context, ContextConfig
 from app.engine.embedding import Embedder
 from app.engine.events import SamplerLike
 from app.engine.model import Model, ModelInfo
+from app.engine.prompt_cache import PromptCache
 from app.engine.sampling import Sampler
 from app.engine.scheduler import Engine
 from app.settings import Settings
@@ -144,8 +145,10 @@ class Runtime:
             threads=settings.threads, threads_batch=settings.threads_batch,
             flash_attn=settings.flash_attn))
         outbox = TrioOutbox(trio.lowlevel.current_trio_token())
+        ram = settings.cache_ram_mib
+        cache = None if ram == 0 else PromptCache(None if ram < 0 else ram * 1024 * 1024)
         engine = Engine(model, context, outbox, n_slots=settings.parallel,
-                        slot_ctx=min(settings.slot_ctx, context.n_ctx_seq))
+                        slot_ctx=min(settings.slot_ctx, context.n_ctx_seq), prompt_cache=cache)
         outbox.on_gone = engine.cancel
         engine.start()
         embedder = None

@@ -46,6 +46,7 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     max_queue: int = 64  # requests waiting beyond the slots; more are refused with 503
     max_ws: int = 64  # goinfer /ws subscribers at once
+    cache_ram_mib: int = 8192  # host-memory prompt cache bound; -1: no limit, 0: off (llama.cpp's)
     queue_ping_interval_s: float = 5.0
 
     @property

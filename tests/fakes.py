@@ -66,6 +66,8 @@ class FakeContext:
         self.rows: list[tuple[int, int, int, bool]] = []
         self.batches: list[list[tuple[int, int, int, bool]]] = []
         self.removed: list[tuple[int, int]] = []
+        self.saved: list[int] = []  # sequences whose state was copied out
+        self.restored: list[tuple[int, str]] = []  # (sequence, which state) copied in
         self.raw = None
 
     @property
@@ -96,6 +98,14 @@ class FakeContext:
 
     def load_seq(self, seq: int, path: str, capacity: int) -> list[int] | None:
         return None
+
+    def get_seq_state(self, seq: int) -> bytearray | None:
+        self.saved.append(seq)
+        return bytearray(f"state of {seq}".encode().ljust(64))
+
+    def set_seq_state(self, seq: int, data: bytearray) -> bool:
+        self.restored.append((seq, bytes(data).strip().decode()))
+        return True
 
 
 class FakeSampler:

@@ -39,6 +39,20 @@ async def prometheus() -> Response:
     for kind, name, help_text, value in rows:
         lines += [f"# HELP llamacpp:{name} {help_text}", f"# TYPE llamacpp:{name} {kind}",
                   f"llamacpp:{name} {value}"]
+    cache = engine.prompt_cache
+    for kind, name, help_text, value in [
+        ("counter", "prompt_cache_hits_total", "Requests that started from a saved or another "
+         "slot's prefix (--cache-ram).", cache.stats.hits if cache is not None else 0),
+        ("counter", "prompt_cache_tokens_restored_total", "Prompt tokens those requests did not "
+         "evaluate.", cache.stats.tokens_restored if cache is not None else 0),
+        ("counter", "prompt_cache_saves_total", "Slot states saved to host memory.",
+         cache.stats.saves if cache is not None else 0),
+        ("gauge", "prompt_cache_bytes", "Host memory held by saved slot states.",
+         cache.bytes if cache is not None else 0),
+        ("gauge", "prompt_cache_entries", "Saved slot states.", len(cache) if cache is not None else 0),
+    ]:
+        lines += [f"# HELP sluice:{name} {help_text}", f"# TYPE sluice:{name} {kind}",
+                  f"sluice:{name} {value}"]
     for name, help_text, value in [
         ("requests_total", "Requests submitted to the engine.", c.requests_total),
         ("requests_started_total", "Requests that got a slot.", c.requests_started_total),

@@ -103,6 +103,28 @@ neighbours. Each sequence gets ``n_ctx / n_seq_max`` cells.
             return None
         return list(arr[: count.value])
 
+    def get_seq_state(self, seq: int) -> bytearray | None:
+        """A copy of sequence ``seq``'s state (KV cells and positions), or None on failure."""
+        size = int(C.llama_state_seq_get_size(self.ptr, seq))
+        if size <= 0:
+            return None
+        data = bytearray(size)
+        buf = (ctypes.c_uint8 * size).from_buffer(data)
+        written = int(C.llama_state_seq_get_data(self.ptr, buf, size, seq))
+        del buf  # release the export of data's buffer
+        return data if written == size else None
+
+    def set_seq_state(self, seq: int, data: bytearray) -> bool:
+        """Replace sequence ``seq`` with a state from :meth:`get_seq_state` of this context."""
+        self.seq_clear(seq)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer(data)
+        read = int(C.llama_state_seq_set_data(self.ptr, buf, len(data), seq))
+        del buf
+        if read == 0:
+            self.seq_clear(seq)
+            return False
+        return True
+
     def used_cells(self) -> int:
         total = 0
         for seq in range(self.n_seq_max):

@@ -49,6 +49,10 @@ class ContextLike(Protocol):
 
     def load_seq(self, seq: int, path: str, capacity: int) -> list[int] | None: ...
 
+    def get_seq_state(self, seq: int) -> bytearray | None: ...
+
+    def set_seq_state(self, seq: int, data: bytearray) -> bool: ...
+
 
 class Outbox(Protocol):
     """Hands events to requests; called on the engine thread, must not block.

@@ -4,7 +4,9 @@ One thread owns the model's context. Each step it
 
 1. takes commands (submit, cancel, stop) from a thread-safe queue,
 2. gives waiting requests (FIFO) to idle slots, preferring the slot whose cached
-   tokens share the longest prefix with the prompt,
+   tokens share the longest prefix with the prompt (when it is meaningful: else an
+   empty slot, else the least recently used), and brings in a longer prefix from
+   the host-memory prompt cache or another slot (:mod:`app.engine.prompt_cache`),
 3. builds one batch: one token for every generating slot, then prompt chunks of
    slots still reading their prompt, up to ``n_batch`` rows,
 4. calls ``llama_decode`` once, samples each slot at its own row (a grammar
@@ -27,8 +29,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 
-from app.engine import slot_files
+from app.engine import prompt_cache, slot_files
 from app.engine.delivery import Delivery
 from app.engine.events import Done, Failed, Job, Started, StopType, Token, TokenInfo
 from app.engine.ports import (
@@ -43,6 +46,7 @@ from app.engine.ports import (
     VocabLike,
     Wake,
 )
+from app.engine.prompt_cache import PromptCache
 from app.engine.sampling import Sampled
 from app.engine.slots import Counters, Slot, SlotInfo, SlotState, common_prefix
 from app.engine.text import Detokenizer, StopMatcher
@@ -54,13 +58,15 @@ GRAMMAR_WORKERS = 2
 #: a grammar step still open after this long fails its request (the watchdog)
 GRAMMAR_STEP_BUDGET_S = 30.0
 _STALL_WAIT_S = 0.002
+#: a common prefix this long (or half the prompt) decides which idle slot a request gets
+MEANINGFUL_PREFIX = 16
 
 
 class Engine:
     """Runs the step loop on its own thread. Start with :meth:`start`, end with :meth:`stop`."""
 
     def __init__(self, model: VocabLike, context: ContextLike, outbox: Outbox, *, n_slots: int,
-                 slot_ctx: int) -> None:
+                 slot_ctx: int, prompt_cache: PromptCache | None = None) -> None:
         if n_slots > context.n_seq_max:
             raise ValueError("more slots than context sequences")
         self.model = model
@@ -77,6 +83,7 @@ class Engine:
         self._grammar_pool = concurrent.futures.ThreadPoolExecutor(
             GRAMMAR_WORKERS, thread_name_prefix="sluice-grammar")
         self.grammar_step_budget_s = GRAMMAR_STEP_BUDGET_S
+        self.prompt_cache = prompt_cache
 
     # --- API for other threads -------------------------------------------
     def start(self) -> None:
@@ -221,13 +228,19 @@ class Engine:
             return None
         prompt = job.request.prompt
         if job.request.cache_prompt:
-            return max(idle, key=lambda s: (common_prefix(s.cache, prompt), -s.last_used))
-        return min(idle, key=lambda s: s.last_used)
+            best = max(idle, key=lambda s: (common_prefix(s.cache, prompt), -s.last_used))
+            # a shared BOS or first word is no reason to overwrite a slot's cache
+            if common_prefix(best.cache, prompt) >= min(MEANINGFUL_PREFIX, len(prompt) // 2):
+                return best
+        # the slot whose cache is worth least: an empty one, else the least recently used
+        return min(idle, key=lambda s: (bool(s.cache), s.last_used))
 
     def _begin(self, slot: Slot, job: Job) -> None:
         req = job.request
         prompt = req.prompt
         keep = common_prefix(slot.cache, prompt) if req.cache_prompt else 0
+        if req.cache_prompt and self.prompt_cache is not None:
+            keep = self._reuse(slot, prompt, keep)
         keep = min(keep, len(prompt) - 1)  # at least one token to evaluate, for logits
         if keep < len(slot.cache) and not self.ctx.seq_rm(slot.id, keep, -1):
             self.ctx.seq_clear(slot.id)
@@ -247,6 +260,42 @@ class Engine:
         slot.t_prompt = slot.t_start
         self._prompt_order.append(slot)
         slot.outbox.append(Started(id_slot=slot.id, tokens_cached=keep))
+
+    def _reuse(self, slot: Slot, prompt: Sequence[int], keep: int) -> int:
+        """Save what ``slot`` is about to lose, and bring in the longest prefix of ``prompt``
+        held anywhere (the RAM cache or another slot's cells). Returns the new ``keep``."""
+        cache = self.prompt_cache
+        assert cache is not None
+        entry, best = cache.best(prompt)
+        donor: Slot | None = None
+        for other in self.slots:
+            if other is not slot and other.state is not SlotState.SAMPLING:
+                n = prompt_cache.common_prefix(other.cache, prompt)
+                if n > best:
+                    donor, best = other, n
+        use = best >= keep + prompt_cache.MIN_GAIN
+        kept_here = best if use else keep
+        # what this slot holds beyond the part the request keeps goes to RAM first
+        if len(slot.cache) - kept_here >= prompt_cache.MIN_TOKENS and not cache.covers(slot.cache):
+            state = self.ctx.get_seq_state(slot.id)
+            if state is not None:
+                cache.put(slot.cache, state)
+        if not use:
+            return keep
+        if donor is not None:
+            state = self.ctx.get_seq_state(donor.id)
+            tokens = list(donor.cache)
+        else:
+            assert entry is not None
+            cache.touch(entry)
+            state, tokens = entry.data, list(entry.tokens)
+        if state is None or not self.ctx.set_seq_state(slot.id, state):
+            slot.cache.clear()
+            return 0
+        slot.cache = tokens
+        cache.stats.hits += 1
+        cache.stats.tokens_restored += best - keep
+        return best
 
     def _release(self, slot: Slot) -> None:
         if slot.job is not None:

@@ -354,3 +354,91 @@ def test_a_grammar_step_over_its_budget_fails_only_its_request() -> None:
     slow.release.set()
     _run_until(engine, lambda: slow.closed)
     engine.stop()
+
+
+# --- the host-memory prompt cache (--cache-ram) ---------------------------------------------------
+def cached(n_slots: int, limit: int | None = None) -> tuple[Engine, FakeContext, Collect]:
+    from app.engine.prompt_cache import PromptCache
+
+    ctx = FakeContext(n_batch=64, n_seq_max=n_slots)
+    box = Collect()
+    engine = Engine(FakeModel(), ctx, box, n_slots=n_slots, slot_ctx=256,
+                    prompt_cache=PromptCache(limit))
+    box.engine = engine
+    return engine, ctx, box
+
+
+def started(box: Collect, job_id: int) -> Started:
+    return next(e for e in box.events[job_id] if isinstance(e, Started))
+
+
+def run(engine: Engine, n: int = 40) -> None:
+    for _ in range(n):
+        engine.run_once()
+
+
+SYSTEM = list(range(1000, 1100))  # a 100-token shared system prompt
+
+
+def test_a_slot_about_to_lose_its_prefix_is_saved_and_restored_elsewhere() -> None:
+    engine, ctx, box = cached(n_slots=1)
+    engine.submit(job(1, [*SYSTEM, 7], n_predict=2))
+    run(engine)
+    engine.submit(job(2, list(range(3000, 3100)), n_predict=2))  # another conversation
+    run(engine)
+    assert ctx.saved == [0]  # job 1's state went to RAM before job 2 took the slot
+    engine.submit(job(3, [*SYSTEM, 8], n_predict=2))
+    run(engine)
+    assert started(box, 3).tokens_cached == len(SYSTEM)
+    assert ctx.restored[-1] == (0, "state of 0")
+    assert engine.prompt_cache is not None
+    assert engine.prompt_cache.stats.hits == 1
+    assert engine.prompt_cache.stats.tokens_restored == len(SYSTEM)
+    # the system prompt was evaluated once, by job 1; job 3 evaluated only its own token
+    rows = [row for b in ctx.batches for row in b]
+    assert sum(1 for row in rows if row[0] in SYSTEM) == len(SYSTEM)
+    assert (8, len(SYSTEM), 0, True) in rows
+
+
+def test_a_busy_slots_prefix_is_copied_into_the_new_requests_slot() -> None:
+    engine, ctx, box = cached(n_slots=2)
+    engine.submit(job(1, [*SYSTEM, 7]))  # keeps generating
+    run(engine, 5)
+    engine.submit(job(2, [*SYSTEM, 8], n_predict=2))
+    run(engine, 5)
+    s = started(box, 2)
+    assert (s.id_slot, s.tokens_cached) == (1, len(SYSTEM))
+    assert ctx.restored == [(1, "state of 0")]
+    first_rows = [row for b in ctx.batches for row in b if row[2] == 1]
+    assert first_rows[0][:2] == (8, len(SYSTEM))  # slot 1 evaluated only token 8
+
+
+def test_no_copy_when_the_slots_own_prefix_is_as_good() -> None:
+    engine, ctx, box = cached(n_slots=1)
+    engine.submit(job(1, [*SYSTEM, 7], n_predict=2))
+    run(engine)
+    engine.submit(job(2, [*SYSTEM, 9], n_predict=2))
+    run(engine)
+    assert started(box, 2).tokens_cached == len(SYSTEM)
+    assert ctx.restored == []
+    assert ctx.saved == []  # it loses only a few tokens: not worth saving
+
+
+def test_the_cache_keeps_to_its_limit_dropping_the_oldest() -> None:
+    from app.engine.prompt_cache import PromptCache
+
+    cache = PromptCache(limit_bytes=150)
+    for i in range(5):
+        assert cache.put(list(range(i * 100, i * 100 + 40)), bytearray(64))
+    assert len(cache) == 2
+    assert cache.bytes == 128
+    assert cache.stats.evictions == 3
+    entry, n = cache.best([*range(400, 440), 1])
+    assert entry is not None
+    assert n == 40
+    assert cache.best(list(range(0, 40)))[0] is None  # evicted
+    assert not cache.put(list(range(40)), bytearray(200))  # larger than the limit
+    # a longer state supersedes the states it extends
+    cache.put([*range(400, 440), 1, 2], bytearray(10))
+    assert len(cache) == 2
+    assert cache.covers(list(range(400, 440)))
