@@ -223,7 +223,8 @@ class Outcome:
     timings: Timings
     reported: Reported
     schema: SchemaVerdict | None = None
-    grammar_stats: tuple[int, int] | None = None  # (rejections, full passes)
+    # (rejections, whole-vocabulary passes, passes narrowed by app/engine/grammar_filter.py)
+    grammar_stats: tuple[int, int, int] | None = None
 
     @property
     def n_prompt(self) -> int:

@@ -100,6 +100,7 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest) -> Prepared:
                              param="id_slot")
     conversion = None
     grammar: str | None = None
+    parsed: Grammar | None = None
     schema: Any = None
     field = "grammar"
     match request.constraint:
@@ -111,13 +112,13 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest) -> Prepared:
                 raise InvalidRequest(f"unsupported schema in '{field}' at {exc.pointer}: {exc}",
                                      param=field, pointer=exc.pointer) from None
             grammar = conversion.gbnf
-            _parse(grammar, field, model)
+            parsed = _parse(grammar, field, model)
         case GrammarConstraint(text=grammar, field=field):
-            _parse(grammar, field, model)
+            parsed = _parse(grammar, field, model)
         case ToolsConstraint() as tools:
             field = "tools"
             grammar = tools_grammar(tools)
-            _parse(grammar, field, model)
+            parsed = _parse(grammar, field, model)
     # the penalty window cannot reach past the slot's context (-1 means all of it); the
     # schemas bound the value itself, so the penalties buffer stays small
     last_n = request.sampling.repeat_last_n
@@ -127,7 +128,7 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest) -> Prepared:
                        repeat_last_n=n_ctx if last_n < 0 else min(last_n, n_ctx),
                        logit_bias=_logit_bias(model, request.logit_bias))
     try:
-        sampler = runtime.new_sampler(sampling, grammar)
+        sampler = runtime.new_sampler(sampling, grammar, parsed)
     except SamplerInitError as exc:
         raise InvalidRequest(f"invalid grammar in '{field}': {exc}", param=field) from None
     generation = GenerationRequest(prompt=tuple(tokens), n_predict=request.n_predict,

@@ -268,5 +268,6 @@ class _Builder:
                               n_prompt=len(prepared.generation.prompt),
                               model=self.completion.model_name),
             schema=verdict,
-            grammar_stats=((done.grammar_rejections, done.grammar_full_passes)
+            grammar_stats=((done.grammar_rejections, done.grammar_full_passes,
+                            done.grammar_narrowed_passes)
                            if done is not None and prepared.grammar is not None else None))

@@ -20,6 +20,7 @@ from app.engine.prompt_cache import PromptCache
 from app.engine.sampling import Sampler
 from app.engine.scheduler import Engine
 from app.settings import Settings
+from grammar import Grammar
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ class RuntimeLike(Protocol):
     @property
     def leases(self) -> Leases: ...
 
-    def new_sampler(self, params: SamplingParams, grammar: str | None) -> SamplerLike:
+    def new_sampler(self, params: SamplingParams, grammar: str | None,
+                    parsed: Grammar | None = None) -> SamplerLike:
         """Build a request's sampler. Blocking (grammar construction): call in a worker."""
         ...
 
@@ -156,8 +158,9 @@ class Runtime:
             embedder = Embedder(model, n_ctx=min(settings.slot_ctx, 8192), threads=settings.threads)
         return cls(model, context, engine, template or chat_template_for(settings, model), embedder)
 
-    def new_sampler(self, params: SamplingParams, grammar: str | None) -> SamplerLike:
-        return Sampler(self.model, params, grammar)
+    def new_sampler(self, params: SamplingParams, grammar: str | None,
+                    parsed: Grammar | None = None) -> SamplerLike:
+        return Sampler(self.model, params, grammar, parsed)
 
     def close(self) -> None:
         """Stop the engine thread, then free the context, the embedder and the model. Blocking.

@@ -131,6 +131,45 @@ class Recognizer:
             out |= self._expand(((a, 0), None))
         return out
 
+    # --- incremental use (a sampler following the grammar token by token) ---------------------
+    def initial(self) -> frozenset[_Stack]:
+        """The state before any text: a set of parse stacks."""
+        return frozenset(self._start())
+
+    def advance(self, state: frozenset[_Stack], text: str) -> frozenset[_Stack]:
+        """The state after ``text``; empty when the grammar refuses it."""
+        stacks: frozenset[_Stack] | set[_Stack] = state
+        for ch in text:
+            code = ord(ch)
+            nxt: set[_Stack] = set()
+            for stack in stacks:
+                if stack is None:
+                    continue
+                (alt, pos), parent = stack
+                cls = self._alts[alt][pos]
+                assert isinstance(cls, CharClass)
+                if cls.matches(code):
+                    nxt |= self._expand(((alt, pos + 1), parent))
+            if not nxt:
+                return frozenset()
+            stacks = nxt
+        return frozenset(stacks)
+
+    def next_classes(self, state: frozenset[_Stack]) -> tuple[list[CharClass], bool]:
+        """The character classes the next character must match (one per stack), and whether
+        the text so far is a complete sentence."""
+        classes: list[CharClass] = []
+        complete = False
+        for stack in state:
+            if stack is None:
+                complete = True
+                continue
+            (alt, pos), _parent = stack
+            cls = self._alts[alt][pos]
+            assert isinstance(cls, CharClass)
+            classes.append(cls)
+        return classes, complete
+
     def accepts(self, text: str) -> bool:
         return self.longest_prefix(text) == len(text) and self._final
 

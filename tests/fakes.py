@@ -118,6 +118,7 @@ class FakeSampler:
         self.closed = False
         self.rejections = 0
         self.full_passes = 0
+        self.narrowed_passes = 0
 
     def sample(self, ctx: Any, row: int) -> Sampled:
         self.n += 1
@@ -166,7 +167,7 @@ class FakeRuntime:
         self.chat = select(file=None, name="chatml", gguf_template=None, architecture="fake",
                            bos_token="", eos_token="")
 
-    def new_sampler(self, params: SamplingParams, grammar: str | None) -> Any:
+    def new_sampler(self, params: SamplingParams, grammar: str | None, parsed: Any = None) -> Any:
         sampler = self.sampler_factory(params, grammar)
         self.samplers.append(sampler)
         return sampler

@@ -96,7 +96,8 @@ def final_object(outcome: Outcome) -> JSON:
         out[outcome.interruption.value] = True
     if outcome.grammar_stats is not None:
         out["grammar_stats"] = {"rejections": outcome.grammar_stats[0],
-                                "full_passes": outcome.grammar_stats[1]}
+                                "full_passes": outcome.grammar_stats[1],
+                                "narrowed_passes": outcome.grammar_stats[2]}
     if outcome.reported.request.sampling.n_probs > 0:
         out["completion_probabilities"] = probabilities(outcome.logprobs)
     if outcome.schema is not None:

@@ -17,6 +17,7 @@ class SamplerLike(Protocol):
 
     rejections: int
     full_passes: int
+    narrowed_passes: int
 
     def sample(self, ctx: Any, row: int) -> Sampled | None:
         """The next token; None when the step must be finished by :meth:`resolve`."""
@@ -100,6 +101,7 @@ class Done:
     prompt_n: int  # prompt tokens actually evaluated (not taken from the cache)
     grammar_rejections: int = 0
     grammar_full_passes: int = 0
+    grammar_narrowed_passes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

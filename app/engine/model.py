@@ -12,12 +12,15 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
 import llama_cpp.llama_cpp as C
+
+from app.engine.grammar_filter import VocabIndex
 
 GGUF_MAGIC = b"GGUF"
 
@@ -129,6 +132,8 @@ class Model:
         self.vocab = C.llama_model_get_vocab(ptr)
         self.n_vocab = int(C.llama_vocab_n_tokens(self.vocab))
         self._pieces: dict[int, bytes] = {}
+        self._index: VocabIndex | None = None
+        self._index_lock = threading.Lock()
         self.info = ModelInfo(
             path=path,
             architecture=self.meta("general.architecture") or "unknown",
@@ -186,6 +191,22 @@ class Model:
         out = buf.raw[:n]
         self._pieces[token] = out
         return out
+
+    def grammar_piece(self, token: int) -> bytes:
+        """The bytes llama.cpp's grammar matches for a token (control tokens as their text)."""
+        buf = ctypes.create_string_buffer(64)
+        n = C.llama_token_to_piece(self.vocab, token, buf, 64, 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self.vocab, token, buf, -n, 0, True)
+        return buf.raw[:n]
+
+    def vocab_index(self) -> VocabIndex:
+        """Token ids by first byte (built on first use, ~1 s for 262k tokens; then kept)."""
+        with self._index_lock:
+            if self._index is None:
+                self._index = VocabIndex(self.grammar_piece(t) for t in range(self.n_vocab))
+            return self._index
 
     def token_text(self, token: int) -> str:
         """The vocabulary's text of a token, special tokens included (``<bos>``)."""

@@ -28,9 +28,17 @@ import numpy as np
 import numpy.typing as npt
 
 from app.completion import SamplingParams
+from app.engine.grammar_filter import GrammarTracker
 from app.engine.model import Model
+from grammar import Grammar
 
 WALK_CANDIDATES = 128
+#: a rejected step whose grammar leaves at most this many candidate tokens is finished inline
+#: (masking them costs well under a millisecond) instead of on a grammar worker
+INLINE_CANDIDATES = 8192
+#: ... and only while the grammar is narrow (few parse stacks): an ambiguous grammar makes each
+#: token check slow, and those steps belong on a worker, under the watchdog
+INLINE_MAX_STACKS = 32
 
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
@@ -63,7 +71,8 @@ def _TokenDataArray(data: int, size: int, selected: int, is_sorted: bool) -> cty
 class Sampler:
     """The sampling state of one request. Used by one thread at a time; close it."""
 
-    def __init__(self, model: Model, params: SamplingParams, grammar: str | None) -> None:
+    def __init__(self, model: Model, params: SamplingParams, grammar: str | None,
+                 parsed: Grammar | None = None) -> None:
         self._model = model
         self.params = params
         self._n_vocab = model.n_vocab
@@ -86,12 +95,18 @@ class Sampler:
         # Plain greedy needs no candidate array: argmax over the row picks the same
         # token as llama.cpp's greedy sampler (the first maximum) in a fraction of the time.
         self._argmax = params.greedy and not params.penalties_active
+        # the grammar followed in Python too, to narrow full passes (app/engine/grammar_filter.py)
+        self._tracker: GrammarTracker | None = None
+        if self._grammar is not None and parsed is not None:
+            self._tracker = GrammarTracker(parsed, model.vocab_index(), model.grammar_piece,
+                                           model.eog_ids)
         if self._grammar is not None:
             self._cand = np.zeros(self._n_vocab, dtype=_TOKEN_DATA)
             self._ids = np.arange(self._n_vocab, dtype=np.int32)
             self._one = np.zeros(1, dtype=_TOKEN_DATA)
         self.rejections = 0
         self.full_passes = 0
+        self.narrowed_passes = 0
         self._pending: npt.NDArray[np.float32] | None = None  # logits of an open step
 
     # --- construction ---------------------------------------------------
@@ -160,9 +175,19 @@ class Sampler:
             else:
                 token = int(C.llama_sampler_sample(self._chain, ctx, row))
             return self._with_probs(token, logits)
-        token = self._apply_chain(logits)
+        token = int(np.argmax(logits)) if self._argmax else self._apply_chain(logits)
         if not self._allowed(token, logits):
             self.rejections += 1
+            tracker = self._tracker
+            inline = tracker is not None and tracker.width <= INLINE_MAX_STACKS
+            ids = tracker.candidates() if tracker is not None and inline else None
+            if ids is not None and len(ids) <= INLINE_CANDIDATES:
+                # few tokens can pass: mask just those here, exactly as the full pass would
+                narrowed = self._narrowed_pass(ids, logits)
+                if narrowed is not None:
+                    return self._accept(narrowed, logits)
+                assert self._tracker is not None
+                self._tracker.disable()
             self._pending = logits.copy()
             return None
         return self._accept(token, logits)
@@ -175,7 +200,6 @@ class Sampler:
         self._pending = None
         walked = self._walk(logits) if self._walk_ok else None
         if walked is None:
-            self.full_passes += 1
             walked = self._full_pass(logits)
             if walked is None:
                 return Sampled(token=-1, grammar_exhausted=True)
@@ -185,6 +209,8 @@ class Sampler:
         C.llama_sampler_accept(self._chain, token)
         if token not in self._model.eog_ids:
             C.llama_sampler_accept(self._grammar, token)
+            if self._tracker is not None:
+                self._tracker.accept(token)
         return self._with_probs(token, logits)
 
     def _run(self, sampler: ctypes.c_void_p, cand: npt.NDArray[np.void], size: int) -> int:
@@ -228,6 +254,14 @@ class Sampler:
         return int(cand["id"][self._run(self._chain, cand, n)])
 
     def _full_pass(self, logits: npt.NDArray[np.float32]) -> int | None:
+        ids = self._tracker.candidates() if self._tracker is not None else None
+        if ids is not None:
+            token = self._narrowed_pass(ids, logits)
+            if token is not None:
+                return token
+            assert self._tracker is not None
+            self._tracker.disable()  # nothing passed: the Python state is off; trust llama.cpp
+        self.full_passes += 1
         cand = self._cand
         cand["id"] = self._ids
         cand["logit"] = logits
@@ -239,6 +273,24 @@ class Sampler:
             return None
         cand[:n] = cand[keep]
         return int(cand["id"][self._run(self._chain, cand, n)])
+
+    def _narrowed_pass(self, ids: npt.NDArray[np.int32], logits: npt.NDArray[np.float32]
+                       ) -> int | None:
+        """The full pass over ``ids`` only: the tokens that can pass, in ascending order, as the
+        full pass leaves them, so the chain picks the same token."""
+        cand = self._cand
+        n = len(ids)
+        cand["id"][:n] = ids
+        cand["logit"][:n] = logits[ids]
+        arr = _TokenDataArray(cand.ctypes.data, n, -1, False)
+        C.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        keep = np.isfinite(cand["logit"][:n])
+        m = int(keep.sum())
+        if m == 0:
+            return None
+        cand[:m] = cand[:n][keep]
+        self.narrowed_passes += 1
+        return int(cand["id"][self._run(self._chain, cand, m)])
 
     def _with_probs(self, token: int, logits: npt.NDArray[np.float32]) -> Sampled:
         n = self.params.n_probs

@@ -330,7 +330,8 @@ class Engine:
             predicted_ms=(now - slot.t_prompt) * 1000.0 if slot.n_decoded else 0.0,
             prompt_n=len(job.request.prompt) - slot.tokens_cached,
             grammar_rejections=job.sampler.rejections,
-            grammar_full_passes=job.sampler.full_passes))
+            grammar_full_passes=job.sampler.full_passes,
+            grammar_narrowed_passes=job.sampler.narrowed_passes))
         self._delivery.finish(job, slot.outbox)
         self._release(slot)
 
