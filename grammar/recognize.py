@@ -93,7 +93,7 @@ class _Compiler:
 class Recognizer:
     """A compiled grammar; :meth:`accepts` tests one string."""
 
-    def __init__(self, grammar: Grammar) -> None:
+    def __init__(self, grammar: Grammar, *, cache_size: int = 1 << 16) -> None:
         comp = _Compiler(grammar, [], [], {})
         for name in grammar.rules:
             comp.rule_id(name)
@@ -106,7 +106,7 @@ class Recognizer:
         self._alts = comp.alts
         self._rule_alts = comp.rule_alts
         self._root = comp.names["root"]
-        self._expand = functools.lru_cache(maxsize=1 << 16)(self._expand_uncached)
+        self._expand = functools.lru_cache(maxsize=cache_size)(self._expand_uncached)
 
     def _expand_uncached(self, stack: _Stack) -> frozenset[_Stack]:
         """The stacks reachable from ``stack`` whose top is a character (None: matched)."""

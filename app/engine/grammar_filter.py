@@ -29,6 +29,9 @@ import numpy.typing as npt
 from grammar import Grammar, GrammarError, Recognizer
 from grammar.gbnf_ast import CharClass
 
+#: a grammar this ambiguous (parse stacks alive at once) is not followed in Python: each token
+#: would cost the engine thread too much; full passes then go over the whole vocabulary
+MAX_STACKS = 64
 #: above this share of the vocabulary the filter saves too little to be worth it
 MAX_SHARE = 0.5
 #: first-byte buckets larger than this may be narrowed by the second byte...
@@ -115,7 +118,7 @@ class GrammarTracker:
         self._piece = piece
         self._eog = np.asarray(sorted(eog_ids), dtype=np.int32)
         try:
-            self._recognizer: Recognizer | None = Recognizer(grammar)
+            self._recognizer: Recognizer | None = Recognizer(grammar, cache_size=4096)
         except GrammarError:  # token references: no text to follow
             self._recognizer = None
         self._state = self._recognizer.initial() if self._recognizer is not None else None
@@ -140,8 +143,8 @@ class GrammarTracker:
         except UnicodeDecodeError:
             return self.disable()  # a character split across tokens: leave it to llama.cpp
         state = self._recognizer.advance(self._state, text)
-        if not state:
-            return self.disable()
+        if not state or len(state) > MAX_STACKS:
+            return self.disable()  # refused (llama.cpp knows better), or too ambiguous to follow
         self._state = state
 
     def disable(self) -> None:

@@ -78,3 +78,12 @@ def test_token_references_leave_the_filter_off() -> None:
     grammar = parse_gbnf("root ::= <[5]> \"a\"")
     tracker = GrammarTracker(grammar, VocabIndex([b"a"]), lambda t: b"a", eog_ids=())
     assert tracker.candidates() is None
+
+
+def test_a_grammar_too_ambiguous_to_follow_turns_the_filter_off() -> None:
+    alternatives = " | ".join(f'"a" "{i}"' for i in range(100))  # 100 stacks alive after "a"
+    vocab = [b"a", b"1"]
+    tracker = GrammarTracker(parse_gbnf(f"root ::= {alternatives}"), VocabIndex(vocab),
+                             lambda t: vocab[t], eog_ids=())
+    tracker.accept(0)
+    assert not tracker.active
