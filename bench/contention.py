@@ -48,7 +48,8 @@ def neighbours(count: int, nice: int) -> list[subprocess.Popen[bytes]]:
 def measure(base: str, tokens: int, runs: int) -> tuple[float, float]:
     """(median decode tok/s by server timings, median time to first token in ms)."""
     speeds, ttfts = [], []
-    with httpx.Client(base_url=base, timeout=600) as c:
+    # a new connection per request: llama.cpp's server may close an idle keep-alive one
+    with httpx.Client(base_url=base, timeout=600, headers={"Connection": "close"}) as c:
         for i in range(runs):
             body = {"prompt": f"Once upon a time {i}", "n_predict": tokens, "temperature": 0,
                     "ignore_eos": True, "stream": True, "cache_prompt": False}
@@ -73,6 +74,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--only", action="append", default=[],
+                        help="measure only the settings whose name contains this (repeatable)")
     args = parser.parse_args()
     print("| setting | " + " | ".join(
         "quiet" if n == 0 else f"{n} neighbour{'s' if n > 1 else ''}, nice {nice}"
@@ -81,23 +84,42 @@ def main() -> None:
     for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
         os.environ.pop(key, None)
     for name, flags in CANDIDATES.items():
+        if args.only and not any(o in name for o in args.only):
+            continue
         server = ServerProcess(["--parallel", "1", *flags])
         try:
             server.wait_ready()
-            cells = []
-            for count, nice in NEIGHBOURS:
-                procs = neighbours(count, nice)
-                try:
-                    time.sleep(0.5)
-                    speed, ttft = measure(server.base_url, args.tokens, args.runs)
-                finally:
-                    for p in procs:
-                        p.kill()
-                        p.wait()
-                cells.append(f"{speed:.1f} tok/s, TTFT {ttft:.0f} ms")
-            print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+            print(f"| {name} | " + " | ".join(row(server.base_url, args)) + " |", flush=True)
         finally:
             server.terminate()
+    binary = os.environ.get("LLAMA_SERVER")
+    if not binary:
+        print("(LLAMA_SERVER is not set: llama.cpp's server is not measured)")
+        return
+    from bench.prompt_cache import llama_server
+
+    proc, base = llama_server(binary, "-np", "1")
+    try:
+        print("| llama.cpp server (its defaults, -np 1) | " + " | ".join(row(base, args)) + " |",
+              flush=True)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def row(base: str, args: argparse.Namespace) -> list[str]:
+    cells = []
+    for count, nice in NEIGHBOURS:
+        procs = neighbours(count, nice)
+        try:
+            time.sleep(0.5)
+            speed, ttft = measure(base, args.tokens, args.runs)
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+        cells.append(f"{speed:.1f} tok/s, TTFT {ttft:.0f} ms")
+    return cells
 
 
 if __name__ == "__main__":

@@ -47,7 +47,12 @@ def system_prompt(tag: str, tokens: int) -> str:
 
 
 def ttft(client: httpx.Client, prompt: str, n_predict: int = 4) -> tuple[float, int]:
-    """(ms to the first token, tokens the server took from its cache)."""
+    """(ms to the first token, tokens the server took from its cache), on a new connection."""
+    with httpx.Client(base_url=client.base_url, timeout=600) as fresh:
+        return _ttft(fresh, prompt, n_predict)
+
+
+def _ttft(client: httpx.Client, prompt: str, n_predict: int) -> tuple[float, int]:
     body = {"prompt": prompt, "n_predict": n_predict, "temperature": 0, "stream": True,
             "cache_prompt": True}
     sent = time.monotonic()
@@ -87,13 +92,14 @@ def scenario(base: str, tokens: int) -> dict[str, tuple[float, int]]:
     return out
 
 
-def llama_server(binary: str) -> tuple[subprocess.Popen[bytes], str]:
+def llama_server(binary: str, *flags: str) -> tuple[subprocess.Popen[bytes], str]:
+    """llama.cpp's server with the default model on a free port (default flags: -np 2 -c 8192)."""
     from app.engine.model import default_model_path
 
     port = free_port()
     proc = subprocess.Popen([binary, "-m", str(default_model_path()), "--port", str(port),
-                             "-np", "2", "-c", "8192"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             *(flags or ("-np", "2", "-c", "8192"))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
