@@ -230,7 +230,7 @@ def test_messages_tool_use_streamed_and_not(claude: anthropic.Anthropic) -> None
         *ASK, {"role": "assistant", "content": r.content},  # type: ignore[list-item]
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": block.id,
                                       "content": "21 degrees, clear"}]}],
-        tool_choice={"type": "none"})
+        tool_choice={"type": "none"}, extra_body={"temperature": 0})
     assert r2.content[0].type == "text"
     assert r2.content[0].text
 
@@ -282,7 +282,7 @@ def test_messages_errors_have_anthropics_shape(claude: anthropic.Anthropic,
 
 def test_messages_stop_sequence(claude: anthropic.Anthropic) -> None:
     r = claude.messages.create(model="m", max_tokens=60, messages=ASK,  # type: ignore[arg-type]
-                               stop_sequences=[" "])
+                               stop_sequences=[" "], extra_body={"temperature": 0})
     assert r.stop_reason == "stop_sequence"
     assert r.stop_sequence == " "
     assert " " not in r.content[0].text  # type: ignore[union-attr]
@@ -319,7 +319,7 @@ def test_responses_function_call_streamed_and_not(client: openai.OpenAI) -> None
     assert sitem.type == "function_call"
     assert sitem.arguments == deltas == item.arguments
     # the result turn, resent as items (stateless)
-    r2 = client.responses.create(model="m", store=False, max_output_tokens=30, input=[
+    r2 = client.responses.create(model="m", store=False, max_output_tokens=30, temperature=0, input=[
         {"role": "user", "content": "What is the weather in Paris?"},
         {"type": "function_call", "call_id": item.call_id, "name": item.name,
          "arguments": item.arguments},
@@ -339,14 +339,27 @@ def test_responses_structured_output(client: openai.OpenAI) -> None:
 
 
 def test_responses_text_stream(client: openai.OpenAI) -> None:
-    with client.responses.stream(model="m", input="Say hello.", store=False,
-                                 max_output_tokens=300) as stream:
-        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
-        final = stream.get_final_response()
+    text = ""
+    final = None
+    kinds = []
+    for event in client.responses.create(model="m", input="Say hello.", store=False,
+                                         max_output_tokens=60, temperature=0, stream=True):
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            text += event.delta
+        if event.type in ("response.completed", "response.incomplete"):
+            final = event.response
+    assert final is not None
     assert text
     assert final.output_text == text
     assert final.usage is not None
     assert final.usage.output_tokens > 0
+    assert "response.output_text.done" in kinds
+    # a reply cut by max_output_tokens is "incomplete", as OpenAI reports it
+    assert (final.status == "incomplete") == (kinds[-1] == "response.incomplete")
+    if final.status == "incomplete":
+        assert final.incomplete_details is not None
+        assert final.incomplete_details.reason == "max_output_tokens"
 
 
 @pytest.mark.parametrize(("change", "field"), [
