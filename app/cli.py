@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("-t", "--threads", type=int, help="threads for generation")
     a("-tb", "--threads-batch", type=int, help="threads for prompt processing")
     a("--poll", type=int, help="how long decode threads spin before sleeping, 0-100 (0: sleep "
-      "at once, 100: spin without limit, as ggml does by itself; default 100): see the README's "
+      "at once, 100: spin without limit, as ggml does by itself; default 50): see the README's "
       "performance section")
     a("-ngl", "--n-gpu-layers", type=int, help="layers to offload to a GPU")
     a("-s", "--seed", type=int, help="default seed (-1: random per request)")
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-body-bytes", type=int, help="largest accepted request body (default 4 MiB)")
     a("--max-queue", type=int, help="requests that may wait beyond the busy slots; more get 503 "
       "with Retry-After (default 64)")
+    a("--adapt-threads", choices=["on", "off"],
+      help="on (default): decode with 1 thread while that is faster (a busy machine), back to "
+      "-t when the machine is free again; off: always -t")
     a("--cache-ram", dest="cache_ram_mib", type=int,
       help="MiB of host memory for saved slot states (the prompt cache): a request whose prompt "
       "starts like a saved one evaluates only the rest; -1 no limit, 0 off (default 8192)")
@@ -193,6 +196,8 @@ def load_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     for name, value in vars(args).items():
         if name in _FIELDS and value is not None:
             values[name] = tuple(value) if name == "api_keys" else value
+    if isinstance(values.get("adapt_threads"), str):
+        values["adapt_threads"] = values["adapt_threads"] == "on"
     if args.api_key_file is not None:
         try:
             keys = [k.strip() for k in args.api_key_file.read_text(encoding="utf-8").splitlines()]
@@ -269,9 +274,10 @@ def apply_poll(poll: int, env: dict[str, str] | Any) -> str:
     ggml asks for ``OMP_WAIT_POLICY=active`` when none is set, and an active wait spins
     without limit: beside one busy process, decoding on 2 cores fell 50-fold (ENGINE_NOTES).
     ``--poll`` bounds the spin as llama.cpp's flag of that name bounds its threadpool's:
-    0 is ``PASSIVE``, 100 is ``ACTIVE`` (the default: what ggml picks by itself, kept until
-    ``bench/contention.py`` shows a better one beyond its noise), between them
-    ``GOMP_SPINCOUNT = poll * 4000``. Variables the user set win. Returns what was set.
+    0 is ``PASSIVE``, 100 is ``ACTIVE`` (what ggml picks by itself), between them
+    ``GOMP_SPINCOUNT = poll * 4000``; the default, 50, lets an idle decode thread sleep, which
+    ``--adapt-threads`` needs (see the README's "A busy machine" and bench/contention.py).
+    Variables the user set win. Returns what was set.
     """
     if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env:
         return "OMP_WAIT_POLICY/GOMP_SPINCOUNT from the environment"

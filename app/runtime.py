@@ -19,6 +19,7 @@ from app.engine.model import Model, ModelInfo
 from app.engine.prompt_cache import PromptCache
 from app.engine.sampling import Sampler
 from app.engine.scheduler import Engine
+from app.engine.threads import ThreadTuner
 from app.settings import Settings
 from grammar import Grammar
 
@@ -149,8 +150,10 @@ class Runtime:
         outbox = TrioOutbox(trio.lowlevel.current_trio_token())
         ram = settings.cache_ram_mib
         cache = None if ram == 0 else PromptCache(None if ram < 0 else ram * 1024 * 1024)
+        tuner = ThreadTuner(context.threads) if settings.adapt_threads else None
         engine = Engine(model, context, outbox, n_slots=settings.parallel,
-                        slot_ctx=min(settings.slot_ctx, context.n_ctx_seq), prompt_cache=cache)
+                        slot_ctx=min(settings.slot_ctx, context.n_ctx_seq), prompt_cache=cache,
+                        tuner=tuner)
         outbox.on_gone = engine.cancel
         engine.start()
         embedder = None

@@ -24,7 +24,7 @@ class Settings:
     batch_size: int = 512  # tokens per llama_decode
     threads: int | None = None
     threads_batch: int | None = None
-    poll: int = 100  # decode threads' spin before sleeping, 0-100 (see app.cli.apply_poll)
+    poll: int = 50  # decode threads' spin before sleeping, 0-100 (see app.cli.apply_poll)
     n_gpu_layers: int = 0
     seed: int = -1  # default per-request seed; -1: random
     n_predict: int = -1  # default token limit per request; -1: until EOS or context end
@@ -46,6 +46,7 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     max_queue: int = 64  # requests waiting beyond the slots; more are refused with 503
     max_ws: int = 64  # goinfer /ws subscribers at once
+    adapt_threads: bool = True  # fewer decode threads while the machine is busy (app.engine.threads)
     cache_ram_mib: int = 8192  # host-memory prompt cache bound; -1: no limit, 0: off (llama.cpp's)
     queue_ping_interval_s: float = 5.0
 

@@ -31,10 +31,13 @@ from tests.serverproc import ServerProcess  # noqa: E402
 #: name -> server flags (OMP_WAIT_POLICY and GOMP_SPINCOUNT are removed from the environment,
 #: so --poll decides; --poll 100 is what ggml does by itself: an unbounded active wait)
 CANDIDATES: dict[str, list[str]] = {
-    "--poll 100 (ggml's own: active, unbounded)": ["--poll", "100"],
-    "--poll 50 (GOMP_SPINCOUNT=200000)": ["--poll", "50"],
-    "--poll 5 (GOMP_SPINCOUNT=20000)": ["--poll", "5"],
-    "--poll 0 (OMP_WAIT_POLICY=PASSIVE)": ["--poll", "0"],
+    "default (--poll 50 --adapt-threads on)": [],
+    "--poll 5 --adapt-threads on": ["--poll", "5"],
+    "--poll 100 --adapt-threads off (ggml's own: active, unbounded)": ["--poll", "100",
+                                                                       "--adapt-threads", "off"],
+    "--poll 50 (GOMP_SPINCOUNT=200000)": ["--poll", "50", "--adapt-threads", "off"],
+    "--poll 5 (GOMP_SPINCOUNT=20000)": ["--poll", "5", "--adapt-threads", "off"],
+    "--poll 0 (OMP_WAIT_POLICY=PASSIVE)": ["--poll", "0", "--adapt-threads", "off"],
     "-t 1 --poll 100": ["-t", "1", "--poll", "100"],
 }
 NEIGHBOURS = [(0, 0), (1, 0), (1, 19), (2, 19)]  # (count, nice)

@@ -66,6 +66,7 @@ class FakeContext:
         self.rows: list[tuple[int, int, int, bool]] = []
         self.batches: list[list[tuple[int, int, int, bool]]] = []
         self.removed: list[tuple[int, int]] = []
+        self.threads: list[int] = []  # thread counts set, in order
         self.saved: list[int] = []  # sequences whose state was copied out
         self.restored: list[tuple[int, str]] = []  # (sequence, which state) copied in
         self.raw = None
@@ -98,6 +99,9 @@ class FakeContext:
 
     def load_seq(self, seq: int, path: str, capacity: int) -> list[int] | None:
         return None
+
+    def set_threads(self, n: int) -> None:
+        self.threads.append(n)
 
     def get_seq_state(self, seq: int) -> bytearray | None:
         self.saved.append(seq)

@@ -50,6 +50,10 @@ async def prometheus() -> Response:
         ("gauge", "prompt_cache_bytes", "Host memory held by saved slot states.",
          cache.bytes if cache is not None else 0),
         ("gauge", "prompt_cache_entries", "Saved slot states.", len(cache) if cache is not None else 0),
+        ("gauge", "decode_threads", "Threads decoding generated tokens now (--adapt-threads).",
+         engine.tuner.current if engine.tuner is not None else 0),
+        ("counter", "decode_thread_switches_total", "Thread-count changes kept by the tuner.",
+         engine.tuner.switches if engine.tuner is not None else 0),
     ]:
         lines += [f"# HELP sluice:{name} {help_text}", f"# TYPE sluice:{name} {kind}",
                   f"sluice:{name} {value}"]

@@ -54,6 +54,8 @@ neighbours. Each sequence gets ``n_ctx / n_seq_max`` cells.
         self.n_ctx_seq = int(C.llama_n_ctx_seq(ptr))
         self.n_batch = cfg.n_batch
         self.n_seq_max = cfg.n_seq_max
+        self.threads = threads
+        self.threads_batch = params.n_threads_batch
         self._batch = C.llama_batch_init(cfg.n_batch, 0, 1)
         self.n_rows = 0
 
@@ -78,6 +80,11 @@ neighbours. Each sequence gets ``n_ctx / n_seq_max`` cells.
     def decode(self) -> int:
         self._batch.n_tokens = self.n_rows
         return int(C.llama_decode(self.ptr, self._batch))
+
+    def set_threads(self, n: int) -> None:
+        """Decode with ``n`` threads (the configured counts when ``n`` is ``threads``)."""
+        batch = self.threads_batch if n >= self.threads else n
+        C.llama_set_n_threads(self.ptr, n, batch)
 
     # --- per-sequence memory ----------------------------------------------
     def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:

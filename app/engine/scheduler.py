@@ -50,6 +50,7 @@ from app.engine.prompt_cache import PromptCache
 from app.engine.sampling import Sampled
 from app.engine.slots import Counters, Slot, SlotInfo, SlotState, common_prefix
 from app.engine.text import Detokenizer, StopMatcher
+from app.engine.threads import ThreadTuner
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ class Engine:
     """Runs the step loop on its own thread. Start with :meth:`start`, end with :meth:`stop`."""
 
     def __init__(self, model: VocabLike, context: ContextLike, outbox: Outbox, *, n_slots: int,
-                 slot_ctx: int, prompt_cache: PromptCache | None = None) -> None:
+                 slot_ctx: int, prompt_cache: PromptCache | None = None,
+                 tuner: ThreadTuner | None = None) -> None:
         if n_slots > context.n_seq_max:
             raise ValueError("more slots than context sequences")
         self.model = model
@@ -84,6 +86,7 @@ class Engine:
             GRAMMAR_WORKERS, thread_name_prefix="sluice-grammar")
         self.grammar_step_budget_s = GRAMMAR_STEP_BUDGET_S
         self.prompt_cache = prompt_cache
+        self.tuner = tuner
 
     # --- API for other threads -------------------------------------------
     def start(self) -> None:
@@ -370,7 +373,14 @@ class Engine:
             budget -= take
         if not plan:
             return False
+        started = time.perf_counter()
         rc = ctx.decode()
+        if self.tuner is not None and rc == 0 and len(plan) == len(logit_rows) == ctx.n_rows:
+            # only generated tokens in this batch: a measure of decode speed
+            now = time.perf_counter()
+            threads = self.tuner.observe(ctx.n_rows, now - started, now)
+            if threads is not None:
+                ctx.set_threads(threads)
         self.counters.decode_calls_total += 1
         self.counters.busy_slots_total += len(plan)
         if rc != 0:
