@@ -15,7 +15,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from app.settings import Settings
+from app.settings import MODEL_FIELDS, ModelConfig, Settings
 
 
 class ConfigError(Exception):
@@ -35,7 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
       help="GGUF model file, or an embedded model: gemma3-270m (Gemma 3 270M, a base model; "
       "the default) or smollm2-135m-instruct (SmolLM2 135M Instruct, a chat model)")
     a("--models-dir", type=Path, help="directory of GGUF models")
-    a("--alias", help="model name reported to clients")
+    a("--alias", help="name of the --model model, reported to clients and used to route to it")
+    a("--models-max", type=int, help="models loaded at once (default 1); loading one more "
+      "unloads the least recently used one that no request uses")
+    a("--models-wait", dest="models_wait_s", type=float, help="seconds a request waits for "
+      "room to load its model when every loaded model is busy, then 503 (default 60)")
+    a("--sleep-idle-seconds", dest="sleep_idle_s", type=float, help="unload a model no "
+      "request has used for this long; the next request loads it again (default: never)")
     a("--host", help="address to listen on (default 127.0.0.1)")
     a("--port", type=int, help="port (default 8080)")
     a("-c", "--ctx-size", type=int, help="KV cells shared by all slots (default 8192)")
@@ -122,6 +128,43 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     return value
 
 
+def _models_from(value: Any, path: Path) -> tuple[ModelConfig, ...]:
+    """The config file's ``"models": {"<name>": {"path": ..., "aliases": [...], <settings>}}``."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"config value 'models' in {path} must be an object of named models")
+    defaults = Settings()
+    out = []
+    for name, entry in value.items():
+        where = f"models.{name}"
+        if not name or len(name) > 256 or not isinstance(entry, dict):
+            raise ConfigError(f"config value '{where}' must be an object with a 'path'")
+        if not isinstance(entry.get("path"), str) or not entry["path"]:
+            raise ConfigError(f"config value '{where}.path' must be a model file or an "
+                              "embedded model's name")
+        aliases = entry.get("aliases", [])
+        if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+            raise ConfigError(f"config value '{where}.aliases' must be a list of names")
+        overrides = []
+        for key, raw in entry.items():
+            if key in ("path", "aliases"):
+                continue
+            field = _CONFIG_ALIASES.get(key, key)
+            if field not in MODEL_FIELDS:
+                raise ConfigError(f"unknown key '{where}.{key}': a model may set "
+                                  f"{', '.join(MODEL_FIELDS)}")
+            overrides.append((field, _coerce(field, raw, getattr(defaults, field))))
+        values = dict(overrides)
+        parallel = values.get("parallel", defaults.parallel)
+        ctx = values.get("ctx_size", defaults.ctx_size)
+        if not (isinstance(parallel, int) and 1 <= parallel <= 256
+                and isinstance(ctx, int) and 16 * parallel <= ctx <= 1 << 22):
+            raise ConfigError(f"config value '{where}': ctx_size must give each of its "
+                              "1..256 slots at least 16 tokens")
+        out.append(ModelConfig(name, Path(entry["path"]), tuple(aliases),
+                               tuple(sorted(overrides))))
+    return tuple(out)
+
+
 def _from_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -134,6 +177,9 @@ def _from_file(path: Path) -> dict[str, Any]:
     defaults = Settings()
     out: dict[str, Any] = {}
     for key, value in data.items():
+        if key == "models":
+            out["models"] = _models_from(value, path)
+            continue
         name = _CONFIG_ALIASES.get(key, key)
         if name not in _FIELDS:
             raise ConfigError(f"unknown config key '{key}' in {path}")
@@ -166,6 +212,10 @@ def _check(s: Settings) -> None:
         (s.shutdown_grace_s >= 0, "--shutdown-grace must not be negative"),
         (s.send_timeout_s > 0, "--send-timeout must be positive"),
         (s.max_body_bytes >= 1024, "--max-body-bytes must be at least 1024"),
+        (1 <= s.models_max <= 64, "--models-max must be 1..64"),
+        (0 < s.models_wait_s <= 86400, "--models-wait must be more than 0 and at most 86400"),
+        (s.sleep_idle_s is None or 0 <= s.sleep_idle_s <= 1e7,
+         "--sleep-idle-seconds must be 0..10000000"),
     ]
     for ok, message in checks:
         if not ok:
@@ -305,31 +355,53 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     apply_poll(settings.poll, os.environ)  # before llama.cpp (and its OpenMP) loads
 
-    from app.engine.model import EMBEDDED, Model, ModelLoadError, default_model_path
+    from app.engine.model import EMBEDDED, Model, ModelLoadError
+    from app.registry import specs_from_settings
     from app.runtime import chat_template_for
-    from app.server import serve
+    from app.server import build_registry, serve
 
     try:
         if args.assemble_model:
             for make in EMBEDDED.values():
                 print(make())
             return 0
-        path = embedded_model(settings) or resolve_model_path(settings) or default_model_path()
-        model = Model(path, n_gpu_layers=settings.n_gpu_layers, verbose=settings.verbose)
-        try:
-            template = chat_template_for(settings, model)
-        except (ValueError, OSError) as exc:
-            model.close()
-            raise ConfigError(str(exc)) from None
+        if settings.model_path is not None and embedded_model(settings) is None:
+            settings = replace(settings, model_path=resolve_model_path(settings))
+        specs, default, router = specs_from_settings(settings, embedded_paths())
+        preloaded = None
+        registry = build_registry(settings, specs, default, router)
+        hosted = registry.default_hosted
+        if hosted is not None:
+            model_settings = hosted.spec.settings(settings)
+            model = Model(hosted.spec.path, n_gpu_layers=model_settings.n_gpu_layers,
+                          verbose=settings.verbose)
+            try:
+                preloaded = (model, chat_template_for(model_settings, model))
+            except (ValueError, OSError) as exc:
+                model.close()
+                raise ConfigError(str(exc)) from None
     except (ConfigError, ModelLoadError) as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO if settings.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    print(f"sluice: serving {path.name} on http://{settings.host}:{settings.port} "
-          f"({settings.parallel} slots x {settings.slot_ctx} tokens)", file=sys.stderr, flush=True)
-    try:
-        trio.run(serve, settings, model, template)
-    finally:
-        model.close()
+    what = (f"{hosted.name} ({settings.parallel} slots x {settings.slot_ctx} tokens)"
+            if hosted is not None else "no model loaded yet")
+    print(f"sluice: serving {what} on http://{settings.host}:{settings.port}; "
+          f"{len(specs)} models known (--models-max {settings.models_max})",
+          file=sys.stderr, flush=True)
+    trio.run(serve, settings, registry, preloaded)
     return 0
+
+
+def embedded_paths() -> dict[str, Path]:
+    """The embedded models that are installed, by short name (assembled on first use)."""
+    from app.engine.model import EMBEDDED, ModelLoadError
+
+    out = {}
+    for name, make in EMBEDDED.items():
+        try:
+            out[name] = make()
+        except (ModelLoadError, ImportError, OSError):
+            continue
+    return out

@@ -126,3 +126,8 @@ def anthropic_body(exc: ApiError) -> JSON:
     kind = _ANTHROPIC_TYPES.get(exc.status, "invalid_request_error" if exc.status < 500
                                 else "api_error")
     return {"type": "error", "error": {"type": kind, "message": exc.message}}
+
+
+def ollama_body(exc: ApiError) -> JSON:
+    """``exc`` in Ollama's shape: ``{"error": "<message>"}``."""
+    return {"error": exc.message}

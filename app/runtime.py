@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -15,7 +17,7 @@ from app.completion import SamplingParams
 from app.engine.context import Context, ContextConfig
 from app.engine.embedding import Embedder
 from app.engine.events import SamplerLike
-from app.engine.model import Model, ModelInfo
+from app.engine.model import Model, ModelInfo, ModelLoadError
 from app.engine.prompt_cache import PromptCache
 from app.engine.sampling import Sampler
 from app.engine.scheduler import Engine
@@ -140,14 +142,17 @@ class Runtime:
     leases: Leases = field(default_factory=Leases)
 
     @classmethod
-    def start(cls, settings: Settings, model: Model,
-              template: ChatTemplate | None = None) -> Runtime:
-        """Create the context and start the engine thread. Call from the Trio thread."""
+    def start(cls, settings: Settings, model: Model, template: ChatTemplate | None = None,
+              token: trio.lowlevel.TrioToken | None = None) -> Runtime:
+        """Create the context and start the engine thread.
+
+        Call from the Trio thread, or pass the Trio loop's ``token`` from a worker.
+        """
         context = Context(model, ContextConfig(
             n_ctx=settings.ctx_size, n_batch=settings.batch_size, n_seq_max=settings.parallel,
             threads=settings.threads, threads_batch=settings.threads_batch,
             flash_attn=settings.flash_attn))
-        outbox = TrioOutbox(trio.lowlevel.current_trio_token())
+        outbox = TrioOutbox(token or trio.lowlevel.current_trio_token())
         ram = settings.cache_ram_mib
         cache = None if ram == 0 else PromptCache(None if ram < 0 else ram * 1024 * 1024)
         tuner = ThreadTuner(context.threads) if settings.adapt_threads else None
@@ -181,3 +186,34 @@ class Runtime:
         if self.embedder is not None:
             self.embedder.close()
         self.model.close()
+
+
+def load_runtime(settings: Settings, token: trio.lowlevel.TrioToken,
+                 cancelled: Callable[[], bool] | None = None) -> Runtime:
+    """Load ``settings.model_path`` and start its runtime. Blocking: call in a worker thread.
+
+    Raises:
+        ModelLoadError: the file cannot be loaded (or the load was cancelled), its chat
+            template does not compile, or the context cannot be created.
+    """
+    assert settings.model_path is not None
+    model = Model(settings.model_path, n_gpu_layers=settings.n_gpu_layers,
+                  verbose=settings.verbose, cancelled=cancelled)
+    try:
+        template = chat_template_for(settings, model)
+        return Runtime.start(settings, model, template, token)
+    except (ValueError, OSError, RuntimeError) as exc:
+        model.close()
+        raise ModelLoadError(str(exc)) from None
+
+
+def return_memory() -> None:
+    """Give freed heap memory back to the OS (glibc's ``malloc_trim``), after an unload."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(name).malloc_trim(0)

@@ -20,7 +20,9 @@ from app.api.compat import compat
 from app.api.extras import extras
 from app.api.goinfer import goinfer
 from app.api.metrics import metrics
+from app.api.models import models
 from app.api.native import native
+from app.api.ollama import OLLAMA_ROUTES, ollama
 from app.api.openai import openai
 from app.api.openapi import openapi
 from app.api.responses import responses
@@ -35,8 +37,10 @@ from app.errors import (
     PayloadTooLarge,
     ServerError,
     anthropic_body,
+    ollama_body,
 )
-from app.runtime import Runtime
+from app.registry import Hosted, ModelSpec, Registry, directory_specs
+from app.runtime import Runtime, RuntimeLike, load_runtime, return_memory
 from app.service import Service
 from app.settings import Settings
 
@@ -50,8 +54,13 @@ _HTTP_ERRORS: dict[int, type[ApiError]] = {
 def _error_response(exc: ApiError) -> Response:
     """The one place errors become responses: Anthropic's shape on its routes, else llama.cpp's
     and OpenAI's."""
-    anthropic = has_request_context() and request.path.startswith("/v1/messages")
-    body = anthropic_body(exc) if anthropic else exc.body()
+    path = request.path if has_request_context() else ""
+    if path.startswith("/v1/messages"):
+        body = anthropic_body(exc)
+    elif path in OLLAMA_ROUTES:
+        body = ollama_body(exc)
+    else:
+        body = exc.body()
     resp = Response(json.dumps(body), status=exc.status, content_type="application/json")
     for key, value in exc.headers.items():
         resp.headers[key] = value
@@ -68,6 +77,8 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
     app.register_blueprint(native)
     app.register_blueprint(metrics)
     app.register_blueprint(openai)
+    app.register_blueprint(models)
+    app.register_blueprint(ollama)
     app.register_blueprint(anthropic)
     app.register_blueprint(responses)
     app.register_blueprint(extras)
@@ -138,14 +149,41 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-async def serve(settings: Settings, model: Model, template: ChatTemplate | None = None) -> None:
-    """Serve ``model`` until SIGINT/SIGTERM, then shut down gracefully.
+def build_registry(settings: Settings, specs: list[ModelSpec], default: str | None,
+                   router: bool) -> Registry:
+    """The registry for the real server: loads in worker threads, memory back to the OS after
+    an unload, the models directory rescanned for new files."""
+    async def load(hosted: Hosted) -> RuntimeLike:
+        model_settings = hosted.spec.settings(settings)
+        token = trio.lowlevel.current_trio_token()
+        return await trio.to_thread.run_sync(
+            lambda: load_runtime(model_settings, token, lambda: hosted.cancel_load))
 
-    On a signal the listener closes, new requests get 503, running requests
-    get ``shutdown_grace_s`` to finish; then their streams end with a final
-    event marked ``"shutdown": true``.
+    async def close(runtime: RuntimeLike) -> None:
+        await trio.to_thread.run_sync(runtime.close)
+        return_memory()
+
+    directory = settings.models_dir
+    return Registry(specs, load=load, close=close, default=default, router=router,
+                    max_loaded=settings.models_max, max_waiting=settings.max_queue,
+                    wait_s=settings.models_wait_s, idle_s=settings.sleep_idle_s,
+                    rescan=(lambda: directory_specs(directory)) if directory else None)
+
+
+async def serve(settings: Settings, registry: Registry,
+                preloaded: tuple[Model, ChatTemplate] | None = None) -> None:
+    """Serve the registry's models until SIGINT/SIGTERM, then shut down gracefully.
+
+    ``preloaded`` is the default model, loaded before the server started (so that a bad
+    file is a one-line start-up error). On a signal the listener closes, new requests get
+    503, running requests get ``shutdown_grace_s`` to finish; then their streams end with a
+    final event marked ``"shutdown": true``.
     """
-    service = Service(settings, Runtime.start(settings, model, template))
+    default = registry.default_hosted
+    if preloaded is not None and default is not None:
+        model, template = preloaded
+        registry.adopt(default, Runtime.start(default.spec.settings(settings), model, template))
+    service = Service(settings, registry)
     app = create_app(settings, service)
     stop = trio.Event()
 
@@ -161,10 +199,9 @@ async def serve(settings: Settings, model: Model, template: ChatTemplate | None 
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals)
-            nursery.start_soon(service.watch_stalled)
+            await nursery.start(service.run)
             await hypercorn_serve(app, hypercorn_config(settings),
                                   shutdown_trigger=stop.wait)
             nursery.cancel_scope.cancel(reason="server stopped")
     finally:
-        if service.runtime is not None:
-            service.runtime.close()
+        registry.close_all_now()

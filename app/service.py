@@ -1,11 +1,14 @@
-"""Between the HTTP layer and the engine: the loaded model's life and the running requests.
+"""Between the HTTP layer and the engine: the models (through the registry) and the running
+requests.
 
-:meth:`Service.submit` does all fallible work for a completion (waiting for a
-model that is loading, tokenizing, checking the context, converting and parsing
-its grammar, building the sampler in a worker thread) and returns a
-:class:`~app.running.Completion`: a handler that got one can send its 200, and
-every error knowable before the first token has already been raised as an
-:class:`~app.errors.ApiError`.
+A handler asks :meth:`Service.bind` for the model its request names and gets a
+:class:`Bound`: that model's runtime, leased until the handler ends (the model
+cannot be unloaded under it). :meth:`Bound.submit` does all fallible work for a
+completion (tokenizing, checking the context, converting and parsing its grammar,
+building the sampler in a worker thread) and returns a
+:class:`~app.running.Completion`, which holds its own lease until it ends: a
+handler that got one can send its 200, and every error knowable before the first
+token has already been raised as an :class:`~app.errors.ApiError`.
 """
 
 from __future__ import annotations
@@ -15,9 +18,8 @@ import contextlib
 import itertools
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,10 +29,9 @@ from app import chat
 from app.completion import CompletionRequest, Interruption
 from app.engine import ports, scheduler
 from app.engine.embedding import Embedder, EmbeddingError
-from app.engine.model import Model, ModelLoadError, check_model_file
+from app.engine.model import ModelLoadError, check_model_file
 from app.engine.slots import SlotInfo
 from app.errors import (
-    Conflict,
     InvalidRequest,
     NotSupported,
     Overloaded,
@@ -40,9 +41,10 @@ from app.errors import (
     Unavailable,
 )
 from app.prepare import Prepared, prepare
+from app.registry import Hosted, ModelSpec, ModelStatus, Registry
 from app.requests import Defaults
 from app.running import Completion
-from app.runtime import ModelLike, Runtime, RuntimeLike
+from app.runtime import ModelLike, RuntimeLike
 from app.settings import Settings
 
 T = TypeVar("T")
@@ -57,107 +59,143 @@ SLOT_ACTION_TIMEOUT_S = 60.0
 
 
 class Service:
-    """Owns the loaded model's runtime and the registry of submitted completions.
+    """Owns the model registry and the registry of submitted completions.
 
-    The model can be switched or unloaded while the server runs (goinfer's
-    routes): running requests then end like an abort, marked
-    ``"model_changed": true``; requests arriving during a load wait for the new
-    model; with no model loaded they get 503.
+    A model can be unloaded while the server runs (``/models/unload``, goinfer's
+    routes): its running requests then end like an abort, marked
+    ``"model_changed": true``. Idle and evicted models are unloaded only when
+    nothing uses them.
     """
 
-    def __init__(self, settings: Settings, runtime: RuntimeLike | None, *,
+    def __init__(self, settings: Settings, models: Registry | RuntimeLike | None, *,
                  offload: Offload = trio.to_thread.run_sync) -> None:
         self.settings = settings
         self._offload = offload  # runs a blocking preparation (tests run it inline)
-        self.runtime = runtime
-        self.loading = False
-        self._ready = trio.Event()  # cleared while a model loads
-        self._ready.set()
-        self._switch = trio.Lock()
+        if isinstance(models, Registry):
+            self.registry = models
+        else:
+            self.registry = fixed_registry(settings, models)
+        self.registry.stop_running = self._stop_running
         self._ids = itertools.count(1)
         self._running: weakref.WeakValueDictionary[int, Completion] = weakref.WeakValueDictionary()
         self._preparing = 0
-        self._idle_waiters: list[trio.Event] = []
         self._token = trio.lowlevel.current_trio_token()
         self.shutting_down = False
-        self.drain_s = SWITCH_DRAIN_S
-
-    # --- the loaded model --------------------------------------------------------
-    def _rt(self) -> RuntimeLike:
-        if self.runtime is None:
-            raise Unavailable("loading model" if self.loading else "no model is loaded")
-        return self.runtime
 
     @property
-    def model(self) -> ModelLike:
-        return self._rt().model
+    def drain_s(self) -> float:
+        return self.registry.drain_s
+
+    @drain_s.setter
+    def drain_s(self, value: float) -> None:
+        self.registry.drain_s = value
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The service's own tasks: model loads and unloads, idle and stalled watchers."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.registry.run)
+            nursery.start_soon(self.watch_stalled)
+            task_status.started()
+
+    # --- the models ------------------------------------------------------------------------
+    @property
+    def runtime(self) -> RuntimeLike | None:
+        """The default model's runtime, if loaded."""
+        hosted = self.registry.default_hosted
+        return hosted.runtime if hosted is not None else None
+
+    async def bind(self, name: str | None = None, *, field: str = "model",
+                   keep_alive_s: float | None = None, set_keep_alive: bool = False) -> Bound:
+        """The model ``name`` (or the default), loaded if needed, leased until :meth:`Bound.release`.
+
+        Raises:
+            NotFound: no such model (router mode); InvalidRequest: no name and no default.
+            Unavailable: shutting down. Overloaded: no room to load it (503, Retry-After).
+            ServerError: its load failed.
+        """
+        if self.shutting_down:
+            raise Unavailable("the server is shutting down")
+        hosted = self.registry.find(name, field=field)
+        runtime = await self.registry.acquire(hosted, keep_alive_s=keep_alive_s,
+                                              set_keep_alive=set_keep_alive)
+        return Bound(self, hosted, runtime)
+
+    def peek(self, name: str | None = None, *, field: str = "model") -> Hosted:
+        """The model ``name`` names, without loading it (raises as :meth:`bind`)."""
+        return self.registry.find(name, field=field)
+
+    @contextlib.asynccontextmanager
+    async def use(self, name: str | None = None, **kwargs: Any) -> AsyncIterator[Bound]:
+        bound = await self.bind(name, **kwargs)
+        try:
+            yield bound
+        finally:
+            bound.release()
 
     @contextmanager
     def lease(self) -> Iterator[RuntimeLike]:
-        """The loaded runtime, kept alive (not unloaded) until the block ends.
+        """The default model's runtime if it is loaded, kept loaded until the block ends.
 
         Raises:
-            Unavailable: no model, or it is being unloaded.
+            Unavailable: it is not loaded, or it is being unloaded.
         """
-        runtime = self._rt()
+        hosted = self.registry.default_hosted
+        runtime = hosted.runtime if hosted is not None else None
+        if hosted is None or runtime is None:
+            raise Unavailable("no model is loaded")
         if not runtime.leases.acquire():
             raise Unavailable("the model is being unloaded")
         try:
             yield runtime
         finally:
-            runtime.leases.release()
+            self.registry.release(hosted, runtime)
 
-    async def with_model(self, work: Callable[[RuntimeLike], T]) -> T:
-        """Run ``work(runtime)`` in a worker thread under a lease (tokenizing, embedding...)."""
-        with self.lease() as runtime:
-            return await trio.to_thread.run_sync(work, runtime)
+    async def submit(self, request: CompletionRequest, model: str | None = None) -> Completion:
+        """Bind ``model`` (or the default) and submit ``request`` to it."""
+        async with self.use(model) as bound:
+            return await bound.submit(request)
 
-    @property
-    def engine(self) -> scheduler.Engine:
-        return self._rt().engine
+    async def unload(self, name: str | None = None) -> None:
+        """Unload one model (ending its requests), or with no name every loaded one."""
+        if name is None:
+            await self.registry.unload_all()
+        else:
+            await self.registry.unload(self.registry.find(name))
 
-    @property
-    def chat(self) -> chat.ChatTemplate:
-        return self._rt().chat
+    async def switch_model(self, path: Path | None, **overrides: Any) -> None:
+        """goinfer's load: unload every model (ending their requests), then load ``path``
+        (a known model's file; None: unload only), which becomes the default model.
 
-    @property
-    def embedder(self) -> Embedder | None:
-        return self._rt().embedder
-
-    async def embed(self, token_lists: list[list[int]]) -> list[list[float]]:
-        """Embed each token list in a worker thread.
+        ``overrides`` replace that model's settings (``ctx_size``, ``embedding``,
+        ``n_gpu_layers``).
 
         Raises:
-            NotSupported: embeddings are off.
-            InvalidRequest: an input does not fit, naming ``input[i]``.
+            ModelLoadError: the new model could not be loaded (no model is loaded then).
+            Conflict: a model stayed in use past the drain time.
         """
-        with self.lease() as runtime:
-            embedder = runtime.embedder
-            if embedder is None:
-                raise NotSupported("embeddings are disabled; start the server with --embedding")
-            vectors = []
-            for i, tokens in enumerate(token_lists):
-                try:
-                    vectors.append(await trio.to_thread.run_sync(embedder.embed, tokens))
-                except EmbeddingError as exc:
-                    raise InvalidRequest(f"invalid value for 'input[{i}]': {exc}",
-                                         param=f"input[{i}]") from None
-            return vectors
-
-    @property
-    def model_name(self) -> str:
-        return self.settings.alias or self.model.info.path.name
-
-    @property
-    def defaults(self) -> Defaults:
-        return Defaults(n_predict=self.settings.n_predict, seed=self.settings.seed)
+        await self.registry.unload_all()
+        if path is None:
+            return
+        registry = self.registry
+        hosted = next((h for h in registry.all() if h.spec.path == path), None)
+        if hosted is None:
+            hosted = Hosted(ModelSpec(path.name, path, (path.stem,)))
+            registry._add([hosted.spec])
+            hosted = registry._hosted[path.name]
+        if overrides:
+            registry.replace_spec(hosted, hosted.spec.with_overrides(**overrides))
+        registry.default = hosted.name
+        try:
+            await registry.ensure_loaded(hosted)
+        except ServerError as exc:
+            raise ModelLoadError(str(exc)) from None
 
     async def load_model(self, path: Path, *, field: str, **overrides: Any) -> None:
-        """Switch to the model file ``path``; ``field`` names the request field in errors.
+        """goinfer's load of the model file ``path``; ``field`` names the request field in errors.
 
         Raises:
             InvalidRequest: the file is not a loadable GGUF model (checked before
-                the current model is unloaded).
+                the loaded models are unloaded).
             ServerError: llama.cpp failed to load it; no model is loaded then.
         """
         try:
@@ -169,62 +207,24 @@ class Service:
         except ModelLoadError as exc:
             raise ServerError(f"could not load {path.name!r}: {exc}") from None
 
-    async def switch_model(self, path: Path | None, **overrides: Any) -> None:
-        """Unload the current model (ending its requests) and load ``path`` (None: unload only).
-
-        ``overrides`` replace settings for the new model (``ctx_size``, ``embedding``,
-        ``n_gpu_layers``). On a load failure no model is loaded.
-
-        Raises:
-            ModelLoadError: the new model could not be loaded.
-        """
-        async with self._switch:
-            self.loading = path is not None
-            self._ready = trio.Event()
-            old, self.runtime = self.runtime, None
-            for completion in list(self._running.values()):
+    def _stop_running(self, runtime: RuntimeLike) -> None:
+        for completion in list(self._running.values()):
+            if completion.prepared.runtime is runtime:
                 completion.request_stop(Interruption.MODEL_CHANGED)
-            with trio.move_on_after(self.drain_s):
-                await self._wait_idle()
-            if old is not None:
-                if not await trio.to_thread.run_sync(old.leases.drain, self.drain_s):
-                    self.runtime, self.loading = old, False
-                    self._ready.set()
-                    raise Conflict(f"the model is still in use by {old.leases.count} operations "
-                                   f"after {self.drain_s:g} s; it stays loaded, try again")
-                await trio.to_thread.run_sync(old.close)
-            if path is None:
-                self._ready.set()  # nothing to wait for: requests get 503 at once
-                return
-            try:
-                settings = replace(self.settings, model_path=path, **overrides)
-                model = await trio.to_thread.run_sync(
-                    lambda: Model(path, n_gpu_layers=settings.n_gpu_layers,
-                                  verbose=settings.verbose))
-                self.runtime = Runtime.start(settings, model)
-                self.settings = settings
-            finally:
-                self.loading = False
-                self._ready.set()
+
+    @property
+    def defaults(self) -> Defaults:
+        return Defaults(n_predict=self.settings.n_predict, seed=self.settings.seed)
 
     # --- submitting ----------------------------------------------------------------
-    async def submit(self, request: CompletionRequest) -> Completion:
-        """Prepare ``request`` and register it; waits while a model is loading.
-
-        Cancellation: a client that leaves while its request is prepared costs
-        the rest of that preparation (it runs in a worker thread), nothing more.
-
-        Raises:
-            InvalidRequest: and its subclasses, naming the field.
-            Unavailable: shutting down, no model loaded, the model changed
-                meanwhile, or the engine is not running.
-        """
+    async def _submit(self, bound: Bound, request: CompletionRequest) -> Completion:
+        """Prepare ``request`` for ``bound``'s model and register it (see :meth:`Bound.submit`)."""
         if self.shutting_down:
             raise Unavailable("the server is shutting down")
-        await self._ready.wait()
-        runtime = self._rt()
+        runtime, hosted = bound.runtime, bound.hosted
         limit = len(runtime.engine.slots) + self.settings.max_queue
-        if len(self._running) + self._preparing >= limit:
+        if sum(1 for c in list(self._running.values()) if c.prepared.runtime is runtime) + \
+                self._preparing >= limit:
             raise Overloaded(f"{limit} requests are running or waiting (--max-queue "
                              f"{self.settings.max_queue}); retry later", retry_after_s=1)
         if not runtime.engine.alive:
@@ -241,46 +241,33 @@ class Service:
         self._preparing += 1
         try:
             prepared = await self._offload(work)
-            if self.runtime is not runtime or self.shutting_down:
+            if (hosted.runtime is not runtime or hosted.status is not ModelStatus.LOADED
+                    or self.shutting_down):
                 raise Unavailable("the model changed while the request was being prepared"
                                   if not self.shutting_down else "the server is shutting down")
         except BaseException:
             for p in built:
                 p.sampler.close()
-            runtime.leases.release()
+            self.registry.release(hosted, runtime)
             raise
         finally:
             self._preparing -= 1
-            self._check_idle()
         job_id = next(self._ids)
         timeout = self.settings.request_timeout_s
         completion = Completion(
-            id=job_id, prepared=prepared, model_name=self.model_name,
+            id=job_id, prepared=prepared, model_name=bound.name,
             deadline=trio.current_time() + timeout if timeout else float("inf"),
-            current=lambda: self.runtime,
-            on_end=lambda job_id: self._ended(job_id, runtime))
+            current=lambda: hosted.runtime,
+            on_end=lambda job_id: self._ended(job_id, hosted, runtime))
         self._running[job_id] = completion
         return completion
 
-    def _ended(self, job_id: int, runtime: RuntimeLike) -> None:
+    def _ended(self, job_id: int, hosted: Hosted, runtime: RuntimeLike) -> None:
         # also called by a completion's finalizer, possibly on another thread
         self._running.pop(job_id, None)
         runtime.leases.release()
         with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(self._check_idle)
-
-    def _check_idle(self) -> None:
-        if not self._running and not self._preparing:
-            for event in self._idle_waiters:
-                event.set()
-            self._idle_waiters.clear()
-
-    async def _wait_idle(self) -> None:
-        """Until no completion is registered or being prepared."""
-        if self._running or self._preparing:
-            event = trio.Event()
-            self._idle_waiters.append(event)
-            await event.wait()
+            self._token.run_sync_soon(self.registry.released, hosted)
 
     def reap_stalled(self) -> int:
         """Abandon completions whose client has not taken a piece for ``--send-timeout``.
@@ -322,7 +309,100 @@ class Service:
         for completion in list(self._running.values()):
             completion.request_stop(Interruption.SHUTDOWN)
 
-    # --- slots ---------------------------------------------------------------------
+
+
+def fixed_registry(settings: Settings, runtime: RuntimeLike | None) -> Registry:
+    """A registry holding one runtime that is already loaded and cannot be reloaded."""
+    async def close(rt: RuntimeLike) -> None:
+        await trio.to_thread.run_sync(rt.close)
+
+    path = settings.model_path or Path("model.gguf")
+    specs = [ModelSpec(settings.alias or path.name, path)] if runtime is not None else []
+    registry = Registry(specs, load=None, close=close,
+                        default=specs[0].name if specs else None,
+                        max_waiting=settings.max_queue, wait_s=settings.models_wait_s)
+    if runtime is not None:
+        registry.adopt(registry._hosted[specs[0].name], runtime)
+    return registry
+
+
+class Bound:
+    """A request's model: its runtime, leased from :meth:`Service.bind` until :meth:`release`."""
+
+    def __init__(self, service: Service, hosted: Hosted, runtime: RuntimeLike) -> None:
+        self.service = service
+        self.hosted = hosted
+        self.runtime = runtime
+        self.settings = hosted.spec.settings(service.settings)
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.service.registry.release(self.hosted, self.runtime)
+
+    @property
+    def name(self) -> str:
+        return self.hosted.name
+
+    model_name = name
+
+    @property
+    def model(self) -> ModelLike:
+        return self.runtime.model
+
+    @property
+    def engine(self) -> scheduler.Engine:
+        return self.runtime.engine
+
+    @property
+    def chat(self) -> chat.ChatTemplate:
+        return self.runtime.chat
+
+    @property
+    def embedder(self) -> Embedder | None:
+        return self.runtime.embedder
+
+    @property
+    def defaults(self) -> Defaults:
+        return self.service.defaults
+
+    async def submit(self, request: CompletionRequest) -> Completion:
+        """Prepare ``request`` and register it.
+
+        Cancellation: a client that leaves while its request is prepared costs
+        the rest of that preparation (it runs in a worker thread), nothing more.
+
+        Raises:
+            InvalidRequest: and its subclasses, naming the field.
+            Unavailable: shutting down, the model was unloaded meanwhile, or the engine
+                is not running.
+        """
+        return await self.service._submit(self, request)
+
+    async def with_model(self, work: Callable[[RuntimeLike], T]) -> T:
+        """Run ``work(runtime)`` in a worker thread (tokenizing, embedding...)."""
+        return await trio.to_thread.run_sync(work, self.runtime)
+
+    async def embed(self, token_lists: list[list[int]]) -> list[list[float]]:
+        """Embed each token list in a worker thread.
+
+        Raises:
+            NotSupported: embeddings are off.
+            InvalidRequest: an input does not fit, naming ``input[i]``.
+        """
+        embedder = self.runtime.embedder
+        if embedder is None:
+            raise NotSupported("embeddings are disabled; start the server with --embedding")
+        vectors = []
+        for i, tokens in enumerate(token_lists):
+            try:
+                vectors.append(await trio.to_thread.run_sync(embedder.embed, tokens))
+            except EmbeddingError as exc:
+                raise InvalidRequest(f"invalid value for 'input[{i}]': {exc}",
+                                     param=f"input[{i}]") from None
+        return vectors
+
     def slot_infos(self) -> list[SlotInfo]:
         return self.engine.slot_infos()
 
@@ -334,7 +414,7 @@ class Service:
             SlotFileError: the file could not be written or read.
             Unavailable: the engine did not answer in time.
         """
-        engine = self.engine
+        engine = self.runtime.engine
         if not engine.alive:
             raise Unavailable("the engine is not running")
         future = engine.slot_action(kind, slot_id, path)

@@ -5,6 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+#: the Settings fields a model in the config file (or goinfer's load) may set for itself
+MODEL_FIELDS = ("ctx_size", "parallel", "chat_template", "chat_template_file", "embedding",
+                "n_gpu_layers", "batch_size", "cache_ram_mib")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """A model the config file names: ``"models": {"<name>": {"path": ..., ...}}``.
+
+    ``path`` is a GGUF file, or the short name of an embedded model. ``overrides``
+    are :data:`MODEL_FIELDS` settings for this model alone.
+    """
+
+    name: str
+    path: Path
+    aliases: tuple[str, ...] = ()
+    overrides: tuple[tuple[str, object], ...] = ()
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -49,6 +67,10 @@ class Settings:
     adapt_threads: bool = True  # fewer decode threads while the machine is busy (app.engine.threads)
     cache_ram_mib: int = 8192  # host-memory prompt cache bound; -1: no limit, 0: off (llama.cpp's)
     queue_ping_interval_s: float = 5.0
+    models: tuple[ModelConfig, ...] = ()  # named models from the config file
+    models_max: int = 1  # models loaded at once; one more evicts the least recently used idle one
+    models_wait_s: float = 60.0  # how long a request waits for room to load its model, then 503
+    sleep_idle_s: float | None = None  # unload a model idle this long; None: keep it loaded
 
     @property
     def slot_ctx(self) -> int:

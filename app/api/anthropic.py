@@ -27,7 +27,7 @@ from typing import Any
 from quart import Blueprint, Response
 
 from app import sse
-from app.api.common import json_response, read_json, service, streamed
+from app.api.common import json_response, streamed, with_model
 from app.api.openai import call_checks, extras
 from app.chat import Message
 from app.completion import (
@@ -44,6 +44,7 @@ from app.errors import JSON, InvalidRequest, ServerError, anthropic_body
 from app.prepare import tokenize_prompt
 from app.requests import sampling_from, stops_from
 from app.running import Completion
+from app.service import Bound
 from app.tools import (
     CallArguments,
     CallEnd,
@@ -57,7 +58,6 @@ from app.tools import (
     new_call_id,
 )
 from app.turns import Choice, ToolPolicy, Turn, chat_request, tool_policy
-from app.validation import validate
 
 anthropic = Blueprint("anthropic", __name__)
 
@@ -131,8 +131,7 @@ def policy(body: JSON) -> ToolPolicy:
                        not wire.get("disable_parallel_tool_use", False), choice_field="tool_choice")
 
 
-def turn_of(body: JSON) -> Turn:
-    svc = service()
+def turn_of(svc: Bound, body: JSON) -> Turn:
     template = svc.chat
     stops = stops_from(body.get("stop_sequences"), field="stop_sequences")
     fmt = (body.get("output_config") or {}).get("format")
@@ -183,18 +182,17 @@ def content_blocks(reply: Reply) -> list[JSON]:
 
 
 @anthropic.route("/v1/messages", methods=["POST"])
-async def messages() -> Response:
-    svc = service()
-    body = validate("anthropic_messages", await read_json())
-    turn = turn_of(body)
+@with_model("anthropic_messages")
+async def messages(m: Bound, body: JSON) -> Response:
+    turn = turn_of(m, body)
     user_stops = tuple(body.get("stop_sequences") or ())
-    completion = await svc.submit(turn.request)
+    completion = await m.submit(turn.request)
     ident = f"msg_{completion.id:08d}{new_call_id('')[:16]}"
     splitter = turn.splitter(new_id=lambda: new_call_id("toolu_"))
-    head: JSON = {"id": ident, "type": "message", "role": "assistant", "model": svc.model_name}
+    head: JSON = {"id": ident, "type": "message", "role": "assistant", "model": m.model_name}
     if body.get("stream"):
         return streamed(_events(completion, splitter, turn, head, user_stops,
-                                svc.settings.queue_ping_interval_s), completion.id)
+                                m.settings.queue_ping_interval_s), completion.id)
     outcome = await completion.result()
     splitter.feed(outcome.text)
     splitter.close()
@@ -286,11 +284,10 @@ async def _events(completion: Completion, splitter: ReplySplitter, turn: Turn, h
 
 
 @anthropic.route("/v1/messages/count_tokens", methods=["POST"])
-async def count_tokens() -> Response:
+@with_model("anthropic_count_tokens", sse_stream=False)
+async def count_tokens(svc: Bound, body: JSON) -> Response:
     """The templated prompt's token count, as the request would be evaluated."""
-    svc = service()
-    body = validate("anthropic_count_tokens", await read_json())
-    turn = turn_of({**body, "max_tokens": 1})
+    turn = turn_of(svc, {**body, "max_tokens": 1})
     prompt = turn.request.prompt
     n = await svc.with_model(lambda rt: len(tokenize_prompt(rt.model, prompt)))
     return json_response({"input_tokens": n})

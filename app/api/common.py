@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from quart import Response, current_app, request
+import trio
+from quart import Response, current_app, request, stream_with_context
 
 from app import sse
-from app.errors import JSON
-from app.validation import parse_json_body
+from app.errors import JSON, ApiError, anthropic_body
+from app.registry import ModelStatus
+from app.validation import parse_json_body, validate
 
 if TYPE_CHECKING:
-    from app.service import Service
+    from app.service import Bound, Service
+
+Handler = Callable[..., Awaitable[Response]]
 
 
 def service() -> Service:
@@ -46,3 +51,106 @@ def streamed(body: AsyncIterator[bytes], job_id: int, *, text: bool = False,
                                                **(headers or {})})
     resp.timeout = None
     return resp
+
+
+def model_name_in(body: JSON, field: str = "model") -> str | None:
+    name = body.get(field)
+    return name if isinstance(name, str) and name else None
+
+
+def query_model(handler: Handler) -> Handler:
+    """Route decorator for routes without a JSON body: bind the model named by ``?model=``
+    (or the default) and call ``handler(bound, ...)`` (llama.cpp's router takes it so)."""
+    @functools.wraps(handler)
+    async def route(*args: Any, **kwargs: Any) -> Response:
+        async with service().use(request.args.get("model") or None) as bound:
+            return await handler(bound, *args, **kwargs)
+    return route
+
+
+def with_model(schema: str, *, field: str = "model", sse_stream: bool = True,
+               keep_alive: Callable[[JSON], tuple[bool, float | None]] | None = None
+               ) -> Callable[[Handler], Handler]:
+    """Route decorator: read and check the body against ``schemas/<schema>.json``, bind the
+    model it names in ``field`` (loading it if needed) and call ``handler(bound, body)``.
+
+    The model is leased while the handler runs; a completion it submits holds its own
+    lease for as long as its stream. A streamed request (``"stream": true`` and
+    ``sse_stream``) whose model is not loaded gets its 200 at once and ``: ping``
+    comments while the model loads (a load can take minutes); an error found after that
+    is sent as one ``error`` event with the body the HTTP error would have had.
+    ``keep_alive(body)`` gives ``(given, seconds)`` for Ollama's field.
+    """
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def route(*args: Any, **kwargs: Any) -> Response:
+            svc = service()
+            body = validate(schema, await read_json())
+            name = model_name_in(body, field)
+            given, seconds = keep_alive(body) if keep_alive is not None else (False, None)
+            options = {"field": field, "keep_alive_s": seconds, "set_keep_alive": given}
+            if sse_stream and body.get("stream") and \
+                    svc.peek(name, field=field).status is not ModelStatus.LOADED:
+                return streamed(stream_with_context(_after_load)(
+                    svc, handler, body, name, options, args, kwargs), 0)
+            async with svc.use(name, **options) as bound:
+                return await handler(bound, body, *args, **kwargs)
+        return route
+    return decorate
+
+
+async def _after_load(svc: Service, handler: Handler, body: JSON, name: str | None,
+                      options: dict[str, Any], args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> AsyncIterator[bytes]:
+    """A stream's body while its model loads: pings, then the handler's own stream."""
+    yield sse.PING
+    result: list[Bound | BaseException] = []
+    done = trio.Event()
+    scope = trio.CancelScope()
+
+    async def bind() -> None:
+        with scope:
+            try:
+                result.append(await svc.bind(name, **options))
+            except (ApiError, trio.Cancelled) as exc:
+                result.append(exc)
+                if isinstance(exc, trio.Cancelled):
+                    raise
+        done.set()
+
+    svc.registry.spawn(bind)
+    bound: Bound | None = None
+    try:
+        while not done.is_set():
+            with trio.move_on_after(svc.settings.queue_ping_interval_s):
+                await done.wait()
+            if not done.is_set():
+                yield sse.PING
+        first = result[0]
+        if isinstance(first, BaseException):
+            yield _error_event(first)
+            return
+        bound = first
+        try:
+            response = await handler(bound, body, *args, **kwargs)
+        except ApiError as exc:
+            yield _error_event(exc)
+            return
+        bound.release()  # the completion holds its own lease
+        async with response.response as chunks:
+            async for chunk in chunks:
+                yield chunk if isinstance(chunk, bytes) else chunk.encode()
+    finally:
+        scope.cancel()
+        if bound is not None:
+            bound.release()
+        elif result and not isinstance(result[0], BaseException):
+            result[0].release()
+
+
+def _error_event(exc: BaseException) -> bytes:
+    if not isinstance(exc, ApiError):
+        return b""
+    if request.path.startswith("/v1/messages"):
+        return sse.named("error", anthropic_body(exc))
+    return sse.event(exc.body())

@@ -35,13 +35,12 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, current_app, request
 
-from app.api.common import json_response, read_json, service, streamed
+from app.api.common import json_response, service, streamed, with_model
 from app.chat import ALIASES, BUILTINS, ChatTemplate, Message
 from app.completion import CompletionRequest, Delta, Final, Outcome, StopType
 from app.errors import JSON, ApiError, InvalidRequest, SlotBusy, SlotFileError
 from app.requests import Defaults, renamed, sampling_from
-from app.service import Service
-from app.validation import validate
+from app.service import Bound
 from grammar.linear_regex import UnsupportedPattern, compile_linear
 
 compat = Blueprint("compat", __name__)
@@ -75,10 +74,9 @@ def llama_go_reply(prompt: str, outcome: Outcome) -> JSON:
 
 
 @compat.route("/api/completion", methods=["POST"])
-async def llama_go() -> Response:
-    svc = service()
-    body = validate("llama_go", await read_json())
-    completion = await svc.submit(_request(renamed(body, _LLAMA_GO), svc.defaults))
+@with_model("llama_go")
+async def llama_go(m: Bound, body: JSON) -> Response:
+    completion = await m.submit(_request(renamed(body, _LLAMA_GO), m.defaults))
     outcome = await completion.result()
     return json_response(llama_go_reply(body["prompt"], outcome))
 
@@ -101,7 +99,7 @@ async def _cleanup() -> None:
         scratch.cleanup()
 
 
-def cache_dir(svc: Service) -> Path:
+def cache_dir(svc: Bound) -> Path:
     """Where /stream keeps its prompt caches: under --slot-save-path, else a temporary folder."""
     if svc.settings.slot_save_path is not None:
         path = svc.settings.slot_save_path / "prompt-cache"
@@ -114,7 +112,7 @@ def cache_dir(svc: Service) -> Path:
     return Path(scratch.name)
 
 
-async def _restore_cache(svc: Service, path: Path) -> int:
+async def _restore_cache(svc: Bound, path: Path) -> int:
     """Load a saved state into an idle slot; its id, or -1 when none could take it."""
     for info in svc.slot_infos():
         if info.is_processing:
@@ -130,17 +128,16 @@ async def _restore_cache(svc: Service, path: Path) -> int:
 
 
 @compat.route("/stream", methods=["POST"])
-async def llm_stream() -> Response:
-    svc = service()
-    body = validate("llm_stream", await read_json())
+@with_model("llm_stream")
+async def llm_stream(m: Bound, body: JSON) -> Response:
     values = renamed(body, _LLM_STREAM)
-    cache_file = cache_dir(svc) / f"{body['cache']}.bin" if "cache" in body else None
-    request_ = _request(values, svc.defaults, n_predict=32)
+    cache_file = cache_dir(m) / f"{body['cache']}.bin" if "cache" in body else None
+    request_ = _request(values, m.defaults, n_predict=32)
     if cache_file is not None and cache_file.is_file():
-        slot = await _restore_cache(svc, cache_file)
+        slot = await _restore_cache(m, cache_file)
         if slot >= 0:
             request_ = replace(request_, id_slot=slot)
-    completion = await svc.submit(request_)
+    completion = await m.submit(request_)
 
     async def text() -> AsyncIterator[bytes]:
         id_slot = -1
@@ -156,7 +153,7 @@ async def llm_stream() -> Response:
             # a short, bounded clean-up step; if it fails, the next request with this id
             # evaluates its prompt in full
             with trio.CancelScope(shield=True), contextlib.suppress(ApiError):
-                await svc.slot_action("save", id_slot, str(cache_file))
+                await m.slot_action("save", id_slot, str(cache_file))
 
     headers = {"X-Sluice-Ignored": "n_batch"} if "n_batch" in body else {}
     return streamed(text(), completion.id, text=True, headers=headers)
@@ -218,7 +215,7 @@ def _stop_regex(form: Any) -> Any:
                              param="stopRegex") from None
 
 
-def _template(svc: Service, form: Any) -> ChatTemplate:
+def _template(svc: Bound, form: Any) -> ChatTemplate:
     name = form.get("template")
     if name is None:
         return svc.chat
@@ -231,7 +228,7 @@ def _template(svc: Service, form: Any) -> ChatTemplate:
                         eos_token=svc.chat.eos_token)
 
 
-async def _text_reply(svc: Service, form: Any, prompt: str, stops: tuple[str, ...]) -> Response:
+async def _text_reply(svc: Bound, form: Any, prompt: str, stops: tuple[str, ...]) -> Response:
     values: JSON = {"prompt": prompt}
     temperature = _number(form, "temperature", float, 0, 100)
     if temperature is not None:
@@ -264,18 +261,22 @@ async def _text_reply(svc: Service, form: Any, prompt: str, stops: tuple[str, ..
 @compat.route("/predict", methods=["POST"])
 @plain_errors
 async def llm_api_predict() -> Response:
-    svc = service()
     form = await _form()
     if "prompt" not in form:
         raise InvalidRequest("'prompt' is required", param="prompt")
-    return await _text_reply(svc, form, form["prompt"], ())
+    async with service().use(form.get("model") or None) as svc:
+        return await _text_reply(svc, form, form["prompt"], ())
 
 
 @compat.route("/chat", methods=["POST"])
 @plain_errors
 async def llm_api_chat() -> Response:
-    svc = service()
     form = await _form()
+    async with service().use(form.get("model") or None) as svc:
+        return await _llm_api_chat(svc, form)
+
+
+async def _llm_api_chat(svc: Bound, form: Any) -> Response:
     texts = form.getlist("messages")
     if not texts:
         raise InvalidRequest("'messages' is required (repeat it: user, assistant, user, ...)",

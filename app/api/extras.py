@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, Response, request
 
-from app.api.common import json_response, read_json, service
+from app.api.common import json_response, query_model, read_json, with_model
 from app.api.native import final_object
-from app.errors import InvalidRequest, NotFound, NotSupported
+from app.errors import JSON, InvalidRequest, NotFound, NotSupported
 from app.requests import native_request
+from app.service import Bound
 from app.validation import validate
 
 if TYPE_CHECKING:
@@ -35,9 +36,8 @@ extras = Blueprint("extras", __name__)
 
 
 @extras.route("/tokenize", methods=["POST"])
-async def tokenize() -> Response:
-    svc = service()
-    body = validate("tokenize", await read_json())
+@with_model("tokenize")
+async def tokenize(m: Bound, body: JSON) -> Response:
     with_pieces = bool(body.get("with_pieces"))
 
     def work(rt: RuntimeLike) -> list[Any]:
@@ -55,13 +55,12 @@ async def tokenize() -> Response:
             pieces.append({"id": t, "piece": piece})
         return pieces
 
-    return json_response({"tokens": await svc.with_model(work)})
+    return json_response({"tokens": await m.with_model(work)})
 
 
 @extras.route("/detokenize", methods=["POST"])
-async def detokenize() -> Response:
-    svc = service()
-    body = validate("detokenize", await read_json())
+@with_model("detokenize")
+async def detokenize(m: Bound, body: JSON) -> Response:
 
     def work(rt: RuntimeLike) -> str:
         for i, t in enumerate(body["tokens"]):
@@ -70,15 +69,14 @@ async def detokenize() -> Response:
                                      f"the vocabulary of {rt.model.n_vocab}", param=f"tokens[{i}]")
         return rt.model.detokenize(body["tokens"])
 
-    return json_response({"content": await svc.with_model(work)})
+    return json_response({"content": await m.with_model(work)})
 
 
 @extras.route("/apply-template", methods=["POST"])
-async def apply_template() -> Response:
+@with_model("apply_template", sse_stream=False)
+async def apply_template(svc: Bound, body: JSON) -> Response:
     from app.api.openai import messages, tools_from
 
-    svc = service()
-    body = validate("apply_template", await read_json())
     policy = tools_from(body)
     return json_response({"prompt": svc.chat.prompt(messages(body), svc.settings.system_prompt,
                                                     tools=policy.tools if policy.active else ())})
@@ -88,11 +86,10 @@ async def apply_template() -> Response:
 @extras.route("/embedding", methods=["POST"])
 @extras.route("/embeddings", methods=["POST"])
 @extras.route("/v1/embeddings", methods=["POST"])
-async def embeddings() -> Response:
-    svc = service()
+@with_model("embedding", sse_stream=False)
+async def embeddings(svc: Bound, body: JSON) -> Response:
     if svc.embedder is None:
         raise NotSupported("embeddings are disabled; start the server with --embedding")
-    body = validate("embedding", await read_json())
     if "dimensions" in body and body["dimensions"] != svc.embedder.n_embd:
         raise InvalidRequest(f"invalid value for 'dimensions': this model embeds in "
                              f"{svc.embedder.n_embd} dimensions", param="dimensions")
@@ -126,11 +123,10 @@ async def embeddings() -> Response:
 
 # --- infill -----------------------------------------------------------------------------------
 @extras.route("/infill", methods=["POST"])
-async def infill() -> Response:
-    svc = service()
+@with_model("infill", sse_stream=False)
+async def infill(svc: Bound, body: JSON) -> Response:
     if svc.model.fim_tokens() is None:
         raise NotSupported("this model has no fill-in-the-middle tokens")
-    body = validate("infill", await read_json())
 
     def fim_prompt(rt: RuntimeLike) -> list[int]:
         fim = rt.model.fim_tokens()
@@ -153,8 +149,8 @@ async def infill() -> Response:
 
 # --- slot files ---------------------------------------------------------------------------------
 @extras.route("/slots/<int:slot_id>", methods=["POST"])
-async def slot_action(slot_id: int) -> Response:
-    svc = service()
+@query_model
+async def slot_action(svc: Bound, slot_id: int) -> Response:
     directory = svc.settings.slot_save_path
     if directory is None:
         raise NotSupported("slot actions are disabled; start the server with --slot-save-path")

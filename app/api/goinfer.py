@@ -42,12 +42,12 @@ import trio
 from quart import Blueprint, Response, current_app, websocket
 
 from app import sse
-from app.api.common import json_response, read_json, service, streamed
+from app.api.common import json_response, read_json, service, streamed, with_model
 from app.completion import CompletionRequest, Delta, Failure, Final, Outcome
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported, ServerError
 from app.requests import renamed, sampling_from, stops_from
 from app.running import Completion
-from app.service import Service
+from app.service import Bound, Service
 from app.validation import validate
 
 goinfer = Blueprint("goinfer", __name__)
@@ -117,10 +117,14 @@ def _model_names(directory: Path) -> list[str]:
 async def model_state() -> Response:
     svc = service()
     directory = svc.settings.models_dir
-    loaded = svc.runtime.model.info.path.name if svc.runtime is not None else ""
-    return json_response({"isModelLoaded": svc.runtime is not None, "loadedModel": loaded,
+    loaded = svc.registry.loaded()
+    default = svc.registry.default_hosted
+    current = default if default in loaded else (loaded[0] if loaded else default)
+    settings = current.spec.settings(svc.settings) if current is not None else svc.settings
+    return json_response({"isModelLoaded": bool(loaded),
+                          "loadedModel": current.spec.path.name if current and loaded else "",
                           "models": _model_names(directory) if directory else [],
-                          "ctx": svc.settings.ctx_size})
+                          "ctx": settings.ctx_size})
 
 
 @goinfer.route("/model/load", methods=["POST"])
@@ -151,11 +155,11 @@ async def model_load() -> Response:
 
 @goinfer.route("/model/unload", methods=["POST", "GET"])  # GET: goinfer's own method
 async def model_unload() -> Response:
-    """Unload the model. Only with a models directory: without one nothing could be loaded
-    again, and the server would answer 503 for good."""
+    """Unload every loaded model (goinfer holds one). Only with a models directory, as
+    goinfer; the next request loads its model again on demand."""
     svc = service()
     _models_dir(svc)
-    await svc.switch_model(None)
+    await svc.unload()
     return Response("", status=204)
 
 
@@ -183,7 +187,7 @@ _NAMES = {"prompt": "prompt", "tokens": "n_predict", "topK": "top_k", "topP": "t
           "presencePenalty": "presence_penalty", "repeatPenalty": "repeat_penalty", "seed": "seed"}
 
 
-def infer_request(body: JSON, svc: Service) -> CompletionRequest:
+def infer_request(body: JSON, svc: Bound) -> CompletionRequest:
     """goinfer's /infer body (checked by its schema) as a typed request."""
     threads = svc.settings.threads or os.cpu_count()
     if "threads" in body and body["threads"] != threads:
@@ -230,10 +234,9 @@ async def _infer_steps(completion: Completion, state: GoinferState
 
 
 @goinfer.route("/infer", methods=["POST"])
-async def infer() -> Response:
-    svc = service()
-    body = validate("goinfer_infer", await read_json())
-    completion = await svc.submit(infer_request(body, svc))
+@with_model("goinfer_infer")
+async def infer(m: Bound, body: JSON) -> Response:
+    completion = await m.submit(infer_request(body, m))
     steps = _infer_steps(completion, _state())
     if not body.get("stream"):
         async with aclosing(steps):

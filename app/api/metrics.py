@@ -1,6 +1,7 @@
 """``GET /metrics``: Prometheus text exposition with llama.cpp's ``llamacpp:`` names.
 
-Off unless the server runs with ``--metrics`` (501 otherwise), as in llama.cpp.
+Off unless the server runs with ``--metrics`` (501 otherwise), as in llama.cpp. Series
+carry a ``model`` label (several models can be loaded).
 """
 
 from __future__ import annotations
@@ -8,61 +9,91 @@ from __future__ import annotations
 from quart import Blueprint, Response
 
 from app.api.common import service
+from app.engine.scheduler import Engine
 from app.errors import NotSupported
+from app.registry import ModelStatus
 
 metrics = Blueprint("metrics", __name__)
 
 
-@metrics.route("/metrics", methods=["GET"])
-async def prometheus() -> Response:
-    svc = service()
-    if not svc.settings.metrics:
-        raise NotSupported("metrics are disabled; start the server with --metrics")
-    engine = svc.engine
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
+
+
+def _engine_rows(engine: Engine) -> list[tuple[str, str, str, str, float]]:
+    """(kind, prefix, name, help, value) for one loaded model's engine."""
     c = engine.counters
     busy = sum(1 for s in engine.slots if s.job is not None)
     cells = sum(len(s.cache) for s in engine.slots)
     capacity = engine.slot_ctx * len(engine.slots)
-    rows = [
-        ("counter", "prompt_tokens_total", "Prompt tokens evaluated.", c.prompt_tokens_total),
-        ("counter", "tokens_predicted_total", "Tokens generated.", c.tokens_predicted_total),
-        ("counter", "n_decode_total", "llama_decode calls.", c.decode_calls_total),
-        ("gauge", "n_busy_slots_per_decode", "Average busy slots per llama_decode call.",
-         c.busy_slots_total / c.decode_calls_total if c.decode_calls_total else 0.0),
-        ("gauge", "kv_cache_usage_ratio", "KV cache cells in use / cells.",
-         cells / capacity if capacity else 0.0),
-        ("gauge", "kv_cache_tokens", "KV cache cells in use.", cells),
-        ("gauge", "requests_processing", "Requests holding a slot.", busy),
-        ("gauge", "requests_deferred", "Requests waiting for a slot.", engine.n_waiting),
-    ]
-    lines: list[str] = []
-    for kind, name, help_text, value in rows:
-        lines += [f"# HELP llamacpp:{name} {help_text}", f"# TYPE llamacpp:{name} {kind}",
-                  f"llamacpp:{name} {value}"]
     cache = engine.prompt_cache
-    for kind, name, help_text, value in [
-        ("counter", "prompt_cache_hits_total", "Requests that started from a saved or another "
-         "slot's prefix (--cache-ram).", cache.stats.hits if cache is not None else 0),
-        ("counter", "prompt_cache_tokens_restored_total", "Prompt tokens those requests did not "
-         "evaluate.", cache.stats.tokens_restored if cache is not None else 0),
-        ("counter", "prompt_cache_saves_total", "Slot states saved to host memory.",
+    tuner = engine.tuner
+    return [
+        ("counter", "llamacpp", "prompt_tokens_total", "Prompt tokens evaluated.",
+         c.prompt_tokens_total),
+        ("counter", "llamacpp", "tokens_predicted_total", "Tokens generated.",
+         c.tokens_predicted_total),
+        ("counter", "llamacpp", "n_decode_total", "llama_decode calls.", c.decode_calls_total),
+        ("gauge", "llamacpp", "n_busy_slots_per_decode", "Average busy slots per llama_decode call.",
+         c.busy_slots_total / c.decode_calls_total if c.decode_calls_total else 0.0),
+        ("gauge", "llamacpp", "kv_cache_usage_ratio", "KV cache cells in use / cells.",
+         cells / capacity if capacity else 0.0),
+        ("gauge", "llamacpp", "kv_cache_tokens", "KV cache cells in use.", cells),
+        ("gauge", "llamacpp", "requests_processing", "Requests holding a slot.", busy),
+        ("gauge", "llamacpp", "requests_deferred", "Requests waiting for a slot.", engine.n_waiting),
+        ("counter", "sluice", "prompt_cache_hits_total", "Requests that started from a saved or "
+         "another slot's prefix (--cache-ram).", cache.stats.hits if cache is not None else 0),
+        ("counter", "sluice", "prompt_cache_tokens_restored_total", "Prompt tokens those requests "
+         "did not evaluate.", cache.stats.tokens_restored if cache is not None else 0),
+        ("counter", "sluice", "prompt_cache_saves_total", "Slot states saved to host memory.",
          cache.stats.saves if cache is not None else 0),
-        ("gauge", "prompt_cache_bytes", "Host memory held by saved slot states.",
+        ("gauge", "sluice", "prompt_cache_bytes", "Host memory held by saved slot states.",
          cache.bytes if cache is not None else 0),
-        ("gauge", "prompt_cache_entries", "Saved slot states.", len(cache) if cache is not None else 0),
-        ("gauge", "decode_threads", "Threads decoding generated tokens now (--adapt-threads).",
-         engine.tuner.current if engine.tuner is not None else 0),
-        ("counter", "decode_thread_switches_total", "Thread-count changes kept by the tuner.",
-         engine.tuner.switches if engine.tuner is not None else 0),
-    ]:
-        lines += [f"# HELP sluice:{name} {help_text}", f"# TYPE sluice:{name} {kind}",
-                  f"sluice:{name} {value}"]
-    for name, help_text, value in [
-        ("requests_total", "Requests submitted to the engine.", c.requests_total),
-        ("requests_started_total", "Requests that got a slot.", c.requests_started_total),
-        ("requests_dropped_queued_total", "Requests cancelled while still queued.",
-         c.requests_dropped_queued_total),
-    ]:
-        lines += [f"# HELP sluice:{name} {help_text}", f"# TYPE sluice:{name} counter",
-                  f"sluice:{name} {value}"]
+        ("gauge", "sluice", "prompt_cache_entries", "Saved slot states.",
+         len(cache) if cache is not None else 0),
+        ("gauge", "sluice", "decode_threads", "Threads decoding generated tokens now "
+         "(--adapt-threads).", tuner.current if tuner is not None else 0),
+        ("counter", "sluice", "decode_thread_switches_total", "Thread-count changes kept by the "
+         "tuner.", tuner.switches if tuner is not None else 0),
+        ("counter", "sluice", "requests_total", "Requests submitted to the engine.",
+         c.requests_total),
+        ("counter", "sluice", "requests_started_total", "Requests that got a slot.",
+         c.requests_started_total),
+        ("counter", "sluice", "requests_dropped_queued_total", "Requests cancelled while still "
+         "queued.", c.requests_dropped_queued_total),
+    ]
+
+
+@metrics.route("/metrics", methods=["GET"])
+async def prometheus() -> Response:
+    """Every series carries ``model="<name>"``: one per loaded model (engine counters start
+    again from 0 when a model is loaded again), and per known model its status and how
+    often it was loaded and unloaded."""
+    svc = service()
+    if not svc.settings.metrics:
+        raise NotSupported("metrics are disabled; start the server with --metrics")
+    families: dict[str, tuple[str, str, list[str]]] = {}
+
+    def add(kind: str, name: str, help_text: str, model: str, value: float) -> None:
+        family = families.setdefault(name, (kind, help_text, []))
+        family[2].append(f'{name}{{model="{_label(model)}"}} {value}')
+
+    for hosted in svc.registry.all():
+        add("gauge", "sluice:model_loaded", "1 while the model is loaded.", hosted.name,
+            int(hosted.status is ModelStatus.LOADED))
+        add("counter", "sluice:model_loads_total", "Times the model was loaded.", hosted.name,
+            hosted.loads)
+        add("counter", "sluice:model_unloads_total", "Times the model was unloaded.",
+            hosted.name, hosted.unloads)
+        add("counter", "sluice:model_load_failures_total", "Failed loads.", hosted.name,
+            hosted.failures)
+        add("gauge", "sluice:model_load_seconds", "How long the last load took.", hosted.name,
+            round(hosted.load_s, 3))
+        runtime = hosted.runtime
+        if hosted.status is ModelStatus.LOADED and runtime is not None:
+            for kind, prefix, name, help_text, value in _engine_rows(runtime.engine):
+                add(kind, f"{prefix}:{name}", help_text, hosted.name, value)
+    lines: list[str] = []
+    for name, (kind, help_text, samples) in families.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
     return Response("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")

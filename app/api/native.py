@@ -19,7 +19,7 @@ import trio
 from quart import Blueprint, Response, request
 
 from app import sse
-from app.api.common import json_response, read_json, service, streamed
+from app.api.common import json_response, query_model, read_json, service, streamed, with_model
 from app.completion import (
     Delta,
     Failure,
@@ -33,8 +33,10 @@ from app.completion import (
 )
 from app.errors import JSON, NotFound, ServerError, Unavailable
 from app.prepare import convert_schema
+from app.registry import ModelStatus
 from app.requests import native_request, sampling_report
 from app.running import Completion
+from app.service import Bound
 from app.validation import validate
 
 native = Blueprint("native", __name__)
@@ -124,12 +126,11 @@ async def events(completion: Completion, ping_interval_s: float) -> AsyncIterato
 # --- routes ---------------------------------------------------------------------------------------
 @native.route("/completion", methods=["POST"])
 @native.route("/completions", methods=["POST"])
-async def completion() -> Response:
-    svc = service()
-    body = validate("completion", await read_json())
-    completion = await svc.submit(native_request(body, svc.defaults))
+@with_model("completion")
+async def completion(m: Bound, body: JSON) -> Response:
+    completion = await m.submit(native_request(body, m.defaults))
     if body.get("stream"):
-        return streamed(events(completion, svc.settings.queue_ping_interval_s), completion.id)
+        return streamed(events(completion, m.settings.queue_ping_interval_s), completion.id)
     outcome = await completion.result()
     return json_response(final_object(outcome), headers={"X-Request-Id": str(outcome.id)})
 
@@ -144,15 +145,25 @@ async def abort(job_id: int) -> Response:
 
 @native.route("/health", methods=["GET"])
 async def health() -> Response:
+    """200 while the server can serve: 503 while the default model loads, when a loaded
+    model's engine died, or while shutting down. A model that is merely unloaded (idle,
+    evicted) loads on demand, so it does not make the server unhealthy."""
     svc = service()
-    if not svc.engine.alive:
-        raise Unavailable("the engine is not running")
+    if svc.shutting_down:
+        raise Unavailable("the server is shutting down")
+    default = svc.registry.default_hosted
+    if default is not None and default.status is ModelStatus.LOADING:
+        raise Unavailable("loading model")
+    for hosted in svc.registry.loaded():
+        if hosted.runtime is not None and not hosted.runtime.engine.alive:
+            raise Unavailable(f"the engine of model {hosted.name!r} is not running")
     return json_response({"status": "ok"})
 
 
 @native.route("/slots", methods=["GET"])
-async def slots() -> Response:
-    infos = service().slot_infos()
+@query_model
+async def slots(svc: Bound) -> Response:
+    infos = svc.slot_infos()
     if request.args.get("fail_on_no_slot") in ("1", "true") and all(i.is_processing for i in infos):
         raise Unavailable("no slot available")
     return json_response([
@@ -163,8 +174,8 @@ async def slots() -> Response:
 
 
 @native.route("/props", methods=["GET"])
-async def props() -> Response:
-    svc = service()
+@query_model
+async def props(svc: Bound) -> Response:
     info = svc.model.info
     st = svc.settings
     engine = svc.engine

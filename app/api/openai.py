@@ -9,7 +9,7 @@ Decisions where OpenAI's API has no counterpart here: ``n`` must be 1 and
 ``/v1/completions`` takes one prompt (400 otherwise); an aborted, timed-out,
 shut-down or model-changed request ends with ``finish_reason: "stop"`` and a
 top-level ``"aborted"`` / ``"timeout"`` / ``"shutdown"`` / ``"model_changed": true``;
-``model`` is accepted and ignored (one model is loaded).
+``model`` picks the model (see :mod:`app.registry`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import trio
 from quart import Blueprint, Response
 
 from app import sse
-from app.api.common import json_response, read_json, service, streamed
+from app.api.common import json_response, streamed, with_model
 from app.api.native import timings
 from app.chat import Message
 from app.completion import (
@@ -48,6 +48,7 @@ from app.requests import (
     stops_from,
 )
 from app.running import Completion
+from app.service import Bound
 from app.tools import (
     CallArguments,
     CallEnd,
@@ -59,7 +60,6 @@ from app.tools import (
     ToolCall,
 )
 from app.turns import Choice, ToolPolicy, Turn, chat_request, check_calls, parse_arguments, tool_policy
-from app.validation import validate
 
 openai = Blueprint("openai", __name__)
 
@@ -211,22 +211,21 @@ async def call_checks(reply: Reply, turn: Turn) -> JSON:
 
 @openai.route("/v1/chat/completions", methods=["POST"])
 @openai.route("/chat/completions", methods=["POST"])
-async def chat_completions() -> Response:
-    svc = service()
-    body = validate("chat_completion", await read_json())
-    template = svc.chat
+@with_model("chat_completion")
+async def chat_completions(m: Bound, body: JSON) -> Response:
+    template = m.chat
     top = body.get("top_logprobs") or 0
     logprobs = bool(body.get("logprobs"))
-    base = openai_request(body, svc.defaults, prompt="", n_probs=max(top, 1) if logprobs else 0,
+    base = openai_request(body, m.defaults, prompt="", n_probs=max(top, 1) if logprobs else 0,
                           extra_stops=template.stops)
     turn = chat_request(template, messages(body), tools_from(body), base,
-                        system_prompt=svc.settings.system_prompt,
-                        reasoning=reasoning_from(body, svc.settings.reasoning_format))
-    completion = await svc.submit(turn.request)
+                        system_prompt=m.settings.system_prompt,
+                        reasoning=reasoning_from(body, m.settings.reasoning_format))
+    completion = await m.submit(turn.request)
     created = int(time.time())
     ident = f"chatcmpl-{completion.id}"
     head: JSON = {"id": ident, "object": "chat.completion.chunk", "created": created,
-                  "model": svc.model_name, "system_fingerprint": "sluice-0.1.0"}
+                  "model": m.model_name, "system_fingerprint": "sluice-0.1.0"}
     splitter = turn.splitter()
     if body.get("stream"):
         def choice(delta: JSON, finish: str | None = None, lp: JSON | None = None) -> JSON:
@@ -258,7 +257,7 @@ async def chat_completions() -> Response:
                     "choices": [], "usage": usage(o)}
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return streamed(_stream(completion, svc.settings.queue_ping_interval_s,
+        return streamed(_stream(completion, m.settings.queue_ping_interval_s,
                                 role=choice({"role": "assistant", "content": None}),
                                 delta=on_delta, finish=finish,
                                 usage_chunk=usage_chunk if include_usage else None),
@@ -277,7 +276,7 @@ async def chat_completions() -> Response:
     if logprobs:
         out_choice["logprobs"] = {"content": _logprob_entries(outcome.logprobs, top)}
     return json_response({
-        "id": ident, "object": "chat.completion", "created": created, "model": svc.model_name,
+        "id": ident, "object": "chat.completion", "created": created, "model": m.model_name,
         "system_fingerprint": "sluice-0.1.0", "choices": [out_choice], "usage": usage(outcome),
         **extras(outcome), **await call_checks(reply, turn)},
         headers={"X-Request-Id": str(completion.id)})
@@ -329,19 +328,18 @@ async def _stream(completion: Completion, ping_s: float, *, role: JSON | None,
 
 # --- text completions -------------------------------------------------------------------------
 @openai.route("/v1/completions", methods=["POST"])
-async def completions() -> Response:
-    svc = service()
-    body = validate("openai_completion", await read_json())
+@with_model("openai_completion")
+async def completions(m: Bound, body: JSON) -> Response:
     prompt: Any = body["prompt"]
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
         prompt = prompt[0]
     top = body.get("logprobs") or 0
-    defaults = svc.defaults if "max_tokens" in body else replace(svc.defaults, n_predict=16)
-    completion = await svc.submit(openai_request(body, defaults, prompt=prompt, n_probs=top))
+    defaults = m.defaults if "max_tokens" in body else replace(m.defaults, n_predict=16)
+    completion = await m.submit(openai_request(body, defaults, prompt=prompt, n_probs=top))
     created = int(time.time())
     ident = f"cmpl-{completion.id}"
     head: JSON = {"id": ident, "object": "text_completion", "created": created,
-                  "model": svc.model_name}
+                  "model": m.model_name}
     if body.get("stream"):
         offset = 0
 
@@ -359,7 +357,7 @@ async def completions() -> Response:
             return [{**choice("", finish_reason(o), None), **extras(o)}]
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return streamed(_stream(completion, svc.settings.queue_ping_interval_s, role=None,
+        return streamed(_stream(completion, m.settings.queue_ping_interval_s, role=None,
                                 delta=on_delta, finish=finish,
                                 usage_chunk=(lambda o: {**head, "choices": [], "usage": usage(o)})
                                 if include_usage else None),
@@ -370,20 +368,6 @@ async def completions() -> Response:
     if top:
         out_choice["logprobs"] = _text_logprobs(outcome.logprobs, top, 0)
     return json_response({
-        "id": ident, "object": "text_completion", "created": created, "model": svc.model_name,
+        "id": ident, "object": "text_completion", "created": created, "model": m.model_name,
         "choices": [out_choice], "usage": usage(outcome), **extras(outcome)},
         headers={"X-Request-Id": str(completion.id)})
-
-
-# --- models ----------------------------------------------------------------------------------
-@openai.route("/v1/models", methods=["GET"])
-@openai.route("/models", methods=["GET"])
-async def models() -> Response:
-    svc = service()
-    info = svc.model.info
-    return json_response({"object": "list", "data": [{
-        "id": svc.model_name, "object": "model", "created": int(info.path.stat().st_mtime),
-        "owned_by": "sluice",
-        "meta": {"n_vocab": info.n_vocab, "n_ctx_train": info.n_ctx_train,
-                 "n_params": info.n_params, "size": info.size_bytes,
-                 "architecture": info.architecture}}]})

@@ -26,7 +26,7 @@ from typing import Any
 from quart import Blueprint, Response
 
 from app import sse
-from app.api.common import json_response, read_json, service, streamed
+from app.api.common import json_response, streamed, with_model
 from app.api.openai import call_checks, extras
 from app.chat import Message
 from app.completion import (
@@ -42,6 +42,7 @@ from app.completion import (
 from app.errors import JSON, InvalidRequest, ServerError
 from app.requests import sampling_from
 from app.running import Completion
+from app.service import Bound
 from app.tools import (
     CallArguments,
     CallEnd,
@@ -55,7 +56,6 @@ from app.tools import (
     new_call_id,
 )
 from app.turns import Choice, Turn, chat_request, parse_arguments, tool_policy
-from app.validation import validate
 
 responses = Blueprint("responses", __name__)
 
@@ -110,8 +110,7 @@ def conversation(body: JSON) -> list[Message]:
     return out
 
 
-def turn_of(body: JSON) -> Turn:
-    svc = service()
+def turn_of(svc: Bound, body: JSON) -> Turn:
     for name in _STATEFUL:
         if body.get(name):
             raise InvalidRequest(f"'{name}' needs stored responses; this server is stateless: "
@@ -214,22 +213,21 @@ def response_object(body: JSON, ident: str, created: int, model: str, *, status:
 
 
 @responses.route("/v1/responses", methods=["POST"])
-async def create() -> Response:
-    svc = service()
-    body = validate("responses", await read_json())
-    turn = turn_of(body)
-    completion = await svc.submit(turn.request)
+@with_model("responses")
+async def create(m: Bound, body: JSON) -> Response:
+    turn = turn_of(m, body)
+    completion = await m.submit(turn.request)
     base = f"{completion.id:08d}{new_call_id('')[:16]}"
     ident, ids, created = f"resp_{base}", _Ids(base), int(time.time())
     splitter = turn.splitter()
     if body.get("stream"):
         return streamed(_events(completion, splitter, turn, body, ident, ids, created,
-                                svc.model_name, svc.settings.queue_ping_interval_s),
+                                m.model_name, m.settings.queue_ping_interval_s),
                         completion.id)
     outcome = await completion.result()
     splitter.feed(outcome.text)
     splitter.close()
-    out = response_object(body, ident, created, svc.model_name, status="completed",
+    out = response_object(body, ident, created, m.model_name, status="completed",
                           output=output_items(splitter.reply, ids), outcome=outcome)
     return json_response({**out, **extras(outcome), **await call_checks(splitter.reply, turn)},
                          headers={"X-Request-Id": str(completion.id)})

@@ -100,6 +100,10 @@ EMBEDDED: dict[str, Callable[[], Path]] = {
 }
 
 
+class LoadCancelled(ModelLoadError):
+    """Nobody waited for the model any more, so its load was stopped."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
     path: Path
@@ -118,15 +122,36 @@ class ModelInfo:
 class Model:
     """A loaded GGUF model. Close it with :meth:`close`."""
 
-    def __init__(self, path: Path, *, n_gpu_layers: int = 0, verbose: bool = False) -> None:
+    def __init__(self, path: Path, *, n_gpu_layers: int = 0, verbose: bool = False,
+                 cancelled: Callable[[], bool] | None = None) -> None:
+        """Load ``path``. ``cancelled`` is asked during the load (from this thread); when it
+        answers True, llama.cpp stops loading and frees what it read.
+
+        Raises:
+            ModelLoadError: not a loadable model, or the load was cancelled
+                (:class:`LoadCancelled`).
+        """
         _backend()
         if not verbose:
             _quiet_logs()
         check_model_file(path)
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        asked: list[bool] = []
+        if cancelled is not None:
+            def progress(_fraction: float, _data: ctypes.c_void_p) -> bool:
+                if cancelled():
+                    asked.append(True)
+                    return False
+                return True
+
+            # kept in a local until the call returns: the C side holds only the pointer
+            callback = C.llama_progress_callback(progress)
+            params.progress_callback = callback
         ptr = C.llama_model_load_from_file(str(path).encode(), params)
         if not ptr:
+            if asked:
+                raise LoadCancelled(f"the load of {path.name} was cancelled")
             raise ModelLoadError(f"llama.cpp could not load model {path}")
         self.ptr = ptr
         self.vocab = C.llama_model_get_vocab(ptr)

@@ -48,6 +48,7 @@ async def running(runtime: FakeRuntime | None = None, *, threads: bool = False, 
            else Service(Settings(**settings), runtime, offload=inline))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(drive, runtime.engine)
+        await nursery.start(svc.registry.run)  # loads and unloads; tests reap stalled ones
         yield svc, runtime
         nursery.cancel_scope.cancel(reason="test over")
 
@@ -153,7 +154,7 @@ async def test_model_switch_ends_running_requests_marked(autojump_clock: trio.te
 
             nursery.start_soon(read)
             await trio.sleep(0.5)
-            nursery.start_soon(svc.switch_model, None)
+            nursery.start_soon(svc.unload)
             await trio.sleep(0.5)
             assert not rt.closed  # the unread completion still holds the model
             # read now, it ends at once, marked too, and lets the unload go on
@@ -169,12 +170,12 @@ async def test_unload_refuses_while_the_model_is_in_use(autojump_clock: trio.tes
         svc.drain_s = 0.2
         with svc.lease():  # a long tokenization, say
             with pytest.raises(Conflict, match="still in use"):
-                await svc.switch_model(None)
+                await svc.unload()
             assert svc.runtime is rt
             assert not rt.closed
             # the model still serves
             assert final(await collect(await svc.submit(request()))).text == "hello world"
-        await svc.switch_model(None)
+        await svc.unload()
         assert rt.closed
 
 
@@ -223,7 +224,7 @@ async def test_a_completion_dropped_unread_frees_its_sampler_and_registration(
         assert svc.running(job_id) is None
         assert rt.samplers[0].closed
         assert rt.engine.counters.requests_total == 0  # it never reached the engine
-        await svc.switch_model(None)  # nothing left to wait for
+        await svc.unload()  # nothing left to wait for
 
 
 # --- errors before the first token --------------------------------------------------------------
@@ -276,7 +277,7 @@ async def test_a_switch_during_preparation_is_a_503_not_a_stream(
 
             nursery.start_soon(submit)
             await started.wait()
-            nursery.start_soon(svc.switch_model, None)
+            nursery.start_soon(svc.unload)
             await trio.sleep(0.1)
             assert not rt.closed  # the unload waits for the preparation
             release.set()
@@ -328,7 +329,7 @@ async def test_a_client_that_stops_reading_is_abandoned_after_the_send_timeout(
         await trio.sleep(0.1)
         assert not rt.engine.slot_infos()[0].is_processing  # the slot is free
         assert svc.running(completion.id) is None
-        await svc.switch_model(None)  # and the model is no longer held
+        await svc.unload()  # and the model is no longer held
         assert rt.closed
         with pytest.raises(StopAsyncIteration):  # resuming ends at once
             await items.__anext__()

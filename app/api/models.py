@@ -1,0 +1,85 @@
+"""The model registry over HTTP: ``GET /v1/models`` (and ``/models``), ``POST /models/load``,
+``POST /models/unload``, as llama.cpp's router mode serves them.
+
+Every known model is listed with its ``status``: ``{"value": "loaded" | "loading" |
+"unloading" | "unloaded" | "failed"}``, and for a failed one ``"failed": true`` and the
+``error``. Loading and unloading answer ``{"success": true}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response
+
+from app.api.common import json_response, read_json, service
+from app.errors import JSON
+from app.registry import Hosted, ModelStatus
+from app.validation import validate
+
+models = Blueprint("models", __name__)
+
+
+def model_meta(hosted: Hosted) -> JSON:
+    runtime = hosted.runtime
+    if runtime is None:
+        return {}
+    info = runtime.model.info
+    return {"n_vocab": info.n_vocab, "n_ctx_train": info.n_ctx_train,
+            "n_params": info.n_params, "size": info.size_bytes,
+            "architecture": info.architecture}
+
+
+def model_entry(hosted: Hosted) -> JSON:
+    status: JSON = {"value": hosted.status.value}
+    if hosted.status is ModelStatus.FAILED:
+        status.update(failed=True, error=hosted.error)
+    try:
+        created = int(hosted.spec.path.stat().st_mtime)
+    except OSError:
+        created = 0
+    entry: JSON = {"id": hosted.name, "object": "model", "created": created,
+                   "owned_by": "sluice", "aliases": list(hosted.spec.aliases),
+                   "path": str(hosted.spec.path), "status": status}
+    meta = model_meta(hosted)
+    if meta:
+        entry["meta"] = meta
+    return entry
+
+
+@models.route("/v1/models", methods=["GET"])
+@models.route("/models", methods=["GET"])
+async def list_models() -> Response:
+    registry = service().registry
+    return json_response({"object": "list", "data": [model_entry(h) for h in registry.all()]})
+
+
+@models.route("/v1/models/<path:name>", methods=["GET"])
+async def one_model(name: str) -> Response:
+    registry = service().registry
+    return json_response(model_entry(registry.find(name)))
+
+
+async def _name() -> tuple[str, dict[str, Any]]:
+    body = validate("models_load", await read_json())
+    return body["model"], body
+
+
+@models.route("/models/load", methods=["POST"])
+async def load() -> Response:
+    """Load a model now (it stays loaded until evicted, idle or unloaded)."""
+    name, _ = await _name()
+    svc = service()
+    hosted = svc.registry.find(name)
+    await svc.registry.ensure_loaded(hosted)
+    return json_response({"success": True, "model": hosted.name})
+
+
+@models.route("/models/unload", methods=["POST"])
+async def unload() -> Response:
+    """Unload a model; its running requests end, marked ``"model_changed": true``."""
+    name, _ = await _name()
+    svc = service()
+    hosted = svc.registry.find(name)
+    await svc.registry.unload(hosted)
+    return json_response({"success": True, "model": hosted.name})

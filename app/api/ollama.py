@@ -1,0 +1,437 @@
+"""Ollama's routes and wire shapes, so Ollama clients work unchanged: ``GET /api/tags``,
+``GET /api/ps``, ``POST /api/show``, ``GET /api/version``, ``POST /api/generate``,
+``POST /api/chat``.
+
+Replies stream as NDJSON lines (``application/x-ndjson``) unless ``"stream": false``;
+errors are Ollama's ``{"error": "..."}`` (mapped in the one error handler; after the
+first line, one ``{"error": ...}`` line ends the stream). ``model`` is required, as in
+Ollama, and routed by :mod:`app.registry`. ``keep_alive`` (seconds, or ``"5m"``, ``"1h"``,
+``"300ms"``; 0: unload after this request; negative: keep loaded) sets the model's idle
+limit from this request on. An empty ``prompt`` (or no ``messages``) only loads the model,
+or with ``keep_alive: 0`` unloads it (``done_reason`` ``load`` / ``unload``), as Ollama.
+
+Decisions: ``options`` that steer sampling apply; Ollama's runtime options (``num_ctx``,
+``num_thread``, ``num_gpu``...) are accepted and not applied (the model's server settings
+hold: a per-request context size would mean reloading the model). ``images`` are refused
+(no vision projector); ``template`` (a Go template) is refused; ``context`` must be empty
+(this server keeps no context between requests: send the text again). Tool calls come
+whole, one chunk per call, as Ollama sends them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from quart import Blueprint, Response
+
+from app.api.common import json_response, read_json, service
+from app.api.models import model_meta
+from app.api.openai import messages, openai_request, tools_from
+from app.chat import Message
+from app.completion import Delta, Failure, Final, Outcome, StopType
+from app.errors import JSON, InvalidRequest, NotSupported
+from app.registry import Hosted
+from app.requests import native_request
+from app.tools import CallEnd, Piece, ReasoningPiece, ReplySplitter, TextPiece
+from app.turns import chat_request
+from app.validation import validate
+
+ollama = Blueprint("ollama", __name__)
+
+#: the paths whose errors take Ollama's shape
+OLLAMA_ROUTES = frozenset({"/api/generate", "/api/chat", "/api/tags", "/api/ps", "/api/show",
+                           "/api/version"})
+VERSION = "0.6.3"  # the Ollama API version these routes follow
+NDJSON = "application/x-ndjson"
+
+#: Ollama option -> llama.cpp's name (sampling); the other options are accepted, not applied
+_OPTIONS = {"num_predict": "n_predict", "temperature": "temperature", "top_k": "top_k",
+            "top_p": "top_p", "min_p": "min_p", "typical_p": "typical_p",
+            "repeat_penalty": "repeat_penalty", "repeat_last_n": "repeat_last_n",
+            "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+            "seed": "seed", "stop": "stop", "mirostat": "mirostat",
+            "mirostat_tau": "mirostat_tau", "mirostat_eta": "mirostat_eta"}
+_DURATION = re.compile(r"(-?[0-9]{1,10}(?:\.[0-9]{1,9})?)(ms|s|m|h)?")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def keep_alive_of(body: JSON) -> tuple[bool, float | None]:
+    """``(given, seconds)`` of the body's ``keep_alive``; negative seconds: keep loaded.
+
+    Raises:
+        InvalidRequest: not a number or a duration such as ``"5m"``.
+    """
+    raw = body.get("keep_alive")
+    if raw is None or raw == "":
+        return False, None
+    if isinstance(raw, bool):
+        raise InvalidRequest("invalid value for 'keep_alive': give seconds or a duration such "
+                             "as \"5m\"", param="keep_alive")
+    if isinstance(raw, int | float):
+        seconds = float(raw)
+    else:
+        match = _DURATION.fullmatch(raw.strip())
+        if match is None:
+            raise InvalidRequest("invalid value for 'keep_alive': give seconds or a duration "
+                                 "such as \"5m\", \"1h\", \"300ms\"", param="keep_alive")
+        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    if not math.isfinite(seconds):
+        raise InvalidRequest("invalid value for 'keep_alive': must be finite", param="keep_alive")
+    return True, -1.0 if seconds < 0 else seconds
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+def _details(hosted: Hosted) -> JSON:
+    meta = model_meta(hosted)
+    name = hosted.spec.path.name.lower()
+    quant = next((q for q in ("q4_k_m", "q4_k_s", "q4_0", "q4_1", "q5_k_m", "q5_0", "q6_k",
+                              "q8_0", "f16", "bf16", "f32") if q in name), "unknown")
+    arch = meta.get("architecture", "")
+    params = meta.get("n_params")
+    return {"parent_model": "", "format": "gguf", "family": arch,
+            "families": [arch] if arch else None,
+            "parameter_size": f"{params / 1e6:.0f}M" if isinstance(params, int) else "",
+            "quantization_level": quant.upper()}
+
+
+def _size(hosted: Hosted) -> int:
+    try:
+        return hosted.spec.path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _modified(hosted: Hosted) -> str:
+    try:
+        mtime = hosted.spec.path.stat().st_mtime
+    except OSError:
+        mtime = 0.0
+    return datetime.fromtimestamp(mtime, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _digest(hosted: Hosted) -> str:
+    import hashlib
+
+    return hashlib.sha256(str(hosted.spec.path.resolve()).encode()).hexdigest()
+
+
+# --- listing -------------------------------------------------------------------------------------
+@ollama.route("/api/version", methods=["GET"])
+async def version() -> Response:
+    return json_response({"version": VERSION})
+
+
+@ollama.route("/api/tags", methods=["GET"])
+async def tags() -> Response:
+    """Every model the server knows (Ollama lists what is installed)."""
+    return json_response({"models": [
+        {"name": h.name, "model": h.name, "modified_at": _modified(h), "size": _size(h),
+         "digest": _digest(h), "details": _details(h)}
+        for h in service().registry.all()]})
+
+
+@ollama.route("/api/ps", methods=["GET"])
+async def ps() -> Response:
+    """The loaded models, with when they will be unloaded if left idle."""
+    out = []
+    now_wall, now = time.time(), _trio_now()
+    for h in service().registry.loaded():
+        left = h.expires_at - now
+        expires = (datetime.fromtimestamp(now_wall + left, UTC).isoformat().replace("+00:00", "Z")
+                   if math.isfinite(left) else "9999-12-31T23:59:59Z")
+        out.append({"name": h.name, "model": h.name, "size": _size(h), "digest": _digest(h),
+                    "details": _details(h), "expires_at": expires, "size_vram": 0,
+                    "context_length": h.spec.settings(service().settings).slot_ctx})
+    return json_response({"models": out})
+
+
+def _trio_now() -> float:
+    import trio
+
+    return trio.current_time()
+
+
+@ollama.route("/api/show", methods=["POST"])
+async def show() -> Response:
+    body = validate("ollama_show", await read_json())
+    name = body.get("model") or body.get("name")
+    if not name:
+        raise InvalidRequest("'model' is required", param="model")
+    svc = service()
+    hosted = svc.registry.find(name)
+    info: JSON = {"general.architecture": model_meta(hosted).get("architecture", "")}
+    template = hosted.runtime.chat.source if hosted.runtime is not None else ""
+    return json_response({"modelfile": f"FROM {hosted.spec.path}\n", "parameters": "",
+                          "template": template, "details": _details(hosted),
+                          "model_info": info, "capabilities": ["completion", "tools"],
+                          "modified_at": _modified(hosted)})
+
+
+# --- generating ----------------------------------------------------------------------------------
+def _sampling(body: JSON) -> JSON:
+    """Ollama's ``options`` under llama.cpp's names, and ``format`` as a JSON schema."""
+    options = body.get("options") or {}
+    out: JSON = {_OPTIONS[k]: v for k, v in options.items() if k in _OPTIONS}
+    if out.get("n_predict") == -2:
+        out["n_predict"] = -1  # Ollama's "fill the context"
+    return out
+
+
+def _format_schema(body: JSON) -> JSON | None:
+    fmt = body.get("format")
+    if fmt in (None, ""):
+        return None
+    if fmt == "json":
+        return {"type": "object"}
+    return dict(fmt)
+
+
+def _refuse_unsupported(body: JSON, *, images_in: str) -> None:
+    if body.get("images"):
+        raise InvalidRequest(f"'{images_in}': this model has no vision projector; images are "
+                             "not supported", param=images_in)
+    if body.get("template"):
+        raise NotSupported("'template' (an Ollama Go template) is not supported; send 'raw': "
+                           "true with the prompt already formatted")
+
+
+async def _load_or_unload(body: JSON, given: bool, seconds: float | None) -> Response:
+    """An empty prompt: load the model, or unload it with ``keep_alive: 0``."""
+    svc = service()
+    hosted = svc.registry.find(body["model"])
+    if given and seconds == 0:
+        await svc.registry.unload(hosted, stop=False)
+        reason = "unload"
+    else:
+        async with svc.use(body["model"], keep_alive_s=seconds, set_keep_alive=given):
+            pass
+        reason = "load"
+    line: JSON = {"model": hosted.name, "created_at": _now(), "done": True, "done_reason": reason}
+    line["message" if "messages" in body else "response"] = (
+        {"role": "assistant", "content": ""} if "messages" in body else "")
+    return json_response(line)
+
+
+def _final_fields(outcome: Outcome, started: float, load_s: float) -> JSON:
+    t = outcome.timings
+    reason = "length" if outcome.stop is StopType.LIMIT else "stop"
+    return {"done": True, "done_reason": reason,
+            "total_duration": _ns(time.perf_counter() - started), "load_duration": _ns(load_s),
+            "prompt_eval_count": outcome.n_prompt,
+            "prompt_eval_duration": _ns(t.prompt_ms / 1000.0),
+            "eval_count": outcome.n_predicted, "eval_duration": _ns(t.predicted_ms / 1000.0)}
+
+
+def _line(obj: JSON) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
+
+
+def _ndjson(body: AsyncIterator[bytes], job_id: int) -> Response:
+    resp = Response(body, status=200, headers={"Content-Type": NDJSON, "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no",
+                                               "X-Request-Id": str(job_id)})
+    resp.timeout = None
+    return resp
+
+
+@ollama.route("/api/generate", methods=["POST"])
+async def generate() -> Response:
+    body = validate("ollama_generate", await read_json())
+    _refuse_unsupported(body, images_in="images")
+    given, seconds = keep_alive_of(body)
+    prompt, suffix = body.get("prompt", ""), body.get("suffix", "")
+    if not prompt and not suffix:
+        return await _load_or_unload(body, given, seconds)
+    started = time.perf_counter()
+    svc = service()
+    async with svc.use(body["model"], keep_alive_s=seconds, set_keep_alive=given) as m:
+        load_s = time.perf_counter() - started
+        native: JSON = {**_sampling(body)}
+        schema = _format_schema(body)
+        if schema is not None:
+            native["json_schema"] = schema
+        stops: tuple[str, ...] = ()
+        tokens: tuple[str | int, ...] | None = None
+        if suffix:
+            tokens = tuple(await m.with_model(lambda rt: _fim(rt, prompt, suffix)))
+            native["prompt"] = ""
+        elif body.get("raw"):
+            native["prompt"] = prompt
+        else:
+            template = m.chat
+            system = body.get("system") or m.settings.system_prompt
+            native["prompt"] = template.prompt([Message("user", prompt)], system)
+            stops = template.stops
+        if stops:
+            native["stop"] = list(dict.fromkeys([*stops, *native.get("stop", [])]))
+        request = native_request(validate("completion", native), m.defaults, prompt=tokens)
+        completion = await m.submit(request)
+    name = m.name
+
+    def head() -> JSON:
+        return {"model": name, "created_at": _now()}
+
+    if body.get("stream", True):
+        async def lines() -> AsyncIterator[bytes]:
+            async for item in completion.items():
+                match item:
+                    case Delta(text=text) if text:
+                        yield _line({**head(), "response": text, "done": False})
+                    case Final(outcome=outcome):
+                        yield _line({**head(), "response": "",
+                                     **_final_fields(outcome, started, load_s)})
+                    case Failure(message=message):
+                        yield _line({"error": message})
+        return _ndjson(lines(), completion.id)
+    outcome = await completion.result()
+    return json_response({**head(), "response": outcome.text,
+                          **_final_fields(outcome, started, load_s)})
+
+
+def _fim(rt: Any, prefix: str, suffix: str) -> list[int]:
+    fim = rt.model.fim_tokens()
+    if fim is None:
+        raise NotSupported("'suffix' needs a model with fill-in-the-middle tokens; this one has "
+                           "none")
+    pre, suf, mid = fim
+
+    def tok(text: str) -> list[int]:
+        return list(rt.model.tokenize(text, add_special=False, parse_special=False))
+
+    return [pre, *tok(prefix), suf, *tok(suffix), mid]
+
+
+def _openai_messages(body: JSON) -> list[JSON]:
+    """Ollama's messages in OpenAI's shape (the chat path's parser checks them)."""
+    out: list[JSON] = []
+    last_calls: list[tuple[str, str]] = []  # (id, name) of the latest assistant calls
+    for i, msg in enumerate(body.get("messages") or ()):
+        if msg.get("images"):
+            raise InvalidRequest(f"'messages[{i}].images': this model has no vision projector; "
+                                 "images are not supported", param=f"messages[{i}].images")
+        wire: JSON = {"role": msg["role"], "content": msg.get("content", "")}
+        if msg.get("tool_calls"):
+            last_calls = []
+            calls = []
+            for j, call in enumerate(msg["tool_calls"]):
+                ident = f"call_{i}_{j}"
+                fn = call["function"]
+                last_calls.append((ident, fn["name"]))
+                calls.append({"id": ident, "type": "function",
+                              "function": {"name": fn["name"],
+                                           "arguments": json.dumps(fn.get("arguments") or {})}})
+            wire["tool_calls"] = calls
+        if msg["role"] == "tool":
+            name = msg.get("tool_name", "")
+            match = next((c for c in last_calls if c[1] == name), None) or (
+                last_calls[0] if last_calls else (f"call_{i}", name))
+            wire["tool_call_id"] = match[0]
+            if name:
+                wire["name"] = name
+        out.append(wire)
+    return out
+
+
+@ollama.route("/api/chat", methods=["POST"])
+async def chat() -> Response:
+    body = validate("ollama_chat", await read_json())
+    given, seconds = keep_alive_of(body)
+    if not body.get("messages"):
+        return await _load_or_unload({**body, "messages": []}, given, seconds)
+    sampling = _sampling(body)
+    wire: JSON = {"messages": _openai_messages(body),
+                  **{k: v for k, v in sampling.items() if k != "n_predict"}}
+    if "n_predict" in sampling:
+        wire["max_tokens"] = sampling["n_predict"]
+    if body.get("tools"):
+        wire["tools"] = body["tools"]
+    schema = _format_schema(body)
+    if schema is not None:
+        wire["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "format", "schema": schema}}
+    wire = validate("chat_completion", wire)
+    started = time.perf_counter()
+    svc = service()
+    async with svc.use(body["model"], keep_alive_s=seconds, set_keep_alive=given) as m:
+        load_s = time.perf_counter() - started
+        template = m.chat
+        base = openai_request(wire, m.defaults, prompt="", n_probs=0, extra_stops=template.stops)
+        reasoning = bool(body.get("think", m.settings.reasoning_format != "none"))
+        turn = chat_request(template, messages(wire), tools_from(wire), base,
+                            system_prompt=m.settings.system_prompt, reasoning=reasoning)
+        completion = await m.submit(turn.request)
+    name = m.name
+    splitter = turn.splitter()
+
+    def head() -> JSON:
+        return {"model": name, "created_at": _now()}
+
+    if body.get("stream", True):
+        async def lines() -> AsyncIterator[bytes]:
+            async for item in completion.items():
+                match item:
+                    case Delta(text=text):
+                        for msg in _chat_messages(splitter.feed(text), splitter):
+                            yield _line({**head(), "message": msg, "done": False})
+                    case Final(outcome=outcome):
+                        for msg in _chat_messages(splitter.close(), splitter):
+                            yield _line({**head(), "message": msg, "done": False})
+                        yield _line({**head(), "message": {"role": "assistant", "content": ""},
+                                     **_final_fields(outcome, started, load_s)})
+                    case Failure(message=message):
+                        yield _line({"error": message})
+        return _ndjson(lines(), completion.id)
+    outcome = await completion.result()
+    splitter.feed(outcome.text)
+    splitter.close()
+    reply = splitter.reply
+    message: JSON = {"role": "assistant", "content": reply.text}
+    if reply.reasoning:
+        message["thinking"] = reply.reasoning
+    if reply.calls:
+        message["tool_calls"] = [_wire_call(c.name, c.arguments, i)
+                                 for i, c in enumerate(reply.calls)]
+    return json_response({**head(), "message": message,
+                          **_final_fields(outcome, started, load_s)})
+
+
+def parse_call_arguments(arguments: str) -> Any:
+    """A call's arguments as the object Ollama sends ({} when cut off by the token limit)."""
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return {}
+
+
+def _wire_call(name: str, arguments: str, index: int) -> JSON:
+    return {"function": {"index": index, "name": name,
+                         "arguments": parse_call_arguments(arguments)}}
+
+
+def _chat_messages(pieces: list[Piece], splitter: ReplySplitter) -> list[JSON]:
+    out: list[JSON] = []
+    for piece in pieces:
+        match piece:
+            case TextPiece(text=text) if text:
+                out.append({"role": "assistant", "content": text})
+            case ReasoningPiece(text=text) if text:
+                out.append({"role": "assistant", "content": "", "thinking": text})
+            case CallEnd(index=index):
+                call = splitter.reply.calls[index]
+                out.append({"role": "assistant", "content": "",
+                            "tool_calls": [_wire_call(call.name, call.arguments, index)]})
+    return out
+

@@ -1,0 +1,511 @@
+"""The models a server knows, which of them are loaded, and their life: load on demand, LRU
+eviction, idle unload, per-request ``keep_alive``.
+
+Everything here runs on the Trio thread; loading and freeing a model run in worker
+threads through the ``load`` and ``close`` callables. A loaded model's runtime is
+reference-counted by its :class:`~app.runtime.Leases` (requests, tokenizing,
+embedding, slot actions each hold one), and a model is unloaded only after its
+leases drained, so its memory is freed when no thread can touch it.
+
+Decisions (README "Several models"):
+
+- A name the registry knows (a model's name or one of its aliases) routes to that model.
+  In *single-model mode* (no ``--models-dir`` and no ``models`` in the config file) any
+  other name goes to the default model, as llama.cpp's server ignores ``model``; in
+  *router mode* an unknown name is a 404 listing the known ones.
+- A request without a model goes to the default model (``--model``; the embedded
+  Gemma when the server starts with no model options at all); without one, to the
+  most recently used loaded model; with none loaded, it is a 400 asking for ``model``.
+- Eviction never takes a model with a lease or a waiting request. When every loaded
+  model is busy, a request waits up to ``--models-wait`` seconds in a queue of at most
+  ``--max-queue`` requests, then gets 503 with ``Retry-After``.
+- ``UNLOADING`` models count towards ``--models-max``: the next model loads only once
+  the memory of the one it replaces was freed.
+- A model whose load failed is ``failed`` with the error; the next request for it tries
+  once more (the file may have been fixed) and gets the error as a 500 if it fails again.
+- When nobody waits for a model that is loading on demand any more (every client left),
+  its load is cancelled (llama.cpp's progress callback) and it goes back to ``unloaded``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from app.errors import Conflict, InvalidRequest, NotFound, Overloaded, ServerError, Unavailable
+from app.runtime import RuntimeLike
+from app.settings import MODEL_FIELDS, Settings
+
+log = logging.getLogger(__name__)
+
+#: how often the idle watcher looks at the loaded models
+IDLE_CHECK_S = 0.25
+
+
+class ModelStatus(enum.Enum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A model the server can load: its name, its file, other names, its own settings."""
+
+    name: str
+    path: Path
+    aliases: tuple[str, ...] = ()
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    def settings(self, base: Settings) -> Settings:
+        """The server's settings with this model's own."""
+        return replace(base, model_path=self.path, **dict(self.overrides))
+
+    def with_overrides(self, **values: Any) -> ModelSpec:
+        unknown = set(values) - set(MODEL_FIELDS)
+        if unknown:
+            raise ValueError(f"not a per-model setting: {sorted(unknown)}")
+        merged = {**dict(self.overrides), **values}
+        return replace(self, overrides=tuple(sorted(merged.items())))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+Loader = Callable[["Hosted"], Awaitable[RuntimeLike]]
+Closer = Callable[[RuntimeLike], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class Hosted:
+    """One known model's state (Trio thread only, except ``cancel_load``, read by the loader)."""
+
+    spec: ModelSpec
+    status: ModelStatus = ModelStatus.UNLOADED
+    runtime: RuntimeLike | None = None
+    error: str = ""
+    last_used: float = -math.inf
+    keep_alive_s: float | None = None  # the latest request's keep_alive; None: the server's
+    waiting: int = 0  # requests waiting for it to load
+    pinned: bool = False  # an explicit load is waiting: do not cancel for want of waiters
+    cancel_load: bool = False
+    loads: int = 0
+    unloads: int = 0
+    failures: int = 0
+    load_s: float = 0.0  # how long the last load took
+    expires_at: float = math.inf  # Trio clock: when the idle watcher unloads it
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def busy(self) -> bool:
+        return self.waiting > 0 or (self.runtime is not None and self.runtime.leases.count > 0)
+
+
+@dataclass(eq=False)
+class Registry:
+    """The known models and the loaded ones' lifecycle. Start :meth:`run` in a nursery."""
+
+    specs: list[ModelSpec]
+    load: Loader | None  # None: nothing can be loaded (tests with a fixed runtime)
+    close: Closer
+    default: str | None = None
+    router: bool = False
+    max_loaded: int = 1
+    max_waiting: int = 64
+    wait_s: float = 60.0
+    idle_s: float | None = None
+    drain_s: float = 10.0
+    #: ends a runtime's running requests (an explicit unload); set by the service
+    stop_running: Callable[[RuntimeLike], None] = lambda runtime: None
+    #: more specs on demand (a models directory rescanned); returns all of them
+    rescan: Callable[[], list[ModelSpec]] | None = None
+    _hosted: dict[str, Hosted] = field(default_factory=dict)
+    _names: dict[str, Hosted] = field(default_factory=dict)
+    _nursery: trio.Nursery | None = None
+    _changed: trio.Event = field(default_factory=trio.Event)
+
+    def __post_init__(self) -> None:
+        self._add(self.specs)
+
+    # --- what exists -------------------------------------------------------------------------
+    def _add(self, specs: list[ModelSpec]) -> None:
+        for spec in specs:
+            if spec.name in self._hosted:
+                continue
+            hosted = Hosted(spec)
+            self._hosted[spec.name] = hosted
+            for name in spec.names:
+                self._names.setdefault(name, hosted)
+
+    def refresh(self) -> None:
+        """Pick up model files added to the models directory since the last look."""
+        if self.rescan is not None:
+            paths = {h.spec.path.resolve() for h in self._hosted.values()}
+            self._add([s for s in self.rescan()
+                       if s.path.resolve() not in paths and not set(s.names) & set(self._names)])
+
+    def all(self) -> list[Hosted]:
+        self.refresh()
+        return list(self._hosted.values())
+
+    def get(self, name: str) -> Hosted | None:
+        hosted = self._names.get(name)
+        if hosted is None and self.rescan is not None:
+            self.refresh()
+            hosted = self._names.get(name)
+        return hosted
+
+    def known(self) -> list[str]:
+        return [h.name for h in self.all()]
+
+    def find(self, name: str | None, *, field: str = "model") -> Hosted:
+        """The model a request names (``field``), or the default one.
+
+        Raises:
+            NotFound: router mode and no model has that name.
+            InvalidRequest: no name, no default and no loaded model.
+            Unavailable: the server knows no model at all.
+        """
+        if name:
+            hosted = self.get(name)
+            if hosted is not None:
+                return hosted
+            if self.router or self.default is None:
+                raise NotFound(f"model {name!r} not found; known models: "
+                               f"{', '.join(self.known()) or 'none'}", param=field)
+        if self.default is not None:
+            return self._hosted[self.default]
+        loaded = [h for h in self._hosted.values() if h.status is ModelStatus.LOADED]
+        if loaded:
+            return max(loaded, key=lambda h: h.last_used)
+        if not self._hosted:
+            raise Unavailable("no model is loaded")
+        raise InvalidRequest(f"'{field}' is required: no model is loaded and there is no "
+                             f"default; known models: {', '.join(self.known())}", param=field)
+
+    @property
+    def default_hosted(self) -> Hosted | None:
+        return self._hosted[self.default] if self.default is not None else None
+
+    # --- running -------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the loads and unloads and watch for idle models until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                while True:
+                    await trio.sleep(IDLE_CHECK_S)
+                    self._unload_expired()
+            finally:
+                self._nursery = None
+
+    def _pulse(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if self._nursery is None:
+            raise Unavailable("the server is not running")
+        self._nursery.start_soon(fn, *args)
+
+    def _slots_used(self) -> int:
+        return sum(1 for h in self._hosted.values()
+                   if h.status in (ModelStatus.LOADED, ModelStatus.LOADING, ModelStatus.UNLOADING))
+
+    def _make_room(self, wanted: Hosted) -> bool:
+        """True when ``wanted`` may start loading now; else start freeing room if possible."""
+        if self._slots_used() < self.max_loaded:
+            return True
+        idle = [h for h in self._hosted.values()
+                if h is not wanted and h.status is ModelStatus.LOADED and not h.busy]
+        if idle:
+            victim = min(idle, key=lambda h: h.last_used)
+            log.info("unloading %s (least recently used) to load %s", victim.name, wanted.name)
+            self._start_unload(victim)
+        return False
+
+    def _start_load(self, hosted: Hosted) -> None:
+        assert self.load is not None
+        hosted.status = ModelStatus.LOADING
+        hosted.cancel_load = False
+        hosted.error = ""
+        self.spawn(self._load_task, hosted)
+        self._pulse()
+
+    async def _load_task(self, hosted: Hosted) -> None:
+        assert self.load is not None
+        from app.engine.model import LoadCancelled
+
+        started = trio.current_time()
+        try:
+            runtime = await self.load(hosted)
+        except LoadCancelled:
+            hosted.status = ModelStatus.UNLOADED
+            log.info("load of %s cancelled: nobody waits for it", hosted.name)
+        except Exception as exc:  # a load failure must leave the other models untouched
+            hosted.status = ModelStatus.FAILED
+            hosted.error = str(exc) or type(exc).__name__
+            hosted.failures += 1
+            log.error("could not load %s: %s", hosted.name, hosted.error)
+        else:
+            hosted.runtime = runtime
+            hosted.status = ModelStatus.LOADED
+            hosted.loads += 1
+            hosted.load_s = trio.current_time() - started
+            self._touch(hosted)
+        finally:
+            self._pulse()
+
+    def _start_unload(self, hosted: Hosted, *, stop: bool = False) -> None:
+        hosted.status = ModelStatus.UNLOADING
+        self.spawn(self._unload_task, hosted, stop, None)
+        self._pulse()
+
+    async def _unload_task(self, hosted: Hosted, stop: bool,
+                           done: Callable[[str | None], None] | None) -> None:
+        """Drain and free ``hosted``'s runtime; on a drain timeout it stays loaded."""
+        runtime = hosted.runtime
+        hosted.status = ModelStatus.UNLOADING
+        error = None
+        try:
+            if runtime is not None:
+                if stop:
+                    self.stop_running(runtime)
+                if not await trio.to_thread.run_sync(runtime.leases.drain, self.drain_s):
+                    hosted.status = ModelStatus.LOADED
+                    error = (f"the model is still in use by {runtime.leases.count} operations "
+                             f"after {self.drain_s:g} s; it stays loaded, try again")
+                    return
+                hosted.runtime = None
+                await self.close(runtime)
+                hosted.unloads += 1
+            hosted.status = ModelStatus.UNLOADED
+            hosted.expires_at = math.inf
+        finally:
+            self._pulse()
+            if done is not None:
+                done(error)
+
+    def _touch(self, hosted: Hosted) -> None:
+        hosted.last_used = trio.current_time()
+        limit = hosted.keep_alive_s if hosted.keep_alive_s is not None else self.idle_s
+        hosted.expires_at = math.inf if limit is None or limit < 0 else hosted.last_used + limit
+
+    def _unload_expired(self) -> None:
+        now = trio.current_time()
+        for hosted in self._hosted.values():
+            if (hosted.status is ModelStatus.LOADED and not hosted.busy
+                    and now >= hosted.expires_at):
+                log.info("unloading %s: idle", hosted.name)
+                self._start_unload(hosted)
+
+    # --- what requests call ----------------------------------------------------------------
+    async def acquire(self, hosted: Hosted, *, keep_alive_s: float | None = None,
+                      set_keep_alive: bool = False) -> RuntimeLike:
+        """Load ``hosted`` if needed and return its runtime with a lease taken.
+
+        Give the lease back with :meth:`release`. ``keep_alive_s`` (with
+        ``set_keep_alive``) becomes the model's idle limit after this request.
+
+        Raises:
+            Overloaded: no room to load it in time, or too many waiting (503, Retry-After).
+            ServerError: its load failed.
+            Unavailable: nothing can be loaded.
+        """
+        if set_keep_alive:
+            hosted.keep_alive_s = keep_alive_s
+        deadline = trio.current_time() + self.wait_s
+        tried = False
+        hosted.waiting += 1
+        hosted.cancel_load = False
+        try:
+            while True:
+                runtime = hosted.runtime
+                if (hosted.status is ModelStatus.LOADED and runtime is not None
+                        and runtime.leases.acquire()):
+                    self._touch(hosted)
+                    return runtime
+                if hosted.status in (ModelStatus.UNLOADED, ModelStatus.FAILED):
+                    if hosted.status is ModelStatus.FAILED and tried:
+                        raise ServerError(f"could not load model {hosted.name!r}: {hosted.error}")
+                    if self.load is None:
+                        raise Unavailable("no model is loaded")
+                    if self._make_room(hosted):
+                        self._start_load(hosted)
+                        tried = True
+                        continue
+                    if sum(h.waiting for h in self._hosted.values()) > self.max_waiting:
+                        raise Overloaded(f"{self.max_waiting} requests already wait for a model "
+                                         "to load (--max-queue); retry later", retry_after_s=5)
+                changed = self._changed
+                with trio.move_on_at(deadline):
+                    await changed.wait()
+                    continue
+                raise Overloaded(
+                    f"model {hosted.name!r} could not be loaded within {self.wait_s:g} s: "
+                    f"{self.max_loaded} model(s) are loaded (--models-max) and all are in use; "
+                    "retry later", retry_after_s=5)
+        finally:
+            hosted.waiting -= 1
+            if hosted.waiting == 0 and hosted.status is ModelStatus.LOADING and not hosted.pinned:
+                hosted.cancel_load = True  # everyone left: stop the load (the loader asks)
+
+    def release(self, hosted: Hosted, runtime: RuntimeLike) -> None:
+        """Give back a lease from :meth:`acquire` (or one a completion held). Trio thread."""
+        runtime.leases.release()
+        self.released(hosted)
+
+    def released(self, hosted: Hosted) -> None:
+        """A lease of ``hosted`` was given back (from any path). Trio thread."""
+        if hosted.runtime is not None and hosted.status is ModelStatus.LOADED:
+            self._touch(hosted)
+            if hosted.expires_at <= hosted.last_used and not hosted.busy:
+                self._start_unload(hosted)  # keep_alive 0: unload after this request
+        self._pulse()
+
+    @contextlib.contextmanager
+    def pin(self, hosted: Hosted) -> Iterator[None]:
+        was, hosted.pinned = hosted.pinned, True
+        try:
+            yield
+        finally:
+            hosted.pinned = was
+
+    async def ensure_loaded(self, hosted: Hosted) -> None:
+        """Load ``hosted`` (``POST /models/load``) and keep it loaded; no lease is left held."""
+        with self.pin(hosted):
+            runtime = await self.acquire(hosted)
+        self.release(hosted, runtime)
+
+    async def unload(self, hosted: Hosted, *, stop: bool = True) -> None:
+        """Unload ``hosted``, first ending its running requests (``stop``); no-op if unloaded.
+
+        Raises:
+            Conflict: operations still held the model after the drain time; it stays loaded.
+        """
+        while hosted.status in (ModelStatus.LOADING, ModelStatus.UNLOADING):
+            await self._changed.wait()
+        if hosted.status is not ModelStatus.LOADED:
+            return
+        result: list[str | None] = []
+        finished = trio.Event()
+
+        def done(error: str | None) -> None:
+            result.append(error)
+            finished.set()
+
+        hosted.status = ModelStatus.UNLOADING
+        self.spawn(self._unload_task, hosted, stop, done)
+        await finished.wait()
+        if result[0] is not None:
+            raise Conflict(result[0])
+
+    async def unload_all(self) -> None:
+        for hosted in list(self._hosted.values()):
+            await self.unload(hosted)
+
+    def adopt(self, hosted: Hosted, runtime: RuntimeLike) -> None:
+        """Mark ``hosted`` as loaded with ``runtime`` (loaded before the server started)."""
+        hosted.runtime = runtime
+        hosted.status = ModelStatus.LOADED
+        hosted.loads += 1
+        self._touch(hosted)
+
+    def replace_spec(self, hosted: Hosted, spec: ModelSpec) -> None:
+        """New settings for an unloaded model (goinfer's load with ``ctx``...)."""
+        if hosted.status is not ModelStatus.UNLOADED and hosted.status is not ModelStatus.FAILED:
+            raise Conflict(f"model {hosted.name!r} is {hosted.status.value}")
+        hosted.spec = spec
+
+    def loaded(self) -> list[Hosted]:
+        return [h for h in self._hosted.values() if h.status is ModelStatus.LOADED]
+
+    def close_all_now(self) -> None:
+        """At exit: free every loaded runtime (blocking; the engines stop first)."""
+        for hosted in self._hosted.values():
+            if hosted.runtime is not None:
+                hosted.runtime.close()
+                hosted.runtime = None
+                hosted.status = ModelStatus.UNLOADED
+
+
+def specs_from_settings(settings: Settings, embedded: dict[str, Path]
+                        ) -> tuple[list[ModelSpec], str | None, bool]:
+    """The models a server with ``settings`` knows: ``(specs, default name, router mode)``.
+
+    ``embedded`` maps the embedded models' short names to their files (those that are
+    installed). The started model (``--model``, else the embedded Gemma when no model
+    option is given) comes first and is the default; its name is ``--alias``, else the
+    short name it was given by, else its file name. Config-file models follow, then the
+    embedded ones under their short names, then every ``*.gguf`` in ``--models-dir``
+    under its file name (alias: the name without ``.gguf``).
+    """
+    router = settings.models_dir is not None or bool(settings.models)
+    specs: list[ModelSpec] = []
+    default: str | None = None
+    by_path: set[Path] = set()
+
+    def add(spec: ModelSpec) -> None:
+        if any(spec.name == s.name for s in specs):
+            return
+        specs.append(spec)
+        by_path.add(spec.path.resolve())
+
+    short = {path.resolve(): name for name, path in embedded.items()}
+    if settings.model_path is not None or not router:
+        path = settings.model_path
+        if path is None:
+            path = embedded["gemma3-270m"]
+        elif str(path) in embedded and not path.exists():
+            path = embedded[str(path)]
+        given = str(settings.model_path) if settings.model_path is not None else ""
+        name = settings.alias or (given if given in embedded else path.name)
+        aliases = tuple(dict.fromkeys(
+            a for a in (path.name, path.stem, short.get(path.resolve(), "")) if a and a != name))
+        add(ModelSpec(name, path, aliases))
+        default = name
+    for config in settings.models:
+        path = config.path
+        if str(path) in embedded and not path.exists():
+            path = embedded[str(path)]
+        elif not path.is_absolute() and not path.exists() and settings.models_dir is not None:
+            path = settings.models_dir / path
+        add(ModelSpec(config.name, path, config.aliases, config.overrides))
+    for name, path in embedded.items():
+        if path.resolve() not in by_path:
+            add(ModelSpec(name, path, (path.name,)))
+    specs.extend(directory_specs(settings.models_dir, by_path, {s.name for s in specs}))
+    return specs, default, router
+
+
+def directory_specs(directory: Path | None, known_paths: set[Path] | None = None,
+                    known_names: set[str] | None = None) -> list[ModelSpec]:
+    """A spec for each ``*.gguf`` file in ``directory`` not already known."""
+    if directory is None:
+        return []
+    out = []
+    try:
+        files = sorted(p for p in directory.iterdir() if p.suffix == ".gguf" and p.is_file())
+    except OSError:
+        return []
+    for path in files:
+        if (known_paths is not None and path.resolve() in known_paths) or (
+                known_names is not None and path.name in known_names):
+            continue
+        out.append(ModelSpec(path.name, path, (path.stem,)))
+    return out
