@@ -169,6 +169,15 @@ class Registry:
             hosted = self._names.get(name)
         return hosted
 
+    def by_path(self, path: Path) -> Hosted:
+        """The model of file ``path``, added (named by its file name) if unknown."""
+        for hosted in self.all():
+            if hosted.spec.path == path:
+                return hosted
+        spec = ModelSpec(path.name, path, (path.stem,))
+        self._add([spec])
+        return self._hosted[spec.name]
+
     def known(self) -> list[str]:
         return [h.name for h in self.all()]
 
@@ -286,7 +295,9 @@ class Registry:
             if runtime is not None:
                 if stop:
                     self.stop_running(runtime)
-                if not await trio.to_thread.run_sync(runtime.leases.drain, self.drain_s):
+                # nothing held (eviction, idle): no thread needed to wait
+                if not runtime.leases.drain(0) and not await trio.to_thread.run_sync(
+                        runtime.leases.drain, self.drain_s):
                     hosted.status = ModelStatus.LOADED
                     error = (f"the model is still in use by {runtime.leases.count} operations "
                              f"after {self.drain_s:g} s; it stays loaded, try again")

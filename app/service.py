@@ -173,18 +173,15 @@ class Service:
             ModelLoadError: the new model could not be loaded (no model is loaded then).
             Conflict: a model stayed in use past the drain time.
         """
-        await self.registry.unload_all()
-        if path is None:
-            return
         registry = self.registry
-        hosted = next((h for h in registry.all() if h.spec.path == path), None)
-        if hosted is None:
-            hosted = Hosted(ModelSpec(path.name, path, (path.stem,)))
-            registry._add([hosted.spec])
-            hosted = registry._hosted[path.name]
+        if path is None:
+            await registry.unload_all()
+            return
+        hosted = registry.by_path(path)
+        registry.default = hosted.name  # requests arriving meanwhile wait for the new model
+        await registry.unload_all()
         if overrides:
             registry.replace_spec(hosted, hosted.spec.with_overrides(**overrides))
-        registry.default = hosted.name
         try:
             await registry.ensure_loaded(hosted)
         except ServerError as exc:

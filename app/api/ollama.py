@@ -7,7 +7,8 @@ errors are Ollama's ``{"error": "..."}`` (mapped in the one error handler; after
 first line, one ``{"error": ...}`` line ends the stream). ``model`` is required, as in
 Ollama, and routed by :mod:`app.registry`. ``keep_alive`` (seconds, or ``"5m"``, ``"1h"``,
 ``"300ms"``; 0: unload after this request; negative: keep loaded) sets the model's idle
-limit from this request on. An empty ``prompt`` (or no ``messages``) only loads the model,
+limit from this request on; a request without it sets the server's (``--sleep-idle-seconds``),
+as Ollama resets it to its default. An empty ``prompt`` (or no ``messages``) only loads the model,
 or with ``keep_alive: 0`` unloads it (``done_reason`` ``load`` / ``unload``), as Ollama.
 
 Decisions: ``options`` that steer sampling apply; Ollama's runtime options (``num_ctx``,
@@ -216,7 +217,7 @@ async def _load_or_unload(body: JSON, given: bool, seconds: float | None) -> Res
         await svc.registry.unload(hosted, stop=False)
         reason = "unload"
     else:
-        async with svc.use(body["model"], keep_alive_s=seconds, set_keep_alive=given):
+        async with svc.use(body["model"], keep_alive_s=seconds, set_keep_alive=True):
             pass
         reason = "load"
     line: JSON = {"model": hosted.name, "created_at": _now(), "done": True, "done_reason": reason}
@@ -257,7 +258,7 @@ async def generate() -> Response:
         return await _load_or_unload(body, given, seconds)
     started = time.perf_counter()
     svc = service()
-    async with svc.use(body["model"], keep_alive_s=seconds, set_keep_alive=given) as m:
+    async with svc.use(body["model"], keep_alive_s=seconds, set_keep_alive=True) as m:
         load_s = time.perf_counter() - started
         native: JSON = {**_sampling(body)}
         schema = _format_schema(body)
@@ -365,7 +366,7 @@ async def chat() -> Response:
     wire = validate("chat_completion", wire)
     started = time.perf_counter()
     svc = service()
-    async with svc.use(body["model"], keep_alive_s=seconds, set_keep_alive=given) as m:
+    async with svc.use(body["model"], keep_alive_s=seconds, set_keep_alive=True) as m:
         load_s = time.perf_counter() - started
         template = m.chat
         base = openai_request(wire, m.defaults, prompt="", n_probs=0, extra_stops=template.stops)

@@ -37,3 +37,20 @@ async def wait_until(predicate: Any, *, timeout_s: float, interval_s: float = 0.
         while not await predicate():  # noqa: ASYNC110 - polls another process over HTTP
             await trio.sleep(interval_s)
     return trio.current_time() - start
+
+
+def metric_value(text: str, name: str, model: str | None = None) -> float:
+    """A series of ``/metrics`` text summed over its ``model`` labels (or for one model)."""
+    total, seen = 0.0, False
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        series, _, value = line.rpartition(" ")
+        base, _, labels = series.partition("{")
+        if base != name or (model is not None and f'model="{model}"' not in labels):
+            continue
+        total += float(value)
+        seen = True
+    if not seen:
+        raise AssertionError(f"{name} not in /metrics")
+    return total

@@ -59,32 +59,30 @@ async def test_a_grammar_llama_cpp_refuses_is_a_400_before_any_stream(
     assert ok.status_code == 200
 
 
-STREAM_ROUTES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
-    ("/completion", {"json": {"prompt": "Hi", "stream": True}}, {}),
-    ("/v1/completions", {"json": {"prompt": "Hi", "stream": True}}, {}),
+STREAM_ROUTES: list[tuple[str, dict[str, Any]]] = [
+    ("/completion", {"json": {"prompt": "Hi", "stream": True, "n_predict": 3}}),
+    ("/v1/completions", {"json": {"prompt": "Hi", "stream": True, "max_tokens": 3}}),
     ("/v1/chat/completions", {"json": {"messages": [{"role": "user", "content": "Hi"}],
-                                       "stream": True}}, {}),
-    ("/infer", {"json": {"prompt": "Hi", "stream": True}}, {}),
-    ("/api/completion", {"json": {"prompt": "Hi"}}, {}),
-    ("/stream", {"json": {"prompt": "Hi"}}, {}),
-    ("/predict", {"data": {"prompt": "Hi"}}, {"text": True}),
+                                       "stream": True, "max_tokens": 3}}),
+    ("/infer", {"json": {"prompt": "Hi", "stream": True, "tokens": 3}}),
+    ("/api/completion", {"json": {"prompt": "Hi", "tokens": 3}}),
+    ("/stream", {"json": {"prompt": "Hi", "num_predict": 3}}),
+    ("/predict", {"data": {"prompt": "Hi", "max_tokens": "3"}}),
 ]
 
 
-async def test_without_a_model_every_family_answers_503_not_a_stream(
+async def test_after_an_unload_every_family_loads_the_model_again(
         client: httpx.AsyncClient) -> None:
-    assert (await client.get("/model/unload")).status_code == 204
+    """goinfer's unload frees the model; the next request of any family loads it on demand
+    (the registry's rule) and is served, streaming or not."""
     try:
-        for route, kwargs, expect in STREAM_ROUTES:
+        for route, kwargs in STREAM_ROUTES:
+            assert (await client.get("/model/unload")).status_code == 204
+            assert (await client.get("/model/state")).json()["isModelLoaded"] is False
             async with client.stream("POST", route, **kwargs) as resp:
                 raw = await resp.aread()
-                assert resp.status_code == 503, (route, raw)
-                if expect.get("text"):  # llm-api reports errors as plain text
-                    assert resp.headers["content-type"].startswith("text/plain")
-                    assert b"no model" in raw
-                else:
-                    assert resp.headers["content-type"].startswith("application/json"), route
-                    assert httpx.Response(503, content=raw).json()["error"]["type"] == (
-                        "unavailable_error")
+                assert resp.status_code == 200, (route, raw)
+                assert b"error" not in raw, (route, raw)
+            assert (await client.get("/model/state")).json()["isModelLoaded"] is True
     finally:
         assert (await client.post("/model/load", json={"name": "only"})).status_code == 204

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trio
 
-from tests.integration.helpers import TIMEOUT, slots, stream_events, wait_until
+from tests.integration.helpers import TIMEOUT, metric_value, slots, stream_events, wait_until
 from tests.serverproc import ServerProcess, running_server
 
 LONG = {"prompt": "Once upon a time", "n_predict": 4000, "ignore_eos": True, "temperature": 0.8}
@@ -36,11 +36,7 @@ async def complete(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
 
 
 async def metric(client: httpx.AsyncClient, name: str) -> float:
-    text = (await client.get("/metrics")).text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
+    return metric_value((await client.get("/metrics")).text, name)
 
 
 async def all_idle(client: httpx.AsyncClient) -> bool:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.integration.helpers import TIMEOUT
+from tests.integration.helpers import TIMEOUT, metric_value
 from tests.serverproc import ServerProcess, running_server
 
 SYSTEM = "You are a careful assistant. " + " ".join(
@@ -35,9 +35,7 @@ def n_tokens(base: str, text: str) -> int:
 
 
 def metric(base: str, name: str) -> float:
-    text = httpx.get(base + "/metrics", timeout=TIMEOUT).text
-    return float(next(line.split()[-1] for line in text.splitlines()
-                      if line.startswith(f"sluice:{name} ")))
+    return metric_value(httpx.get(base + "/metrics", timeout=TIMEOUT).text, f"sluice:{name}")
 
 
 def test_a_busy_slots_prefix_serves_a_second_request(server: ServerProcess) -> None:

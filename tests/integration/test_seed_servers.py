@@ -160,13 +160,14 @@ async def test_switching_models_while_requests_run(client: httpx.AsyncClient) ->
     assert (await client.get("/health")).status_code == 200
 
 
-async def test_unload_then_503_then_load(client: httpx.AsyncClient) -> None:
+async def test_unload_then_the_next_request_loads_again(client: httpx.AsyncClient) -> None:
     assert (await client.get("/model/unload")).status_code == 204
     assert (await client.get("/model/state")).json()["isModelLoaded"] is False
-    resp = await client.post("/completion", json={"prompt": "x"})
-    assert resp.status_code == 503
-    assert resp.json()["error"]["type"] == "unavailable_error"
-    assert (await client.get("/health")).status_code == 503
+    assert (await client.get("/health")).status_code == 200  # it can load on demand
+    resp = await client.post("/completion", json={"prompt": "x", "n_predict": 2})
+    assert resp.status_code == 200
+    assert resp.json()["tokens_predicted"] == 2
+    assert (await client.get("/model/state")).json()["isModelLoaded"] is True
     assert (await client.post("/model/load", json={"name": "first"})).status_code == 204
     assert (await client.get("/health")).status_code == 200
 
