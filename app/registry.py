@@ -236,17 +236,22 @@ class Registry:
         return sum(1 for h in self._hosted.values()
                    if h.status in (ModelStatus.LOADED, ModelStatus.LOADING, ModelStatus.UNLOADING))
 
-    def _make_room(self, wanted: Hosted) -> bool:
-        """True when ``wanted`` may start loading now; else start freeing room if possible."""
+    def _make_room(self, wanted: Hosted) -> str:
+        """``"now"`` when ``wanted`` may start loading; ``"soon"`` when room is being freed
+        (an unload runs, or one was just started for the least recently used idle model);
+        ``"blocked"`` when every loaded model is busy."""
         if self._slots_used() < self.max_loaded:
-            return True
+            return "now"
+        if any(h.status is ModelStatus.UNLOADING for h in self._hosted.values()):
+            return "soon"
         idle = [h for h in self._hosted.values()
                 if h is not wanted and h.status is ModelStatus.LOADED and not h.busy]
-        if idle:
-            victim = min(idle, key=lambda h: h.last_used)
-            log.info("unloading %s (least recently used) to load %s", victim.name, wanted.name)
-            self._start_unload(victim)
-        return False
+        if not idle:
+            return "blocked"
+        victim = min(idle, key=lambda h: h.last_used)
+        log.info("unloading %s (least recently used) to load %s", victim.name, wanted.name)
+        self._start_unload(victim)
+        return "soon"
 
     def _start_load(self, hosted: Hosted) -> None:
         assert self.load is not None
@@ -356,11 +361,14 @@ class Registry:
                         raise ServerError(f"could not load model {hosted.name!r}: {hosted.error}")
                     if self.load is None:
                         raise Unavailable("no model is loaded")
-                    if self._make_room(hosted):
+                    room = self._make_room(hosted)
+                    if room == "now":
                         self._start_load(hosted)
                         tried = True
                         continue
-                    if sum(h.waiting for h in self._hosted.values()) > self.max_waiting:
+                    blocked = sum(h.waiting for h in self._hosted.values() if h.status in (
+                        ModelStatus.UNLOADED, ModelStatus.FAILED))
+                    if room == "blocked" and blocked > self.max_waiting:
                         raise Overloaded(f"{self.max_waiting} requests already wait for a model "
                                          "to load (--max-queue); retry later", retry_after_s=5)
                 changed = self._changed
@@ -438,9 +446,8 @@ class Registry:
         self._touch(hosted)
 
     def replace_spec(self, hosted: Hosted, spec: ModelSpec) -> None:
-        """New settings for an unloaded model (goinfer's load with ``ctx``...)."""
-        if hosted.status is not ModelStatus.UNLOADED and hosted.status is not ModelStatus.FAILED:
-            raise Conflict(f"model {hosted.name!r} is {hosted.status.value}")
+        """New settings for a model (goinfer's load with ``ctx``...); a loaded model keeps its
+        old ones until it is loaded again."""
         hosted.spec = spec
 
     def loaded(self) -> list[Hosted]:

@@ -178,10 +178,10 @@ class Service:
             await registry.unload_all()
             return
         hosted = registry.by_path(path)
+        if overrides:  # before anything can load it: a request arriving meanwhile may
+            registry.replace_spec(hosted, hosted.spec.with_overrides(**overrides))
         registry.default = hosted.name  # requests arriving meanwhile wait for the new model
         await registry.unload_all()
-        if overrides:
-            registry.replace_spec(hosted, hosted.spec.with_overrides(**overrides))
         try:
             await registry.ensure_loaded(hosted)
         except ServerError as exc:

@@ -52,7 +52,7 @@ function explain(status, message) {
     404: "Not found",
     413: "The request is too large",
     501: "Not supported by this server",
-    503: "The server is unavailable (loading a model, shutting down, or no model loaded)",
+    503: "The server is unavailable (busy, loading a model, or shutting down)",
   }[status] || `The server answered ${status}`;
   return message ? `${what}: ${message}` : what;
 }
@@ -208,7 +208,7 @@ $("chat-form").addEventListener("submit", async (e) => {
   const run = new Run();
   try {
     const response = await request("POST", "/v1/chat/completions", {
-      messages: history, stream: true, max_tokens: Number($("max_tokens").value), ...sampling(),
+      model: chosenModel(), messages: history, stream: true, max_tokens: Number($("max_tokens").value), ...sampling(),
     }, run.signal);
     for await (const data of sseData(response)) {
       if (data === "[DONE]") break;
@@ -246,7 +246,7 @@ $("completion-form").addEventListener("submit", async (e) => {
   const run = new Run();
   try {
     const response = await request("POST", "/completion", {
-      prompt: $("completion-prompt").value, stream: true, n_predict: Number($("max_tokens").value),
+      model: chosenModel(), prompt: $("completion-prompt").value, stream: true, n_predict: Number($("max_tokens").value),
       ...sampling(),
     }, run.signal);
     for await (const data of sseData(response)) {
@@ -311,7 +311,7 @@ $("extract-run").addEventListener("click", async () => {
   const prompt = `Extract the data from the text as JSON.\nText: ${$("extract-text").value}\nJSON:`;
   try {
     const response = await request("POST", "/completion", {
-      prompt, json_schema: schema, stream: true, n_predict: Number($("max_tokens").value),
+      model: chosenModel(), prompt, json_schema: schema, stream: true, n_predict: Number($("max_tokens").value),
       ...sampling(),
     }, run.signal);
     let text = "";
@@ -341,31 +341,45 @@ $("extract-run").addEventListener("click", async () => {
   }
 });
 
-// --- model state -------------------------------------------------------------------------------
+// --- models ------------------------------------------------------------------------------------
+// Every request names the model picked here (the server's default until one is picked); the
+// list is the server's /v1/models with each model's status.
+let models = [];
+
+function chosenModel() {
+  return $("model-select").value || undefined;
+}
+
+function showModel() {
+  const entry = models.find((m) => m.id === chosenModel()) ?? models[0];
+  $("model-name").textContent = entry?.id ?? "no model";
+  const status = entry?.status?.value ?? "";
+  $("model-status").textContent = status === "failed" ? `failed: ${entry.status.error}`
+    : status === "loaded" ? `loaded${entry.meta ? `, ${entry.meta.architecture}` : ""}`
+    : status ? `${status} (loads on first use)` : "";
+}
+
 async function refreshModel() {
   try {
-    const models = await (await request("GET", "/v1/models")).json();
-    $("model-name").textContent = models.data?.[0]?.id ?? "no model loaded";
+    models = (await (await request("GET", "/v1/models")).json()).data ?? [];
   } catch (err) {
     $("model-name").textContent = err instanceof ApiError ? explain(err.status, "") : "server unreachable";
+    return;
   }
-  try {
-    const state = await (await request("GET", "/model/state")).json();
-    if (state.models.length) {
-      const select = $("model-select");
-      select.replaceChildren(...state.models.map((name) => new Option(name, name, false, name === state.loadedModel)));
-      $("model-box").hidden = false;
-      $("model-status").textContent = state.isModelLoaded ? `loaded, ${state.ctx} context` : "no model loaded";
-    }
-  } catch {
-    // no models directory: nothing to switch
-  }
+  const select = $("model-select");
+  const keep = select.value;
+  select.replaceChildren(...models.map((m) => new Option(m.id, m.id, false, m.id === keep)));
+  if (!keep && models.length) select.value = models[0].id;
+  $("model-box").hidden = models.length < 2;
+  showModel();
 }
+
+$("model-select").addEventListener("change", showModel);
 
 $("model-load").addEventListener("click", async () => {
   $("model-status").textContent = "loading…";
   try {
-    await request("POST", "/model/load", { model: $("model-select").value });
+    await request("POST", "/models/load", { model: chosenModel() });
     await refreshModel();
   } catch (err) {
     $("model-status").textContent = err instanceof ApiError ? explain(err.status, err.message) : err.message;

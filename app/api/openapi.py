@@ -25,8 +25,10 @@ _ERROR = {
         "properties": {"code": {"type": "integer"}, "message": {"type": "string"},
                        "type": {"type": "string"}, "param": {"type": "string"}}}},
 }
+_OLLAMA_ERROR = {"type": "object", "required": ["error"],
+                 "properties": {"error": {"type": "string"}}}
 
-#: (path, method, request schema in schemas/ or None, content type, summary)
+#: (path, method, request schema in schemas/ or None, content type or "ollama", summary)
 ROUTES: tuple[tuple[str, str, str | None, str, str], ...] = (
     ("/completion", "post", "completion", "json", "llama.cpp completion (streamed with stream)"),
     ("/completions", "post", "completion", "json", "alias of /completion"),
@@ -52,7 +54,16 @@ ROUTES: tuple[tuple[str, str, str | None, str, str], ...] = (
     ("/health", "get", None, "", "200 when serving, 503 otherwise"),
     ("/props", "get", None, "", "server properties"),
     ("/slots", "get", None, "", "slot states"),
-    ("/v1/models", "get", None, "", "the models"),
+    ("/v1/models", "get", None, "", "every known model with its status"),
+    ("/models", "get", None, "", "alias of /v1/models (llama.cpp's router)"),
+    ("/models/load", "post", "models_load", "json", "load a model now"),
+    ("/models/unload", "post", "models_load", "json", "unload a model (ends its requests)"),
+    ("/api/tags", "get", None, "ollama", "Ollama: the known models"),
+    ("/api/ps", "get", None, "ollama", "Ollama: the loaded models"),
+    ("/api/version", "get", None, "ollama", "Ollama: API version"),
+    ("/api/show", "post", "ollama_show", "ollama", "Ollama: one model's details"),
+    ("/api/generate", "post", "ollama_generate", "ollama", "Ollama: generate (NDJSON stream)"),
+    ("/api/chat", "post", "ollama_chat", "ollama", "Ollama: chat (NDJSON stream)"),
     ("/model/state", "get", None, "", "goinfer: model state"),
     ("/infer/abort", "post", None, "", "goinfer: abort running /infer requests"),
 )
@@ -83,7 +94,7 @@ def _schema(name: str) -> dict[str, Any]:
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document (built once)."""
     paths: dict[str, Any] = {}
-    components: dict[str, Any] = {"Error": _ERROR}
+    components: dict[str, Any] = {"Error": _ERROR, "OllamaError": _OLLAMA_ERROR}
     for path, method, schema, kind, summary in ROUTES:
         op: dict[str, Any] = {"summary": summary, "responses": {
             "200": {"description": "success"},
@@ -94,9 +105,13 @@ def document() -> dict[str, Any]:
         }}
         if schema is not None:
             components.setdefault(schema, _schema(schema))
-            media = "application/json" if kind == "json" else "application/x-www-form-urlencoded"
+            media = "application/x-www-form-urlencoded" if kind == "form" else "application/json"
             op["requestBody"] = {"required": True, "content": {
                 media: {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+        if kind == "ollama":  # Ollama's own error shape
+            for status in ("4XX", "5XX"):
+                op["responses"][status]["content"] = {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/OllamaError"}}}
         if kind == "form":  # llm-api answers errors in plain text
             for status in ("4XX", "5XX"):
                 op["responses"][status]["content"] = {"text/plain": {"schema": {"type": "string"}}}

@@ -6,6 +6,7 @@ Each state the page reaches is saved as a screenshot in test-artifacts/screensho
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def test_errors_are_shown_in_words(browser: Browser, tmp_path: Path) -> None:
 
     (models / "only.gguf").symlink_to(default_model_path())
     with running_server("--api-key", "sesame", "--models-dir", str(models), "--model",
-                        "only.gguf", "--parallel", "1") as srv:
+                        "only.gguf", "--parallel", "1", "--max-queue", "0") as srv:
         context = browser.new_context()
         page = context.new_page()
         page.goto(srv.base_url + "/")
@@ -161,19 +162,43 @@ def test_errors_are_shown_in_words(browser: Browser, tmp_path: Path) -> None:
         shot(page, "07-needs-key")
         page.fill("#api_key", "sesame")
         page.dispatch_event("#api_key", "change")
-        expect(page.locator("#model-box")).to_be_visible()
+        expect(page.locator("#model-box")).to_be_visible()  # three models known
         page.reload()  # the key is kept for the session
         expect(page.locator("#api_key")).to_have_value("sesame")
         expect(page.locator("#model-box")).to_be_visible()
+        expect(page.locator("#model-select")).to_have_value("only.gguf")
         expect(page.locator("#model-status")).to_contain_text("loaded")
-        httpx.get(srv.base_url + "/model/unload", headers={"X-Api-Key": "sesame"})
-        page.fill("#max_tokens", "8")
-        page.fill("#chat-input", "Hi again")
-        page.click("#chat-form button[type=submit]")
-        expect(banner).to_contain_text("unavailable")
-        shot(page, "08-unavailable")
+        # one slot, no queue: while a long request holds the slot the server answers 503
+        busy, done = threading.Event(), threading.Event()
+
+        def hold_the_slot() -> None:
+            with httpx.stream("POST", srv.base_url + "/completion", headers={"X-Api-Key": "sesame"},
+                              json={"prompt": "Count:", "n_predict": 4000, "stream": True},
+                              timeout=60) as resp:
+                for line in resp.iter_lines():
+                    if line.startswith("data: "):
+                        busy.set()
+                    if done.is_set():
+                        return
+
+        holder = threading.Thread(target=hold_the_slot)
+        holder.start()
+        try:
+            assert busy.wait(30)
+            page.fill("#max_tokens", "8")
+            page.fill("#chat-input", "Hi again")
+            page.click("#chat-form button[type=submit]")
+            expect(banner).to_contain_text("unavailable")
+            shot(page, "08-unavailable")
+        finally:
+            done.set()
+            holder.join(30)
+        # pick another model and load it: its status shows in the settings
+        page.select_option("#model-select", "smollm2-135m-instruct")
+        expect(page.locator("#model-status")).to_contain_text("unloaded")
         page.click("#model-load")
-        expect(page.locator("#model-status")).to_contain_text("loaded, ")
+        expect(page.locator("#model-status")).to_contain_text("loaded, llama")
+        expect(page.locator("#model-name")).to_have_text("smollm2-135m-instruct")
         context.close()
 
 
@@ -201,7 +226,7 @@ def test_chat_with_the_chat_model_answers_in_words(browser: Browser) -> None:
         pg = context.new_page()
         pg.set_default_timeout(30_000)
         pg.goto(chat_server.base_url + "/")
-        expect(pg.locator("#model-name")).to_have_text("SmolLM2-135M-Instruct.Q4_1.gguf")
+        expect(pg.locator("#model-name")).to_have_text("smollm2-135m-instruct")  # the name it was given by
         pg.fill("#max_tokens", "48")
         pg.fill("#temperature", "0.2")
         pg.fill("#seed", "1")

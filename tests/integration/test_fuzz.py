@@ -16,6 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from app.api.ollama import OLLAMA_ROUTES
 from app.api.openapi import document
 from tests.serverproc import ServerProcess, models_dir, running_server
 
@@ -59,6 +60,8 @@ def test_fuzzed_requests_never_break_the_server(server: ServerProcess, operation
             assert body["type"] == "error", where
             assert isinstance(body["error"]["type"], str), where
             assert isinstance(body["error"]["message"], str), where
+        elif status >= 400 and operation.path in OLLAMA_ROUTES:
+            assert isinstance(response.json()["error"], str), where  # Ollama's error shape
         elif status >= 400 and operation.path not in ("/predict", "/chat"):
             error = response.json()["error"]
             assert error["code"] == status, where
@@ -70,3 +73,5 @@ def test_fuzzed_requests_never_break_the_server(server: ServerProcess, operation
     assert seen  # hypothesis may stop early on a small input space
     health = httpx.get(server.base_url + "/health", timeout=10)
     assert health.status_code == 200
+    if operation.path == "/models/unload":  # a fuzzed name may have been the loaded model
+        httpx.post(server.base_url + "/models/load", json={"model": "only.gguf"}, timeout=60)

@@ -178,8 +178,13 @@ def test_stop_seed_and_logit_bias(client: openai.OpenAI) -> None:
 
 
 def test_models(client: openai.OpenAI) -> None:
-    ids = [m.id for m in client.models.list().data]
-    assert ids == ["gemma-3-270m-q4_k_m.gguf"]
+    models = client.models.list().data
+    assert [m.id for m in models] == ["gemma-3-270m-q4_k_m.gguf", "smollm2-135m-instruct"]
+    extra = [m.model_extra or {} for m in models]
+    assert extra[0]["status"] == {"value": "loaded"}  # the default, loaded at start
+    assert "gemma3-270m" in extra[0]["aliases"]
+    assert extra[0]["meta"]["architecture"] == "gemma3"
+    assert extra[1]["status"] == {"value": "unloaded"}  # known, loads on demand
 
 
 @pytest.mark.parametrize("messages", [
