@@ -9,7 +9,8 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 ARGS   ?=
 
-.PHONY: setup serve test lint bench clean browser
+.PHONY: setup serve test lint bench clean browser nginx cluster
+N      ?= 2
 
 setup: $(STAMP)
 
@@ -35,8 +36,19 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
-test: $(STAMP) browser
-	$(BIN)/python -m ruff check app grammar tests bench
+# The replica tests put Debian's nginx in front of Sluice: install it when missing.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	  echo "installing Debian's nginx for the replica tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx; }
+
+# N replicas on loopback behind nginx on HOST:PORT (README "Running several replicas")
+cluster: $(STAMP) nginx
+	$(BIN)/python deploy/cluster.py --replicas $(N) --host $(HOST) --port $(PORT) -- $(ARGS)
+
+test: $(STAMP) browser nginx
+	$(BIN)/python -m ruff check app grammar tests bench deploy
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
 

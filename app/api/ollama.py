@@ -205,8 +205,9 @@ def _refuse_unsupported(body: JSON, *, images_in: str) -> None:
         raise InvalidRequest(f"'{images_in}': this model has no vision projector; images are "
                              "not supported", param=images_in)
     if body.get("template"):
-        raise NotSupported("'template' (an Ollama Go template) is not supported; send 'raw': "
-                           "true with the prompt already formatted")
+        raise InvalidRequest("invalid value for 'template': Ollama's Go templates are not "
+                             "supported; send 'raw': true with the prompt already formatted",
+                             param="template")
 
 
 async def _load_or_unload(body: JSON, given: bool, seconds: float | None) -> Response:

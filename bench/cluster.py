@@ -1,0 +1,106 @@
+"""Replicas behind nginx: what the proxy costs one stream (tokens/s and time to first token,
+through nginx vs directly, the same replica, side by side), and the aggregate tokens/s of 8
+concurrent streams through nginx with 1 and with 2 replicas.
+
+Run on a quiet machine (nginx installed; ``make test`` installs it)::
+
+    .venv/bin/python bench/cluster.py [--rounds 3] [--tokens 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from deploy.cluster import Cluster
+from tests.serverproc import free_port
+
+ARGS = ["--parallel", "4", "--ctx-size", "8192"]
+PROMPT = "Once upon a time, in a small village by the sea, there lived"
+
+
+def one_stream(url: str, tokens: int) -> tuple[float, float, int]:
+    """(seconds to the first token, seconds for the rest, tokens) of one stream."""
+    start = time.perf_counter()
+    first = None
+    n = 0
+    with httpx.stream("POST", url + "/completion", headers={"Connection": "close"}, json={
+            "prompt": PROMPT, "n_predict": tokens, "stream": True, "ignore_eos": True,
+            "cache_prompt": False, "temperature": 0.8, "seed": 1}, timeout=300) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines():
+            if line.startswith("data: ") and '"stop":false' in line:
+                n += 1
+                if first is None:
+                    first = time.perf_counter()
+    end = time.perf_counter()
+    assert first is not None
+    return first - start, end - first, n
+
+
+def aggregate(url: str, streams: int, tokens: int) -> float:
+    """Tokens per second over ``streams`` concurrent streams."""
+    counts: list[int] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        _, _, n = one_stream(url, tokens)
+        with lock:
+            counts.append(n)
+
+    threads = [threading.Thread(target=run) for _ in range(streams)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=96)
+    args = parser.parse_args()
+    direct_tps: list[float] = []
+    proxy_tps: list[float] = []
+    direct_ttft: list[float] = []
+    proxy_ttft: list[float] = []
+    agg1: list[float] = []
+    agg2: list[float] = []
+    with Cluster([free_port()], free_port(), ARGS) as one:
+        one_stream(one.url, 8)  # warm-up
+        for _ in range(args.rounds):
+            for url, ttfts, rates in ((one.replica_url(0), direct_ttft, direct_tps),
+                                      (one.url, proxy_ttft, proxy_tps)):
+                ttft, rest, n = one_stream(url, args.tokens)
+                ttfts.append(ttft)
+                rates.append((n - 1) / rest)
+            agg1.append(aggregate(one.url, 8, args.tokens))
+    with Cluster([free_port(), free_port()], free_port(), ARGS) as two:
+        one_stream(two.url, 8)
+        one_stream(two.url, 8)
+        agg2 += [aggregate(two.url, 8, args.tokens) for _ in range(args.rounds)]
+    med = statistics.median
+    print(f"one stream of {args.tokens} tokens, the same replica, median of {args.rounds}:")
+    for name, tps, ttft in (("direct", direct_tps, direct_ttft),
+                            ("through nginx", proxy_tps, proxy_ttft)):
+        print(f"  {name:15s} {med(tps):7.1f} tok/s, first token {med(ttft) * 1000:6.1f} ms")
+    print(f"  proxy / direct  {med(proxy_tps) / med(direct_tps):7.3f} x tokens/s; "
+          f"first token {(med(proxy_ttft) - med(direct_ttft)) * 1000:+.1f} ms")
+    print("8 concurrent streams through nginx (aggregate tokens/s):")
+    print(f"  1 replica       {med(agg1):7.1f}")
+    print(f"  2 replicas      {med(agg2):7.1f}   ({med(agg2) / med(agg1):.2f} x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
