@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -65,6 +66,7 @@ class Cluster:
         self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="sluice-cluster-"))
         self.replicas: list[subprocess.Popen[bytes]] = []
         self.nginx: subprocess.Popen[bytes] | None = None
+        self._logs: list[Any] = []
 
     @property
     def url(self) -> str:
@@ -78,6 +80,7 @@ class Cluster:
 
     def start_replica(self, i: int) -> None:
         log = self.log_path(i).open("ab")
+        self._logs.append(log)
         proc = subprocess.Popen(
             [sys.executable, "-m", "app", "--host", "127.0.0.1",
              "--port", str(self.replica_ports[i]), *self.sluice_args],
@@ -114,9 +117,10 @@ class Cluster:
                                capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"nginx refused the configuration: {check.stderr}")
+        out = (self.run_dir / "nginx.out").open("ab")
+        self._logs.append(out)
         self.nginx = subprocess.Popen([nginx, "-p", str(self.run_dir), "-c", str(conf)],
-                                      stdout=subprocess.DEVNULL,
-                                      stderr=(self.run_dir / "nginx.out").open("ab"))
+                                      stdout=subprocess.DEVNULL, stderr=out)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.nginx.poll() is not None:
@@ -146,6 +150,9 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 codes.append(proc.wait())
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
         return codes
 
     def __enter__(self) -> Cluster:

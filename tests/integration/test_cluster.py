@@ -68,12 +68,11 @@ def test_requests_without_a_session_are_spread(cluster: Cluster) -> None:
 
 
 def test_a_session_stays_on_the_replica_holding_its_cache(cluster: Cluster) -> None:
-    turn1 = {"prompt": STORY, "n_predict": 8}
     results = {}
-    for affinity in (True, False):
+    for affinity, story in ((False, STORY), (True, "In a city of bridges, " + STORY)):
         headers = {"X-Session-Id": "conversation-42"} if affinity else {}
-        first = complete(cluster, turn1, **headers)
-        follow = STORY + first.json()["content"] + " And then"
+        first = complete(cluster, {"prompt": story, "n_predict": 8}, **headers)
+        follow = story + first.json()["content"] + " And then"
         second = complete(cluster, {"prompt": follow, "n_predict": 4}, **headers)
         results[affinity] = (upstream_index(cluster, first), upstream_index(cluster, second),
                              second.json()["tokens_cached"], first.json()["tokens_evaluated"])
@@ -81,7 +80,7 @@ def test_a_session_stays_on_the_replica_holding_its_cache(cluster: Cluster) -> N
     assert same[0] == same[1]  # the session's second turn found its replica
     assert same[2] >= same[3] - 1  # ... and its whole first prompt cached there
     assert other[0] != other[1]  # without a key: the other replica (least connections)
-    assert other[2] == 0  # ... which evaluates the whole prompt again
+    assert other[2] <= 1  # ... which evaluates the whole prompt again (all but the BOS)
 
 
 def test_sse_streams_through_the_proxy_as_tokens_are_made(cluster: Cluster) -> None:
@@ -90,7 +89,8 @@ def test_sse_streams_through_the_proxy_as_tokens_are_made(cluster: Cluster) -> N
     with httpx.stream("POST", cluster.url + "/completion", timeout=TIMEOUT, json={
             "prompt": STORY, "n_predict": 48, "stream": True, "ignore_eos": True}) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
-        assert resp.headers["x-accel-buffering"] == "no"
+        # nginx obeys the replica's X-Accel-Buffering: no and does not pass it on
+        assert "x-accel-buffering" not in resp.headers
         for line in resp.iter_lines():
             if line.startswith("data: "):
                 times.append(time.monotonic() - start)
