@@ -1,6 +1,6 @@
 """Replicas behind nginx: what the proxy costs one stream (tokens/s and time to first token,
 through nginx vs directly, the same replica, side by side), and the aggregate tokens/s of 8
-concurrent streams through nginx with 1 and with 2 replicas.
+concurrent streams through nginx with 1 replica, 2 replicas, and 2 replicas of one thread each.
 
 Run on a quiet machine (nginx installed; ``make test`` installs it)::
 
@@ -89,6 +89,11 @@ def main() -> int:
         one_stream(two.url, 8)
         one_stream(two.url, 8)
         agg2 += [aggregate(two.url, 8, args.tokens) for _ in range(args.rounds)]
+    agg2t1: list[float] = []  # each replica with one thread: the cores shared, not fought over
+    with Cluster([free_port(), free_port()], free_port(), [*ARGS, "-t", "1", "-tb", "1"]) as two:
+        one_stream(two.url, 8)
+        one_stream(two.url, 8)
+        agg2t1 += [aggregate(two.url, 8, args.tokens) for _ in range(args.rounds)]
     med = statistics.median
     print(f"one stream of {args.tokens} tokens, the same replica, median of {args.rounds}:")
     for name, tps, ttft in (("direct", direct_tps, direct_ttft),
@@ -99,6 +104,7 @@ def main() -> int:
     print("8 concurrent streams through nginx (aggregate tokens/s):")
     print(f"  1 replica       {med(agg1):7.1f}")
     print(f"  2 replicas      {med(agg2):7.1f}   ({med(agg2) / med(agg1):.2f} x)")
+    print(f"  2 replicas -t 1 {med(agg2t1):7.1f}   ({med(agg2t1) / med(agg1):.2f} x)")
     return 0
 
 

@@ -41,13 +41,14 @@ def first_token_s(base: str, model: str) -> float:
             "model": model, "prompt": PROMPT, "n_predict": 4, "stream": True, "temperature": 0,
             "cache_prompt": False}, timeout=120) as resp:
         resp.raise_for_status()
-        for line in resp.iter_lines():
-            if line.startswith("data: ") and json.loads(line[6:]).get("content"):
+        elapsed = None
+        for line in resp.iter_lines():  # one iterator, read to the end
+            if elapsed is None and line.startswith("data: ") and \
+                    json.loads(line[6:]).get("content"):
                 elapsed = time.perf_counter() - start
-                for _ in resp.iter_lines():
-                    pass
-                return elapsed
-    raise RuntimeError("no token")
+    if elapsed is None:
+        raise RuntimeError("no token")
+    return elapsed
 
 
 def unload(base: str, model: str) -> None:
@@ -82,7 +83,7 @@ def main() -> int:
         print(f"time to first token, {BASE} (Gemma 3 270M), median of {args.rounds}:")
         print(f"  cold (not loaded)         {med['cold'] * 1000:8.0f} ms")
         print(f"  warm (loaded)             {med['warm'] * 1000:8.0f} ms")
-        print(f"  after a swap (evict {CHAT}) {med['swap'] * 1000:8.0f} ms")
+        print(f"  after a swap (evicts {CHAT}) {med['swap'] * 1000:8.0f} ms")
         print(f"  cold / warm               {med['cold'] / med['warm']:8.1f} x")
         print("server RSS:")
         print(f"  before the load           {med['rss_before']:8.0f} MiB")
