@@ -46,6 +46,33 @@ def one_stream(url: str, tokens: int) -> tuple[float, float, int]:
     return first - start, end - first, n
 
 
+def freed_after_leaving(client_url: str, replica_urls: list[str]) -> float:
+    """Seconds from a client closing its stream (after 3 tokens) to every slot being free."""
+    with httpx.stream("POST", client_url + "/completion", timeout=300, json={
+            "prompt": PROMPT, "n_predict": 2000, "stream": True, "ignore_eos": True}) as resp:
+        seen = 0
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                seen += 1
+                if seen >= 3:
+                    break
+    closed = time.perf_counter()
+    while any(s["is_processing"] for url in replica_urls
+              for s in httpx.get(url + "/slots", timeout=30).json()):
+        time.sleep(0.005)
+    return time.perf_counter() - closed
+
+
+def second_turn_cached(url: str, session: str | None, story: str) -> int:
+    headers = {"X-Session-Id": session} if session else {}
+    first = httpx.post(url + "/completion", headers=headers, timeout=300, json={
+        "prompt": story, "n_predict": 8, "temperature": 0}).json()
+    second = httpx.post(url + "/completion", headers=headers, timeout=300, json={
+        "prompt": story + first["content"] + " And then", "n_predict": 4,
+        "temperature": 0}).json()
+    return int(second["tokens_cached"])
+
+
 def aggregate(url: str, streams: int, tokens: int) -> float:
     """Tokens per second over ``streams`` concurrent streams."""
     counts: list[int] = []
@@ -85,10 +112,20 @@ def main() -> int:
                 ttfts.append(ttft)
                 rates.append((n - 1) / rest)
             agg1.append(aggregate(one.url, 8, args.tokens))
+    leave_direct: list[float] = []
+    leave_proxy: list[float] = []
     with Cluster([free_port(), free_port()], free_port(), ARGS) as two:
         one_stream(two.url, 8)
         one_stream(two.url, 8)
         agg2 += [aggregate(two.url, 8, args.tokens) for _ in range(args.rounds)]
+        replicas = [two.replica_url(0), two.replica_url(1)]
+        for _ in range(args.rounds):
+            leave_direct.append(freed_after_leaving(replicas[0], replicas))
+            leave_proxy.append(freed_after_leaving(two.url, replicas))
+        story = ("an old fisherman told the children stories about the islands beyond the "
+                 "horizon, where the birds were made of glass.")
+        cached_without = second_turn_cached(two.url, None, "On a quiet morning, " + story)
+        cached_with = second_turn_cached(two.url, "session-1", "In a city of bridges, " + story)
     agg2t1: list[float] = []  # each replica with one thread: the cores shared, not fought over
     with Cluster([free_port(), free_port()], free_port(), [*ARGS, "-t", "1", "-tb", "1"]) as two:
         one_stream(two.url, 8)
@@ -101,6 +138,12 @@ def main() -> int:
         print(f"  {name:15s} {med(tps):7.1f} tok/s, first token {med(ttft) * 1000:6.1f} ms")
     print(f"  proxy / direct  {med(proxy_tps) / med(direct_tps):7.3f} x tokens/s; "
           f"first token {(med(proxy_ttft) - med(direct_ttft)) * 1000:+.1f} ms")
+    print("a client that leaves after 3 tokens: its slot is free again after")
+    print(f"  direct          {med(leave_direct) * 1000:7.1f} ms")
+    print(f"  through nginx   {med(leave_proxy) * 1000:7.1f} ms")
+    print("second turn of a conversation through nginx, tokens_cached:")
+    print(f"  no X-Session-Id {cached_without:7d}")
+    print(f"  X-Session-Id    {cached_with:7d}")
     print("8 concurrent streams through nginx (aggregate tokens/s):")
     print(f"  1 replica       {med(agg1):7.1f}")
     print(f"  2 replicas      {med(agg2):7.1f}   ({med(agg2) / med(agg1):.2f} x)")
