@@ -55,7 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
     a("-ngl", "--n-gpu-layers", type=int, help="layers to offload to a GPU")
     a("-s", "--seed", type=int, help="default seed (-1: random per request)")
     a("-n", "--n-predict", type=int, help="default tokens to predict (-1: unlimited)")
-    a("-fa", "--flash-attn", action="store_const", const=True, help="use flash attention")
+    sampling = p.add_argument_group("default sampling (a request's own fields win)")
+    s = sampling.add_argument
+    s("--temp", dest="temperature", type=float, help="temperature (0.8; 0 = greedy)")
+    s("--top-k", type=int, help="top-k (40; 0 = off)")
+    s("--top-p", type=float, help="top-p (0.95; 1 = off)")
+    s("--min-p", type=float, help="min-p (0.05; 0 = off)")
+    s("--typical", dest="typical_p", type=float, help="locally typical sampling p (1 = off)")
+    s("--repeat-penalty", type=float, help="repetition penalty (1 = off)")
+    s("--repeat-last-n", type=int, help="tokens the penalties look back on (64; -1 = context)")
+    s("--presence-penalty", type=float, help="presence penalty (0 = off)")
+    s("--frequency-penalty", type=float, help="frequency penalty (0 = off)")
+    s("--mirostat", type=int, choices=[0, 1, 2], help="Mirostat sampling, version 1 or 2 (0)")
+    s("--mirostat-lr", dest="mirostat_eta", type=float, help="Mirostat learning rate (0.1)")
+    s("--mirostat-ent", dest="mirostat_tau", type=float, help="Mirostat target entropy (5)")
+    s("--ignore-eos", action="store_const", const=True, help="generate past end-of-generation")
+    s("--samplers", help="sampler order, ';'-separated: penalties;top_k;typ_p;top_p;min_p;"
+      "temperature (that order)")
+    a("-fa", "--flash-attn", nargs="?", const="on", choices=["on", "off", "auto"],
+      help="flash attention: on, off (the default) or auto (llama.cpp decides for the device); "
+      "-fa alone is on")
     a("--api-key", dest="api_keys", action="append", help="accepted API key (repeatable)")
     a("--api-key-file", type=Path, help="file with one API key per line")
     a("--timeout", dest="request_timeout_s", type=float,
@@ -78,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--metrics", action="store_const", const=True, help="serve Prometheus metrics at /metrics")
     a("--embedding", "--embeddings", dest="embedding", action="store_const", const=True,
       help="serve /embedding and /v1/embeddings")
+    a("--slots", dest="slots_endpoint", action="store_const", const=True,
+      help="serve GET /slots (the default)")
+    a("--no-slots", dest="slots_endpoint", action="store_const", const=False,
+      help="GET /slots answers 501, as llama.cpp's")
+    a("--webui", dest="webui", action="store_const", const=True, help="serve the web page (default)")
+    a("--no-webui", dest="webui", action="store_const", const=False,
+      help="no web page: / and /web/ answer 404")
+    a("--offline", action="store_true",
+      help="accepted for llama.cpp's command lines: Sluice never downloads anything")
     a("--no-ws", dest="websocket", action="store_const", const=False,
       help="disable goinfer's /ws token feed")
     a("--slot-save-path", type=Path, help="directory where slots can be saved and restored")
@@ -110,6 +138,8 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
             raise ConfigError(f"config value '{name}' must be a string or a list of strings")
         return tuple(items)
+    if name == "flash_attn" and isinstance(value, bool):  # config files of earlier versions
+        return "on" if value else "off"
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"config value '{name}' must be true or false")
@@ -200,6 +230,7 @@ def _check(s: Settings) -> None:
         (s.batch_size <= 1 << 16, "--batch-size must be at most 65536"),
         (s.max_queue >= 0, "--max-queue must not be negative"),
         (0 <= s.poll <= 100, "--poll must be 0..100"),
+        (s.flash_attn in ("on", "off", "auto"), "--flash-attn must be on, off or auto"),
         (s.reasoning_format in ("none", "deepseek", "auto"),
          "--reasoning-format must be none, deepseek or auto"),
         (s.max_ws >= 0, "--max-ws must not be negative"),
@@ -233,6 +264,42 @@ def _check(s: Settings) -> None:
                           f"{', '.join(sorted(BUILTINS))}")
 
 
+#: --flag dest -> (type, low, high) of the default sampling flags (bounds as the request schema's)
+_SAMPLING_FLAGS: dict[str, tuple[type, float, float]] = {
+    "temperature": (float, 0, 100), "top_k": (int, 0, 1_000_000), "top_p": (float, 0, 1),
+    "min_p": (float, 0, 1), "typical_p": (float, 0, 1), "repeat_penalty": (float, 0, 100),
+    "repeat_last_n": (int, -1, 1 << 20), "presence_penalty": (float, -100, 100),
+    "frequency_penalty": (float, -100, 100), "mirostat": (int, 0, 2),
+    "mirostat_eta": (float, 0, 1), "mirostat_tau": (float, 0, 100)}
+
+
+def _sampling_defaults(args: argparse.Namespace) -> tuple[tuple[str, object], ...]:
+    """The default sampling flags given, checked (finite, in range)."""
+    from app.completion import KNOWN_SAMPLERS
+
+    out: list[tuple[str, object]] = []
+    for name, (_kind, low, high) in _SAMPLING_FLAGS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if not math.isfinite(value) or not low <= value <= high:
+            flag = "--" + {"temperature": "temp", "typical_p": "typical",
+                           "mirostat_eta": "mirostat-lr", "mirostat_tau": "mirostat-ent"
+                           }.get(name, name.replace("_", "-"))
+            raise ConfigError(f"{flag} must be a number from {low:g} to {high:g}")
+        out.append((name, value))
+    if args.ignore_eos:
+        out.append(("ignore_eos", True))
+    if args.samplers is not None:
+        names = tuple(n.strip() for n in args.samplers.replace(",", ";").split(";") if n.strip())
+        unknown = [n for n in names if n not in KNOWN_SAMPLERS]
+        if unknown or not names:
+            raise ConfigError(f"--samplers: {', '.join(unknown) or 'none given'} not available; "
+                              f"use {';'.join(KNOWN_SAMPLERS)}")
+        out.append(("samplers", names))
+    return tuple(out)
+
+
 def load_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     """Parse ``argv`` (and the config file it names) into settings.
 
@@ -259,6 +326,9 @@ def load_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
             values["system_prompt"] = args.system_prompt_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(f"cannot read --system-prompt-file: {exc.strerror}") from None
+    sampling = _sampling_defaults(args)
+    if sampling:
+        values["sampling"] = sampling
     settings = replace(Settings(), **values)
     _check(settings)
     return settings, args

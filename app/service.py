@@ -20,13 +20,14 @@ import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
 from app import chat
-from app.completion import CompletionRequest, Interruption
+from app.completion import CompletionRequest, Interruption, SamplingParams
 from app.engine import ports, scheduler
 from app.engine.embedding import Embedder, EmbeddingError
 from app.engine.model import ModelLoadError, check_model_file
@@ -211,7 +212,10 @@ class Service:
 
     @property
     def defaults(self) -> Defaults:
-        return Defaults(n_predict=self.settings.n_predict, seed=self.settings.seed)
+        """What a request falls back to: ``-n``, ``--seed`` and the default sampling flags."""
+        return Defaults(n_predict=self.settings.n_predict, seed=self.settings.seed,
+                        sampling=replace(SamplingParams(seed=self.settings.seed),
+                                         **dict[str, Any](self.settings.sampling)))
 
     # --- submitting ----------------------------------------------------------------
     async def _submit(self, bound: Bound, request: CompletionRequest) -> Completion:

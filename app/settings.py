@@ -46,7 +46,7 @@ class Settings:
     n_gpu_layers: int = 0
     seed: int = -1  # default per-request seed; -1: random
     n_predict: int = -1  # default token limit per request; -1: until EOS or context end
-    flash_attn: bool = False
+    flash_attn: str = "off"  # on | off | auto, llama.cpp's -fa
     api_keys: tuple[str, ...] = ()
     origins: tuple[str, ...] = ()
     verbose: bool = False
@@ -57,6 +57,8 @@ class Settings:
     reasoning_format: str = "deepseek"  # "none": leave <think> blocks in the content
     embedding: bool = False  # serve /embedding and /v1/embeddings
     websocket: bool = True  # goinfer's /ws token feed
+    slots_endpoint: bool = True  # GET /slots (llama.cpp's --slots / --no-slots)
+    webui: bool = True  # the web page at / (llama.cpp's --webui / --no-webui)
     slot_save_path: Path | None = None  # directory for /slots/{id}?action=save|restore
     request_timeout_s: float | None = None  # None: no limit
     send_timeout_s: float = 30.0  # a client that takes no data this long is treated as gone
@@ -71,6 +73,8 @@ class Settings:
     models_max: int = 1  # models loaded at once; one more evicts the least recently used idle one
     models_wait_s: float = 60.0  # how long a request waits for room to load its model, then 503
     sleep_idle_s: float | None = None  # unload a model idle this long; None: keep it loaded
+    #: the server's default sampling (llama.cpp's --temp, --top-k, ...): SamplingParams fields
+    sampling: tuple[tuple[str, object], ...] = ()
 
     @property
     def slot_ctx(self) -> int:

@@ -318,11 +318,11 @@ $("extract-run").addEventListener("click", async () => {
     for await (const data of sseData(response)) {
       const event = JSON.parse(data);
       streamError(event);
-      if (event.stop) {
+      if (event.stop) {  // the final event: its content is empty, the partials carried it
         try {
-          out.textContent = JSON.stringify(JSON.parse(event.content), null, 2);
+          out.textContent = JSON.stringify(JSON.parse(text), null, 2);
         } catch {
-          out.textContent = event.content;
+          out.textContent = text;
         }
         badge.hidden = false;
         badge.className = `badge ${event.schema_valid ? "valid" : "invalid"}`;

@@ -26,12 +26,11 @@ from app.completion import (
     Final,
     Outcome,
     Ping,
-    SamplingParams,
     StopType,
     TokenLogprobs,
     TokenProb,
 )
-from app.errors import JSON, NotFound, ServerError, Unavailable
+from app.errors import JSON, NotFound, NotSupported, ServerError, Unavailable
 from app.prepare import convert_schema
 from app.registry import ModelStatus
 from app.requests import native_request, sampling_report
@@ -54,7 +53,7 @@ def probabilities(logprobs: tuple[TokenLogprobs, ...]) -> list[JSON]:
 
 def partial(delta: Delta, completion: Completion) -> JSON:
     """The stream event of one delta."""
-    out: JSON = {"content": delta.text, "tokens": list(delta.token_ids), "stop": False,
+    out: JSON = {"index": 0, "content": delta.text, "tokens": list(delta.token_ids), "stop": False,
                  "id_slot": delta.id_slot, "id": completion.id,
                  "tokens_predicted": delta.n_predicted, "tokens_evaluated": completion.n_prompt}
     if delta.logprobs:
@@ -80,11 +79,15 @@ def timings(outcome: Outcome) -> JSON:
                                      if t.predicted_ms else 0.0)}
 
 
-def final_object(outcome: Outcome) -> JSON:
-    """llama.cpp's final object (the non-streamed reply, the last stream event)."""
+def final_object(outcome: Outcome, *, streamed: bool = False) -> JSON:
+    """llama.cpp's final object: the non-streamed reply, or (``streamed``) the last stream
+    event, whose ``content`` and ``tokens`` are empty and which has no
+    ``completion_probabilities``, as llama.cpp's (the partials carried them: a client that
+    appends every event's ``content`` must not show the answer twice)."""
     stop = outcome.stop
     out: JSON = {
-        "id": outcome.id, "content": outcome.text, "tokens": list(outcome.token_ids),
+        "index": 0, "id": outcome.id, "content": "" if streamed else outcome.text,
+        "tokens": [] if streamed else list(outcome.token_ids),
         "id_slot": outcome.id_slot, "stop": True, "model": outcome.reported.model,
         "tokens_predicted": outcome.n_predicted, "tokens_evaluated": outcome.n_prompt,
         "tokens_cached": outcome.tokens_cached, "prompt": outcome.reported.request.prompt_text,
@@ -100,7 +103,7 @@ def final_object(outcome: Outcome) -> JSON:
         out["grammar_stats"] = {"rejections": outcome.grammar_stats[0],
                                 "full_passes": outcome.grammar_stats[1],
                                 "narrowed_passes": outcome.grammar_stats[2]}
-    if outcome.reported.request.sampling.n_probs > 0:
+    if outcome.reported.request.sampling.n_probs > 0 and not streamed:
         out["completion_probabilities"] = probabilities(outcome.logprobs)
     if outcome.schema is not None:
         out["schema_valid"] = outcome.schema.valid
@@ -118,7 +121,7 @@ async def events(completion: Completion, ping_interval_s: float) -> AsyncIterato
             case Delta():
                 yield sse.event(partial(item, completion))
             case Final(outcome=outcome):
-                yield sse.event(final_object(outcome))
+                yield sse.event(final_object(outcome, streamed=True))
             case Failure(message=message):
                 yield sse.event(ServerError(message).body())
 
@@ -161,8 +164,14 @@ async def health() -> Response:
 
 
 @native.route("/slots", methods=["GET"])
+async def slots() -> Response:
+    if not service().settings.slots_endpoint:
+        raise NotSupported("this server does not serve the slots endpoint; start it with --slots")
+    return await _slots()
+
+
 @query_model
-async def slots(svc: Bound) -> Response:
+async def _slots(svc: Bound) -> Response:
     infos = svc.slot_infos()
     if request.args.get("fail_on_no_slot") in ("1", "true") and all(i.is_processing for i in infos):
         raise Unavailable("no slot available")
@@ -179,7 +188,7 @@ async def props(svc: Bound) -> Response:
     info = svc.model.info
     st = svc.settings
     engine = svc.engine
-    defaults = sampling_report(SamplingParams(seed=st.seed))
+    defaults = sampling_report(svc.defaults.sampling)
     return json_response({
         "default_generation_settings": {"n_ctx": engine.slot_ctx, "n_predict": st.n_predict,
                                         **defaults},

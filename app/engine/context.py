@@ -18,7 +18,7 @@ class ContextConfig:
     n_seq_max: int
     threads: int | None = None
     threads_batch: int | None = None
-    flash_attn: bool = False
+    flash_attn: str = "off"  # on, off, auto (llama.cpp decides per device)
 
 
 class Context:
@@ -39,7 +39,7 @@ neighbours. Each sequence gets ``n_ctx / n_seq_max`` cells.
         threads = cfg.threads or os.cpu_count() or 1
         params.n_threads = threads
         params.n_threads_batch = cfg.threads_batch or threads
-        params.flash_attn_type = 1 if cfg.flash_attn else 0
+        params.flash_attn_type = {"on": 1, "off": 0, "auto": -1}[cfg.flash_attn]
         params.kv_unified = False
         # Keep the whole sliding-window cache so a slot's prefix can be reused
         # after a partial removal (Gemma 3 uses sliding-window attention).

@@ -31,7 +31,8 @@ async def test_sigterm_ends_running_stream_with_final_event_and_exits_zero() -> 
         final = events[-1]
         assert final["stop"] is True
         assert final.get("shutdown") is True
-        assert final["content"] == "".join(e["content"] for e in events[:-1])
+        assert final["content"] == ""  # the partials carried the text
+        assert all(e["stop"] is False for e in events[:-1])
         assert ended < 1.0 + 2.0  # the grace period, then the final event
         rc = await trio.to_thread.run_sync(server.proc.wait, 15)
         assert rc == 0

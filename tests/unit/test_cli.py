@@ -117,3 +117,60 @@ def test_poll_sets_the_openmp_wait_before_llama_cpp_loads() -> None:
     assert user == {"GOMP_SPINCOUNT": "7"}  # the user's own setting wins
     with pytest.raises(ConfigError, match="--poll"):
         load_settings(["--poll", "101"])
+
+
+def test_flash_attention_takes_llama_cpps_values(tmp_path: Path) -> None:
+    assert load_settings([])[0].flash_attn == "off"
+    assert load_settings(["-fa"])[0].flash_attn == "on"  # alone: on, as before
+    assert load_settings(["-fa", "auto"])[0].flash_attn == "auto"
+    assert load_settings(["--flash-attn", "off"])[0].flash_attn == "off"
+    with pytest.raises(ConfigError, match="invalid choice: 'maybe'"):
+        load_settings(["--flash-attn", "maybe"])
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"flash_attn": True}))  # an earlier version's config file
+    assert load_settings(["--config", str(cfg)])[0].flash_attn == "on"
+
+
+def test_config_models_and_the_registry_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"models_max": 2, "models": {
+        "chat": {"path": "smollm2-135m-instruct", "aliases": ["assistant"], "ctx_size": 4096,
+                 "parallel": 2, "embedding": True}}}))
+    s, _ = load_settings(["--config", str(cfg), "--sleep-idle-seconds", "300",
+                          "--models-wait", "5"])
+    assert (s.models_max, s.sleep_idle_s, s.models_wait_s) == (2, 300.0, 5.0)
+    (chat,) = s.models
+    assert (chat.name, str(chat.path), chat.aliases) == ("chat", "smollm2-135m-instruct",
+                                                         ("assistant",))
+    assert dict(chat.overrides) == {"ctx_size": 4096, "parallel": 2, "embedding": True}
+    for models, message in [
+            ({"x": {"ctx_size": 1}}, "'models.x.path'"),
+            ({"x": {"path": "a.gguf", "port": 1}}, "unknown key 'models.x.port'"),
+            ({"x": {"path": "a.gguf", "parallel": 8, "ctx_size": 64}}, "at least 16 tokens"),
+            ({"x": {"path": "a.gguf", "aliases": "y"}}, "'models.x.aliases'"),
+            ([], "named models")]:
+        cfg.write_text(json.dumps({"models": models}))
+        with pytest.raises(ConfigError, match=message):
+            load_settings(["--config", str(cfg)])
+    with pytest.raises(ConfigError, match=r"--models-max must be 1\.\.64"):
+        load_settings(["--models-max", "0"])
+
+
+def test_default_sampling_flags_as_llama_cpp_names_them() -> None:
+    s, _ = load_settings(["--temp", "0.2", "--top-k", "5", "--top-p", "0.9", "--min-p", "0",
+                          "--typical", "0.95", "--repeat-penalty", "1.1", "--repeat-last-n", "32",
+                          "--presence-penalty", "0.5", "--frequency-penalty", "0.25",
+                          "--mirostat", "2", "--mirostat-lr", "0.2", "--mirostat-ent", "4",
+                          "--ignore-eos", "--samplers", "top_k;temperature"])
+    assert dict(s.sampling) == {
+        "temperature": 0.2, "top_k": 5, "top_p": 0.9, "min_p": 0.0, "typical_p": 0.95,
+        "repeat_penalty": 1.1, "repeat_last_n": 32, "presence_penalty": 0.5,
+        "frequency_penalty": 0.25, "mirostat": 2, "mirostat_eta": 0.2, "mirostat_tau": 4.0,
+        "ignore_eos": True, "samplers": ("top_k", "temperature")}
+    for argv, message in [(["--temp", "nan"], "--temp must be a number"),
+                          (["--top-p", "1.5"], "--top-p must be a number from 0 to 1"),
+                          (["--mirostat-lr", "inf"], "--mirostat-lr must be"),
+                          (["--samplers", "dry;top_k"], "dry not available"),
+                          (["--top-k", "x"], "invalid int value")]:
+        with pytest.raises(ConfigError, match=message):
+            load_settings(argv)

@@ -1,0 +1,63 @@
+"""llama.cpp's server flags on a real server: default sampling (``--temp``, ``--top-k``, ...)
+and ``-fa`` (flash attention: with it, a cached prompt gives the same logits as an uncached
+one)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.serverproc import running_server
+
+TIMEOUT = httpx.Timeout(60.0)
+CHAT_PROMPT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+               "Hugging Face<|im_end|>\n<|im_start|>user\nName a color.<|im_end|>\n"
+               "<|im_start|>assistant\n")
+
+
+def test_default_sampling_flags_apply_when_a_request_has_none() -> None:
+    with running_server("--parallel", "1", "--temp", "0", "--top-k", "7", "--repeat-penalty",
+                        "1.3", "--samplers", "penalties;top_k;temperature") as srv:
+        props = httpx.get(srv.base_url + "/props", timeout=TIMEOUT).json()
+        settings = props["default_generation_settings"]
+        assert (settings["temperature"], settings["top_k"], settings["repeat_penalty"]) == (
+            0.0, 7, 1.3)
+        assert settings["samplers"] == ["penalties", "top_k", "temperature"]
+        body = {"prompt": "The sky is", "n_predict": 8, "cache_prompt": False}
+        one = httpx.post(srv.base_url + "/completion", json=body, timeout=TIMEOUT).json()
+        two = httpx.post(srv.base_url + "/completion", json=body, timeout=TIMEOUT).json()
+        assert one["generation_settings"]["temperature"] == 0.0  # the server's default
+        assert one["generation_settings"]["top_k"] == 7
+        assert one["content"] == two["content"]  # greedy by default now
+        own = httpx.post(srv.base_url + "/completion", timeout=TIMEOUT,
+                         json={**body, "temperature": 0.9, "top_k": 40}).json()
+        assert own["generation_settings"]["temperature"] == 0.9  # the request's own win
+        assert own["generation_settings"]["top_k"] == 40
+
+
+def _first_token(base: str, cache_prompt: bool) -> list[tuple[str, float]]:
+    out: Any = httpx.post(base + "/completion", timeout=TIMEOUT, json={
+        "prompt": CHAT_PROMPT, "n_predict": 1, "temperature": 0, "n_probs": 3,
+        "cache_prompt": cache_prompt}).json()
+    return [(t["token"], round(t["logprob"], 4))
+            for t in out["completion_probabilities"][0]["top_logprobs"]]
+
+
+def test_flash_attention_makes_a_cached_prompt_give_the_same_logits() -> None:
+    with running_server("--model", "smollm2-135m-instruct", "--parallel", "1", "-fa", "on",
+                        "--ctx-size", "2048") as srv:
+        uncached = _first_token(srv.base_url, False)
+        _first_token(srv.base_url, True)  # fills the cache
+        cached = _first_token(srv.base_url, True)
+        assert cached == uncached
+
+
+def test_no_slots_and_no_webui() -> None:
+    with running_server("--parallel", "1", "--no-slots", "--no-webui", "--offline") as srv:
+        slots = httpx.get(srv.base_url + "/slots", timeout=TIMEOUT)
+        assert slots.status_code == 501
+        assert "--slots" in slots.json()["error"]["message"]
+        assert httpx.get(srv.base_url + "/", timeout=TIMEOUT).status_code == 404
+        assert httpx.get(srv.base_url + "/web/app.js", timeout=TIMEOUT).status_code == 404
+        assert httpx.get(srv.base_url + "/health", timeout=TIMEOUT).status_code == 200
