@@ -26,6 +26,7 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +36,7 @@ from app.api.common import json_response, read_json, service
 from app.api.models import model_meta
 from app.api.openai import messages, openai_request, tools_from
 from app.chat import Message
-from app.completion import Delta, Failure, Final, Outcome, StopType
+from app.completion import Delta, Failure, Final, Outcome, SchemaConstraint, StopType
 from app.errors import JSON, InvalidRequest, NotSupported
 from app.registry import Hosted
 from app.requests import native_request
@@ -263,8 +264,6 @@ async def generate() -> Response:
         load_s = time.perf_counter() - started
         native: JSON = {**_sampling(body)}
         schema = _format_schema(body)
-        if schema is not None:
-            native["json_schema"] = schema
         stops: tuple[str, ...] = ()
         tokens: tuple[str | int, ...] | None = None
         if suffix:
@@ -280,6 +279,8 @@ async def generate() -> Response:
         if stops:
             native["stop"] = list(dict.fromkeys([*stops, *native.get("stop", [])]))
         request = native_request(validate("completion", native), m.defaults, prompt=tokens)
+        if schema is not None:  # errors in the schema name Ollama's field
+            request = replace(request, constraint=SchemaConstraint(schema, field="format"))
         completion = await m.submit(request)
     name = m.name
 
@@ -361,9 +362,6 @@ async def chat() -> Response:
     if body.get("tools"):
         wire["tools"] = body["tools"]
     schema = _format_schema(body)
-    if schema is not None:
-        wire["response_format"] = {"type": "json_schema",
-                                   "json_schema": {"name": "format", "schema": schema}}
     wire = validate("chat_completion", wire)
     started = time.perf_counter()
     svc = service()
@@ -371,6 +369,8 @@ async def chat() -> Response:
         load_s = time.perf_counter() - started
         template = m.chat
         base = openai_request(wire, m.defaults, prompt="", n_probs=0, extra_stops=template.stops)
+        if schema is not None:  # errors in the schema name Ollama's field
+            base = replace(base, constraint=SchemaConstraint(schema, field="format"))
         reasoning = bool(body.get("think", m.settings.reasoning_format != "none"))
         turn = chat_request(template, messages(wire), tools_from(wire), base,
                             system_prompt=m.settings.system_prompt, reasoning=reasoning)

@@ -346,6 +346,12 @@ async def test_ollama_errors_in_its_shape(ol: ollama.Client, client: httpx.Async
                                                     "options": {"temperature": "hot"}})
     assert resp.status_code == 400
     assert "options.temperature" in resp.json()["error"]
+    for route, extra in (("/api/generate", {"prompt": "x"}),
+                         ("/api/chat", {"messages": [{"role": "user", "content": "x"}]})):
+        resp = await client.post(route, json={"model": CHAT, "stream": False, **extra,
+                                              "format": {"type": "string", "pattern": "(?=x)"}})
+        assert resp.status_code == 400
+        assert "'format'" in resp.json()["error"]  # Ollama's field, not an internal one
     resp = await client.post("/api/generate", json={"model": CHAT, "prompt": "x",
                                                     "keep_alive": "soon"})
     assert resp.status_code == 400
