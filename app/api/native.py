@@ -111,7 +111,23 @@ def final_object(outcome: Outcome, *, streamed: bool = False) -> JSON:
     return out
 
 
-async def events(completion: Completion, ping_interval_s: float) -> AsyncIterator[bytes]:
+def nested_fields(paths: list[str], obj: JSON) -> JSON:
+    """llama.cpp's ``response_fields``: the values at ``paths`` (``a/b``), keyed by the path;
+    paths that lead nowhere are left out."""
+    out: JSON = {}
+    for path in paths:
+        current: object = obj
+        for key in path.split("/"):
+            if not isinstance(current, dict) or key not in current:
+                break
+            current = current[key]
+        else:
+            out[path] = current
+    return out
+
+
+async def events(completion: Completion, ping_interval_s: float,
+                 response_fields: list[str] | None = None) -> AsyncIterator[bytes]:
     """The SSE body of a native stream: a ping, partials, then the final object or an error."""
     yield sse.PING  # headers and a first byte leave at once, even while queued
     async for item in completion.items(ping_interval_s):
@@ -121,7 +137,9 @@ async def events(completion: Completion, ping_interval_s: float) -> AsyncIterato
             case Delta():
                 yield sse.event(partial(item, completion))
             case Final(outcome=outcome):
-                yield sse.event(final_object(outcome, streamed=True))
+                final = final_object(outcome, streamed=True)
+                yield sse.event(nested_fields(response_fields, final) if response_fields
+                                else final)
             case Failure(message=message):
                 yield sse.event(ServerError(message).body())
 
@@ -132,10 +150,14 @@ async def events(completion: Completion, ping_interval_s: float) -> AsyncIterato
 @with_model("completion")
 async def completion(m: Bound, body: JSON) -> Response:
     completion = await m.submit(native_request(body, m.defaults))
+    fields = body.get("response_fields")
     if body.get("stream"):
-        return streamed(events(completion, m.settings.queue_ping_interval_s), completion.id)
+        return streamed(events(completion, m.settings.queue_ping_interval_s, fields),
+                        completion.id)
     outcome = await completion.result()
-    return json_response(final_object(outcome), headers={"X-Request-Id": str(outcome.id)})
+    out = final_object(outcome)
+    return json_response(nested_fields(fields, out) if fields else out,
+                         headers={"X-Request-Id": str(outcome.id)})
 
 
 @native.route("/completion/<int:job_id>/abort", methods=["POST"])

@@ -392,3 +392,19 @@ async def test_penalties_and_truncating_samplers_are_accepted(client: httpx.Asyn
     assert settings["repeat_penalty"] == 1.3
     assert settings["typical_p"] == 0.9
     assert out["tokens_predicted"] > 0
+
+
+async def test_response_fields_pick_fields_by_path(client: httpx.AsyncClient) -> None:
+    fields = ["content", "generation_settings/n_predict", "timings/predicted_n", "no/such"]
+    body = {"prompt": "Hi", "n_predict": 3, "temperature": 0, "response_fields": fields}
+    out = (await client.post("/completion", json=body)).json()
+    assert set(out) == {"content", "generation_settings/n_predict", "timings/predicted_n"}
+    assert out["generation_settings/n_predict"] == 3
+    assert out["timings/predicted_n"] == 3
+    events = await stream_events(client, "/completion", body)
+    assert events[-1] == {"content": "", "generation_settings/n_predict": 3,
+                          "timings/predicted_n": 3}  # the final event, as llama.cpp's
+    assert "".join(e["content"] for e in events[:-1]) == out["content"]
+    bad = await client.post("/completion", json={**body, "response_fields": "content"})
+    assert bad.status_code == 400
+    assert "response_fields" in bad.json()["error"]["message"]
