@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,13 +187,15 @@ class ChatTemplate:
         self.eos_token = eos_token
 
     def render(self, messages: Sequence[Message], *, tools: Sequence[FunctionTool] = (),
-               add_generation_prompt: bool = True) -> str:
-        """The prompt for ``messages``.
+               add_generation_prompt: bool = True,
+               variables: Mapping[str, Any] | None = None) -> str:
+        """The prompt for ``messages``; ``variables`` are more names for the template
+        (``chat_template_kwargs``, such as ``enable_thinking``; checked by :func:`template_variables`).
 
         Raises:
             InvalidRequest: the template refused the messages.
         """
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(variables or {})
         if self.renders_tools:
             wire = [_hf_message(m) for m in messages]
             if tools:
@@ -214,13 +216,15 @@ class ChatTemplate:
                                  param="messages") from None
 
     def prompt(self, messages: Sequence[Message], system_prompt: str | None = None, *,
-               tools: Sequence[FunctionTool] = ()) -> str:
+               tools: Sequence[FunctionTool] = (),
+               variables: Mapping[str, Any] | None = None) -> str:
         """Render a conversation; a trailing assistant message is continued (prefill)."""
         if system_prompt and not any(m.role in ("system", "developer") for m in messages):
             messages = [Message("system", system_prompt), *messages]
         if messages and messages[-1].role == "assistant" and not messages[-1].tool_calls:
-            return self.render(messages[:-1], tools=tools) + messages[-1].content
-        return self.render(messages, tools=tools)
+            return self.render(messages[:-1], tools=tools, variables=variables) + \
+                messages[-1].content
+        return self.render(messages, tools=tools, variables=variables)
 
     def thinking_open(self, prompt: str) -> bool:
         """Whether ``prompt`` (rendered by this template) leaves the model inside ``<think>``."""
@@ -294,3 +298,24 @@ def select(*, file: Path | None, name: str | None, gguf_template: str | None, ar
     key = BY_ARCHITECTURE.get(architecture, "chatml")
     b = BUILTINS[key]
     return ChatTemplate(key, b.source, stops=b.stops, bos_token=bos_token, eos_token=eos_token)
+
+
+#: names the renderer sets itself: ``chat_template_kwargs`` may not replace them
+RESERVED_VARIABLES = frozenset({"messages", "tools", "add_generation_prompt", "bos_token",
+                                "eos_token"})
+
+
+def template_variables(server: Mapping[str, Any], request: Mapping[str, Any] | None, *,
+                       field: str = "chat_template_kwargs") -> dict[str, Any]:
+    """The server's ``--chat-template-kwargs`` with a request's own over them.
+
+    Raises:
+        InvalidRequest: a request's key the renderer sets itself, naming it.
+    """
+    out = dict(server)
+    for key, value in (request or {}).items():
+        if key in RESERVED_VARIABLES:
+            raise InvalidRequest(f"invalid value for '{field}.{key}': the template gets "
+                                 f"'{key}' from the request itself", param=f"{field}.{key}")
+        out[key] = value
+    return out

@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--chat-template", help="built-in chat template: chatml, gemma, llama-2, llama-3, mistral, "
       "phi-3, vicuna_v1.1, zephyr (default: the model's own, else one for its architecture)")
     a("--chat-template-file", type=Path, help="Jinja chat template file")
+    a("--chat-template-kwargs", help="a JSON object of more variables for the chat template, "
+      "such as '{\"enable_thinking\": false}'; a request's own chat_template_kwargs win")
     a("--system-prompt", help="system prompt for chats that bring none")
     a("--system-prompt-file", type=Path, help="file holding the system prompt")
     a("--reasoning-format", choices=["none", "deepseek", "auto"],
@@ -251,6 +253,19 @@ def _check(s: Settings) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    if s.chat_template_kwargs:
+        from app.chat import RESERVED_VARIABLES
+
+        try:
+            kwargs = json.loads(s.chat_template_kwargs)
+        except ValueError:
+            raise ConfigError("--chat-template-kwargs must be a JSON object") from None
+        if not isinstance(kwargs, dict):
+            raise ConfigError("--chat-template-kwargs must be a JSON object")
+        reserved = sorted(set(kwargs) & RESERVED_VARIABLES)
+        if reserved:
+            raise ConfigError(f"--chat-template-kwargs may not set {', '.join(reserved)}: the "
+                              "template gets them from each request")
     if s.models_dir is not None and not s.models_dir.is_dir():
         raise ConfigError(f"--models-dir is not a directory: {s.models_dir}")
     if s.slot_save_path is not None and not s.slot_save_path.is_dir():

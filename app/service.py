@@ -16,9 +16,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import itertools
+import json
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -367,6 +368,13 @@ class Bound:
     @property
     def defaults(self) -> Defaults:
         return self.service.defaults
+
+    def template_variables(self, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The chat template's extra variables: ``--chat-template-kwargs``, then the request's
+        ``chat_template_kwargs``."""
+        raw = self.settings.chat_template_kwargs
+        server = json.loads(raw) if raw else {}
+        return chat.template_variables(server, (body or {}).get("chat_template_kwargs"))
 
     async def submit(self, request: CompletionRequest) -> Completion:
         """Prepare ``request`` and register it.

@@ -53,6 +53,7 @@ class Settings:
     metrics: bool = False  # serve /metrics
     chat_template: str | None = None  # a built-in's name
     chat_template_file: Path | None = None
+    chat_template_kwargs: str = ""  # a JSON object: more variables for every chat template
     system_prompt: str | None = None
     reasoning_format: str = "deepseek"  # "none": leave <think> blocks in the content
     embedding: bool = False  # serve /embedding and /v1/embeddings

@@ -10,9 +10,9 @@ enforced what a grammar can; this reports the rest, never silently).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from app.chat import ChatTemplate, Message
 from app.completion import CompletionRequest, FunctionTool, ToolsConstraint
@@ -86,7 +86,7 @@ class Turn:
 
 def chat_request(template: ChatTemplate, messages: Sequence[Message], policy: ToolPolicy,
                  base: CompletionRequest, *, system_prompt: str | None,
-                 reasoning: bool) -> Turn:
+                 reasoning: bool, variables: Mapping[str, Any] | None = None) -> Turn:
     """Render the prompt and attach the tool grammar to ``base`` (built from the sampling fields).
 
     Raises:
@@ -94,7 +94,7 @@ def chat_request(template: ChatTemplate, messages: Sequence[Message], policy: To
             constraint.
     """
     tools = policy.tools if policy.active else ()
-    prompt = template.prompt(messages, system_prompt, tools=tools)
+    prompt = template.prompt(messages, system_prompt, tools=tools, variables=variables)
     constraint = policy.constraint()
     if constraint is not None and base.constraint is not None:
         raise InvalidRequest("a tool call cannot be combined with 'response_format', 'grammar' or "

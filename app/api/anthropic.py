@@ -143,7 +143,8 @@ def turn_of(svc: Bound, body: JSON) -> Turn:
     thinking = (body.get("thinking") or {}).get("type", "enabled") != "disabled"
     return chat_request(template, conversation(body), policy(body), base,
                         system_prompt=svc.settings.system_prompt,
-                        reasoning=thinking and svc.settings.reasoning_format != "none")
+                        reasoning=thinking and svc.settings.reasoning_format != "none",
+                        variables=svc.template_variables())
 
 
 # --- typed outcome -> Anthropic's shape ----------------------------------------------------------

@@ -78,8 +78,9 @@ async def apply_template(svc: Bound, body: JSON) -> Response:
     from app.api.openai import messages, tools_from
 
     policy = tools_from(body)
-    return json_response({"prompt": svc.chat.prompt(messages(body), svc.settings.system_prompt,
-                                                    tools=policy.tools if policy.active else ())})
+    return json_response({"prompt": svc.chat.prompt(
+        messages(body), svc.settings.system_prompt, tools=policy.tools if policy.active else (),
+        variables=svc.template_variables(body))})
 
 
 # --- embeddings --------------------------------------------------------------------------------

@@ -373,7 +373,8 @@ async def chat() -> Response:
             base = replace(base, constraint=SchemaConstraint(schema, field="format"))
         reasoning = bool(body.get("think", m.settings.reasoning_format != "none"))
         turn = chat_request(template, messages(wire), tools_from(wire), base,
-                            system_prompt=m.settings.system_prompt, reasoning=reasoning)
+                            system_prompt=m.settings.system_prompt, reasoning=reasoning,
+                            variables=m.template_variables())
         completion = await m.submit(turn.request)
     name = m.name
     splitter = turn.splitter()

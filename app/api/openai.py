@@ -220,7 +220,8 @@ async def chat_completions(m: Bound, body: JSON) -> Response:
                           extra_stops=template.stops)
     turn = chat_request(template, messages(body), tools_from(body), base,
                         system_prompt=m.settings.system_prompt,
-                        reasoning=reasoning_from(body, m.settings.reasoning_format))
+                        reasoning=reasoning_from(body, m.settings.reasoning_format),
+                        variables=m.template_variables(body))
     completion = await m.submit(turn.request)
     created = int(time.time())
     ident = f"chatcmpl-{completion.id}"

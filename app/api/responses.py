@@ -145,7 +145,8 @@ def turn_of(svc: Bound, body: JSON) -> Turn:
                              stops=template.stops, constraint=constraint)
     return chat_request(template, conversation(body), policy, base,
                         system_prompt=svc.settings.system_prompt,
-                        reasoning=svc.settings.reasoning_format != "none")
+                        reasoning=svc.settings.reasoning_format != "none",
+                        variables=svc.template_variables())
 
 
 # --- typed outcome -> the Responses shape --------------------------------------------------------

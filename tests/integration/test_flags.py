@@ -4,6 +4,7 @@ one)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -61,3 +62,24 @@ def test_no_slots_and_no_webui() -> None:
         assert httpx.get(srv.base_url + "/", timeout=TIMEOUT).status_code == 404
         assert httpx.get(srv.base_url + "/web/app.js", timeout=TIMEOUT).status_code == 404
         assert httpx.get(srv.base_url + "/health", timeout=TIMEOUT).status_code == 200
+
+
+def test_chat_template_kwargs_from_the_server_and_the_request(tmp_path: Path) -> None:
+    template = tmp_path / "t.jinja"
+    template.write_text("{% if shout %}LOUD {% endif %}{% for m in messages %}{{ m.content }}"
+                        "{% endfor %}{% if add_generation_prompt %}>{% endif %}")
+    with running_server("--parallel", "1", "--chat-template-file", str(template),
+                        "--chat-template-kwargs", '{"shout": true}') as srv:
+        def render(**extra: Any) -> httpx.Response:
+            return httpx.post(srv.base_url + "/apply-template", timeout=TIMEOUT, json={
+                "messages": [{"role": "user", "content": "hi"}], **extra})
+
+        assert render().json()["prompt"] == "LOUD hi>"  # the server's variables
+        assert render(chat_template_kwargs={"shout": False}).json()["prompt"] == "hi>"
+        bad = render(chat_template_kwargs={"messages": []})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["param"] == "chat_template_kwargs.messages"
+        chat = httpx.post(srv.base_url + "/v1/chat/completions", timeout=TIMEOUT, json={
+            "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+            "chat_template_kwargs": {"shout": False}})
+        assert chat.status_code == 200

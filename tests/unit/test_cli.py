@@ -174,3 +174,12 @@ def test_default_sampling_flags_as_llama_cpp_names_them() -> None:
                           (["--top-k", "x"], "invalid int value")]:
         with pytest.raises(ConfigError, match=message):
             load_settings(argv)
+
+
+def test_chat_template_kwargs_must_be_an_object_without_reserved_names() -> None:
+    s, _ = load_settings(["--chat-template-kwargs", '{"enable_thinking": false}'])
+    assert json.loads(s.chat_template_kwargs) == {"enable_thinking": False}
+    for raw, message in [("[1]", "must be a JSON object"), ("{", "must be a JSON object"),
+                         ('{"messages": 1}', "may not set messages")]:
+        with pytest.raises(ConfigError, match=message):
+            load_settings(["--chat-template-kwargs", raw])
