@@ -343,19 +343,45 @@ class Registry:
             ServerError: its load failed.
             Unavailable: nothing can be loaded.
         """
+        _, runtime = await self.acquire_resolved(lambda: hosted, keep_alive_s=keep_alive_s,
+                                                 set_keep_alive=set_keep_alive)
+        return runtime
+
+    def _wait_for(self, hosted: Hosted) -> None:
+        hosted.waiting += 1
+        hosted.cancel_load = False
+
+    def _stop_waiting(self, hosted: Hosted) -> None:
+        hosted.waiting -= 1
+        if hosted.waiting == 0 and hosted.status is ModelStatus.LOADING and not hosted.pinned:
+            hosted.cancel_load = True  # everyone left: stop the load (the loader asks)
+
+    async def acquire_resolved(self, resolve: Callable[[], Hosted], *,
+                               keep_alive_s: float | None = None,
+                               set_keep_alive: bool = False) -> tuple[Hosted, RuntimeLike]:
+        """As :meth:`acquire`, for the model ``resolve()`` names, asked again after every
+        change: a request for the default model that arrives while the default is switched
+        (goinfer's load) waits for the new default instead of reloading the old one."""
+        hosted = resolve()
         if set_keep_alive:
             hosted.keep_alive_s = keep_alive_s
         deadline = trio.current_time() + self.wait_s
         tried = False
-        hosted.waiting += 1
-        hosted.cancel_load = False
+        self._wait_for(hosted)
         try:
             while True:
+                current = resolve()
+                if current is not hosted:
+                    self._stop_waiting(hosted)
+                    hosted, tried = current, False
+                    self._wait_for(hosted)
+                    if set_keep_alive:
+                        hosted.keep_alive_s = keep_alive_s
                 runtime = hosted.runtime
                 if (hosted.status is ModelStatus.LOADED and runtime is not None
                         and runtime.leases.acquire()):
                     self._touch(hosted)
-                    return runtime
+                    return hosted, runtime
                 if hosted.status in (ModelStatus.UNLOADED, ModelStatus.FAILED):
                     if hosted.status is ModelStatus.FAILED and tried:
                         raise ServerError(f"could not load model {hosted.name!r}: {hosted.error}")
@@ -380,9 +406,7 @@ class Registry:
                     f"{self.max_loaded} model(s) are loaded (--models-max) and all are in use; "
                     "retry later", retry_after_s=5)
         finally:
-            hosted.waiting -= 1
-            if hosted.waiting == 0 and hosted.status is ModelStatus.LOADING and not hosted.pinned:
-                hosted.cancel_load = True  # everyone left: stop the load (the loader asks)
+            self._stop_waiting(hosted)
 
     def release(self, hosted: Hosted, runtime: RuntimeLike) -> None:
         """Give back a lease from :meth:`acquire` (or one a completion held). Trio thread."""

@@ -54,6 +54,10 @@ Offload = Callable[[Callable[[], Prepared]], Awaitable[Prepared]]
 
 log = logging.getLogger(__name__)
 
+
+class ModelChanged(Unavailable):
+    """The request's model was unloaded while it was prepared; binding again may serve it."""
+
 #: how long an unload or a switch waits for running requests to end after asking them to
 SWITCH_DRAIN_S = 10.0
 #: how long a slot action may wait for the engine thread
@@ -117,9 +121,10 @@ class Service:
         """
         if self.shutting_down:
             raise Unavailable("the server is shutting down")
-        hosted = self.registry.find(name, field=field)
-        runtime = await self.registry.acquire(hosted, keep_alive_s=keep_alive_s,
-                                              set_keep_alive=set_keep_alive)
+        self.registry.find(name, field=field)  # an unknown name fails now
+        hosted, runtime = await self.registry.acquire_resolved(
+            lambda: self.registry.find(name, field=field), keep_alive_s=keep_alive_s,
+            set_keep_alive=set_keep_alive)
         return Bound(self, hosted, runtime)
 
     def peek(self, name: str | None = None, *, field: str = "model") -> Hosted:
@@ -243,10 +248,10 @@ class Service:
         self._preparing += 1
         try:
             prepared = await self._offload(work)
-            if (hosted.runtime is not runtime or hosted.status is not ModelStatus.LOADED
-                    or self.shutting_down):
-                raise Unavailable("the model changed while the request was being prepared"
-                                  if not self.shutting_down else "the server is shutting down")
+            if self.shutting_down:
+                raise Unavailable("the server is shutting down")
+            if hosted.runtime is not runtime or hosted.status is not ModelStatus.LOADED:
+                raise ModelChanged("the model changed while the request was being prepared")
         except BaseException:
             for p in built:
                 p.sampler.close()

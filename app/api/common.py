@@ -13,6 +13,7 @@ from quart import Response, current_app, request, stream_with_context
 from app import sse
 from app.errors import JSON, ApiError, anthropic_body
 from app.registry import ModelStatus
+from app.service import ModelChanged
 from app.validation import parse_json_body, validate
 
 if TYPE_CHECKING:
@@ -93,8 +94,12 @@ def with_model(schema: str, *, field: str = "model", sse_stream: bool = True,
                     svc.peek(name, field=field).status is not ModelStatus.LOADED:
                 return streamed(stream_with_context(_after_load)(
                     svc, handler, body, name, options, args, kwargs), 0)
-            async with svc.use(name, **options) as bound:
-                return await handler(bound, body, *args, **kwargs)
+            try:
+                async with svc.use(name, **options) as bound:
+                    return await handler(bound, body, *args, **kwargs)
+            except ModelChanged:  # unloaded under the preparation (a switch): bind again, once
+                async with svc.use(name, **options) as bound:
+                    return await handler(bound, body, *args, **kwargs)
         return route
     return decorate
 

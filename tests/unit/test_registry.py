@@ -319,3 +319,21 @@ def test_specs_from_settings(tmp_path: Path) -> None:
     assert found[0].path == smol
     assert "smollm2-135m-instruct" in found[0].aliases
     assert [s.name for s in found] == ["chat", "gemma3-270m"]
+
+
+async def test_a_request_for_the_default_follows_a_new_default(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with registry("a", "b", router=False, default="a") as (reg, loads):
+        got: list[str] = []
+
+        async def default_request() -> None:
+            hosted, runtime = await reg.acquire_resolved(lambda: reg.find(None))
+            got.append(hosted.name)
+            reg.release(hosted, runtime)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(default_request)
+            await trio.sleep(LOAD_S / 2)  # "a" is loading for it
+            reg.default = "b"  # goinfer's load switches the default meanwhile
+        assert got == ["b"]
+        assert loads.started[-1] == "b"
