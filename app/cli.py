@@ -70,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     s("--mirostat-lr", dest="mirostat_eta", type=float, help="Mirostat learning rate (0.1)")
     s("--mirostat-ent", dest="mirostat_tau", type=float, help="Mirostat target entropy (5)")
     s("--ignore-eos", action="store_const", const=True, help="generate past end-of-generation")
+    s("--dry-multiplier", type=float, help="DRY repetition penalty strength (0 = off)")
+    s("--dry-base", type=float, help="DRY base (1.75)")
+    s("--dry-allowed-length", type=int, help="DRY: repeats this long are free (2)")
+    s("--dry-penalty-last-n", type=int, help="DRY: tokens looked back on (-1 = 4096)")
+    s("--dry-sequence-breaker", dest="dry_sequence_breakers", action="append",
+      help="DRY sequence breaker (repeatable; replaces the defaults \\n : \" *; 'none': no breakers)")
+    s("--xtc-probability", type=float, help="XTC: chance of removing the top tokens (0 = off)")
+    s("--xtc-threshold", type=float, help="XTC: tokens above this probability are removed (0.1)")
+    s("--top-nsigma", "--top-n-sigma", dest="top_n_sigma", type=float,
+      help="top-n-sigma (-1 = off)")
+    s("--dynatemp-range", type=float, help="dynamic temperature range (0 = off)")
+    s("--dynatemp-exp", dest="dynatemp_exponent", type=float,
+      help="dynamic temperature exponent (1)")
     s("--samplers", help="sampler order, ';'-separated: penalties;top_k;typ_p;top_p;min_p;"
       "temperature (that order)")
     a("-fa", "--flash-attn", nargs="?", const="on", choices=["on", "off", "auto"],
@@ -285,7 +298,12 @@ _SAMPLING_FLAGS: dict[str, tuple[type, float, float]] = {
     "min_p": (float, 0, 1), "typical_p": (float, 0, 1), "repeat_penalty": (float, 0, 100),
     "repeat_last_n": (int, -1, 1 << 20), "presence_penalty": (float, -100, 100),
     "frequency_penalty": (float, -100, 100), "mirostat": (int, 0, 2),
-    "mirostat_eta": (float, 0, 1), "mirostat_tau": (float, 0, 100)}
+    "mirostat_eta": (float, 0, 1), "mirostat_tau": (float, 0, 100),
+    "dry_multiplier": (float, 0, 100), "dry_base": (float, 0, 100),
+    "dry_allowed_length": (int, 0, 4096), "dry_penalty_last_n": (int, -1, 65536),
+    "xtc_probability": (float, 0, 1), "xtc_threshold": (float, 0, 1),
+    "top_n_sigma": (float, -1, 100), "dynatemp_range": (float, 0, 100),
+    "dynatemp_exponent": (float, 0, 100)}
 
 
 def _sampling_defaults(args: argparse.Namespace) -> tuple[tuple[str, object], ...]:
@@ -299,12 +317,18 @@ def _sampling_defaults(args: argparse.Namespace) -> tuple[tuple[str, object], ..
             continue
         if not math.isfinite(value) or not low <= value <= high:
             flag = "--" + {"temperature": "temp", "typical_p": "typical",
-                           "mirostat_eta": "mirostat-lr", "mirostat_tau": "mirostat-ent"
+                           "mirostat_eta": "mirostat-lr", "mirostat_tau": "mirostat-ent",
+                           "top_n_sigma": "top-nsigma", "dynatemp_exponent": "dynatemp-exp"
                            }.get(name, name.replace("_", "-"))
             raise ConfigError(f"{flag} must be a number from {low:g} to {high:g}")
         out.append((name, value))
     if args.ignore_eos:
         out.append(("ignore_eos", True))
+    if args.dry_sequence_breakers is not None:
+        breakers = tuple(b for b in args.dry_sequence_breakers if b != "none")
+        if len(breakers) > 16 or any(not 1 <= len(b) <= 40 or "\0" in b for b in breakers):
+            raise ConfigError("--dry-sequence-breaker: at most 16, each 1-40 characters")
+        out.append(("dry_sequence_breakers", breakers))
     if args.samplers is not None:
         names = tuple(n.strip() for n in args.samplers.replace(",", ";").split(";") if n.strip())
         unknown = [n for n in names if n not in KNOWN_SAMPLERS]

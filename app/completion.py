@@ -20,8 +20,11 @@ from typing import Any
 from grammar import Violation
 
 #: sampler names accepted in a request's ``samplers`` list (llama.cpp's names).
-KNOWN_SAMPLERS = ("penalties", "top_k", "typ_p", "top_p", "min_p", "temperature")
-DEFAULT_SAMPLERS = KNOWN_SAMPLERS
+KNOWN_SAMPLERS = ("penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc",
+                  "temperature")
+DEFAULT_SAMPLERS = KNOWN_SAMPLERS  # llama.cpp's default order
+#: llama.cpp's default DRY sequence breakers
+DRY_BREAKERS = ("\n", ":", "\"", "*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,16 @@ class SamplingParams:
     mirostat: int = 0
     mirostat_tau: float = 5.0
     mirostat_eta: float = 0.1
+    dry_multiplier: float = 0.0  # DRY ("don't repeat yourself"): 0 = off
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = -1  # -1: the slot's context
+    dry_sequence_breakers: tuple[str, ...] = DRY_BREAKERS
+    xtc_probability: float = 0.0  # XTC ("exclude top choices"): 0 = off
+    xtc_threshold: float = 0.1
+    top_n_sigma: float = -1.0  # -1 = off
+    dynatemp_range: float = 0.0  # dynamic temperature: temperature +- range; 0 = off
+    dynatemp_exponent: float = 1.0
     seed: int = -1
     ignore_eos: bool = False
     n_probs: int = 0
@@ -54,6 +67,19 @@ class SamplingParams:
     def penalties_active(self) -> bool:
         return (self.repeat_penalty != 1.0 or self.presence_penalty != 0.0
                 or self.frequency_penalty != 0.0) and self.repeat_last_n != 0
+
+    @property
+    def dry_active(self) -> bool:
+        return self.dry_multiplier > 0.0 and self.dry_base >= 1.0 and self.dry_penalty_last_n != 0
+
+    @property
+    def xtc_active(self) -> bool:
+        return self.xtc_probability > 0.0 and self.xtc_threshold <= 0.5
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing that changes which token is the maximum (argmax will do)."""
+        return self.greedy and not (self.penalties_active or self.dry_active or self.xtc_active)
 
     @property
     def greedy(self) -> bool:

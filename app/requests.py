@@ -61,6 +61,9 @@ def sampling_from(body: Mapping[str, Any], defaults: Defaults) -> SamplingParams
     """The sampling fields present in ``body`` (under llama.cpp's names) over the defaults."""
     changes = {name: _coerce(kind, body[name]) for name, kind in SAMPLING_FIELDS.items()
                if body.get(name) is not None}
+    if any("\0" in b for b in changes.get("dry_sequence_breakers", ())):
+        raise InvalidRequest("invalid value for 'dry_sequence_breakers': a breaker may not hold "
+                             "a NUL character", param="dry_sequence_breakers")
     changes.setdefault("seed", defaults.seed)
     return replace(defaults.sampling, **changes)
 

@@ -76,6 +76,7 @@ class Sampler:
         self._model = model
         self.params = params
         self._n_vocab = model.n_vocab
+        self._vocab = model.vocab
         self._chain = self._build_chain(params)
         self._grammar: Any = None
         if grammar is not None:
@@ -94,7 +95,7 @@ class Sampler:
         self._walk_ok = self._grammar is not None and self._walk_is_exact(params)
         # Plain greedy needs no candidate array: argmax over the row picks the same
         # token as llama.cpp's greedy sampler (the first maximum) in a fraction of the time.
-        self._argmax = params.greedy and not params.penalties_active
+        self._argmax = params.plain_greedy
         # the grammar followed in Python too, to narrow full passes (app/engine/grammar_filter.py)
         self._tracker: GrammarTracker | None = None
         if self._grammar is not None and parsed is not None:
@@ -112,8 +113,9 @@ class Sampler:
     # --- construction ---------------------------------------------------
     @staticmethod
     def _walk_is_exact(params: SamplingParams) -> bool:
-        if params.mirostat or params.penalties_active:
-            return False
+        if (params.mirostat or params.penalties_active or params.dry_active or params.xtc_active
+                or params.top_n_sigma > 0 or params.dynatemp_range > 0):
+            return False  # they change logits or truncate before the walk's top-k
         if params.greedy:
             return True
         order = [s for s in params.samplers if s not in ("temperature", "penalties")]
@@ -127,6 +129,8 @@ class Sampler:
             add(chain, C.llama_sampler_init_penalties(
                 self._n_vocab, p.repeat_last_n if p.repeat_last_n >= 0 else 4096,
                 p.repeat_penalty, p.frequency_penalty, p.presence_penalty))
+        if p.dry_active and "dry" in p.samplers:
+            add(chain, self._dry(p))
         if p.mirostat == 1:
             add(chain, C.llama_sampler_init_temp(p.temperature))
             add(chain, C.llama_sampler_init_mirostat(self._n_vocab, seed, p.mirostat_tau,
@@ -137,6 +141,8 @@ class Sampler:
             add(chain, C.llama_sampler_init_mirostat_v2(seed, p.mirostat_tau, p.mirostat_eta))
             return chain
         if p.greedy:
+            if p.xtc_active and "xtc" in p.samplers:  # it can remove the maximum, as in llama.cpp
+                add(chain, C.llama_sampler_init_xtc(p.xtc_probability, p.xtc_threshold, 1, seed))
             add(chain, C.llama_sampler_init_greedy())
             return chain
         for name in p.samplers:
@@ -148,10 +154,26 @@ class Sampler:
                 add(chain, C.llama_sampler_init_top_p(p.top_p, 1))
             elif name == "min_p" and p.min_p > 0.0:
                 add(chain, C.llama_sampler_init_min_p(p.min_p, 1))
+            elif name == "top_n_sigma" and p.top_n_sigma > 0.0:
+                add(chain, C.llama_sampler_init_top_n_sigma(p.top_n_sigma))
+            elif name == "xtc" and p.xtc_active:
+                add(chain, C.llama_sampler_init_xtc(p.xtc_probability, p.xtc_threshold, 1, seed))
+            elif name == "temperature" and p.dynatemp_range > 0.0:
+                add(chain, C.llama_sampler_init_temp_ext(p.temperature, p.dynatemp_range,
+                                                         p.dynatemp_exponent))
             elif name == "temperature":
                 add(chain, C.llama_sampler_init_temp(p.temperature))
         add(chain, C.llama_sampler_init_dist(seed))
         return chain
+
+    def _dry(self, p: SamplingParams) -> Any:
+        """llama.cpp's DRY sampler; the breakers were checked by the request's schema
+        (at most 16, 1-40 characters, no NUL) and are copied by llama.cpp."""
+        breakers = [b.encode("utf-8") for b in p.dry_sequence_breakers]
+        array = (ctypes.c_char_p * max(1, len(breakers)))(*breakers)
+        last_n = p.dry_penalty_last_n if p.dry_penalty_last_n >= 0 else 4096
+        return C.llama_sampler_init_dry(self._vocab, p.dry_multiplier, p.dry_base,
+                                        p.dry_allowed_length, last_n, array, len(breakers))
 
     # --- the step ----------------------------------------------------------
     def sample(self, ctx: ctypes.c_void_p, row: int) -> Sampled | None:

@@ -4,6 +4,7 @@ one)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,35 @@ def test_chat_template_kwargs_from_the_server_and_the_request(tmp_path: Path) ->
             "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
             "chat_template_kwargs": {"shout": False}})
         assert chat.status_code == 200
+
+
+def test_dry_xtc_top_n_sigma_and_dynatemp_change_what_is_sampled() -> None:
+    """llama.cpp's DRY, XTC, top-n-sigma and dynamic temperature samplers, per request."""
+    with running_server("--parallel", "1") as srv:
+        def run(**extra: Any) -> dict[str, Any]:
+            resp = httpx.post(srv.base_url + "/completion", timeout=TIMEOUT, json={
+                "prompt": "one two three one two three one two three one two", "n_predict": 12,
+                "temperature": 0, "cache_prompt": False, **extra})
+            assert resp.status_code == 200, resp.text
+            return resp.json()  # type: ignore[no-any-return]
+
+        plain = run()
+        dry = run(dry_multiplier=2.0, dry_allowed_length=1, dry_penalty_last_n=64)
+        assert dry["content"] != plain["content"]  # the repetition is penalised
+        assert dry["generation_settings"]["dry_multiplier"] == 2.0
+        assert run(dry_multiplier=2.0, dry_allowed_length=1, dry_penalty_last_n=64)[
+            "content"] == dry["content"]  # deterministic
+        xtc = run(xtc_probability=1.0, xtc_threshold=0.01, seed=3)
+        assert xtc["tokens"][0] != plain["tokens"][0]  # the top choice is excluded
+        # top-n-sigma and dynamic temperature leave a greedy pick alone
+        assert run(top_n_sigma=1.0)["content"] == plain["content"]
+        assert run(dynatemp_range=0.5)["content"] == plain["content"]
+        sampled = run(temperature=0.8, seed=5, top_n_sigma=1.5, dynatemp_range=0.3,
+                      dry_multiplier=0.8, xtc_probability=0.5)
+        assert sampled["tokens_predicted"] == 12
+        for bad in ({"dry_sequence_breakers": ["a\u0000b"]}, {"xtc_probability": 2},
+                    {"dry_penalty_last_n": 1 << 20}, {"top_n_sigma": float("nan")}):
+            resp = httpx.post(srv.base_url + "/completion", timeout=TIMEOUT,
+                              content=json.dumps({"prompt": "x", **bad}))
+            assert resp.status_code == 400, (bad, resp.text)
+            assert next(iter(bad)) in resp.json()["error"]["message"] or "NaN" in resp.text
