@@ -170,7 +170,7 @@ def test_default_sampling_flags_as_llama_cpp_names_them() -> None:
     for argv, message in [(["--temp", "nan"], "--temp must be a number"),
                           (["--top-p", "1.5"], "--top-p must be a number from 0 to 1"),
                           (["--mirostat-lr", "inf"], "--mirostat-lr must be"),
-                          (["--samplers", "dry;top_k"], "dry not available"),
+                          (["--samplers", "adaptive_p;top_k"], "adaptive_p not available"),
                           (["--top-k", "x"], "invalid int value")]:
         with pytest.raises(ConfigError, match=message):
             load_settings(argv)
@@ -183,3 +183,23 @@ def test_chat_template_kwargs_must_be_an_object_without_reserved_names() -> None
                          ('{"messages": 1}', "may not set messages")]:
         with pytest.raises(ConfigError, match=message):
             load_settings(["--chat-template-kwargs", raw])
+
+
+def test_dry_xtc_and_the_other_sampler_flags() -> None:
+    s, _ = load_settings(["--dry-multiplier", "0.8", "--dry-base", "1.5", "--dry-allowed-length",
+                          "3", "--dry-penalty-last-n", "256", "--dry-sequence-breaker", "\n",
+                          "--dry-sequence-breaker", "###", "--xtc-probability", "0.5",
+                          "--xtc-threshold", "0.2", "--top-nsigma", "1.5", "--dynatemp-range",
+                          "0.3", "--dynatemp-exp", "2"])
+    assert dict(s.sampling) == {
+        "dry_multiplier": 0.8, "dry_base": 1.5, "dry_allowed_length": 3,
+        "dry_penalty_last_n": 256, "dry_sequence_breakers": ("\n", "###"),
+        "xtc_probability": 0.5, "xtc_threshold": 0.2, "top_n_sigma": 1.5,
+        "dynatemp_range": 0.3, "dynatemp_exponent": 2.0}
+    assert dict(load_settings(["--dry-sequence-breaker", "none"])[0].sampling) == {
+        "dry_sequence_breakers": ()}
+    for argv, message in [(["--xtc-probability", "1.5"], "--xtc-probability must be"),
+                          (["--top-nsigma", "nan"], "--top-nsigma must be"),
+                          (["--dry-sequence-breaker", "x" * 41], "1-40 characters")]:
+        with pytest.raises(ConfigError, match=message):
+            load_settings(argv)

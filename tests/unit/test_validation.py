@@ -32,7 +32,7 @@ def params(body: dict[str, Any]) -> Any:
         ({"prompt": "x", "mirostat": 3}, "mirostat"),
         ({"prompt": "x", "seed": -5}, "seed"),
         ({"prompt": "x", "stop": ["a", 3]}, "stop"),
-        ({"prompt": "x", "samplers": ["top_k", "dry"]}, "samplers[1]"),
+        ({"prompt": "x", "samplers": ["top_k", "adaptive_p"]}, "samplers[1]"),
         ({"prompt": "x", "logit_bias": [[1]]}, "logit_bias"),
         ({"prompt": "x", "n_probs": 1000}, "n_probs"),
         ({"prompt": "x", "stream": "yes"}, "stream"),
