@@ -55,10 +55,20 @@ def wait_for(predicate: Any, timeout_s: float) -> float:
 
 
 def restart(cluster: Cluster, i: int) -> None:
+    """Start replica ``i`` again and wait until nginx sends it requests: nginx keeps a failed
+    replica out for ``fail_timeout`` (3 s) even once it is back."""
     if cluster.replicas[i].poll() is None:
         return
     cluster.start_replica(i)
     cluster.wait_healthy(i)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        resp = httpx.post(cluster.url + "/completion", json={"prompt": "Hi", "n_predict": 1},
+                          timeout=TIMEOUT)
+        if resp.status_code == 200 and upstream_index(cluster, resp) == i:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"nginx did not route to replica {i} again")
 
 
 def test_requests_without_a_session_are_spread(cluster: Cluster) -> None:
@@ -143,12 +153,14 @@ def test_sigterm_drains_a_replica_while_the_other_serves(cluster: Cluster) -> No
         for line in lines:
             if line.startswith("data: "):
                 events.append(json.loads(line[6:]))
-    ended_s = time.monotonic() - stopped
-    assert events[-1]["stop"] is True  # the running stream ended with its final object ...
-    assert events[-1].get("shutdown") is True  # ... marked, within the grace period
-    assert ended_s < 2.0 + 3.0
-    assert cluster.replicas[victim].wait(10) == 0
-    restart(cluster, victim)
+    try:
+        ended_s = time.monotonic() - stopped
+        assert events[-1]["stop"] is True  # the running stream ended with its final object ...
+        assert events[-1].get("shutdown") is True  # ... marked, within the grace period
+        assert ended_s < 2.0 + 3.0
+        assert cluster.replicas[victim].wait(10) == 0
+    finally:
+        restart(cluster, victim)
     assert idle(cluster.replica_url(victim))
 
 
@@ -164,13 +176,16 @@ def _stream_until_killed(cluster: Cluster, victim: list[int]) -> None:
 def test_sigkill_mid_stream_is_a_clean_error_and_the_others_serve(cluster: Cluster) -> None:
     started = time.monotonic()
     victim: list[int] = []
-    with pytest.raises(httpx.RemoteProtocolError):  # the stream breaks; it does not hang
-        _stream_until_killed(cluster, victim)
-    assert time.monotonic() - started < 30
-    for _ in range(4):  # every next request succeeds, on the survivor
-        r = complete(cluster, {"prompt": "Hi", "n_predict": 2})
-        assert upstream_index(cluster, r) != victim[0]
-    restart(cluster, victim[0])
+    try:
+        with pytest.raises(httpx.RemoteProtocolError):  # the stream breaks; it does not hang
+            _stream_until_killed(cluster, victim)
+        assert time.monotonic() - started < 30
+        for _ in range(4):  # every next request succeeds, on the survivor
+            r = complete(cluster, {"prompt": "Hi", "n_predict": 2})
+            assert upstream_index(cluster, r) != victim[0]
+    finally:
+        if victim:
+            restart(cluster, victim[0])
 
 
 def test_each_replicas_metrics_are_reachable_through_the_proxy(cluster: Cluster) -> None:
