@@ -379,12 +379,17 @@ def test_responses_stateless_and_bad_tools_are_400s(server: ServerProcess, chang
 
 # --- cancellation ---------------------------------------------------------------------------------
 LONG = [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
+STORY = {"type": "function", "function": {
+    "name": "tell", "description": "Tell a story",
+    "parameters": {"type": "object", "properties": {"story": {"type": "string", "minLength": 600}},
+                   "required": ["story"], "additionalProperties": False}}}
 
 
 @pytest.mark.parametrize(("path", "body"), [
     ("/v1/chat/completions", {"messages": LONG, "max_tokens": 2000, "tools": TOOLS,
                               "tool_choice": "auto"}),
-    ("/v1/chat/completions", {"messages": LONG, "max_tokens": 2000, "tools": TOOLS,
+    # a forced call whose argument cannot be short: it is still streaming after four events
+    ("/v1/chat/completions", {"messages": LONG, "max_tokens": 2000, "tools": [STORY],
                               "tool_choice": "required"}),
     ("/v1/messages", {"messages": LONG, "max_tokens": 2000}),
     ("/v1/responses", {"input": LONG, "max_output_tokens": 2000, "store": False}),
