@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("-fa", "--flash-attn", nargs="?", const="on", choices=["on", "off", "auto"],
       help="flash attention: on, off (the default) or auto (llama.cpp decides for the device); "
       "-fa alone is on")
+    a("--context-shift", dest="context_shift", action="store_const", const=True,
+      help="when a slot's context is full, drop the oldest tokens after --keep and go on "
+      "(llama.cpp's context shift); off by default: the reply ends, truncated")
+    a("--no-context-shift", dest="context_shift", action="store_const", const=False,
+      help="a full slot ends its reply, truncated (the default)")
+    a("--keep", type=int, help="prompt tokens a context shift keeps (default 0; -1: the whole "
+      "prompt); a request's n_keep wins")
     a("--api-key", dest="api_keys", action="append", help="accepted API key (repeatable)")
     a("--api-key-file", type=Path, help="file with one API key per line")
     a("--timeout", dest="request_timeout_s", type=float,
@@ -253,6 +260,7 @@ def _check(s: Settings) -> None:
         (s.threads is None or s.threads >= 1, "--threads must be at least 1"),
         (s.threads_batch is None or s.threads_batch >= 1, "--threads-batch must be at least 1"),
         (s.n_predict >= -1, "--n-predict must be -1 or more"),
+        (-1 <= s.keep <= 1 << 20, "--keep must be -1..1048576"),
         (s.seed >= -1, "--seed must be -1 or more"),
         (s.request_timeout_s is None or s.request_timeout_s > 0, "--timeout must be positive"),
         (s.shutdown_grace_s >= 0, "--shutdown-grace must not be negative"),

@@ -139,7 +139,8 @@ class CompletionRequest:
     constraint: Constraint | None = None
     cache_prompt: bool = True
     id_slot: int = -1
-    n_keep: int = 0
+    n_keep: int = 0  # prompt tokens a context shift keeps (-1: all), BOS not counted
+    n_discard: int = 0  # tokens a context shift drops after them (0: half of the rest)
 
     @property
     def prompt_text(self) -> str:

@@ -131,9 +131,13 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest) -> Prepared:
         sampler = runtime.new_sampler(sampling, grammar, parsed)
     except SamplerInitError as exc:
         raise InvalidRequest(f"invalid grammar in '{field}': {exc}", param=field) from None
+    # llama.cpp counts n_keep after the BOS it adds
+    bos = 1 if model.info.add_bos and tokens and tokens[0] == model.info.bos else 0
+    n_keep = len(tokens) if request.n_keep < 0 else min(len(tokens), request.n_keep + bos)
     generation = GenerationRequest(prompt=tuple(tokens), n_predict=request.n_predict,
                                    stops=request.stops, cache_prompt=request.cache_prompt,
-                                   id_slot=request.id_slot)
+                                   id_slot=request.id_slot, n_keep=n_keep,
+                                   n_discard=request.n_discard)
     return Prepared(request=replace(request, sampling=sampling), generation=generation,
                     sampler=sampler, grammar=grammar, schema=schema, conversion=conversion,
                     runtime=runtime)

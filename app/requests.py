@@ -39,6 +39,7 @@ class Defaults:
 
     n_predict: int = -1
     seed: int = -1
+    n_keep: int = 0
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
 
@@ -113,10 +114,11 @@ def constraint_from(body: Mapping[str, Any]) -> Constraint | None:
     return None
 
 
-def native_options(body: Mapping[str, Any]) -> dict[str, Any]:
+def native_options(body: Mapping[str, Any], defaults: Defaults) -> dict[str, Any]:
     """llama.cpp's per-request options that are not sampling fields."""
     out: dict[str, Any] = {}
-    for name, default in (("cache_prompt", True), ("id_slot", -1), ("n_keep", 0)):
+    for name, default in (("cache_prompt", True), ("id_slot", -1), ("n_keep", defaults.n_keep),
+                          ("n_discard", 0)):
         value = body.get(name)
         out[name] = type(default)(value) if value is not None else default
     return out
@@ -133,4 +135,4 @@ def native_request(body: Mapping[str, Any], defaults: Defaults, *,
         n_predict=int(n_predict),
         stops=stops_from(body.get("stop")),
         constraint=constraint_from(body),
-        **native_options(body))
+        **native_options(body, defaults))

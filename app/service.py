@@ -220,6 +220,7 @@ class Service:
     def defaults(self) -> Defaults:
         """What a request falls back to: ``-n``, ``--seed`` and the default sampling flags."""
         return Defaults(n_predict=self.settings.n_predict, seed=self.settings.seed,
+                        n_keep=self.settings.keep,
                         sampling=replace(SamplingParams(seed=self.settings.seed),
                                          **dict[str, Any](self.settings.sampling)))
 

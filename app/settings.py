@@ -47,6 +47,8 @@ class Settings:
     seed: int = -1  # default per-request seed; -1: random
     n_predict: int = -1  # default token limit per request; -1: until EOS or context end
     flash_attn: str = "off"  # on | off | auto, llama.cpp's -fa
+    context_shift: bool = False  # a full slot drops old tokens and goes on (--context-shift)
+    keep: int = 0  # default n_keep of a request: prompt tokens a context shift keeps (--keep)
     api_keys: tuple[str, ...] = ()
     origins: tuple[str, ...] = ()
     verbose: bool = False

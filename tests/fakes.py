@@ -66,6 +66,7 @@ class FakeContext:
         self.rows: list[tuple[int, int, int, bool]] = []
         self.batches: list[list[tuple[int, int, int, bool]]] = []
         self.removed: list[tuple[int, int]] = []
+        self.shifted: list[tuple[int, int, int, int]] = []  # seq_add calls
         self.threads: list[int] = []  # thread counts set, in order
         self.saved: list[int] = []  # sequences whose state was copied out
         self.restored: list[tuple[int, str]] = []  # (sequence, which state) copied in
@@ -93,6 +94,9 @@ class FakeContext:
 
     def seq_clear(self, seq: int) -> None:
         self.removed.append((seq, 0))
+
+    def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        self.shifted.append((seq, p0, p1, delta))
 
     def save_seq(self, seq: int, path: str, tokens: list[int]) -> int:
         return 0

@@ -65,7 +65,7 @@ def generation_settings(outcome: Outcome) -> JSON:
     req = outcome.reported.request
     return {"n_predict": req.n_predict, **sampling_report(req.sampling), "stop": list(req.stops),
             "cache_prompt": req.cache_prompt, "grammar": outcome.reported.grammar or "",
-            "n_keep": req.n_keep}
+            "n_keep": req.n_keep, "n_discard": req.n_discard}
 
 
 def timings(outcome: Outcome) -> JSON:

@@ -93,6 +93,15 @@ neighbours. Each sequence gets ``n_ctx / n_seq_max`` cells.
     def seq_clear(self, seq: int) -> None:
         C.llama_memory_seq_rm(self.mem, seq, -1, -1)
 
+    def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        """Move the positions ``[p0, p1)`` of ``seq`` by ``delta`` (a context shift)."""
+        C.llama_memory_seq_add(self.mem, seq, p0, p1, delta)
+
+    @property
+    def can_shift(self) -> bool:
+        """Whether this context's memory can move positions (context shift, cache reuse)."""
+        return bool(C.llama_memory_can_shift(self.mem))
+
     def save_seq(self, seq: int, path: str, tokens: list[int]) -> int:
         """Write sequence ``seq``'s KV and its tokens to ``path``; returns bytes written (0: failed)."""
         arr = (C.llama_token * max(1, len(tokens)))(*tokens)

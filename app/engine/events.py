@@ -39,6 +39,10 @@ class GenerationRequest:
     stops: tuple[str, ...] = ()
     cache_prompt: bool = True
     id_slot: int = -1  # -1: any slot
+    # context shift (when the engine has it on): prompt tokens kept at the front (-1: the
+    # whole prompt), and how many after them go per shift (0: half of what is left)
+    n_keep: int = 0
+    n_discard: int = 0
 
 
 #: events a request may have posted but not yet consumed; its slot pauses beyond this

@@ -68,7 +68,7 @@ class Engine:
 
     def __init__(self, model: VocabLike, context: ContextLike, outbox: Outbox, *, n_slots: int,
                  slot_ctx: int, prompt_cache: PromptCache | None = None,
-                 tuner: ThreadTuner | None = None) -> None:
+                 tuner: ThreadTuner | None = None, context_shift: bool = False) -> None:
         if n_slots > context.n_seq_max:
             raise ValueError("more slots than context sequences")
         self.model = model
@@ -87,6 +87,9 @@ class Engine:
         self.grammar_step_budget_s = GRAMMAR_STEP_BUDGET_S
         self.prompt_cache = prompt_cache
         self.tuner = tuner
+        #: a slot whose context is full drops old tokens and goes on (llama.cpp's
+        #: --context-shift) instead of ending the reply ``truncated``
+        self.context_shift = context_shift
 
     # --- API for other threads -------------------------------------------
     def start(self) -> None:
@@ -256,6 +259,7 @@ class Engine:
         slot.tokens_cached = keep
         slot.pending = -1
         slot.n_decoded = 0
+        slot.shifted = False
         slot.outbox.clear()
         slot.detok = Detokenizer()
         slot.stops = StopMatcher(req.stops)
@@ -328,7 +332,7 @@ class Engine:
         slot.outbox.append(Done(
             stop_type=stop_type, stopping_word=word, tokens_predicted=slot.n_decoded,
             tokens_evaluated=len(job.request.prompt), tokens_cached=slot.tokens_cached,
-            truncated=truncated, id_slot=slot.id,
+            truncated=truncated or slot.shifted, id_slot=slot.id,
             prompt_ms=(slot.t_prompt - slot.t_start) * 1000.0,
             predicted_ms=(now - slot.t_prompt) * 1000.0 if slot.n_decoded else 0.0,
             prompt_n=len(job.request.prompt) - slot.tokens_cached,
@@ -481,10 +485,28 @@ class Engine:
             self._finish(slot, StopType.WORD, word=result.stop_word)
         elif 0 < req.n_predict <= slot.n_decoded:
             self._finish(slot, StopType.LIMIT)
-        elif slot.n_past + 1 >= slot.n_ctx:
+        elif slot.n_past + 1 >= slot.n_ctx and not (self.context_shift and self._shift(slot)):
             self._finish(slot, StopType.LIMIT, truncated=True)
         else:
             slot.pending = token
+
+    def _shift(self, slot: Slot) -> bool:
+        """Make room in a full slot as llama.cpp's context shift does: keep the first
+        ``n_keep`` tokens, drop ``n_discard`` after them (default: half of the rest) and move
+        the others back. False when nothing can be dropped (the reply ends truncated)."""
+        job = slot.job
+        assert job is not None
+        req = job.request
+        n_keep = max(0, min(slot.n_ctx - 4, req.n_keep))
+        n_left = slot.n_past - n_keep
+        n_discard = min(max(req.n_discard or n_left // 2, 0), max(0, n_left - 1))
+        if n_discard <= 0 or not self.ctx.seq_rm(slot.id, n_keep, n_keep + n_discard):
+            return False
+        self.ctx.seq_add(slot.id, n_keep + n_discard, slot.n_past, -n_discard)
+        del slot.cache[n_keep:n_keep + n_discard]
+        slot.shifted = True
+        self.counters.context_shifts_total += 1
+        return True
 
     # --- delivery ----------------------------------------------------------
     def _flush(self) -> None:

@@ -32,6 +32,7 @@ class Slot:
     sampling: concurrent.futures.Future[Sampled] | None = None  # an open grammar step
     sampling_since: float = 0.0
     n_decoded: int = 0
+    shifted: bool = False  # the context was shifted during this request
     tokens_cached: int = 0
     outbox: collections.deque[Event] = field(default_factory=collections.deque)
     detok: Detokenizer = field(default_factory=Detokenizer)
@@ -75,6 +76,7 @@ class Counters:
     requests_started_total: int = 0  # got a slot
     requests_dropped_queued_total: int = 0  # cancelled before they got a slot
     busy_slots_total: int = 0  # summed over decode calls
+    context_shifts_total: int = 0
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -116,3 +116,34 @@ def test_dry_xtc_top_n_sigma_and_dynatemp_change_what_is_sampled() -> None:
                               content=json.dumps({"prompt": "x", **bad}))
             assert resp.status_code == 400, (bad, resp.text)
             assert next(iter(bad)) in resp.json()["error"]["message"] or "NaN" in resp.text
+
+
+LOREM = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor "
+         "incididunt ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud "
+         "exercitation ullamco laboris nisi ut aliquip ex ea commodo consequat. ")
+
+
+def test_context_shift_generates_past_the_slot_context() -> None:
+    # 512 cells over 2 slots: 256 per slot; a ~130-token prompt leaves room for ~125
+    with running_server("--parallel", "2", "--ctx-size", "512", "--context-shift",
+                        "--keep", "8") as srv:
+        body = {"prompt": LOREM * 3, "n_predict": 200, "ignore_eos": True, "temperature": 0}
+        out = httpx.post(srv.base_url + "/completion", json=body, timeout=TIMEOUT).json()
+        assert 100 < out["tokens_evaluated"] < 200
+        assert out["tokens_predicted"] == 200  # beyond 256 - prompt: the context was shifted
+        assert out["truncated"] is True  # as llama.cpp reports a shifted reply
+        assert out["stop_type"] == "limit"
+        assert out["generation_settings"]["n_keep"] == 8  # --keep is the default n_keep
+        # streamed as well, with the request's own n_keep and n_discard
+        with httpx.stream("POST", srv.base_url + "/completion", timeout=TIMEOUT,
+                          json={**body, "stream": True, "n_keep": -1, "n_discard": 16}) as resp:
+            events = [json.loads(line[6:]) for line in resp.iter_lines()
+                      if line.startswith("data: ")]
+        assert events[-1]["stop"] is True
+        assert events[-1]["truncated"] is True
+        assert events[-1]["tokens_predicted"] == 200
+        # a prompt longer than the slot is still refused: a shift cannot make room for it
+        long = httpx.post(srv.base_url + "/completion", timeout=TIMEOUT,
+                          json={"prompt": LOREM * 6, "n_predict": 4})
+        assert long.status_code == 400
+        assert "exceeds the available context size" in long.json()["error"]["message"]

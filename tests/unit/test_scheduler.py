@@ -230,6 +230,47 @@ def test_context_end_truncates() -> None:
     assert max(positions) < 6
 
 
+
+def test_context_shift_keeps_n_keep_drops_half_the_rest_and_goes_on() -> None:
+    ctx = FakeContext(n_batch=8, n_seq_max=1)
+    box = Collect()
+    engine = Engine(FakeModel(), ctx, box, n_slots=1, slot_ctx=12, context_shift=True)
+    box.engine = engine
+    req = GenerationRequest(prompt=(2, 5, 6, 7), n_predict=20, n_keep=2)
+    engine.submit(Job(id=1, request=req, sampler=FakeSampler(length=1000), sink=None))
+    for _ in range(40):
+        engine.run_once()
+    done = box.done(1)
+    assert done is not None
+    # 20 tokens in a 12-cell slot: it went on past the end, and says it was truncated
+    assert (done.tokens_predicted, done.stop_type, done.truncated) == (20, StopType.LIMIT, True)
+    assert box.text(1) == "".join(f"<{t}>" for t in range(100, 120))
+    # the first shift: 11 cells used, keep 2, drop half of the other 9 (4), move 5..11 back by 4
+    assert ctx.shifted[0] == (0, 6, 11, -4)
+    positions = [r[1] for b in ctx.batches for r in b if r[2] == 0]
+    assert max(positions) < 12
+    # the kept prefix is still the prompt's first tokens
+    assert engine.slots[0].cache[:2] == [2, 5]
+
+
+def test_context_shift_keeps_at_most_all_but_four_cells() -> None:
+    ctx = FakeContext(n_batch=8, n_seq_max=1)
+    box = Collect()
+    engine = Engine(FakeModel(), ctx, box, n_slots=1, slot_ctx=12, context_shift=True)
+    box.engine = engine
+    req = GenerationRequest(prompt=tuple(range(2, 12)), n_predict=6, n_keep=10)
+    engine.submit(Job(id=1, request=req, sampler=FakeSampler(length=1000), sink=None))
+    for _ in range(20):
+        engine.run_once()
+    done = box.done(1)
+    assert done is not None
+    assert done.truncated
+    assert done.tokens_predicted == 6
+    # n_keep is held to n_ctx - 4 = 8 (as llama.cpp): each shift drops one of the 3 after them
+    assert ctx.shifted
+    assert set(ctx.shifted) == {(0, 9, 11, -1)}
+
+
 def test_requested_slot_is_honoured() -> None:
     engine, _ctx, box = make(n_slots=3)
     engine.submit(job(1, [2, 5], n_predict=1, id_slot=2))
