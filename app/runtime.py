@@ -151,7 +151,8 @@ class Runtime:
         context = Context(model, ContextConfig(
             n_ctx=settings.ctx_size, n_batch=settings.batch_size, n_seq_max=settings.parallel,
             threads=settings.threads, threads_batch=settings.threads_batch,
-            flash_attn=settings.flash_attn))
+            flash_attn=settings.flash_attn, type_k=settings.cache_type_k,
+            type_v=settings.cache_type_v, kv_unified=settings.kv_unified))
         outbox = TrioOutbox(token or trio.lowlevel.current_trio_token())
         ram = settings.cache_ram_mib
         cache = None if ram == 0 else PromptCache(None if ram < 0 else ram * 1024 * 1024)

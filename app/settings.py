@@ -10,6 +10,11 @@ MODEL_FIELDS = ("ctx_size", "parallel", "chat_template", "chat_template_file", "
                 "n_gpu_layers", "batch_size", "cache_ram_mib")
 
 
+#: the KV cache types llama.cpp's server accepts (-ctk/-ctv): ggml's names and type ids
+KV_CACHE_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "iq4_nl": 20,
+                  "q5_0": 6, "q5_1": 7}
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     """A model the config file names: ``"models": {"<name>": {"path": ..., ...}}``.
@@ -47,6 +52,9 @@ class Settings:
     seed: int = -1  # default per-request seed; -1: random
     n_predict: int = -1  # default token limit per request; -1: until EOS or context end
     flash_attn: str = "off"  # on | off | auto, llama.cpp's -fa
+    cache_type_k: str = "f16"  # KV cache element types (llama.cpp's -ctk / -ctv)
+    cache_type_v: str = "f16"
+    kv_unified: bool = False  # one KV buffer for all slots (llama.cpp's --kv-unified)
     context_shift: bool = False  # a full slot drops old tokens and goes on (--context-shift)
     keep: int = 0  # default n_keep of a request: prompt tokens a context shift keeps (--keep)
     api_keys: tuple[str, ...] = ()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import llama_cpp.llama_cpp as C
 
 from app.engine.model import Model
+from app.settings import KV_CACHE_TYPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,15 +20,25 @@ class ContextConfig:
     threads: int | None = None
     threads_batch: int | None = None
     flash_attn: str = "off"  # on, off, auto (llama.cpp decides per device)
+    type_k: str = "f16"  # KV cache element types, by ggml's names (KV_CACHE_TYPES)
+    type_v: str = "f16"
+    kv_unified: bool = False
+
+
+
+class ContextError(RuntimeError):
+    """llama.cpp refused to create the context (its reason is in its log)."""
 
 
 class Context:
     """A llama context with ``n_seq_max`` sequences, each with its own KV stream.
 
-Separate streams (``kv_unified=False``) keep one sequence's attention from
-spanning the others' cells: measured here, a lone stream generates ~20 % faster
+Separate streams (``kv_unified=False``, the default) keep one sequence's attention
+from spanning the others' cells: measured here, a lone stream generates ~20 % faster
 than with one unified pool, and a sequence's cells never move with its
-neighbours. Each sequence gets ``n_ctx / n_seq_max`` cells.
+neighbours. Each sequence gets ``n_ctx / n_seq_max`` cells. ``--kv-unified`` asks
+for the one shared buffer instead; the scheduler still holds each slot to its
+share, so a slot never runs out of cells because of another.
 """
 
     def __init__(self, model: Model, cfg: ContextConfig) -> None:
@@ -40,14 +51,20 @@ neighbours. Each sequence gets ``n_ctx / n_seq_max`` cells.
         params.n_threads = threads
         params.n_threads_batch = cfg.threads_batch or threads
         params.flash_attn_type = {"on": 1, "off": 0, "auto": -1}[cfg.flash_attn]
-        params.kv_unified = False
+        params.kv_unified = cfg.kv_unified
+        params.type_k = KV_CACHE_TYPES[cfg.type_k]
+        params.type_v = KV_CACHE_TYPES[cfg.type_v]
         # Keep the whole sliding-window cache so a slot's prefix can be reused
         # after a partial removal (Gemma 3 uses sliding-window attention).
         params.swa_full = True
         params.no_perf = True
         ptr = C.llama_init_from_model(model.ptr, params)
         if not ptr:
-            raise RuntimeError("llama.cpp could not create a context")
+            raise ContextError(
+                f"llama.cpp could not create a context of {cfg.n_ctx} cells for "
+                f"{cfg.n_seq_max} slots (KV cache {cfg.type_k}/{cfg.type_v}, flash attention "
+                f"{cfg.flash_attn}): too little memory, or cache types this model's head size "
+                "does not divide (run with -v for llama.cpp's reason)")
         self.ptr = ptr
         self.mem = C.llama_get_memory(ptr)
         self.n_ctx = int(C.llama_n_ctx(ptr))

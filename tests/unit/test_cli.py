@@ -42,6 +42,8 @@ def test_api_key_file(tmp_path: Path) -> None:
         ([], {"port": "8080"}, "'port' must be an integer"),
         ([], {"origins": 5}, "'origins'"),
         ([], "not json", "not valid JSON"),
+        (["-ctk", "q3_K"], None, "invalid choice: 'q3_K'"),
+        ([], {"cache_type_k": "q3_K"}, "the KV cache types are f32, f16"),
     ],
 )
 def test_bad_settings(tmp_path: Path, argv: list[str], config: object, message: str) -> None:
@@ -95,6 +97,8 @@ def test_model_name_resolves_inside_models_dir(tmp_path: Path) -> None:
     (("-np", "2", "-b", "1"), "--batch-size must be at least --parallel"),
     (("--max-queue", "-1"), "--max-queue must not be negative"),
     (("--ctx-size", "99999999"), "--ctx-size must be at most 4194304"),
+    (("-ctv", "q8_0"), "-ctv q8_0: a quantized V cache needs flash attention (-fa on or auto)"),
+    (("--keep", "-2"), "--keep must be -1..1048576"),
 ])
 def test_impossible_flag_combinations_end_startup_with_one_line(args: tuple[str, ...],
                                                                 message: str) -> None:
@@ -203,3 +207,12 @@ def test_dry_xtc_and_the_other_sampler_flags() -> None:
                           (["--dry-sequence-breaker", "x" * 41], "1-40 characters")]:
         with pytest.raises(ConfigError, match=message):
             load_settings(argv)
+
+
+def test_kv_cache_flags_and_their_types() -> None:
+    s, _ = load_settings(["-ctk", "q8_0", "-ctv", "q4_0", "-fa", "auto", "-kvu",
+                          "--context-shift", "--keep", "-1"])
+    assert (s.cache_type_k, s.cache_type_v, s.kv_unified) == ("q8_0", "q4_0", True)
+    assert (s.context_shift, s.keep) == (True, -1)
+    s, _ = load_settings(["--kv-unified", "--no-kv-unified", "--no-context-shift"])
+    assert (s.kv_unified, s.context_shift) == (False, False)
