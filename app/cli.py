@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="serve GET /slots (the default)")
     a("--no-slots", dest="slots_endpoint", action="store_const", const=False,
       help="GET /slots answers 501, as llama.cpp's")
+    a("--props", dest="props_endpoint", action="store_const", const=True,
+      help="accept POST /props (501 without it, as llama.cpp's)")
     a("--webui", dest="webui", action="store_const", const=True, help="serve the web page (default)")
     a("--no-webui", dest="webui", action="store_const", const=False,
       help="no web page: / and /web/ answer 404")
@@ -254,6 +256,7 @@ _KV_TYPES = tuple(KV_CACHE_TYPES)
 def _check(s: Settings) -> None:
     checks = [
         (1 <= s.port <= 65535 or s.port == 0, "--port must be 0..65535"),
+        (bool(s.binds), "--host needs an address"),
         (s.parallel >= 1, "--parallel must be at least 1"),
         (s.ctx_size >= 16 * s.parallel, "--ctx-size must give each slot at least 16 tokens"),
         (s.batch_size >= 1, "--batch-size must be at least 1"),
@@ -520,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     what = (f"{hosted.name} ({settings.parallel} slots x {settings.slot_ctx} tokens)"
             if hosted is not None else "no model loaded yet")
-    print(f"sluice: serving {what} on http://{settings.host}:{settings.port}; "
+    where = ", ".join(b if b.startswith("unix:") else f"http://{b}" for b in settings.binds)
+    print(f"sluice: serving {what} on {where}; "
           f"{len(specs)} models known (--models-max {settings.models_max})",
           file=sys.stderr, flush=True)
     from app.engine.context import ContextError

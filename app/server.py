@@ -67,6 +67,9 @@ def _error_response(exc: ApiError) -> Response:
     return resp
 
 
+SERVER_HEADER = "llama.cpp"
+
+
 def create_app(settings: Settings, service: Service) -> QuartTrio:
     """The application for one running :class:`Service`."""
     app = QuartTrio("sluice")
@@ -88,7 +91,10 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
     app.register_blueprint(openapi)
 
     @app.after_request
-    async def add_cors(response: Response) -> Response:
+    async def add_headers(response: Response) -> Response:
+        # llama.cpp's own Server header: tools that look for a llama.cpp server find one
+        # (what it is lives in /props build_info and /api/version)
+        response.headers["Server"] = SERVER_HEADER
         preflight = (request.method == "OPTIONS"
                      and "Access-Control-Request-Method" in request.headers)
         for key, value in cors.headers(request.headers.get("Origin"), settings.origins,
@@ -140,7 +146,8 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
 
 def hypercorn_config(settings: Settings) -> Config:
     config = Config()
-    config.bind = [f"{settings.host}:{settings.port}"]
+    config.bind = list(settings.binds)
+    config.include_server_header = False  # the app sends llama.cpp's (see create_app)
     config.worker_class = "trio"
     config.graceful_timeout = settings.shutdown_grace_s + 2.0
     config.keep_alive_timeout = 30

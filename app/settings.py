@@ -69,6 +69,7 @@ class Settings:
     embedding: bool = False  # serve /embedding and /v1/embeddings
     websocket: bool = True  # goinfer's /ws token feed
     slots_endpoint: bool = True  # GET /slots (llama.cpp's --slots / --no-slots)
+    props_endpoint: bool = False  # POST /props (llama.cpp's --props)
     webui: bool = True  # the web page at / (llama.cpp's --webui / --no-webui)
     slot_save_path: Path | None = None  # directory for /slots/{id}?action=save|restore
     request_timeout_s: float | None = None  # None: no limit
@@ -86,6 +87,22 @@ class Settings:
     sleep_idle_s: float | None = None  # unload a model idle this long; None: keep it loaded
     #: the server's default sampling (llama.cpp's --temp, --top-k, ...): SamplingParams fields
     sampling: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def binds(self) -> tuple[str, ...]:
+        """``--host`` as llama.cpp reads it: comma-separated addresses, each on ``--port``, or
+        UNIX socket paths ending in ``.sock``; an IPv6 address binds in brackets."""
+        out = []
+        for host in (h.strip() for h in self.host.split(",")):
+            if not host:
+                continue
+            if host.endswith(".sock"):
+                out.append(f"unix:{host}")
+            elif ":" in host and not host.startswith("["):
+                out.append(f"[{host}]:{self.port}")
+            else:
+                out.append(f"{host}:{self.port}")
+        return tuple(out)
 
     @property
     def slot_ctx(self) -> int:

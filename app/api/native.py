@@ -210,19 +210,45 @@ async def props(svc: Bound) -> Response:
     info = svc.model.info
     st = svc.settings
     engine = svc.engine
-    defaults = sampling_report(svc.defaults.sampling)
+    defaults = svc.defaults
+    sampling = sampling_report(defaults.sampling)
+    params = {**sampling, "max_tokens": st.n_predict, "n_predict": st.n_predict,
+              "n_keep": defaults.n_keep, "n_discard": 0, "stream": False,
+              "n_probs": defaults.sampling.n_probs, "min_keep": 0,
+              "reasoning_format": st.reasoning_format, "timings_per_token": False,
+              "post_sampling_probs": False, "lora": []}
+
+    def text(token: int) -> str:
+        return svc.model.token_text(token) if token >= 0 else ""
+
     return json_response({
-        "default_generation_settings": {"n_ctx": engine.slot_ctx, "n_predict": st.n_predict,
-                                        **defaults},
+        # llama.cpp's shape (``params``), and the flat one of its earlier versions
+        "default_generation_settings": {"n_ctx": engine.slot_ctx, "params": params,
+                                        "n_predict": st.n_predict, **sampling},
         "total_slots": len(engine.slots),
         "model_path": str(info.path),
         "model_alias": svc.model_name,
+        "modalities": {"vision": False, "video": False, "audio": False},
+        "endpoint_slots": st.slots_endpoint, "endpoint_props": st.props_endpoint,
+        "endpoint_metrics": st.metrics, "ui": st.webui,
         "chat_template": svc.chat.source,
         "chat_template_name": svc.chat.name,
+        "bos_token": text(info.bos), "eos_token": text(info.eos),
+        "is_sleeping": False,
         "n_ctx": engine.ctx.n_ctx,
         "n_vocab": info.n_vocab,
         "build_info": "sluice 0.1.0 (llama-cpp-python 0.3.36)",
     })
+
+
+@native.route("/props", methods=["POST"])
+async def change_props() -> Response:
+    """llama.cpp's ``POST /props``: 501 unless started with ``--props``; it changes nothing yet
+    (llama.cpp's neither), so it answers ``{"success": true}``."""
+    if not service().settings.props_endpoint:
+        raise NotSupported("this server does not support changing global properties; start it "
+                           "with --props")
+    return json_response({"success": True})
 
 
 @native.route("/grammar", methods=["POST"])

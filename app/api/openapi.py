@@ -53,6 +53,7 @@ ROUTES: tuple[tuple[str, str, str | None, str, str], ...] = (
     ("/chat", "post", "llm_api_chat", "form", "llm-api: chat"),
     ("/health", "get", None, "", "200 when serving, 503 otherwise"),
     ("/props", "get", None, "", "server properties"),
+    ("/props", "post", None, "", "change server properties: accepted with --props, else 501"),
     ("/slots", "get", None, "", "slot states"),
     ("/v1/models", "get", None, "", "every known model with its status"),
     ("/models", "get", None, "", "alias of /v1/models (llama.cpp's router)"),

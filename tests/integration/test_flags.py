@@ -5,6 +5,8 @@ one)."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,38 @@ def test_no_slots_and_no_webui() -> None:
         assert httpx.get(srv.base_url + "/", timeout=TIMEOUT).status_code == 404
         assert httpx.get(srv.base_url + "/web/app.js", timeout=TIMEOUT).status_code == 404
         assert httpx.get(srv.base_url + "/health", timeout=TIMEOUT).status_code == 200
+        props = httpx.post(srv.base_url + "/props", json={}, timeout=TIMEOUT)
+        assert props.status_code == 501  # without --props, as llama.cpp
+        assert "--props" in props.json()["error"]["message"]
+        assert props.headers["server"] == "llama.cpp"
+
+
+def test_several_hosts_a_unix_socket_props_and_the_server_header() -> None:
+    folder = Path(tempfile.mkdtemp(prefix="sluice-"))  # short: a socket path has 108 bytes
+    sock = folder / "sluice.sock"
+    try:
+        with running_server("--parallel", "2", "--ctx-size", "1024", "--host",
+                            f"127.0.0.1,{sock}", "--props", "--seed", "42") as srv:
+            tcp = httpx.get(srv.base_url + "/props", timeout=TIMEOUT)
+            assert tcp.headers["server"] == "llama.cpp"
+            props = tcp.json()
+            assert props["total_slots"] == 2
+            assert props["default_generation_settings"]["n_ctx"] == 512
+            assert props["default_generation_settings"]["params"]["seed"] == 42
+            assert props["endpoint_props"] is True
+            assert props["modalities"] == {"vision": False, "video": False, "audio": False}
+            assert ".gguf" in props["model_path"]
+            changed = httpx.post(srv.base_url + "/props", json={"x": 1}, timeout=TIMEOUT)
+            assert changed.json() == {"success": True}
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)),
+                              timeout=TIMEOUT) as local:
+                resp = local.post("http://sluice/completion",
+                                  json={"prompt": "Hello", "n_predict": 4})
+                assert resp.status_code == 200
+                assert resp.json()["tokens_predicted"] == 4
+                assert resp.headers["server"] == "llama.cpp"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_chat_template_kwargs_from_the_server_and_the_request(tmp_path: Path) -> None:

@@ -216,3 +216,10 @@ def test_kv_cache_flags_and_their_types() -> None:
     assert (s.context_shift, s.keep) == (True, -1)
     s, _ = load_settings(["--kv-unified", "--no-kv-unified", "--no-context-shift"])
     assert (s.kv_unified, s.context_shift) == (False, False)
+
+
+def test_host_takes_llama_cpps_address_list() -> None:
+    s, _ = load_settings(["--host", "127.0.0.1, ::1,/run/sluice.sock", "--port", "8081"])
+    assert s.binds == ("127.0.0.1:8081", "[::1]:8081", "unix:/run/sluice.sock")
+    with pytest.raises(ConfigError, match="--host needs an address"):
+        load_settings(["--host", " , "])
