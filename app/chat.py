@@ -162,7 +162,7 @@ class ChatTemplate:
     """A compiled chat template."""
 
     def __init__(self, name: str, source: str, *, stops: tuple[str, ...] = (),
-                 bos_token: str = "", eos_token: str = "") -> None:
+                 bos_token: str = "", eos_token: str = "", tools: bool = True) -> None:
         # as Hugging Face's apply_chat_template: real templates test ``message.tool_calls``
         # on messages without it, which a strict Undefined would refuse
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
@@ -182,6 +182,8 @@ class ChatTemplate:
         self.opens_thinking = False
         self.name = name
         self.source = source
+        #: tools may be used (False under --no-jinja, as llama.cpp's built-in templates)
+        self.tools = tools
         self.stops = stops
         self.bos_token = bos_token
         self.eos_token = eos_token
@@ -276,13 +278,48 @@ def builtin_names() -> list[str]:
     return sorted(BUILTINS)
 
 
+def detect_builtin(source: str) -> str | None:
+    """The built-in a model's template is, by its markers (llama.cpp's detection for
+    ``--no-jinja``, reduced to the built-ins here); None when none matches."""
+    if "<|im_start|>" in source:
+        return "chatml"
+    if "<start_of_turn>" in source:
+        return "gemma"
+    if "<|start_header_id|>" in source:
+        return "llama-3"
+    if "[INST]" in source:
+        return "llama-2" if "<<SYS>>" in source else "mistral"
+    if "<|assistant|>" in source and "<|end|>" in source:
+        return "phi-3"
+    if "<|user|>" in source and "</s>" in source:
+        return "zephyr"
+    if "USER:" in source and "ASSISTANT:" in source:
+        return "vicuna_v1.1"
+    return None
+
+
 def select(*, file: Path | None, name: str | None, gguf_template: str | None, architecture: str,
-           bos_token: str, eos_token: str) -> ChatTemplate:
+           bos_token: str, eos_token: str, jinja: bool = True) -> ChatTemplate:
     """Pick the chat template by the precedence in the module docstring.
+
+    ``jinja=False`` is llama.cpp's ``--no-jinja``: no template file or model template is run;
+    the built-in they look like (:func:`detect_builtin`) is used instead, else the one for the
+    architecture, and tools are refused (as llama.cpp refuses them without ``--jinja``).
 
     Raises:
         ValueError: an unknown built-in name, or a template that does not compile.
     """
+    if not jinja:
+        key = ALIASES.get(name, name) if name is not None else None
+        if key is None:
+            seen = file.read_text(encoding="utf-8") if file is not None else gguf_template or ""
+            key = detect_builtin(seen) or BY_ARCHITECTURE.get(architecture, "chatml")
+        if key not in BUILTINS:
+            raise ValueError(f"unknown chat template {name!r}; built-ins: "
+                             f"{', '.join(builtin_names())}")
+        b = BUILTINS[key]
+        return ChatTemplate(key, b.source, stops=b.stops, bos_token=bos_token,
+                            eos_token=eos_token, tools=False)
     if file is not None:
         return ChatTemplate(f"file:{file.name}", file.read_text(encoding="utf-8"),
                             bos_token=bos_token, eos_token=eos_token)

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -102,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
       "(llama.cpp's context shift); off by default: the reply ends, truncated")
     a("--no-context-shift", dest="context_shift", action="store_const", const=False,
       help="a full slot ends its reply, truncated (the default)")
+    a("--cache-prompt", dest="cache_prompt", action="store_const", const=True,
+      help="a request reuses the KV of a matching prompt prefix unless it says cache_prompt: "
+      "false (the default)")
+    a("--no-cache-prompt", dest="cache_prompt", action="store_const", const=False,
+      help="requests evaluate their whole prompt unless they say cache_prompt: true")
+    a("--threads-http", type=int, help="worker threads for the blocking work of requests "
+      "(tokenizing, templates, grammar compilation; default 40): the HTTP side itself is one "
+      "Trio thread")
     a("--keep", type=int, help="prompt tokens a context shift keeps (default 0; -1: the whole "
       "prompt); a request's n_keep wins")
     a("--api-key", dest="api_keys", action="append", help="accepted API key (repeatable)")
@@ -143,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--chat-template", help="built-in chat template: chatml, gemma, llama-2, llama-3, mistral, "
       "phi-3, vicuna_v1.1, zephyr (default: the model's own, else one for its architecture)")
     a("--chat-template-file", type=Path, help="Jinja chat template file")
+    a("--jinja", dest="jinja", action="store_const", const=True,
+      help="run Jinja chat templates: the model's, --chat-template-file's (the default)")
+    a("--no-jinja", dest="jinja", action="store_const", const=False,
+      help="use the built-in template the model's looks like instead (as llama.cpp); tools are "
+      "refused")
+    a("--reasoning-budget", type=int, help="-1: thinking unlimited (the default); 0: no "
+      "thinking (templates get enable_thinking false)")
     a("--chat-template-kwargs", help="a JSON object of more variables for the chat template, "
       "such as '{\"enable_thinking\": false}'; a request's own chat_template_kwargs win")
     a("--system-prompt", help="system prompt for chats that bring none")
@@ -280,6 +296,9 @@ def _check(s: Settings) -> None:
         (s.threads_batch is None or s.threads_batch >= 1, "--threads-batch must be at least 1"),
         (s.n_predict >= -1, "--n-predict must be -1 or more"),
         (-1 <= s.keep <= 1 << 20, "--keep must be -1..1048576"),
+        (s.reasoning_budget in (-1, 0), "--reasoning-budget: Sluice supports -1 (unlimited) and "
+         "0 (no thinking)"),
+        (s.threads_http is None or 1 <= s.threads_http <= 1024, "--threads-http must be 1..1024"),
         (s.seed >= -1, "--seed must be -1 or more"),
         (s.request_timeout_s is None or s.request_timeout_s > 0, "--timeout must be positive"),
         (s.shutdown_grace_s >= 0, "--shutdown-grace must not be negative"),
@@ -366,19 +385,107 @@ def _sampling_defaults(args: argparse.Namespace) -> tuple[tuple[str, object], ..
     return tuple(out)
 
 
-def load_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
-    """Parse ``argv`` (and the config file it names) into settings.
+#: llama.cpp's environment variables for the flags Sluice has that take a value
+ENV_VALUES: dict[str, str] = {
+    "LLAMA_ARG_MODEL": "--model", "LLAMA_ARG_MODELS_DIR": "--models-dir",
+    "LLAMA_ARG_MODELS_MAX": "--models-max", "LLAMA_ARG_ALIAS": "--alias",
+    "LLAMA_ARG_HOST": "--host", "LLAMA_ARG_PORT": "--port", "LLAMA_ARG_CTX_SIZE": "--ctx-size",
+    "LLAMA_ARG_N_PARALLEL": "--parallel", "LLAMA_ARG_BATCH": "--batch-size",
+    "LLAMA_ARG_THREADS": "--threads", "LLAMA_ARG_N_GPU_LAYERS": "--n-gpu-layers",
+    "LLAMA_ARG_N_PREDICT": "--n-predict", "LLAMA_ARG_TEMPERATURE": "--temp",
+    "LLAMA_ARG_TOP_K": "--top-k", "LLAMA_ARG_TOP_P": "--top-p", "LLAMA_ARG_MIN_P": "--min-p",
+    "LLAMA_ARG_REPEAT_PENALTY": "--repeat-penalty",
+    "LLAMA_ARG_PRESENCE_PENALTY": "--presence-penalty",
+    "LLAMA_ARG_FREQUENCY_PENALTY": "--frequency-penalty", "LLAMA_ARG_FLASH_ATTN": "--flash-attn",
+    "LLAMA_ARG_CACHE_TYPE_K": "--cache-type-k", "LLAMA_ARG_CACHE_TYPE_V": "--cache-type-v",
+    "LLAMA_API_KEY": "--api-key", "LLAMA_ARG_API_KEY_FILE": "--api-key-file",
+    "LLAMA_ARG_TIMEOUT": "--timeout", "LLAMA_ARG_THREADS_HTTP": "--threads-http",
+    "LLAMA_ARG_CACHE_RAM": "--cache-ram", "LLAMA_ARG_CHAT_TEMPLATE": "--chat-template",
+    "LLAMA_ARG_CHAT_TEMPLATE_FILE": "--chat-template-file",
+    "LLAMA_ARG_CHAT_TEMPLATE_KWARGS": "--chat-template-kwargs",
+    "LLAMA_ARG_THINK": "--reasoning-format", "LLAMA_ARG_THINK_BUDGET": "--reasoning-budget",
+}
+#: ... and for the on/off ones: (the flag, its negation or ""); ``LLAMA_ARG_NO_<X>`` negates
+ENV_SWITCHES: dict[str, tuple[str, str]] = {
+    "LLAMA_ARG_EMBEDDINGS": ("--embedding", ""), "LLAMA_ARG_ENDPOINT_METRICS": ("--metrics", ""),
+    "LLAMA_ARG_ENDPOINT_PROPS": ("--props", ""),
+    "LLAMA_ARG_ENDPOINT_SLOTS": ("--slots", "--no-slots"),
+    "LLAMA_ARG_UI": ("--webui", "--no-webui"),
+    "LLAMA_ARG_CONTEXT_SHIFT": ("--context-shift", "--no-context-shift"),
+    "LLAMA_ARG_KV_UNIFIED": ("--kv-unified", "--no-kv-unified"),
+    "LLAMA_ARG_CACHE_PROMPT": ("--cache-prompt", "--no-cache-prompt"),
+    "LLAMA_ARG_JINJA": ("--jinja", "--no-jinja"), "LLAMA_ARG_OFFLINE": ("--offline", ""),
+}
+_TRUTHY = ("on", "enabled", "true", "1")
+_FALSEY = ("off", "disabled", "false", "0")
+
+
+def _given(parser: argparse.ArgumentParser, argv: list[str], flag: str) -> bool:
+    """Whether ``argv`` sets what ``flag`` sets (any of its names, or its negation)."""
+    actions = parser._option_string_actions
+    dest = actions[flag].dest
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if name in actions and actions[name].dest == dest:
+            return True
+    return False
+
+
+def env_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str], argv: list[str]
+                  ) -> tuple[list[str], list[str]]:
+    """llama.cpp's ``LLAMA_ARG_*`` variables as arguments to put before ``argv`` (so a flag
+    on the command line wins, as in llama.cpp), and a warning for each variable Sluice has
+    no flag for.
+
+    Raises:
+        ConfigError: an on/off variable with another value.
+    """
+    out: list[str] = []
+    warnings: list[str] = []
+    negations = {k.replace("LLAMA_ARG_", "LLAMA_ARG_NO_", 1): k
+                 for k, (_flag, neg) in ENV_SWITCHES.items() if neg}
+    for name in sorted(env):
+        value = env[name]
+        if name in ENV_VALUES:
+            flag = ENV_VALUES[name]
+            if not _given(parser, argv, flag):
+                if flag == "--flash-attn":  # llama.cpp reads on/off/auto as its other switches
+                    value = ("on" if value in _TRUTHY else "off" if value in _FALSEY
+                             else "auto" if value in ("auto", "-1") else value)
+                out += [flag, value]
+        elif name in ENV_SWITCHES or name in negations:
+            flag, neg = ENV_SWITCHES[negations.get(name, name)]
+            if value not in _TRUTHY + _FALSEY:
+                raise ConfigError(f"environment variable {name} must be one of "
+                                  f"{', '.join(_TRUTHY + _FALSEY)}")
+            on = (value in _TRUTHY) != (name in negations)
+            if not _given(parser, argv, flag) and (on or neg):
+                out.append(flag if on else neg)
+        elif name.startswith("LLAMA_ARG_"):
+            warnings.append(f"environment variable {name} has no Sluice flag: ignored")
+    return out, warnings
+
+
+def load_settings(argv: list[str], env: Mapping[str, str] | None = None
+                  ) -> tuple[Settings, argparse.Namespace]:
+    """Parse ``argv`` (and the config file it names, and llama.cpp's ``LLAMA_ARG_*`` variables
+    of ``env``) into settings. ``args.env_warnings`` lists the variables Sluice ignored.
 
     Raises:
         ConfigError: an unknown flag, a bad value, or a bad config file.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    extra, warnings = env_arguments(parser, env or {}, argv)
+    args = parser.parse_args([*extra, *argv])
+    args.env_warnings = warnings
     values: dict[str, Any] = {}
     if args.config is not None:
         values.update(_from_file(args.config))
     for name, value in vars(args).items():
         if name in _FIELDS and value is not None:
-            values[name] = tuple(value) if name == "api_keys" else value
+            # llama.cpp's --api-key takes a comma-separated list too
+            values[name] = tuple(k for v in value for k in v.split(",") if k) \
+                if name == "api_keys" else value
     if isinstance(values.get("adapt_threads"), str):
         values["adapt_threads"] = values["adapt_threads"] == "on"
     if args.api_key_file is not None:
@@ -485,10 +592,12 @@ def main(argv: list[str] | None = None) -> int:
 
     fix_malloc_threshold()
     try:
-        settings, args = load_settings(sys.argv[1:] if argv is None else argv)
+        settings, args = load_settings(sys.argv[1:] if argv is None else argv, os.environ)
     except ConfigError as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2
+    for warning in args.env_warnings:
+        print(f"sluice: warning: {warning}", file=sys.stderr)
     apply_poll(settings.poll, os.environ)  # before llama.cpp (and its OpenMP) loads
 
     from app.engine.model import EMBEDDED, Model, ModelLoadError

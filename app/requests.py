@@ -40,6 +40,7 @@ class Defaults:
     n_predict: int = -1
     seed: int = -1
     n_keep: int = 0
+    cache_prompt: bool = True
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
 
@@ -117,8 +118,8 @@ def constraint_from(body: Mapping[str, Any]) -> Constraint | None:
 def native_options(body: Mapping[str, Any], defaults: Defaults) -> dict[str, Any]:
     """llama.cpp's per-request options that are not sampling fields."""
     out: dict[str, Any] = {}
-    for name, default in (("cache_prompt", True), ("id_slot", -1), ("n_keep", defaults.n_keep),
-                          ("n_discard", 0)):
+    for name, default in (("cache_prompt", defaults.cache_prompt), ("id_slot", -1),
+                          ("n_keep", defaults.n_keep), ("n_discard", 0)):
         value = body.get(name)
         out[name] = type(default)(value) if value is not None else default
     return out

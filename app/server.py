@@ -186,6 +186,8 @@ async def serve(settings: Settings, registry: Registry,
     503, running requests get ``shutdown_grace_s`` to finish; then their streams end with a
     final event marked ``"shutdown": true``.
     """
+    if settings.threads_http is not None:
+        trio.to_thread.current_default_thread_limiter().total_tokens = settings.threads_http
     default = registry.default_hosted
     if preloaded is not None and default is not None:
         model, template = preloaded

@@ -220,7 +220,7 @@ class Service:
     def defaults(self) -> Defaults:
         """What a request falls back to: ``-n``, ``--seed`` and the default sampling flags."""
         return Defaults(n_predict=self.settings.n_predict, seed=self.settings.seed,
-                        n_keep=self.settings.keep,
+                        n_keep=self.settings.keep, cache_prompt=self.settings.cache_prompt,
                         sampling=replace(SamplingParams(seed=self.settings.seed),
                                          **dict[str, Any](self.settings.sampling)))
 
@@ -380,6 +380,8 @@ class Bound:
         ``chat_template_kwargs``."""
         raw = self.settings.chat_template_kwargs
         server = json.loads(raw) if raw else {}
+        if self.settings.reasoning_budget == 0:  # llama.cpp's --reasoning-budget 0
+            server = {"enable_thinking": False, **server}
         return chat.template_variables(server, (body or {}).get("chat_template_kwargs"))
 
     async def submit(self, request: CompletionRequest) -> Completion:

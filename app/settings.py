@@ -56,6 +56,8 @@ class Settings:
     cache_type_v: str = "f16"
     kv_unified: bool = False  # one KV buffer for all slots (llama.cpp's --kv-unified)
     context_shift: bool = False  # a full slot drops old tokens and goes on (--context-shift)
+    cache_prompt: bool = True  # a request's default cache_prompt (--cache-prompt/--no-...)
+    threads_http: int | None = None  # worker threads for requests' blocking work (Trio's: 40)
     keep: int = 0  # default n_keep of a request: prompt tokens a context shift keeps (--keep)
     api_keys: tuple[str, ...] = ()
     origins: tuple[str, ...] = ()
@@ -63,6 +65,8 @@ class Settings:
     metrics: bool = False  # serve /metrics
     chat_template: str | None = None  # a built-in's name
     chat_template_file: Path | None = None
+    jinja: bool = True  # run Jinja chat templates (llama.cpp's --jinja / --no-jinja)
+    reasoning_budget: int = -1  # -1: unlimited thinking; 0: none (enable_thinking false)
     chat_template_kwargs: str = ""  # a JSON object: more variables for every chat template
     system_prompt: str | None = None
     reasoning_format: str = "deepseek"  # "none": leave <think> blocks in the content

@@ -94,6 +94,9 @@ def chat_request(template: ChatTemplate, messages: Sequence[Message], policy: To
             constraint.
     """
     tools = policy.tools if policy.active else ()
+    if tools and not template.tools:
+        raise InvalidRequest("tools param requires --jinja flag (this server runs with "
+                             "--no-jinja)", param="tools")
     prompt = template.prompt(messages, system_prompt, tools=tools, variables=variables)
     constraint = policy.constraint()
     if constraint is not None and base.constraint is not None:

@@ -43,10 +43,10 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log_path = ROOT / "test-artifacts" / f"server-{self.port}.log"
         self.log_path.parent.mkdir(exist_ok=True)
         self._log = self.log_path.open("wb")
@@ -83,8 +83,8 @@ class ServerProcess:
 
 
 @contextmanager
-def running_server(*args: str) -> Iterator[ServerProcess]:
-    server = ServerProcess(list(args))
+def running_server(*args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    server = ServerProcess(list(args), env)
     try:
         server.wait_ready()
         yield server

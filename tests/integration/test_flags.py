@@ -101,16 +101,20 @@ def test_several_hosts_a_unix_socket_props_and_the_server_header() -> None:
 
 def test_chat_template_kwargs_from_the_server_and_the_request(tmp_path: Path) -> None:
     template = tmp_path / "t.jinja"
-    template.write_text("{% if shout %}LOUD {% endif %}{% for m in messages %}{{ m.content }}"
-                        "{% endfor %}{% if add_generation_prompt %}>{% endif %}")
+    template.write_text("{% if enable_thinking is defined and not enable_thinking %}QUIET "
+                        "{% endif %}{% if shout %}LOUD {% endif %}{% for m in messages %}"
+                        "{{ m.content }}{% endfor %}{% if add_generation_prompt %}>{% endif %}")
     with running_server("--parallel", "1", "--chat-template-file", str(template),
-                        "--chat-template-kwargs", '{"shout": true}') as srv:
+                        "--chat-template-kwargs", '{"shout": true}',
+                        "--reasoning-budget", "0") as srv:
         def render(**extra: Any) -> httpx.Response:
             return httpx.post(srv.base_url + "/apply-template", timeout=TIMEOUT, json={
                 "messages": [{"role": "user", "content": "hi"}], **extra})
 
-        assert render().json()["prompt"] == "LOUD hi>"  # the server's variables
-        assert render(chat_template_kwargs={"shout": False}).json()["prompt"] == "hi>"
+        # the server's variables; --reasoning-budget 0 sets enable_thinking false
+        assert render().json()["prompt"] == "QUIET LOUD hi>"
+        assert render(chat_template_kwargs={"shout": False, "enable_thinking": True}
+                      ).json()["prompt"] == "hi>"
         bad = render(chat_template_kwargs={"messages": []})
         assert bad.status_code == 400
         assert bad.json()["error"]["param"] == "chat_template_kwargs.messages"
@@ -199,3 +203,31 @@ def test_quantized_kv_cache_holds_the_same_slot_in_about_half_the_bytes(tmp_path
     assert text  # the model still generates from a q8_0 cache in one unified buffer
     # q8_0 stores 34 bytes per 32 values where f16 needs 64
     assert 0.4 < quantized / plain < 0.6, (quantized, plain)
+
+
+def test_llama_cpp_environment_variables_no_jinja_and_no_cache_prompt() -> None:
+    env = {"LLAMA_ARG_N_PARALLEL": "3", "LLAMA_ARG_JINJA": "off", "LLAMA_ARG_CACHE_PROMPT": "0",
+           "LLAMA_ARG_THREADS_HTTP": "4", "LLAMA_ARG_ENDPOINT_METRICS": "1"}
+    with running_server("--model", "smollm2-135m-instruct", env=env) as srv:
+        props = httpx.get(srv.base_url + "/props", timeout=TIMEOUT).json()
+        assert props["total_slots"] == 3
+        assert props["endpoint_metrics"] is True
+        # --no-jinja: the model's template is not run; the built-in it looks like is
+        assert props["chat_template_name"] == "chatml"
+        assert httpx.get(srv.base_url + "/metrics", timeout=TIMEOUT).status_code == 200
+        chat = httpx.post(srv.base_url + "/v1/chat/completions", timeout=TIMEOUT, json={
+            "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
+        assert chat.status_code == 200
+        tools = httpx.post(srv.base_url + "/v1/chat/completions", timeout=TIMEOUT, json={
+            "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]})
+        assert tools.status_code == 400
+        assert "--jinja" in tools.json()["error"]["message"]
+        # cache_prompt is off by default now: the same prompt is evaluated again in full
+        body = {"prompt": LOREM, "n_predict": 2, "id_slot": 0}
+        httpx.post(srv.base_url + "/completion", json=body, timeout=TIMEOUT)
+        again = httpx.post(srv.base_url + "/completion", json=body, timeout=TIMEOUT).json()
+        assert again["tokens_cached"] == 0
+        own = httpx.post(srv.base_url + "/completion", json={**body, "cache_prompt": True},
+                         timeout=TIMEOUT).json()
+        assert own["tokens_cached"] > 0  # a request's own cache_prompt still wins

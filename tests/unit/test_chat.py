@@ -77,3 +77,36 @@ def test_template_errors_are_400s() -> None:
         sneaky.prompt([Message("user", "x")])
     with pytest.raises(ValueError, match="does not compile"):
         pick(gguf_template="{% for %}")
+
+
+LLAMA3_LIKE = ("{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
+               "{{ m.content }}<|eot_id|>{% endfor %}")
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("{{ '<|im_start|>' + m.role }}", "chatml"),
+    ("<start_of_turn>user", "gemma"),
+    (LLAMA3_LIKE, "llama-3"),
+    ("[INST] <<SYS>>", "llama-2"),
+    ("[INST] {{ m.content }} [/INST]", "mistral"),
+    ("<|user|>{{ m }}<|end|><|assistant|>", "phi-3"),
+    ("<|user|>{{ m }}</s>", "zephyr"),
+    ("{{ 'USER: ' + m }} ASSISTANT:", "vicuna_v1.1"),
+])
+def test_no_jinja_uses_the_builtin_the_model_template_looks_like(source: str,
+                                                                  expected: str) -> None:
+    t = pick(gguf_template=source, jinja=False)
+    assert t.name == expected
+    assert t.source == BUILTINS[expected].source  # the model's own template is not run
+    assert t.tools is False
+    assert pick(gguf_template=source).tools is True  # with Jinja (the default) it is run
+
+
+def test_no_jinja_falls_back_to_the_architecture_and_names_win(tmp_path: Path) -> None:
+    assert pick(gguf_template="{{ weird }}", jinja=False).name == "gemma"
+    assert pick(gguf_template="<|im_start|>", name="zephyr", jinja=False).name == "zephyr"
+    file = tmp_path / "t.jinja"
+    file.write_text(LLAMA3_LIKE)
+    assert pick(file=file, jinja=False).name == "llama-3"
+    with pytest.raises(ValueError, match="unknown chat template"):
+        pick(name="nope", jinja=False)

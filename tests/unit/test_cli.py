@@ -223,3 +223,34 @@ def test_host_takes_llama_cpps_address_list() -> None:
     assert s.binds == ("127.0.0.1:8081", "[::1]:8081", "unix:/run/sluice.sock")
     with pytest.raises(ConfigError, match="--host needs an address"):
         load_settings(["--host", " , "])
+
+
+def test_llama_cpp_environment_variables_under_the_command_line() -> None:
+    env = {"LLAMA_ARG_CTX_SIZE": "1024", "LLAMA_ARG_N_PARALLEL": "2",
+           "LLAMA_ARG_ENDPOINT_METRICS": "1", "LLAMA_ARG_NO_ENDPOINT_SLOTS": "true",
+           "LLAMA_ARG_FLASH_ATTN": "enabled", "LLAMA_API_KEY": "a,b",
+           "LLAMA_ARG_CONTEXT_SHIFT": "off", "LLAMA_ARG_KV_UNIFIED": "on",
+           "LLAMA_ARG_ROPE_SCALE": "2", "PATH": "/bin"}
+    s, args = load_settings(["--parallel", "4", "--no-kv-unified"], env)
+    assert (s.ctx_size, s.parallel) == (1024, 4)  # the flag on the command line wins
+    assert (s.metrics, s.slots_endpoint, s.flash_attn) == (True, False, "on")
+    assert s.api_keys == ("a", "b")  # a comma-separated list, as llama.cpp's --api-key
+    assert (s.context_shift, s.kv_unified) == (False, False)
+    assert args.env_warnings == ["environment variable LLAMA_ARG_ROPE_SCALE has no Sluice "
+                                 "flag: ignored"]
+    s, _ = load_settings([])  # no environment unless one is given
+    assert s.ctx_size == 8192
+    with pytest.raises(ConfigError, match="LLAMA_ARG_ENDPOINT_PROPS must be one of on"):
+        load_settings([], {"LLAMA_ARG_ENDPOINT_PROPS": "yes"})
+
+
+def test_jinja_reasoning_budget_threads_http_and_cache_prompt_flags() -> None:
+    s, _ = load_settings(["--no-jinja", "--reasoning-budget", "0", "--threads-http", "8",
+                          "--no-cache-prompt"])
+    assert (s.jinja, s.reasoning_budget, s.threads_http, s.cache_prompt) == (False, 0, 8, False)
+    s, _ = load_settings(["--jinja"])
+    assert (s.jinja, s.reasoning_budget, s.cache_prompt) == (True, -1, True)
+    with pytest.raises(ConfigError, match="--reasoning-budget: Sluice supports -1"):
+        load_settings(["--reasoning-budget", "256"])
+    with pytest.raises(ConfigError, match=r"--threads-http must be 1\.\.1024"):
+        load_settings(["--threads-http", "0"])
