@@ -141,6 +141,11 @@ class CompletionRequest:
     id_slot: int = -1
     n_keep: int = 0  # prompt tokens a context shift keeps (-1: all), BOS not counted
     n_discard: int = 0  # tokens a context shift drops after them (0: half of the rest)
+    n_indent: int = 0  # code completion: end at a later line indented less than this
+    t_max_predict_ms: int = 0  # once a newline was generated, end after this long (<= 0: off)
+    return_progress: bool = False  # streams report prompt progress (llama.cpp's prompt_progress)
+    return_tokens: bool = False  # llama.cpp's final reply lists the generated token ids
+    timings_per_token: bool = False  # every stream event carries the timings so far
 
     @property
     def prompt_text(self) -> str:
@@ -187,6 +192,16 @@ class TokenLogprobs:
     top: tuple[TokenProb, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class PromptProgress:
+    """How far the prompt is (only for requests with ``return_progress``)."""
+
+    total: int
+    cache: int
+    processed: int
+    time_ms: float
+
+
 class Ping:
     """Nothing happened for a ping interval: streams send a keep-alive."""
 
@@ -205,6 +220,7 @@ class Delta:
     logprobs: tuple[TokenLogprobs, ...]  # empty unless the request asked for n_probs
     id_slot: int
     n_predicted: int  # tokens generated so far, this step's included
+    timings: Timings | None = None  # the timings so far, when the request asked per token
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,4 +290,4 @@ class Failure:
     message: str
 
 
-Item = Ping | Delta | Final | Failure
+Item = Ping | Delta | Final | Failure | PromptProgress

@@ -137,7 +137,9 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest) -> Prepared:
     generation = GenerationRequest(prompt=tuple(tokens), n_predict=request.n_predict,
                                    stops=request.stops, cache_prompt=request.cache_prompt,
                                    id_slot=request.id_slot, n_keep=n_keep,
-                                   n_discard=request.n_discard)
+                                   n_discard=request.n_discard, n_indent=request.n_indent,
+                                   t_max_predict_ms=max(0, request.t_max_predict_ms),
+                                   return_progress=request.return_progress)
     return Prepared(request=replace(request, sampling=sampling), generation=generation,
                     sampler=sampler, grammar=grammar, schema=schema, conversion=conversion,
                     runtime=runtime)

@@ -119,7 +119,9 @@ def native_options(body: Mapping[str, Any], defaults: Defaults) -> dict[str, Any
     """llama.cpp's per-request options that are not sampling fields."""
     out: dict[str, Any] = {}
     for name, default in (("cache_prompt", defaults.cache_prompt), ("id_slot", -1),
-                          ("n_keep", defaults.n_keep), ("n_discard", 0)):
+                          ("n_keep", defaults.n_keep), ("n_discard", 0), ("n_indent", 0),
+                          ("t_max_predict_ms", 0), ("return_progress", False),
+                          ("return_tokens", False), ("timings_per_token", False)):
         value = body.get(name)
         out[name] = type(default)(value) if value is not None else default
     return out

@@ -16,6 +16,7 @@ generator removes the request from the engine at its next step.
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -32,6 +33,7 @@ from app.completion import (
     Item,
     Outcome,
     Ping,
+    PromptProgress,
     Reported,
     SchemaVerdict,
     StopType,
@@ -45,6 +47,7 @@ from app.engine.events import (
     Event,
     Failed,
     Job,
+    Progress,
     SamplerLike,
     Started,
     Token,
@@ -170,6 +173,11 @@ class Completion:
                             item, last = PING, False
                         case Started():
                             builder.id_slot, builder.tokens_cached = event.id_slot, event.tokens_cached
+                            builder.t_started = time.perf_counter()
+                            last = False
+                        case Progress():
+                            item = PromptProgress(event.total, event.cache, event.processed,
+                                                  event.time_ms)
                             last = False
                         case Token():
                             item, last = builder.delta(event), False
@@ -225,6 +233,8 @@ class _Builder:
     ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     done: Done | None = None
+    t_started: float = 0.0  # when the slot was taken, and the first token came (perf_counter)
+    t_first: float = 0.0
 
     def _prob(self, token: int, logprob: float) -> TokenProb:
         return TokenProb(token, self.model.piece(token), logprob)
@@ -241,7 +251,16 @@ class _Builder:
         if self.completion.prepared.request.sampling.n_probs > 0:
             probs = tuple(self._logprobs(t) for t in event.tokens)
             self.logprobs.extend(probs)
-        return Delta(event.text, ids, probs, self.id_slot, len(self.ids))
+        timings = None
+        request = self.completion.prepared.request
+        if request.timings_per_token:  # measured here, as the engine's events arrive
+            now = time.perf_counter()
+            self.t_first = self.t_first or now
+            timings = Timings(
+                prompt_n=len(self.completion.prepared.generation.prompt) - self.tokens_cached,
+                prompt_ms=(self.t_first - self.t_started) * 1000.0, predicted_n=len(self.ids),
+                predicted_ms=(now - self.t_first) * 1000.0)
+        return Delta(event.text, ids, probs, self.id_slot, len(self.ids), timings)
 
     async def outcome(self, interruption: Interruption | None) -> Outcome:
         prepared = self.completion.prepared

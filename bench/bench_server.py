@@ -232,7 +232,8 @@ async def determinism(base: str) -> dict[str, Any]:
         async def run(p: str) -> list[int]:
             r = await client.post("/completion", json={"prompt": p, "n_predict": 64,
                                                        "temperature": 0.0, "cache_prompt": False,
-                                                       "ignore_eos": True})
+                                                       "ignore_eos": True,
+                                                       "return_tokens": True})
             return r.json()["tokens"]  # type: ignore[no-any-return]
 
         solo = [await run(p) for p in DET_PROMPTS]

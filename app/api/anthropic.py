@@ -34,6 +34,7 @@ from app.completion import (
     CompletionRequest,
     Delta,
     Failure,
+    Final,
     FunctionTool,
     Outcome,
     Ping,
@@ -267,7 +268,7 @@ async def _events(completion: Completion, splitter: ReplySplitter, turn: Turn, h
         elif isinstance(item, Delta):
             for chunk in blocks.pieces(splitter.feed(item.text)):
                 yield chunk
-        else:
+        elif isinstance(item, Final):
             outcome = item.outcome
             for chunk in blocks.pieces(splitter.close()):
                 yield chunk

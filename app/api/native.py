@@ -26,7 +26,9 @@ from app.completion import (
     Final,
     Outcome,
     Ping,
+    PromptProgress,
     StopType,
+    Timings,
     TokenLogprobs,
     TokenProb,
 )
@@ -56,9 +58,22 @@ def partial(delta: Delta, completion: Completion) -> JSON:
     out: JSON = {"index": 0, "content": delta.text, "tokens": list(delta.token_ids), "stop": False,
                  "id_slot": delta.id_slot, "id": completion.id,
                  "tokens_predicted": delta.n_predicted, "tokens_evaluated": completion.n_prompt}
+    if delta.timings is not None:
+        out["timings"] = timing_fields(delta.timings)
     if delta.logprobs:
         out["completion_probabilities"] = probabilities(delta.logprobs)
     return out
+
+
+def progress_fields(p: PromptProgress) -> JSON:
+    return {"total": p.total, "cache": p.cache, "processed": p.processed, "time_ms": p.time_ms}
+
+
+def progress_event(p: PromptProgress, completion: Completion) -> JSON:
+    """A stream event of prompt progress (``return_progress``), as llama.cpp's."""
+    return {"index": 0, "content": "", "tokens": [], "stop": False, "id_slot": -1,
+            "id": completion.id, "tokens_predicted": 0, "tokens_evaluated": p.total,
+            "prompt_progress": progress_fields(p)}
 
 
 def generation_settings(outcome: Outcome) -> JSON:
@@ -69,7 +84,10 @@ def generation_settings(outcome: Outcome) -> JSON:
 
 
 def timings(outcome: Outcome) -> JSON:
-    t = outcome.timings
+    return timing_fields(outcome.timings)
+
+
+def timing_fields(t: Timings) -> JSON:
     return {"prompt_n": t.prompt_n, "prompt_ms": t.prompt_ms,
             "prompt_per_token_ms": t.prompt_ms / t.prompt_n if t.prompt_n else 0.0,
             "prompt_per_second": t.prompt_n * 1000.0 / t.prompt_ms if t.prompt_ms else 0.0,
@@ -87,7 +105,9 @@ def final_object(outcome: Outcome, *, streamed: bool = False) -> JSON:
     stop = outcome.stop
     out: JSON = {
         "index": 0, "id": outcome.id, "content": "" if streamed else outcome.text,
-        "tokens": [] if streamed else list(outcome.token_ids),
+        # llama.cpp lists the generated ids only when asked (return_tokens)
+        "tokens": list(outcome.token_ids) if outcome.reported.request.return_tokens and not
+        streamed else [],
         "id_slot": outcome.id_slot, "stop": True, "model": outcome.reported.model,
         "tokens_predicted": outcome.n_predicted, "tokens_evaluated": outcome.n_prompt,
         "tokens_cached": outcome.tokens_cached, "prompt": outcome.reported.request.prompt_text,
@@ -136,6 +156,8 @@ async def events(completion: Completion, ping_interval_s: float,
                 yield sse.PING
             case Delta():
                 yield sse.event(partial(item, completion))
+            case PromptProgress():
+                yield sse.event(progress_event(item, completion))
             case Final(outcome=outcome):
                 final = final_object(outcome, streamed=True)
                 yield sse.event(nested_fields(response_fields, final) if response_fields

@@ -24,16 +24,18 @@ from quart import Blueprint, Response
 
 from app import sse
 from app.api.common import json_response, streamed, with_model
-from app.api.native import timings
+from app.api.native import progress_fields, timing_fields, timings
 from app.chat import Message
 from app.completion import (
     CompletionRequest,
     Constraint,
     Delta,
     Failure,
+    Final,
     FunctionTool,
     Outcome,
     Ping,
+    PromptProgress,
     SchemaConstraint,
     StopType,
     TokenLogprobs,
@@ -260,7 +262,7 @@ async def chat_completions(m: Bound, body: JSON) -> Response:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return streamed(_stream(completion, m.settings.queue_ping_interval_s,
                                 role=choice({"role": "assistant", "content": None}),
-                                delta=on_delta, finish=finish,
+                                empty=choice({}), delta=on_delta, finish=finish,
                                 usage_chunk=usage_chunk if include_usage else None),
                         completion.id)
     outcome = await completion.result()
@@ -297,13 +299,16 @@ def _chat_delta(piece: Piece) -> JSON:
     raise AssertionError(piece)
 
 
-async def _stream(completion: Completion, ping_s: float, *, role: JSON | None,
+async def _stream(completion: Completion, ping_s: float, *, role: JSON | None, empty: JSON,
                   delta: Callable[[Delta], Sequence[JSON]],
                   finish: Callable[[Outcome], Awaitable[Sequence[JSON]]],
                   usage_chunk: Callable[[Outcome], JSON] | None) -> AsyncIterator[bytes]:
     """An OpenAI stream: pings, a role chunk, delta chunks, the finish chunk, usage, [DONE].
 
-    An engine failure after the first byte is one error event, and the stream ends.
+    llama.cpp's additions: ``prompt_progress`` on the role chunk (or an ``empty`` one) while
+    the prompt is read (``return_progress``), ``timings`` on a delta's last chunk
+    (``timings_per_token``). An engine failure after the first byte is one error event, and
+    the stream ends.
     """
     yield sse.PING
     async for item in completion.items(ping_s):
@@ -313,13 +318,23 @@ async def _stream(completion: Completion, ping_s: float, *, role: JSON | None,
         if isinstance(item, Failure):
             yield sse.event(ServerError(item.message).body())
             return
+        if isinstance(item, PromptProgress):
+            yield sse.event({**(role if role is not None else empty),
+                             "prompt_progress": progress_fields(item)})
+            role = None
+            continue
         if role is not None:
             yield sse.event(role)
             role = None
         if isinstance(item, Delta):
-            for chunk in delta(item):
+            chunks = list(delta(item))
+            if item.timings is not None:
+                if not chunks:
+                    chunks = [empty]
+                chunks[-1] = {**chunks[-1], "timings": timing_fields(item.timings)}
+            for chunk in chunks:
                 yield sse.event(chunk)
-        else:
+        elif isinstance(item, Final):
             for chunk in await finish(item.outcome):
                 yield sse.event(chunk)
             if usage_chunk is not None:
@@ -359,7 +374,7 @@ async def completions(m: Bound, body: JSON) -> Response:
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return streamed(_stream(completion, m.settings.queue_ping_interval_s, role=None,
-                                delta=on_delta, finish=finish,
+                                empty=choice("", None, None), delta=on_delta, finish=finish,
                                 usage_chunk=(lambda o: {**head, "choices": [], "usage": usage(o)})
                                 if include_usage else None),
                         completion.id)

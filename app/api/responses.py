@@ -33,6 +33,7 @@ from app.completion import (
     CompletionRequest,
     Delta,
     Failure,
+    Final,
     FunctionTool,
     Outcome,
     Ping,
@@ -337,7 +338,7 @@ async def _events(completion: Completion, splitter: ReplySplitter, turn: Turn, b
         elif isinstance(item, Delta):
             for chunk in stream.pieces(splitter.feed(item.text)):
                 yield chunk
-        else:
+        elif isinstance(item, Final):
             outcome = item.outcome
             for chunk in stream.pieces(splitter.close()):
                 yield chunk

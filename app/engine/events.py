@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from app.completion import StopType
 from app.engine.sampling import Sampled, TokenProb
 
-__all__ = ["CHANNEL_CAPACITY", "Done", "Event", "Failed", "GenerationRequest", "Job",
+__all__ = ["CHANNEL_CAPACITY", "Done", "Event", "Failed", "GenerationRequest", "Job", "Progress",
            "SamplerLike", "Started", "StopType", "Token", "TokenInfo"]
 
 
@@ -43,6 +43,9 @@ class GenerationRequest:
     # whole prompt), and how many after them go per shift (0: half of what is left)
     n_keep: int = 0
     n_discard: int = 0
+    return_progress: bool = False  # a Progress event per prompt chunk
+    n_indent: int = 0  # end at a later line indented less than this (code completion)
+    t_max_predict_ms: int = 0  # once a newline was generated, end after this long generating
 
 
 #: events a request may have posted but not yet consumed; its slot pauses beyond this
@@ -113,4 +116,14 @@ class Failed:
     message: str
 
 
-Event = Started | Token | Done | Failed
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far the prompt is (``return_progress``): llama.cpp's ``prompt_progress``."""
+
+    total: int  # prompt tokens
+    cache: int  # of them taken from the cache
+    processed: int  # of them in the KV now (the cached ones included)
+    time_ms: float  # since the request got its slot
+
+
+Event = Started | Token | Done | Failed | Progress

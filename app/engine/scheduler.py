@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 from app.engine import prompt_cache, slot_files
 from app.engine.delivery import Delivery
-from app.engine.events import Done, Failed, Job, Started, StopType, Token, TokenInfo
+from app.engine.events import Done, Failed, Job, Progress, Started, StopType, Token, TokenInfo
 from app.engine.ports import (
     Cancel,
     Command,
@@ -49,7 +49,7 @@ from app.engine.ports import (
 from app.engine.prompt_cache import PromptCache
 from app.engine.sampling import Sampled
 from app.engine.slots import Counters, Slot, SlotInfo, SlotState, common_prefix
-from app.engine.text import Detokenizer, StopMatcher
+from app.engine.text import Detokenizer, IndentWatch, StopMatcher
 from app.engine.threads import ThreadTuner
 
 log = logging.getLogger(__name__)
@@ -263,10 +263,14 @@ class Engine:
         slot.outbox.clear()
         slot.detok = Detokenizer()
         slot.stops = StopMatcher(req.stops)
+        slot.indent = IndentWatch(req.n_indent)
+        slot.new_line = False
         slot.t_start = time.perf_counter()
         slot.t_prompt = slot.t_start
         self._prompt_order.append(slot)
         slot.outbox.append(Started(id_slot=slot.id, tokens_cached=keep))
+        if req.return_progress:
+            slot.outbox.append(Progress(len(prompt), keep, keep, 0.0))
 
     def _reuse(self, slot: Slot, prompt: Sequence[int], keep: int) -> int:
         """Save what ``slot`` is about to lose, and bring in the longest prefix of ``prompt``
@@ -321,10 +325,10 @@ class Engine:
             self._prompt_order.remove(slot)
 
     def _finish(self, slot: Slot, stop_type: StopType, *, word: str = "",
-                truncated: bool = False) -> None:
+                truncated: bool = False, flush: bool = True) -> None:
         job = slot.job
         assert job is not None
-        if stop_type is not StopType.WORD:
+        if stop_type is not StopType.WORD and flush:
             tail = slot.stops.feed(slot.detok.flush()).text + slot.stops.flush()
             if tail:
                 slot.outbox.append(Token(text=tail, tokens=()))
@@ -420,6 +424,9 @@ class Engine:
             slot.cache.extend(req.prompt[start:start + rows])
             slot.next_prompt += rows
             self.counters.prompt_tokens_total += rows
+            if req.return_progress:
+                slot.outbox.append(Progress(len(req.prompt), slot.tokens_cached, slot.next_prompt,
+                                            (time.perf_counter() - slot.t_start) * 1000.0))
             if slot.next_prompt < len(req.prompt):
                 return
             slot.state = SlotState.GENERATE
@@ -480,10 +487,19 @@ class Engine:
             self._finish(slot, StopType.EOS)
             return
         result = slot.stops.feed(slot.detok.feed(self.model.piece(token)))
-        slot.outbox.append(Token(text=result.text, tokens=(info,)))
+        text = result.text
+        cut = slot.indent.feed(text)
+        if cut is not None:  # n_indent: this line is indented less; it is not part of the reply
+            slot.outbox.append(Token(text=text[:cut], tokens=(info,)))
+            self._finish(slot, StopType.LIMIT, flush=False)
+            return
+        slot.outbox.append(Token(text=text, tokens=(info,)))
+        over_time = (req.t_max_predict_ms > 0 and slot.new_line and
+                     (time.perf_counter() - slot.t_prompt) * 1000.0 > req.t_max_predict_ms)
+        slot.new_line = slot.new_line or "\n" in text
         if result.stop_word is not None:
             self._finish(slot, StopType.WORD, word=result.stop_word)
-        elif 0 < req.n_predict <= slot.n_decoded:
+        elif 0 < req.n_predict <= slot.n_decoded or over_time:
             self._finish(slot, StopType.LIMIT)
         elif slot.n_past + 1 >= slot.n_ctx and not (self.context_shift and self._shift(slot)):
             self._finish(slot, StopType.LIMIT, truncated=True)

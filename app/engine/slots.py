@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from app.engine.events import Event, Job
 from app.engine.sampling import Sampled
-from app.engine.text import Detokenizer, StopMatcher
+from app.engine.text import Detokenizer, IndentWatch, StopMatcher
 
 
 class SlotState(enum.Enum):
@@ -37,6 +37,8 @@ class Slot:
     outbox: collections.deque[Event] = field(default_factory=collections.deque)
     detok: Detokenizer = field(default_factory=Detokenizer)
     stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+    indent: IndentWatch = field(default_factory=lambda: IndentWatch(0))
+    new_line: bool = False  # a newline was generated (t_max_predict_ms counts from then on)
     t_start: float = 0.0
     t_prompt: float = 0.0
     last_used: float = 0.0

@@ -81,3 +81,30 @@ class StopMatcher:
                     best = n
                     break
         return best
+
+
+class IndentWatch:
+    """llama.cpp's ``n_indent``: the first line that starts less indented than ``n_indent``
+    (spaces or tabs) after a newline ends generation there. The first line, which continues
+    the prompt, is not checked."""
+
+    def __init__(self, n_indent: int) -> None:
+        self.n_indent = n_indent
+        self._line_start = False
+        self._indent = 0
+
+    def feed(self, text: str) -> int | None:
+        """The index in ``text`` of a short-indented line's first character, else None."""
+        if self.n_indent <= 0:
+            return None
+        for i, ch in enumerate(text):
+            if ch == "\n":
+                self._line_start, self._indent = True, 0
+            elif self._line_start:
+                if ch in " \t":
+                    self._indent += 1
+                    continue
+                self._line_start = False
+                if self._indent < self.n_indent:
+                    return i
+        return None

@@ -130,7 +130,7 @@ def test_dry_xtc_top_n_sigma_and_dynatemp_change_what_is_sampled() -> None:
         def run(**extra: Any) -> dict[str, Any]:
             resp = httpx.post(srv.base_url + "/completion", timeout=TIMEOUT, json={
                 "prompt": "one two three one two three one two three one two", "n_predict": 12,
-                "temperature": 0, "cache_prompt": False, **extra})
+                "temperature": 0, "cache_prompt": False, "return_tokens": True, **extra})
             assert resp.status_code == 200, resp.text
             return resp.json()  # type: ignore[no-any-return]
 
@@ -231,3 +231,55 @@ def test_llama_cpp_environment_variables_no_jinja_and_no_cache_prompt() -> None:
         own = httpx.post(srv.base_url + "/completion", json={**body, "cache_prompt": True},
                          timeout=TIMEOUT).json()
         assert own["tokens_cached"] > 0  # a request's own cache_prompt still wins
+
+
+def _events(base: str, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with httpx.stream("POST", base + path, json={**body, "stream": True},
+                      timeout=TIMEOUT) as resp:
+        assert resp.status_code == 200
+        return [json.loads(line[6:]) for line in resp.iter_lines()
+                if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+def test_progress_timings_per_token_n_indent_and_t_max_predict_ms() -> None:
+    with running_server("--model", "smollm2-135m-instruct", "--parallel", "1",
+                        "--batch-size", "32") as srv:
+        base = srv.base_url
+        prompt = LOREM * 2  # ~90 tokens: 3 chunks of 32
+        events = _events(base, "/completion", {"prompt": prompt, "n_predict": 3,
+                                              "return_progress": True, "cache_prompt": False})
+        progress = [e["prompt_progress"] for e in events if "prompt_progress" in e]
+        assert len(progress) >= 4  # the start, then one per chunk
+        assert progress[0]["processed"] == progress[0]["cache"] == 0
+        assert [p["processed"] for p in progress] == sorted({p["processed"] for p in progress})
+        assert progress[-1]["processed"] == progress[-1]["total"] == events[-1]["tokens_evaluated"]
+        assert all(e["content"] == "" for e in events if "prompt_progress" in e)
+        # the chat stream carries it too, on the role chunk and then on empty chunks
+        chat = _events(base, "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": prompt}], "max_tokens": 2,
+            "return_progress": True, "timings_per_token": True})
+        assert chat[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert chat[0]["prompt_progress"]["processed"] == chat[0]["prompt_progress"]["cache"]
+        chat_progress = [c["prompt_progress"] for c in chat if "prompt_progress" in c]
+        assert chat_progress[-1]["processed"] == chat_progress[-1]["total"]
+        timed = [c["timings"] for c in chat if "timings" in c]
+        assert len(timed) >= 2  # each delta's, and the final chunk's
+        # timings on every native partial with timings_per_token
+        events = _events(base, "/completion", {"prompt": "Hello", "n_predict": 4,
+                                              "timings_per_token": True})
+        partials = [e for e in events if not e["stop"]]
+        assert all("timings" in e for e in partials)
+        assert [e["timings"]["predicted_n"] for e in partials] == list(range(1, len(partials) + 1))
+        # n_indent: the first line indented less than 4 ends the reply before its text
+        forced = 'root ::= "def f():\\n    a = 1\\n  b = 2\\n"'
+        out = httpx.post(base + "/completion", timeout=TIMEOUT, json={
+            "prompt": "Code:", "grammar": forced, "n_indent": 4, "n_predict": 40}).json()
+        assert out["content"] == "def f():\n    a = 1\n  "
+        assert out["stop_type"] == "limit"
+        # t_max_predict_ms: past the limit, generation ends once a newline was generated
+        long = 'root ::= "x\\n" [a-z]{200}'
+        out = httpx.post(base + "/completion", timeout=TIMEOUT, json={
+            "prompt": "Code:", "grammar": long, "t_max_predict_ms": 1, "n_predict": 150}).json()
+        assert out["content"].startswith("x\n")
+        assert out["stop_type"] == "limit"
+        assert out["tokens_predicted"] < 150

@@ -56,6 +56,9 @@ async def test_health_props_slots(client: httpx.AsyncClient) -> None:
 async def test_non_streamed_completion_shape(client: httpx.AsyncClient) -> None:
     out = await complete(client, prompt="The capital of France is", n_predict=8, temperature=0)
     assert out["stop"] is True
+    assert out["tokens"] == []  # as llama.cpp: the ids only with return_tokens
+    out = await complete(client, prompt="The capital of France is", n_predict=8, temperature=0,
+                         return_tokens=True)
     assert out["tokens_predicted"] == 8 == len(out["tokens"])
     assert out["stop_type"] == "limit"
     assert out["stopped_limit"] is True
@@ -72,6 +75,7 @@ async def test_streamed_text_equals_non_streamed_for_the_same_seed(client: httpx
         "seed": 1234,
         "temperature": 0.9,
         "cache_prompt": False,
+        "return_tokens": True,
     }
     whole = await complete(client, **body)
     events = await stream_events(client, "/completion", body)
@@ -274,7 +278,8 @@ async def test_prompt_cache_reuses_the_prefix(client: httpx.AsyncClient) -> None
 
 
 async def test_n_probs_reports_top_probabilities(client: httpx.AsyncClient) -> None:
-    out = await complete(client, prompt="The sky is", n_predict=3, temperature=0, n_probs=5)
+    out = await complete(client, prompt="The sky is", n_predict=3, temperature=0, n_probs=5,
+                         return_tokens=True)
     probs = out["completion_probabilities"]
     assert len(probs) == 3
     for entry, token in zip(probs, out["tokens"], strict=True):
@@ -373,13 +378,14 @@ async def test_mirostat_runs_and_is_reproducible(client: httpx.AsyncClient, miro
 
 
 async def test_logit_bias_bans_and_forces_tokens(client: httpx.AsyncClient) -> None:
-    base = await complete(client, prompt="The capital of France is", n_predict=1, temperature=0)
+    base = await complete(client, prompt="The capital of France is", n_predict=1, temperature=0,
+                          return_tokens=True)
     first = base["tokens"][0]
     banned = await complete(client, prompt="The capital of France is", n_predict=1, temperature=0,
-                            logit_bias=[[first, False]])
+                            logit_bias=[[first, False]], return_tokens=True)
     assert banned["tokens"][0] != first
     forced = await complete(client, prompt="The capital of France is", n_predict=3,
-                            temperature=0, logit_bias={"42": 100.0})
+                            temperature=0, logit_bias={"42": 100.0}, return_tokens=True)
     assert forced["tokens"] == [42, 42, 42]
 
 

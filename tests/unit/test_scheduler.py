@@ -16,6 +16,7 @@ from app.engine.events import (
     Failed,
     GenerationRequest,
     Job,
+    Progress,
     Started,
     StopType,
     Token,
@@ -483,3 +484,60 @@ def test_the_cache_keeps_to_its_limit_dropping_the_oldest() -> None:
     cache.put([*range(400, 440), 1, 2], bytearray(10))
     assert len(cache) == 2
     assert cache.covers(list(range(400, 440)))
+
+
+def test_return_progress_reports_each_prompt_chunk() -> None:
+    engine, _ctx, box = make(n_slots=1, n_batch=8)
+    req = GenerationRequest(prompt=tuple(range(2, 22)), n_predict=1, return_progress=True)
+    engine.submit(Job(id=1, request=req, sampler=FakeSampler(), sink=None))
+    for _ in range(6):
+        engine.run_once()
+    progress = [(e.total, e.cache, e.processed) for e in box.events[1] if isinstance(e, Progress)]
+    assert progress == [(20, 0, 0), (20, 0, 8), (20, 0, 16), (20, 0, 20)]
+    assert box.done(1) is not None
+
+
+class TextModel:
+    """Token t is character chr(t)."""
+
+    eog_ids = frozenset({EOS})
+
+    def piece(self, token: int) -> bytes:
+        return chr(token).encode()
+
+
+def test_n_indent_ends_at_a_line_indented_less() -> None:
+    ctx = FakeContext(n_batch=8, n_seq_max=1)
+    box = Collect()
+    engine = Engine(TextModel(), ctx, box, n_slots=1, slot_ctx=64)
+    box.engine = engine
+    script = [ord(c) for c in "x = 1\n    y = 2\n  z\n    w"]
+    req = GenerationRequest(prompt=(2, 5), n_indent=4)
+    engine.submit(Job(id=1, request=req, sampler=FakeSampler(script), sink=None))
+    for _ in range(40):
+        engine.run_once()
+    done = box.done(1)
+    assert done is not None
+    assert done.stop_type is StopType.LIMIT
+    # the first line continues the prompt; "  z" is indented 2 < 4: cut before its text
+    assert box.text(1) == "x = 1\n    y = 2\n  "
+
+
+def test_t_max_predict_ms_ends_after_a_newline_once_the_time_is_up() -> None:
+    ctx = FakeContext(n_batch=8, n_seq_max=1)
+    box = Collect()
+    engine = Engine(TextModel(), ctx, box, n_slots=1, slot_ctx=256)
+    box.engine = engine
+    script = [ord(c) for c in "ab\n" + "c" * 100]
+    req = GenerationRequest(prompt=(2, 5), t_max_predict_ms=1)
+    engine.submit(Job(id=1, request=req, sampler=FakeSampler(script), sink=None))
+    for _ in range(3):
+        engine.run_once()
+    time.sleep(0.01)
+    for _ in range(20):
+        engine.run_once()
+    done = box.done(1)
+    assert done is not None
+    assert done.stop_type is StopType.LIMIT
+    assert box.text(1).startswith("ab\n")
+    assert len(box.text(1)) < 10  # it stopped soon after the newline, past the time limit
