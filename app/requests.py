@@ -83,6 +83,33 @@ def prompt_parts(raw: str | list[str | int]) -> tuple[str | int, ...]:
     return (raw,) if isinstance(raw, str) else tuple(raw)
 
 
+def prompt_list(raw: Any) -> list[tuple[str | int, ...]]:
+    """llama.cpp's prompts: a string, or an array holding a token id, is one prompt (strings and
+    ids mixed); any other array is one prompt per element (each a string or such an array)."""
+    if isinstance(raw, str) or any(isinstance(p, int) for p in raw):
+        return [prompt_parts(raw)]
+    return [prompt_parts(p) for p in raw]
+
+
+def choices_wanted(body: Mapping[str, Any], n_prompts: int, n_slots: int, *,
+                   field: str = "n_cmpl") -> int:
+    """``n_cmpl`` (or OpenAI's ``n``): how many replies per prompt, checked as llama.cpp does
+    (at most one per slot). Several replies are not streamed (yet): that is a 400.
+
+    Raises:
+        InvalidRequest: naming the field.
+    """
+    n = int(body.get(field) or body.get("n") or 1)
+    if n > n_slots:
+        raise InvalidRequest(f"invalid value for '{field}': at most {n_slots} (one per slot)",
+                             param=field)
+    if n * n_prompts > 1 and body.get("stream"):
+        what = f"'{field}' above 1" if n > 1 else "several prompts"
+        raise InvalidRequest(f"{what} cannot be streamed (yet): ask without 'stream'",
+                             param=field if n > 1 else "prompt")
+    return n
+
+
 def stops_from(raw: str | list[str] | None, *, field: str = "stop") -> tuple[str, ...]:
     stops = () if raw is None else (raw,) if isinstance(raw, str) else tuple(raw)
     if "" in stops:

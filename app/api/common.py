@@ -17,6 +17,8 @@ from app.service import ModelChanged
 from app.validation import parse_json_body, validate
 
 if TYPE_CHECKING:
+    from app.completion import CompletionRequest, Outcome
+    from app.running import Completion
     from app.service import Bound, Service
 
 Handler = Callable[..., Awaitable[Response]]
@@ -159,3 +161,37 @@ def _error_event(exc: BaseException) -> bytes:
     if request.path.startswith("/v1/messages"):
         return sse.named("error", anthropic_body(exc))
     return sse.event(exc.body())
+
+
+async def run_all(m: Bound, requests: list[CompletionRequest]) -> tuple[list[Completion],
+                                                                         list[Outcome]]:
+    """Submit every request (all of them or, when one is refused, none), run them together
+    (they decode side by side in the slots) and return the outcomes in order. The first
+    failure ends the others and is raised."""
+    completions: list[Completion] = []
+    try:
+        for req in requests:
+            completions.append(await m.submit(req))
+    except BaseException:
+        for c in completions:
+            c.abandon()
+        raise
+    outcomes: list[Outcome | None] = [None] * len(completions)
+    failure: list[ApiError] = []
+
+    async with trio.open_nursery() as nursery:
+        async def run(i: int, completion: Completion) -> None:
+            try:
+                outcomes[i] = await completion.result()
+            except ApiError as exc:
+                failure.append(exc)
+                nursery.cancel_scope.cancel()
+
+        for i, completion in enumerate(completions):
+            nursery.start_soon(run, i, completion)
+    if failure:
+        raise failure[0]
+    done = [o for o in outcomes if o is not None]
+    if len(done) != len(completions):  # pragma: no cover - every run stores or fails
+        raise RuntimeError("a completion ended without an outcome")
+    return completions, done

@@ -19,7 +19,15 @@ import trio
 from quart import Blueprint, Response, request
 
 from app import sse
-from app.api.common import json_response, query_model, read_json, service, streamed, with_model
+from app.api.common import (
+    json_response,
+    query_model,
+    read_json,
+    run_all,
+    service,
+    streamed,
+    with_model,
+)
 from app.completion import (
     Delta,
     Failure,
@@ -35,7 +43,7 @@ from app.completion import (
 from app.errors import JSON, NotFound, NotSupported, ServerError, Unavailable
 from app.prepare import convert_schema
 from app.registry import ModelStatus
-from app.requests import native_request, sampling_report
+from app.requests import choices_wanted, native_request, prompt_list, sampling_report
 from app.running import Completion
 from app.service import Bound
 from app.validation import validate
@@ -171,8 +179,19 @@ async def events(completion: Completion, ping_interval_s: float,
 @native.route("/completions", methods=["POST"])
 @with_model("completion")
 async def completion(m: Bound, body: JSON) -> Response:
-    completion = await m.submit(native_request(body, m.defaults))
     fields = body.get("response_fields")
+    prompts = prompt_list(body["prompt"])
+    n = choices_wanted(body, len(prompts), len(m.engine.slots))
+    if len(prompts) * n > 1:
+        # llama.cpp's array reply: each prompt's n_cmpl replies in turn, "index" counting them
+        requests = [native_request(body, m.defaults, prompt=p) for p in prompts for _ in range(n)]
+        completions, outcomes = await run_all(m, requests)
+        replies = []
+        for i, outcome in enumerate(outcomes):
+            one = {**final_object(outcome), "index": i}
+            replies.append(nested_fields(fields, one) if fields else one)
+        return json_response(replies, headers={"X-Request-Id": str(completions[0].id)})
+    completion = await m.submit(native_request(body, m.defaults, prompt=prompts[0]))
     if body.get("stream"):
         return streamed(events(completion, m.settings.queue_ping_interval_s, fields),
                         completion.id)

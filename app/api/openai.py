@@ -23,7 +23,7 @@ import trio
 from quart import Blueprint, Response
 
 from app import sse
-from app.api.common import json_response, streamed, with_model
+from app.api.common import json_response, run_all, streamed, with_model
 from app.api.native import progress_fields, timing_fields, timings
 from app.chat import Message
 from app.completion import (
@@ -43,9 +43,11 @@ from app.completion import (
 from app.errors import JSON, InvalidRequest, ServerError
 from app.requests import (
     Defaults,
+    choices_wanted,
     constraint_from,
     logit_bias_from,
     native_options,
+    prompt_list,
     sampling_from,
     stops_from,
 )
@@ -158,6 +160,14 @@ def finish_reason(outcome: Outcome, calls: bool = False) -> str:
     return "tool_calls" if calls else "stop"
 
 
+def _usage_of(outcomes: list[Outcome]) -> JSON:
+    """Several choices: every prompt once, every choice's tokens."""
+    prompt = sum(o.n_prompt for o in {o.reported.request.prompt: o for o in outcomes}.values())
+    completion = sum(o.n_predicted for o in outcomes)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
 def usage(outcome: Outcome) -> JSON:
     prompt, completion = outcome.n_prompt, outcome.n_predicted
     return {"prompt_tokens": prompt, "completion_tokens": completion,
@@ -224,6 +234,19 @@ async def chat_completions(m: Bound, body: JSON) -> Response:
                         system_prompt=m.settings.system_prompt,
                         reasoning=reasoning_from(body, m.settings.reasoning_format),
                         variables=m.template_variables(body))
+    n = choices_wanted(body, 1, len(m.engine.slots), field="n")
+    if n > 1:
+        completions, outcomes = await run_all(m, [turn.request] * n)
+        choices = []
+        for i, o in enumerate(outcomes):
+            one, checks = await _chat_choice(o, turn, top if logprobs else None)
+            choices.append({**one, "index": i, **checks})
+        return json_response({
+            "id": f"chatcmpl-{completions[0].id}", "object": "chat.completion",
+            "created": int(time.time()), "model": m.model_name,
+            "system_fingerprint": "sluice-0.1.0", "choices": choices,
+            "usage": _usage_of(outcomes), **extras(outcomes[0])},
+            headers={"X-Request-Id": str(completions[0].id)})
     completion = await m.submit(turn.request)
     created = int(time.time())
     ident = f"chatcmpl-{completion.id}"
@@ -266,6 +289,17 @@ async def chat_completions(m: Bound, body: JSON) -> Response:
                                 usage_chunk=usage_chunk if include_usage else None),
                         completion.id)
     outcome = await completion.result()
+    out_choice, checks = await _chat_choice(outcome, turn, top if logprobs else None)
+    return json_response({
+        "id": ident, "object": "chat.completion", "created": created, "model": m.model_name,
+        "system_fingerprint": "sluice-0.1.0", "choices": [out_choice], "usage": usage(outcome),
+        **extras(outcome), **checks},
+        headers={"X-Request-Id": str(completion.id)})
+
+
+async def _chat_choice(outcome: Outcome, turn: Turn, top: int | None) -> tuple[JSON, JSON]:
+    """One chat choice (index 0) of a whole reply, and the check of its tool calls."""
+    splitter = turn.splitter()
     splitter.feed(outcome.text)
     splitter.close()
     reply = splitter.reply
@@ -274,15 +308,11 @@ async def chat_completions(m: Bound, body: JSON) -> Response:
         message["reasoning_content"] = reply.reasoning
     if reply.calls:
         message["tool_calls"] = [_wire_call(c) for c in reply.calls]
-    out_choice: JSON = {"index": 0, "message": message,
-                        "finish_reason": finish_reason(outcome, bool(reply.calls)), "logprobs": None}
-    if logprobs:
-        out_choice["logprobs"] = {"content": _logprob_entries(outcome.logprobs, top)}
-    return json_response({
-        "id": ident, "object": "chat.completion", "created": created, "model": m.model_name,
-        "system_fingerprint": "sluice-0.1.0", "choices": [out_choice], "usage": usage(outcome),
-        **extras(outcome), **await call_checks(reply, turn)},
-        headers={"X-Request-Id": str(completion.id)})
+    out: JSON = {"index": 0, "message": message,
+                 "finish_reason": finish_reason(outcome, bool(reply.calls)), "logprobs": None}
+    if top is not None:
+        out["logprobs"] = {"content": _logprob_entries(outcome.logprobs, top)}
+    return out, await call_checks(reply, turn)
 
 
 def _chat_delta(piece: Piece) -> JSON:
@@ -346,12 +376,27 @@ async def _stream(completion: Completion, ping_s: float, *, role: JSON | None, e
 @openai.route("/v1/completions", methods=["POST"])
 @with_model("openai_completion")
 async def completions(m: Bound, body: JSON) -> Response:
-    prompt: Any = body["prompt"]
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-        prompt = prompt[0]
+    prompts = prompt_list(body["prompt"])
+    n = choices_wanted(body, len(prompts), len(m.engine.slots), field="n")
     top = body.get("logprobs") or 0
     defaults = m.defaults if "max_tokens" in body else replace(m.defaults, n_predict=16)
-    completion = await m.submit(openai_request(body, defaults, prompt=prompt, n_probs=top))
+    if len(prompts) * n > 1:
+        # OpenAI's order: each prompt's n choices in turn, "index" counting them
+        completions, outcomes = await run_all(m, [
+            openai_request(body, defaults, prompt=list(p), n_probs=top)
+            for p in prompts for _ in range(n)])
+        choices = []
+        for i, o in enumerate(outcomes):
+            c: JSON = {"index": i, "text": o.text, "finish_reason": finish_reason(o),
+                       "logprobs": _text_logprobs(o.logprobs, top, 0) if top else None}
+            choices.append(c)
+        return json_response({
+            "id": f"cmpl-{completions[0].id}", "object": "text_completion",
+            "created": int(time.time()), "model": m.model_name, "choices": choices,
+            "usage": _usage_of(outcomes), **extras(outcomes[0])},
+            headers={"X-Request-Id": str(completions[0].id)})
+    completion = await m.submit(openai_request(body, defaults, prompt=list(prompts[0]),
+                                               n_probs=top))
     created = int(time.time())
     ident = f"cmpl-{completion.id}"
     head: JSON = {"id": ident, "object": "text_completion", "created": created,

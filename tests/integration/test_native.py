@@ -414,3 +414,26 @@ async def test_response_fields_pick_fields_by_path(client: httpx.AsyncClient) ->
     bad = await client.post("/completion", json={**body, "response_fields": "content"})
     assert bad.status_code == 400
     assert "response_fields" in bad.json()["error"]["message"]
+
+
+async def test_n_cmpl_and_several_prompts_give_an_array(client: httpx.AsyncClient) -> None:
+    resp = await client.post("/completion", json={"prompt": "Once upon a time", "n_predict": 4,
+                                                   "n_cmpl": 2})
+    assert resp.status_code == 200
+    replies = resp.json()
+    assert [r["index"] for r in replies] == [0, 1]
+    assert all(r["tokens_predicted"] == 4 and r["stop"] for r in replies)
+    resp = await client.post("/completion", json={"prompt": ["The sky is", [2, 651, 4389]],
+                                                   "n_predict": 2})
+    replies = resp.json()
+    assert [r["index"] for r in replies] == [0, 1]
+    assert replies[0]["prompt"] == "The sky is"
+    assert replies[1]["tokens_evaluated"] == 3  # the token ids, as given
+    # one prompt stays one prompt: strings with a token id are one mixed prompt
+    mixed = await complete(client, prompt=[2, "The sky is"], n_predict=1)
+    assert isinstance(mixed, dict)
+    for body, needle in (({"n_cmpl": 9}, "at most 4 (one per slot)"),
+                         ({"n_cmpl": 2, "stream": True}, "cannot be streamed")):
+        bad = await client.post("/completion", json={"prompt": "Hi", **body})
+        assert bad.status_code == 400
+        assert needle in bad.json()["error"]["message"]

@@ -201,7 +201,8 @@ def test_invalid_messages_are_400(server: ServerProcess, messages: Any) -> None:
 
 
 @pytest.mark.parametrize(("body", "needle"), [
-    ({"n": 2}, "'n'"),
+    ({"n": 3}, "'n': at most 2 (one per slot)"),
+    ({"n": 2, "stream": True}, "'n' above 1 cannot be streamed"),
     ({"response_format": {"type": "xml"}}, "'response_format'"),
     ({"tool_choice": "required"}, "'tool_choice'"),
     ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools[0].function.name"),
@@ -214,6 +215,27 @@ def test_bad_openai_fields(server: ServerProcess, body: dict[str, Any], needle: 
         "messages": [{"role": "user", "content": "hi"}], **body}, timeout=TIMEOUT)
     assert resp.status_code == 400, resp.text
     assert needle in resp.json()["error"]["message"]
+
+
+def test_several_choices_and_several_prompts(client: openai.OpenAI) -> None:
+    chat = client.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": "Name a fruit."}], max_tokens=6, n=2)
+    assert [c.index for c in chat.choices] == [0, 1]
+    assert all(c.message.role == "assistant" and c.finish_reason for c in chat.choices)
+    assert chat.usage is not None
+    assert 2 <= chat.usage.completion_tokens <= 12  # both choices' tokens
+    text = client.completions.create(model="any", prompt=["The sky is", "Water is"],
+                                     max_tokens=3, n=2, temperature=0)
+    assert [c.index for c in text.choices] == [0, 1, 2, 3]
+    assert all(c.finish_reason == "length" for c in text.choices)
+    assert text.usage is not None
+    assert text.usage.completion_tokens == 12
+    # each prompt counted once
+    one = client.completions.create(model="any", prompt="The sky is", max_tokens=1)
+    two = client.completions.create(model="any", prompt="Water is", max_tokens=1)
+    assert one.usage is not None
+    assert two.usage is not None
+    assert text.usage.prompt_tokens == one.usage.prompt_tokens + two.usage.prompt_tokens
 
 
 def test_openai_client_sees_errors(client: openai.OpenAI) -> None:
