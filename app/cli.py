@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
       "the default) or smollm2-135m-instruct (SmolLM2 135M Instruct, a chat model)")
     a("--models-dir", type=Path, help="directory of GGUF models")
     a("--alias", help="name of the --model model, reported to clients and used to route to it")
+    a("--tags", help="tags of the --model model, comma-separated: informational, listed by "
+      "/v1/models (as llama.cpp's)")
     a("--models-max", type=int, help="models loaded at once (default 1); loading one more "
       "unloads the least recently used one that no request uses")
     a("--models-wait", dest="models_wait_s", type=float, help="seconds a request waits for "
@@ -108,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
       "false (the default)")
     a("--no-cache-prompt", dest="cache_prompt", action="store_const", const=False,
       help="requests evaluate their whole prompt unless they say cache_prompt: true")
+    a("--cache-reuse", type=int, help="after the common prefix, reuse cached chunks of at least "
+      "this many tokens by shifting them into place (llama.cpp's; 0: off, the default); a "
+      "request's n_cache_reuse wins")
     a("--threads-http", type=int, help="worker threads for the blocking work of requests "
       "(tokenizing, templates, grammar compilation; default 40): the HTTP side itself is one "
       "Trio thread")
@@ -296,6 +301,7 @@ def _check(s: Settings) -> None:
         (s.threads_batch is None or s.threads_batch >= 1, "--threads-batch must be at least 1"),
         (s.n_predict >= -1, "--n-predict must be -1 or more"),
         (-1 <= s.keep <= 1 << 20, "--keep must be -1..1048576"),
+        (0 <= s.cache_reuse <= 1 << 20, "--cache-reuse must be 0..1048576"),
         (s.reasoning_budget in (-1, 0), "--reasoning-budget: Sluice supports -1 (unlimited) and "
          "0 (no thinking)"),
         (s.threads_http is None or 1 <= s.threads_http <= 1024, "--threads-http must be 1..1024"),
@@ -389,6 +395,7 @@ def _sampling_defaults(args: argparse.Namespace) -> tuple[tuple[str, object], ..
 ENV_VALUES: dict[str, str] = {
     "LLAMA_ARG_MODEL": "--model", "LLAMA_ARG_MODELS_DIR": "--models-dir",
     "LLAMA_ARG_MODELS_MAX": "--models-max", "LLAMA_ARG_ALIAS": "--alias",
+    "LLAMA_ARG_TAGS": "--tags",
     "LLAMA_ARG_HOST": "--host", "LLAMA_ARG_PORT": "--port", "LLAMA_ARG_CTX_SIZE": "--ctx-size",
     "LLAMA_ARG_N_PARALLEL": "--parallel", "LLAMA_ARG_BATCH": "--batch-size",
     "LLAMA_ARG_THREADS": "--threads", "LLAMA_ARG_N_GPU_LAYERS": "--n-gpu-layers",
@@ -400,7 +407,8 @@ ENV_VALUES: dict[str, str] = {
     "LLAMA_ARG_CACHE_TYPE_K": "--cache-type-k", "LLAMA_ARG_CACHE_TYPE_V": "--cache-type-v",
     "LLAMA_API_KEY": "--api-key", "LLAMA_ARG_API_KEY_FILE": "--api-key-file",
     "LLAMA_ARG_TIMEOUT": "--timeout", "LLAMA_ARG_THREADS_HTTP": "--threads-http",
-    "LLAMA_ARG_CACHE_RAM": "--cache-ram", "LLAMA_ARG_CHAT_TEMPLATE": "--chat-template",
+    "LLAMA_ARG_CACHE_RAM": "--cache-ram", "LLAMA_ARG_CACHE_REUSE": "--cache-reuse",
+    "LLAMA_ARG_CHAT_TEMPLATE": "--chat-template",
     "LLAMA_ARG_CHAT_TEMPLATE_FILE": "--chat-template-file",
     "LLAMA_ARG_CHAT_TEMPLATE_KWARGS": "--chat-template-kwargs",
     "LLAMA_ARG_THINK": "--reasoning-format", "LLAMA_ARG_THINK_BUDGET": "--reasoning-budget",
@@ -486,6 +494,9 @@ def load_settings(argv: list[str], env: Mapping[str, str] | None = None
             # llama.cpp's --api-key takes a comma-separated list too
             values[name] = tuple(k for v in value for k in v.split(",") if k) \
                 if name == "api_keys" else value
+    if isinstance(values.get("tags"), str):
+        values["tags"] = tuple(dict.fromkeys(t.strip() for t in values["tags"].split(",")
+                                             if t.strip()))
     if isinstance(values.get("adapt_threads"), str):
         values["adapt_threads"] = values["adapt_threads"] == "on"
     if args.api_key_file is not None:

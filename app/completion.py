@@ -60,6 +60,8 @@ class SamplingParams:
     seed: int = -1
     ignore_eos: bool = False
     n_probs: int = 0
+    # the n_probs reported are those after the sampler chain (llama.cpp's post_sampling_probs)
+    post_sampling_probs: bool = False
     samplers: tuple[str, ...] = DEFAULT_SAMPLERS
     logit_bias: tuple[tuple[int, float], ...] = ()  # resolved token ids only
 
@@ -141,6 +143,7 @@ class CompletionRequest:
     id_slot: int = -1
     n_keep: int = 0  # prompt tokens a context shift keeps (-1: all), BOS not counted
     n_discard: int = 0  # tokens a context shift drops after them (0: half of the rest)
+    n_cache_reuse: int = 0  # reuse cached chunks at least this long by shifting them (0: off)
     n_indent: int = 0  # code completion: end at a later line indented less than this
     t_max_predict_ms: int = 0  # once a newline was generated, end after this long (<= 0: off)
     return_progress: bool = False  # streams report prompt progress (llama.cpp's prompt_progress)

@@ -139,7 +139,8 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest) -> Prepared:
                                    id_slot=request.id_slot, n_keep=n_keep,
                                    n_discard=request.n_discard, n_indent=request.n_indent,
                                    t_max_predict_ms=max(0, request.t_max_predict_ms),
-                                   return_progress=request.return_progress)
+                                   return_progress=request.return_progress,
+                                   n_cache_reuse=request.n_cache_reuse)
     return Prepared(request=replace(request, sampling=sampling), generation=generation,
                     sampler=sampler, grammar=grammar, schema=schema, conversion=conversion,
                     runtime=runtime)

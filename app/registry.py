@@ -66,6 +66,7 @@ class ModelSpec:
     path: Path
     aliases: tuple[str, ...] = ()
     overrides: tuple[tuple[str, Any], ...] = ()
+    tags: tuple[str, ...] = ()  # informational (llama.cpp's --tags), listed by /v1/models
 
     def settings(self, base: Settings) -> Settings:
         """The server's settings with this model's own."""
@@ -519,7 +520,7 @@ def specs_from_settings(settings: Settings, embedded: dict[str, Path]
         name = settings.alias or (given if given in embedded else path.name)
         aliases = tuple(dict.fromkeys(
             a for a in (path.name, path.stem, short.get(path.resolve(), "")) if a and a != name))
-        add(ModelSpec(name, path, aliases))
+        add(ModelSpec(name, path, aliases, tags=settings.tags))
         default = name
     for config in settings.models:
         path = config.path

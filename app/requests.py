@@ -41,6 +41,7 @@ class Defaults:
     seed: int = -1
     n_keep: int = 0
     cache_prompt: bool = True
+    n_cache_reuse: int = 0
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
 
@@ -148,7 +149,8 @@ def native_options(body: Mapping[str, Any], defaults: Defaults) -> dict[str, Any
     for name, default in (("cache_prompt", defaults.cache_prompt), ("id_slot", -1),
                           ("n_keep", defaults.n_keep), ("n_discard", 0), ("n_indent", 0),
                           ("t_max_predict_ms", 0), ("return_progress", False),
-                          ("return_tokens", False), ("timings_per_token", False)):
+                          ("return_tokens", False), ("timings_per_token", False),
+                          ("n_cache_reuse", defaults.n_cache_reuse)):
         value = body.get(name)
         out[name] = type(default)(value) if value is not None else default
     return out

@@ -157,13 +157,13 @@ class Runtime:
         ram = settings.cache_ram_mib
         cache = None if ram == 0 else PromptCache(None if ram < 0 else ram * 1024 * 1024)
         tuner = ThreadTuner(context.threads) if settings.adapt_threads else None
-        shift = settings.context_shift and context.can_shift
-        if settings.context_shift and not shift:
-            log.warning("--context-shift: this model's memory cannot shift positions; a full "
-                        "slot ends its reply truncated")
+        can_shift = context.can_shift
+        if (settings.context_shift or settings.cache_reuse) and not can_shift:
+            log.warning("this model's memory cannot shift positions: --context-shift and "
+                        "--cache-reuse are off for it")
         engine = Engine(model, context, outbox, n_slots=settings.parallel,
                         slot_ctx=min(settings.slot_ctx, context.n_ctx_seq), prompt_cache=cache,
-                        tuner=tuner, context_shift=shift)
+                        tuner=tuner, context_shift=settings.context_shift, can_shift=can_shift)
         outbox.on_gone = engine.cancel
         engine.start()
         embedder = None

@@ -221,6 +221,7 @@ class Service:
         """What a request falls back to: ``-n``, ``--seed`` and the default sampling flags."""
         return Defaults(n_predict=self.settings.n_predict, seed=self.settings.seed,
                         n_keep=self.settings.keep, cache_prompt=self.settings.cache_prompt,
+                        n_cache_reuse=self.settings.cache_reuse,
                         sampling=replace(SamplingParams(seed=self.settings.seed),
                                          **dict[str, Any](self.settings.sampling)))
 

@@ -40,6 +40,7 @@ class Settings:
     model_path: Path | None = None  # None: the embedded default model
     models_dir: Path | None = None
     alias: str | None = None
+    tags: tuple[str, ...] = ()  # of the --model model: informational, listed by /v1/models
     host: str = "127.0.0.1"
     port: int = 8080
     ctx_size: int = 8192  # total KV cells, shared by all slots (llama.cpp's -c)
@@ -56,6 +57,7 @@ class Settings:
     cache_type_v: str = "f16"
     kv_unified: bool = False  # one KV buffer for all slots (llama.cpp's --kv-unified)
     context_shift: bool = False  # a full slot drops old tokens and goes on (--context-shift)
+    cache_reuse: int = 0  # a request's default n_cache_reuse (llama.cpp's --cache-reuse)
     cache_prompt: bool = True  # a request's default cache_prompt (--cache-prompt/--no-...)
     threads_http: int | None = None  # worker threads for requests' blocking work (Trio's: 40)
     keep: int = 0  # default n_keep of a request: prompt tokens a context shift keeps (--keep)

@@ -40,6 +40,7 @@ def model_entry(hosted: Hosted) -> JSON:
         created = 0
     entry: JSON = {"id": hosted.name, "object": "model", "created": created,
                    "owned_by": "sluice", "aliases": list(hosted.spec.aliases),
+                   "tags": list(hosted.spec.tags),
                    "path": str(hosted.spec.path), "status": status}
     meta = model_meta(hosted)
     if meta:

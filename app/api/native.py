@@ -13,6 +13,7 @@ give 404.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 
 import trio
@@ -29,6 +30,7 @@ from app.api.common import (
     with_model,
 )
 from app.completion import (
+    CompletionRequest,
     Delta,
     Failure,
     Final,
@@ -40,6 +42,7 @@ from app.completion import (
     TokenLogprobs,
     TokenProb,
 )
+from app.engine.slots import SlotInfo
 from app.errors import JSON, NotFound, NotSupported, ServerError, Unavailable
 from app.prepare import convert_schema
 from app.registry import ModelStatus
@@ -52,13 +55,20 @@ native = Blueprint("native", __name__)
 
 
 # --- llama.cpp's wire shape ----------------------------------------------------------------------
-def _prob(p: TokenProb) -> JSON:
-    return {"id": p.id, "token": p.text, "bytes": list(p.piece), "logprob": p.logprob}
+def _prob(p: TokenProb, post: bool = False) -> JSON:
+    out: JSON = {"id": p.id, "token": p.text, "bytes": list(p.piece)}
+    if post:  # llama.cpp's post_sampling_probs: probabilities, not log-probabilities
+        out["prob"] = math.exp(p.logprob)
+    else:
+        out["logprob"] = p.logprob
+    return out
 
 
-def probabilities(logprobs: tuple[TokenLogprobs, ...]) -> list[JSON]:
-    """``completion_probabilities`` entries."""
-    return [{**_prob(lp.chosen), "top_logprobs": [_prob(t) for t in lp.top]} for lp in logprobs]
+def probabilities(logprobs: tuple[TokenLogprobs, ...], post: bool = False) -> list[JSON]:
+    """``completion_probabilities`` entries (``post``: after the sampler chain, as
+    ``prob``/``top_probs``)."""
+    key = "top_probs" if post else "top_logprobs"
+    return [{**_prob(lp.chosen, post), key: [_prob(t, post) for t in lp.top]} for lp in logprobs]
 
 
 def partial(delta: Delta, completion: Completion) -> JSON:
@@ -69,7 +79,8 @@ def partial(delta: Delta, completion: Completion) -> JSON:
     if delta.timings is not None:
         out["timings"] = timing_fields(delta.timings)
     if delta.logprobs:
-        out["completion_probabilities"] = probabilities(delta.logprobs)
+        out["completion_probabilities"] = probabilities(
+            delta.logprobs, completion.prepared.request.sampling.post_sampling_probs)
     return out
 
 
@@ -85,10 +96,19 @@ def progress_event(p: PromptProgress, completion: Completion) -> JSON:
 
 
 def generation_settings(outcome: Outcome) -> JSON:
-    req = outcome.reported.request
-    return {"n_predict": req.n_predict, **sampling_report(req.sampling), "stop": list(req.stops),
-            "cache_prompt": req.cache_prompt, "grammar": outcome.reported.grammar or "",
-            "n_keep": req.n_keep, "n_discard": req.n_discard}
+    return request_params(outcome.reported.request, outcome.reported.grammar)
+
+
+def request_params(req: CompletionRequest, grammar: str | None) -> JSON:
+    """What a request runs with, by llama.cpp's names (``generation_settings``, a slot's
+    ``params``)."""
+    return {"n_predict": req.n_predict, "max_tokens": req.n_predict,
+            **sampling_report(req.sampling), "stop": list(req.stops),
+            "cache_prompt": req.cache_prompt, "grammar": grammar or "",
+            "n_keep": req.n_keep, "n_discard": req.n_discard, "n_indent": req.n_indent,
+            "n_cache_reuse": req.n_cache_reuse,
+            "t_max_predict_ms": req.t_max_predict_ms,
+            "timings_per_token": req.timings_per_token, "return_progress": req.return_progress}
 
 
 def timings(outcome: Outcome) -> JSON:
@@ -132,7 +152,8 @@ def final_object(outcome: Outcome, *, streamed: bool = False) -> JSON:
                                 "full_passes": outcome.grammar_stats[1],
                                 "narrowed_passes": outcome.grammar_stats[2]}
     if outcome.reported.request.sampling.n_probs > 0 and not streamed:
-        out["completion_probabilities"] = probabilities(outcome.logprobs)
+        out["completion_probabilities"] = probabilities(
+            outcome.logprobs, outcome.reported.request.sampling.post_sampling_probs)
     if outcome.schema is not None:
         out["schema_valid"] = outcome.schema.valid
         out["schema_errors"] = [e.as_dict() for e in outcome.schema.errors]
@@ -238,11 +259,23 @@ async def _slots(svc: Bound) -> Response:
     infos = svc.slot_infos()
     if request.args.get("fail_on_no_slot") in ("1", "true") and all(i.is_processing for i in infos):
         raise Unavailable("no slot available")
-    return json_response([
-        {"id": i.id, "n_ctx": i.n_ctx, "is_processing": i.is_processing, "state": i.state,
-         "id_task": i.id_task, "n_cached": i.n_cached, "n_decoded": i.n_decoded,
-         "n_prompt_tokens": i.n_prompt}
-        for i in infos])
+    return json_response([slot_object(i) for i in infos])
+
+
+def slot_object(i: SlotInfo) -> JSON:
+    """llama.cpp's slot: ``params``, ``next_token`` and ``prompt`` while it runs a request."""
+    out: JSON = {"id": i.id, "n_ctx": i.n_ctx, "speculative": False,
+                 "is_processing": i.is_processing, "state": i.state, "id_task": i.id_task,
+                 "n_cached": i.n_cached, "n_decoded": i.n_decoded, "n_prompt_tokens": i.n_prompt}
+    running = service().running(i.id_task) if i.is_processing else None
+    if running is not None:
+        req = running.prepared.request
+        out["params"] = request_params(req, running.prepared.grammar)
+        out["next_token"] = [{"has_next_token": True, "n_decoded": i.n_decoded,
+                              "n_remain": req.n_predict - i.n_decoded if req.n_predict >= 0
+                              else -1}]
+        out["prompt"] = req.prompt_text
+    return out
 
 
 @native.route("/props", methods=["GET"])

@@ -106,11 +106,22 @@ def _text(content: Any) -> str:
     return str(content)
 
 
+#: llama.cpp's words for a media part the model has no projector for
+_MEDIA = {"image_url": "image", "input_audio": "audio", "input_video": "video",
+          "video_url": "video"}
+
+
 def messages(body: JSON) -> list[Message]:
     """The conversation, tool calls and tool results included (checked; 400 naming the field)."""
     out = []
     for i, m in enumerate(body["messages"]):
         role = m["role"]
+        for j, part in enumerate(m.get("content") if isinstance(m.get("content"), list) else ()):
+            if part["type"] in _MEDIA:  # no model here has a multimodal projector (mmproj)
+                where = f"messages[{i}].content[{j}]"
+                raise InvalidRequest(
+                    f"{_MEDIA[part['type']]} input is not supported - hint: if this is "
+                    f"unexpected, you may need to provide the mmproj ('{where}')", param=where)
         calls = []
         for j, c in enumerate(m.get("tool_calls") or ()):
             if role != "assistant":

@@ -101,7 +101,11 @@ class Sampler:
         if self._grammar is not None and parsed is not None:
             self._tracker = GrammarTracker(parsed, model.vocab_index(), model.grammar_piece,
                                            model.eog_ids)
-        if self._grammar is not None:
+        # post-sampling probabilities: the chain runs over a candidate array here, which then
+        # holds what the chain left (``_post`` of them, with their probabilities)
+        self._post_probs = params.post_sampling_probs and params.n_probs > 0
+        self._post = 0
+        if self._grammar is not None or self._post_probs:
             self._cand = np.zeros(self._n_vocab, dtype=_TOKEN_DATA)
             self._ids = np.arange(self._n_vocab, dtype=np.int32)
             self._one = np.zeros(1, dtype=_TOKEN_DATA)
@@ -190,6 +194,10 @@ class Sampler:
         logits: npt.NDArray[np.float32] = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
         if self._bias_ids.size:
             logits[self._bias_ids] += self._bias_vals
+        if self._grammar is None and self._post_probs:
+            token = int(np.argmax(logits)) if self._argmax else self._apply_chain(logits)
+            C.llama_sampler_accept(self._chain, token)
+            return self._with_probs(token, logits)
         if self._grammar is None:
             if self._argmax:
                 token = int(np.argmax(logits))
@@ -238,6 +246,7 @@ class Sampler:
     def _run(self, sampler: ctypes.c_void_p, cand: npt.NDArray[np.void], size: int) -> int:
         arr = _TokenDataArray(cand.ctypes.data, size, -1, False)
         C.llama_sampler_apply(sampler, ctypes.byref(arr))
+        self._post = int(arr.size)
         return int(arr.selected)
 
     def _apply_chain(self, logits: npt.NDArray[np.float32]) -> int:
@@ -318,6 +327,8 @@ class Sampler:
         n = self.params.n_probs
         if n <= 0:
             return Sampled(token=token)
+        if self._post_probs:
+            return self._post_sampling(token, n)
         finite = np.where(np.isfinite(logits), logits, -np.inf)
         peak = float(finite.max())
         log_z = peak + math.log(float(np.exp(finite - peak).sum()))
@@ -329,6 +340,19 @@ class Sampler:
             logprob=float(finite[token]) - log_z,
             top=tuple(TokenProb(int(t), float(finite[t]) - log_z) for t in top),
         )
+
+    def _post_sampling(self, token: int, n: int) -> Sampled:
+        """The chosen token's probability and the ``n`` most likely among what the chain left
+        of the candidates (log-probabilities of them): a greedy pick had probability 1."""
+        if self.params.greedy or self._argmax:
+            return Sampled(token=token, logprob=0.0, top=(TokenProb(token, 0.0),))
+        left = self._cand[: self._post]
+        left = left[left["p"] > 0]
+        order = np.argsort(-left["p"], kind="stable")[:n]
+        chosen = left["p"][left["id"] == token]
+        return Sampled(
+            token=token, logprob=math.log(float(chosen[0])) if chosen.size else None,
+            top=tuple(TokenProb(int(left["id"][i]), math.log(float(left["p"][i]))) for i in order))
 
     def close(self) -> None:
         if self._chain:

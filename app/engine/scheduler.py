@@ -68,7 +68,8 @@ class Engine:
 
     def __init__(self, model: VocabLike, context: ContextLike, outbox: Outbox, *, n_slots: int,
                  slot_ctx: int, prompt_cache: PromptCache | None = None,
-                 tuner: ThreadTuner | None = None, context_shift: bool = False) -> None:
+                 tuner: ThreadTuner | None = None, context_shift: bool = False,
+                 can_shift: bool = False) -> None:
         if n_slots > context.n_seq_max:
             raise ValueError("more slots than context sequences")
         self.model = model
@@ -89,7 +90,9 @@ class Engine:
         self.tuner = tuner
         #: a slot whose context is full drops old tokens and goes on (llama.cpp's
         #: --context-shift) instead of ending the reply ``truncated``
-        self.context_shift = context_shift
+        self.context_shift = context_shift and can_shift
+        #: the context can move positions: cache reuse (``n_cache_reuse``) is possible
+        self.can_shift = can_shift
 
     # --- API for other threads -------------------------------------------
     def start(self) -> None:
@@ -247,6 +250,8 @@ class Engine:
         keep = common_prefix(slot.cache, prompt) if req.cache_prompt else 0
         if req.cache_prompt and self.prompt_cache is not None:
             keep = self._reuse(slot, prompt, keep)
+        if req.cache_prompt and req.n_cache_reuse > 0 and self.can_shift:
+            keep = self._reuse_chunks(slot, prompt, keep, req.n_cache_reuse)
         keep = min(keep, len(prompt) - 1)  # at least one token to evaluate, for logits
         if keep < len(slot.cache) and not self.ctx.seq_rm(slot.id, keep, -1):
             self.ctx.seq_clear(slot.id)
@@ -271,6 +276,30 @@ class Engine:
         slot.outbox.append(Started(id_slot=slot.id, tokens_cached=keep))
         if req.return_progress:
             slot.outbox.append(Progress(len(prompt), keep, keep, 0.0))
+
+    def _reuse_chunks(self, slot: Slot, prompt: Sequence[int], keep: int, n_min: int) -> int:
+        """llama.cpp's cache reuse: after the common prefix, chunks of at least ``n_min`` cached
+        tokens that the prompt holds next (what is left when a part in the middle was cut) are
+        moved back into place instead of being evaluated again. Returns the new ``keep``."""
+        cache = slot.cache
+        head_c = head_p = keep
+        while head_c < len(cache) and head_p < len(prompt):
+            n = 0
+            while (head_c + n < len(cache) and head_p + n < len(prompt)
+                   and cache[head_c + n] == prompt[head_p + n]):
+                n += 1
+            if n < n_min:
+                head_c += 1
+                continue
+            if not self.ctx.seq_rm(slot.id, head_p, head_c):
+                break
+            self.ctx.seq_add(slot.id, head_c, head_c + n, head_p - head_c)
+            cache[head_p:head_p + n] = cache[head_c:head_c + n]
+            keep += n
+            head_c += n
+            head_p += n
+            self.counters.cache_reused_tokens_total += n
+        return keep
 
     def _reuse(self, slot: Slot, prompt: Sequence[int], keep: int) -> int:
         """Save what ``slot`` is about to lose, and bring in the longest prefix of ``prompt``

@@ -79,6 +79,7 @@ class Counters:
     requests_dropped_queued_total: int = 0  # cancelled before they got a slot
     busy_slots_total: int = 0  # summed over decode calls
     context_shifts_total: int = 0
+    cache_reused_tokens_total: int = 0  # moved into place by --cache-reuse
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

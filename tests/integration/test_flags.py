@@ -76,7 +76,10 @@ def test_several_hosts_a_unix_socket_props_and_the_server_header() -> None:
     sock = folder / "sluice.sock"
     try:
         with running_server("--parallel", "2", "--ctx-size", "1024", "--host",
-                            f"127.0.0.1,{sock}", "--props", "--seed", "42") as srv:
+                            f"127.0.0.1,{sock}", "--props", "--seed", "42",
+                            "--tags", "base, small,base") as srv:
+            listed = httpx.get(srv.base_url + "/v1/models", timeout=TIMEOUT).json()["data"]
+            assert listed[0]["tags"] == ["base", "small"]
             tcp = httpx.get(srv.base_url + "/props", timeout=TIMEOUT)
             assert tcp.headers["server"] == "llama.cpp"
             props = tcp.json()
@@ -283,3 +286,26 @@ def test_progress_timings_per_token_n_indent_and_t_max_predict_ms() -> None:
         assert out["content"].startswith("x\n")
         assert out["stop_type"] == "limit"
         assert out["tokens_predicted"] < 150
+
+
+def test_cache_reuse_keeps_what_follows_a_cut_out_middle() -> None:
+    with running_server("--parallel", "1", "--cache-reuse", "16", "--cache-ram", "0") as srv:
+        def ids(text: str) -> list[int]:
+            out: list[int] = httpx.post(srv.base_url + "/tokenize", json={"content": text},
+                                        timeout=TIMEOUT).json()["tokens"]
+            return out
+
+        one, two, three = (ids(LOREM), ids("The quick brown fox jumps over the lazy dog. " * 4),
+                           ids("Pack my box with five dozen liquor jugs, said the sphinx. " * 4))
+
+        def cached(prompt: list[int], **extra: Any) -> int:
+            out = httpx.post(srv.base_url + "/completion", timeout=TIMEOUT, json={
+                "prompt": prompt, "n_predict": 1, **extra}).json()
+            return int(out["tokens_cached"])
+
+        cached(one + two + three)
+        # the middle cut out, reuse off for this request: only the common prefix is kept
+        assert cached(one + three, n_cache_reuse=0) <= len(one) + 1
+        cached(one + two + three)
+        # with --cache-reuse: the part after the cut is moved into place, not evaluated again
+        assert cached(one + three) >= len(one) + len(three) - 1

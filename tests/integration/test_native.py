@@ -198,7 +198,13 @@ async def test_abort_non_streaming_returns_partial_result(client: httpx.AsyncCli
             return any(s["is_processing"] and s["n_decoded"] > 3 for s in await slots(client, ""))
 
         await wait_until(busy, timeout_s=10)
-        job = next(s["id_task"] for s in await slots(client, "") if s["is_processing"])
+        slot = next(s for s in await slots(client, "") if s["is_processing"])
+        # llama.cpp's slot object while it runs: the request's params, next_token, prompt
+        assert slot["params"]["n_predict"] == LONG["n_predict"]
+        assert slot["params"]["temperature"] == LONG["temperature"]
+        assert slot["next_token"][0]["n_remain"] == LONG["n_predict"] - slot["n_decoded"]
+        assert slot["prompt"] == LONG["prompt"]
+        job = slot["id_task"]
         assert (await client.post(f"/completion/{job}/abort")).status_code == 200
     assert result["aborted"] is True
     assert result["tokens_predicted"] > 3
@@ -437,3 +443,29 @@ async def test_n_cmpl_and_several_prompts_give_an_array(client: httpx.AsyncClien
         bad = await client.post("/completion", json={"prompt": "Hi", **body})
         assert bad.status_code == 400
         assert needle in bad.json()["error"]["message"]
+
+
+async def test_post_sampling_probs_are_what_the_chain_left(client: httpx.AsyncClient) -> None:
+    out = await complete(client, prompt="Today was the day. Today I would finally become a",
+                         n_probs=10, temperature=1.0, n_predict=5, post_sampling_probs=True,
+                         return_tokens=True)
+    probs = out["completion_probabilities"]
+    assert len(probs) == 5
+    assert out["generation_settings"]["post_sampling_probs"] is True
+    for entry, token in zip(probs, out["tokens"], strict=True):
+        assert entry["id"] == token
+        assert 0.0 < entry["prob"] <= 1.0
+        assert "logprob" not in entry
+        top = entry["top_probs"]
+        assert 1 <= len(top) <= 10
+        assert all(0.0 < p["prob"] <= 1.0 for p in top)
+        assert [p["prob"] for p in top] == sorted((p["prob"] for p in top), reverse=True)
+        assert token in [p["id"] for p in top] or entry["prob"] <= top[-1]["prob"]
+        if len(top) < 10:  # fewer only when the chain left fewer: they hold all the mass
+            assert sum(p["prob"] for p in top) == pytest.approx(1.0, abs=1e-3)
+    # greedy: the pick had probability 1
+    greedy = await complete(client, prompt="The sky is", n_probs=3, temperature=0, n_predict=2,
+                            post_sampling_probs=True)
+    for entry in greedy["completion_probabilities"]:
+        assert entry["prob"] == 1.0
+        assert [p["id"] for p in entry["top_probs"]] == [entry["id"]]

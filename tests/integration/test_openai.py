@@ -202,6 +202,11 @@ def test_invalid_messages_are_400(server: ServerProcess, messages: Any) -> None:
 
 @pytest.mark.parametrize(("body", "needle"), [
     ({"n": 3}, "'n': at most 2 (one per slot)"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
+     "image input is not supported - hint: if this is unexpected, you may need to provide "
+     "the mmproj"),
     ({"n": 2, "stream": True}, "'n' above 1 cannot be streamed"),
     ({"response_format": {"type": "xml"}}, "'response_format'"),
     ({"tool_choice": "required"}, "'tool_choice'"),

@@ -235,7 +235,8 @@ def test_context_end_truncates() -> None:
 def test_context_shift_keeps_n_keep_drops_half_the_rest_and_goes_on() -> None:
     ctx = FakeContext(n_batch=8, n_seq_max=1)
     box = Collect()
-    engine = Engine(FakeModel(), ctx, box, n_slots=1, slot_ctx=12, context_shift=True)
+    engine = Engine(FakeModel(), ctx, box, n_slots=1, slot_ctx=12, context_shift=True,
+                    can_shift=True)
     box.engine = engine
     req = GenerationRequest(prompt=(2, 5, 6, 7), n_predict=20, n_keep=2)
     engine.submit(Job(id=1, request=req, sampler=FakeSampler(length=1000), sink=None))
@@ -257,7 +258,8 @@ def test_context_shift_keeps_n_keep_drops_half_the_rest_and_goes_on() -> None:
 def test_context_shift_keeps_at_most_all_but_four_cells() -> None:
     ctx = FakeContext(n_batch=8, n_seq_max=1)
     box = Collect()
-    engine = Engine(FakeModel(), ctx, box, n_slots=1, slot_ctx=12, context_shift=True)
+    engine = Engine(FakeModel(), ctx, box, n_slots=1, slot_ctx=12, context_shift=True,
+                    can_shift=True)
     box.engine = engine
     req = GenerationRequest(prompt=tuple(range(2, 12)), n_predict=6, n_keep=10)
     engine.submit(Job(id=1, request=req, sampler=FakeSampler(length=1000), sink=None))
@@ -541,3 +543,37 @@ def test_t_max_predict_ms_ends_after_a_newline_once_the_time_is_up() -> None:
     assert done.stop_type is StopType.LIMIT
     assert box.text(1).startswith("ab\n")
     assert len(box.text(1)) < 10  # it stopped soon after the newline, past the time limit
+
+
+def test_cache_reuse_moves_the_chunk_after_a_cut_into_place() -> None:
+    ctx = FakeContext(n_batch=64, n_seq_max=1)
+    box = Collect()
+    engine = Engine(FakeModel(), ctx, box, n_slots=1, slot_ctx=128, can_shift=True)
+    box.engine = engine
+    first = list(range(2, 42))  # 40 tokens
+    engine.submit(Job(id=1, request=GenerationRequest(prompt=tuple(first), n_predict=1),
+                      sampler=FakeSampler(), sink=None))
+    for _ in range(4):
+        engine.run_once()
+    assert box.done(1) is not None
+    # the next prompt cuts tokens 10..19 out of the middle
+    second = first[:10] + first[20:]
+    engine.submit(Job(id=2, request=GenerationRequest(prompt=tuple(second), n_predict=1,
+                                                      n_cache_reuse=8),
+                      sampler=FakeSampler(), sink=None))
+    for _ in range(4):
+        engine.run_once()
+    started = next(e for e in box.events[2] if isinstance(e, Started))
+    # 10 shared at the front, then the 20 after the cut moved back by 10 (one is evaluated)
+    assert started.tokens_cached == len(second) - 1
+    assert (0, 20, 40, -10) in ctx.shifted
+    assert engine.slots[0].cache[:len(second)] == second
+    assert engine.counters.cache_reused_tokens_total == 20
+    # without n_cache_reuse only the common prefix is kept
+    engine.submit(Job(id=3, request=GenerationRequest(prompt=tuple(first[:5] + first[15:]),
+                                                      n_predict=1), sampler=FakeSampler(),
+                      sink=None))
+    for _ in range(4):
+        engine.run_once()
+    started = next(e for e in box.events[3] if isinstance(e, Started))
+    assert started.tokens_cached == 5
