@@ -254,3 +254,12 @@ def test_jinja_reasoning_budget_threads_http_and_cache_prompt_flags() -> None:
         load_settings(["--reasoning-budget", "256"])
     with pytest.raises(ConfigError, match=r"--threads-http must be 1\.\.1024"):
         load_settings(["--threads-http", "0"])
+
+
+def test_the_readme_documents_every_flag() -> None:
+    from app.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    flags = [o for a in build_parser()._actions for o in a.option_strings
+             if o.startswith("--") and o != "--help"]
+    assert [f for f in flags if f"`{f}" not in readme and f", {f}" not in readme] == []
