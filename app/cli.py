@@ -50,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     a("-c", "--ctx-size", type=int, help="KV cells shared by all slots (default 8192)")
     a("-np", "--parallel", type=int, help="slots decoded together (default 4)")
     a("-b", "--batch-size", type=int, help="tokens per decode call (default 512)")
+    a("-ub", "--ubatch-size", type=int, help="physical micro-batch inside a decode call "
+      "(default: the batch size; larger values are held to it, as llama.cpp does)")
+    a("-cb", "--cont-batching", action="store_true", help="accepted: Sluice always batches "
+      "continuously")
+    a("-nocb", "--no-cont-batching", action="store_true", help="refused: Sluice always batches "
+      "continuously")
+    a("--swa-full", action="store_true", help="accepted: Sluice always keeps the full "
+      "sliding-window cache (so a cached prefix can be reused)")
+    a("--no-mmproj", "--no-mmproj-auto", dest="no_mmproj", action="store_true",
+      help="accepted: Sluice loads no multimodal projector")
+    a("--pooling", choices=["none", "mean", "cls", "last", "rank"],
+      help="pooling of /embedding vectors: mean (the default), cls or last")
     a("-t", "--threads", type=int, help="threads for generation")
     a("-tb", "--threads-batch", type=int, help="threads for prompt processing")
     a("--poll", type=int, help="how long decode threads spin before sleeping, 0-100 (0: sleep "
@@ -146,9 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
       help="GET /slots answers 501, as llama.cpp's")
     a("--props", dest="props_endpoint", action="store_const", const=True,
       help="accept POST /props (501 without it, as llama.cpp's)")
-    a("--webui", dest="webui", action="store_const", const=True, help="serve the web page (default)")
-    a("--no-webui", dest="webui", action="store_const", const=False,
+    a("--webui", "--ui", dest="webui", action="store_const", const=True,
+      help="serve the web page (default)")
+    a("--no-webui", "--no-ui", dest="webui", action="store_const", const=False,
       help="no web page: / and /web/ answer 404")
+    a("--cors-origins", help="origins allowed by CORS, comma-separated; * for any, localhost for "
+      "any localhost origin (default: none; llama.cpp's is *)")
     a("--offline", action="store_true",
       help="accepted for llama.cpp's command lines: Sluice never downloads anything")
     a("--no-ws", dest="websocket", action="store_const", const=False,
@@ -281,6 +296,12 @@ def _check(s: Settings) -> None:
         (s.parallel >= 1, "--parallel must be at least 1"),
         (s.ctx_size >= 16 * s.parallel, "--ctx-size must give each slot at least 16 tokens"),
         (s.batch_size >= 1, "--batch-size must be at least 1"),
+        # as with -b: fewer rows than slots in a micro-batch is not safe to hand llama.cpp
+        (s.ubatch_size is None or s.ubatch_size >= s.parallel,
+         "--ubatch-size must be at least --parallel"),
+        (s.pooling in ("mean", "cls", "last"), f"--pooling {s.pooling}: Sluice serves pooled "
+         "embeddings (mean, cls or last); per-token vectors (none) and reranking (rank) are "
+         "not served"),
         # llama_decode reserves one output row per sequence: fewer rows than slots aborts it
         (s.batch_size >= s.parallel, "--batch-size must be at least --parallel"),
         (s.parallel <= 256, "--parallel must be at most 256"),
@@ -398,6 +419,8 @@ ENV_VALUES: dict[str, str] = {
     "LLAMA_ARG_TAGS": "--tags",
     "LLAMA_ARG_HOST": "--host", "LLAMA_ARG_PORT": "--port", "LLAMA_ARG_CTX_SIZE": "--ctx-size",
     "LLAMA_ARG_N_PARALLEL": "--parallel", "LLAMA_ARG_BATCH": "--batch-size",
+    "LLAMA_ARG_UBATCH": "--ubatch-size", "LLAMA_ARG_POOLING": "--pooling",
+    "LLAMA_ARG_CORS_ORIGINS": "--cors-origins",
     "LLAMA_ARG_THREADS": "--threads", "LLAMA_ARG_N_GPU_LAYERS": "--n-gpu-layers",
     "LLAMA_ARG_N_PREDICT": "--n-predict", "LLAMA_ARG_TEMPERATURE": "--temp",
     "LLAMA_ARG_TOP_K": "--top-k", "LLAMA_ARG_TOP_P": "--top-p", "LLAMA_ARG_MIN_P": "--min-p",
@@ -423,6 +446,8 @@ ENV_SWITCHES: dict[str, tuple[str, str]] = {
     "LLAMA_ARG_KV_UNIFIED": ("--kv-unified", "--no-kv-unified"),
     "LLAMA_ARG_CACHE_PROMPT": ("--cache-prompt", "--no-cache-prompt"),
     "LLAMA_ARG_JINJA": ("--jinja", "--no-jinja"), "LLAMA_ARG_OFFLINE": ("--offline", ""),
+    "LLAMA_ARG_CONT_BATCHING": ("--cont-batching", "--no-cont-batching"),
+    "LLAMA_ARG_SWA_FULL": ("--swa-full", ""),
 }
 _TRUTHY = ("on", "enabled", "true", "1")
 _FALSEY = ("off", "disabled", "false", "0")
@@ -494,6 +519,10 @@ def load_settings(argv: list[str], env: Mapping[str, str] | None = None
             # llama.cpp's --api-key takes a comma-separated list too
             values[name] = tuple(k for v in value for k in v.split(",") if k) \
                 if name == "api_keys" else value
+    if args.no_cont_batching:
+        raise ConfigError("--no-cont-batching: Sluice always batches continuously")
+    if args.cors_origins is not None:
+        values["origins"] = tuple(o.strip() for o in args.cors_origins.split(",") if o.strip())
     if isinstance(values.get("tags"), str):
         values["tags"] = tuple(dict.fromkeys(t.strip() for t in values["tags"].split(",")
                                              if t.strip()))

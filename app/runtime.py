@@ -152,7 +152,8 @@ class Runtime:
             n_ctx=settings.ctx_size, n_batch=settings.batch_size, n_seq_max=settings.parallel,
             threads=settings.threads, threads_batch=settings.threads_batch,
             flash_attn=settings.flash_attn, type_k=settings.cache_type_k,
-            type_v=settings.cache_type_v, kv_unified=settings.kv_unified))
+            type_v=settings.cache_type_v, kv_unified=settings.kv_unified,
+            n_ubatch=settings.ubatch_size))
         outbox = TrioOutbox(token or trio.lowlevel.current_trio_token())
         ram = settings.cache_ram_mib
         cache = None if ram == 0 else PromptCache(None if ram < 0 else ram * 1024 * 1024)
@@ -168,7 +169,8 @@ class Runtime:
         engine.start()
         embedder = None
         if settings.embedding:
-            embedder = Embedder(model, n_ctx=min(settings.slot_ctx, 8192), threads=settings.threads)
+            embedder = Embedder(model, n_ctx=min(settings.slot_ctx, 8192), threads=settings.threads,
+                                pooling=settings.pooling)
         return cls(model, context, engine, template or chat_template_for(settings, model), embedder)
 
     def new_sampler(self, params: SamplingParams, grammar: str | None,

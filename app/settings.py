@@ -45,6 +45,8 @@ class Settings:
     port: int = 8080
     ctx_size: int = 8192  # total KV cells, shared by all slots (llama.cpp's -c)
     parallel: int = 4  # slots
+    ubatch_size: int | None = None  # physical micro-batch (-ub); None: the batch size
+    pooling: str = "mean"  # the embedding context's pooling: mean, cls or last (--pooling)
     batch_size: int = 512  # tokens per llama_decode
     threads: int | None = None
     threads_batch: int | None = None

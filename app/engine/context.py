@@ -23,6 +23,7 @@ class ContextConfig:
     type_k: str = "f16"  # KV cache element types, by ggml's names (KV_CACHE_TYPES)
     type_v: str = "f16"
     kv_unified: bool = False
+    n_ubatch: int | None = None  # physical micro-batch (llama.cpp's -ub); None: n_batch
 
 
 
@@ -45,7 +46,7 @@ share, so a slot never runs out of cells because of another.
         params = C.llama_context_default_params()
         params.n_ctx = cfg.n_ctx
         params.n_batch = cfg.n_batch
-        params.n_ubatch = cfg.n_batch
+        params.n_ubatch = min(cfg.n_ubatch or cfg.n_batch, cfg.n_batch)
         params.n_seq_max = cfg.n_seq_max
         threads = cfg.threads or os.cpu_count() or 1
         params.n_threads = threads

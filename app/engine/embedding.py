@@ -1,4 +1,4 @@
-"""Sentence embeddings on a context of their own (``--embedding``).
+"""Sentence embeddings on a context of their own (``--embedding``; ``--pooling``).
 
 The embedding context is separate from the generation context, so embedding
 requests never disturb running generations. One input is decoded at a time
@@ -16,6 +16,10 @@ import numpy as np
 
 from app.engine.model import Model
 
+#: the poolings that give one vector per input (llama.cpp's --pooling; rank is a reranker's)
+POOLING = {"mean": C.LLAMA_POOLING_TYPE_MEAN, "cls": C.LLAMA_POOLING_TYPE_CLS,
+           "last": C.LLAMA_POOLING_TYPE_LAST}
+
 
 class EmbeddingError(Exception):
     """An input the embedding context cannot take (empty, or longer than its context)."""
@@ -24,14 +28,15 @@ class EmbeddingError(Exception):
 class Embedder:
     """Mean-pooled, L2-normalised embeddings of token sequences."""
 
-    def __init__(self, model: Model, *, n_ctx: int, threads: int | None = None) -> None:
+    def __init__(self, model: Model, *, n_ctx: int, threads: int | None = None,
+                 pooling: str = "mean") -> None:
         params = C.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_ctx
         params.n_ubatch = n_ctx  # pooling needs a whole input in one micro-batch
         params.n_seq_max = 1
         params.embeddings = True
-        params.pooling_type = C.LLAMA_POOLING_TYPE_MEAN
+        params.pooling_type = POOLING[pooling]
         if threads:
             params.n_threads = params.n_threads_batch = threads
         ptr = C.llama_init_from_model(model.ptr, params)

@@ -263,3 +263,28 @@ def test_the_readme_documents_every_flag() -> None:
     flags = [o for a in build_parser()._actions for o in a.option_strings
              if o.startswith("--") and o != "--help"]
     assert [f for f in flags if f"`{f}" not in readme and f", {f}" not in readme] == []
+
+
+def test_llama_cpp_flags_sluice_accepts_as_they_are() -> None:
+    s, _ = load_settings(["--no-ui", "-ub", "64", "-cb", "--swa-full", "--no-mmproj",
+                          "--pooling", "cls", "--cors-origins", "localhost, https://a.example"])
+    assert (s.webui, s.ubatch_size, s.pooling) == (False, 64, "cls")
+    assert s.origins == ("localhost", "https://a.example")
+    assert load_settings(["--ui"])[0].webui is True
+    with pytest.raises(ConfigError, match="--no-cont-batching: Sluice always batches"):
+        load_settings(["-nocb"])
+    with pytest.raises(ConfigError, match="--pooling rank: Sluice serves pooled embeddings"):
+        load_settings(["--pooling", "rank"])
+    with pytest.raises(ConfigError, match="--ubatch-size must be at least --parallel"):
+        load_settings(["-np", "4", "-ub", "2"])
+
+
+def test_cors_localhost_reflects_only_loopback_origins() -> None:
+    from app.cors import headers
+
+    allowed = ("localhost",)
+    for origin in ("http://localhost:5173", "http://127.0.0.1:8080", "http://[::1]:3000"):
+        assert headers(origin, allowed, preflight=False)["Access-Control-Allow-Origin"] == origin
+    assert headers("https://evil.example", allowed, preflight=False) == {}
+    assert headers("http://localhost.evil.example", allowed, preflight=False) == {}
+    assert headers("http://[bad", allowed, preflight=False) == {}
