@@ -153,3 +153,23 @@ def test_props_reports_the_chat_template(http: httpx.Client) -> None:
     props = http.get("/props").json()
     assert props["chat_template_name"] == "gemma"
     assert "<start_of_turn>" in props["chat_template"]
+
+
+def test_pooling_ubatch_and_cors_localhost_flags(http: httpx.Client) -> None:
+    text = "The cat sat on the mat."
+    mean = http.post("/embedding", json={"content": text}).json()
+    with running_server("--parallel", "2", "--embedding", "--pooling", "last", "-b", "64",
+                        "-ub", "16", "--cors-origins", "localhost") as srv:
+        last = httpx.post(srv.base_url + "/embedding", json={"content": text}).json()
+        a, b = mean["data"][0]["embedding"], last["data"][0]["embedding"]
+        assert len(a) == len(b)
+        assert abs(sum(x * x for x in b) - 1.0) < 1e-3  # normalised
+        assert sum(x * y for x, y in zip(a, b, strict=True)) < 0.999  # another pooling
+        # a prompt of several micro-batches of 16 decodes
+        out = httpx.post(srv.base_url + "/completion", timeout=60, json={
+            "prompt": "one two three four five six seven eight nine ten " * 8, "n_predict": 4})
+        assert out.json()["tokens_predicted"] == 4
+        local = httpx.get(srv.base_url + "/props", headers={"Origin": "http://localhost:5173"})
+        assert local.headers["access-control-allow-origin"] == "http://localhost:5173"
+        other = httpx.get(srv.base_url + "/props", headers={"Origin": "https://example.com"})
+        assert "access-control-allow-origin" not in other.headers

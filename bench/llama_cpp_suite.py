@@ -1,0 +1,114 @@
+"""llama.cpp's own server test suite, run against llama.cpp's server and against Sluice.
+
+The suite (``tools/server/tests`` of the llama.cpp that llama-cpp-python's sdist vendors) starts
+its server with llama.cpp's flags for each test. Its presets download small models from
+Hugging Face, which this machine cannot reach, so both servers are started through a wrapper that
+drops ``--hf-repo``/``--hf-file`` and serves the embedded default model instead (``--model``);
+tests that check one model's exact words fail on both alike. Printed: the tests each server
+passes, and how many of those llama.cpp passes Sluice passes too (the issue's measure).
+
+    python -m venv /tmp/lsuite && /tmp/lsuite/bin/pip install pytest requests openai aiohttp \\
+        filelock wget prometheus-client numpy jsonschema
+    python bench/llama_cpp_suite.py --suite .../vendor/llama.cpp/tools/server/tests \\
+        --python /tmp/lsuite/bin/python [--llama-server .../build/bin/llama-server] [-k expr]
+
+Run it on a quiet machine: every test starts a server (a few seconds each for Sluice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WRAPPER = '''#!{python}
+"""Start {what} with llama.cpp's arguments, the embedded model instead of a download."""
+import os, sys
+args, out, skip = sys.argv[1:], [], False
+for i, a in enumerate(args):
+    if skip:
+        skip = False
+        continue
+    if a in ("--hf-repo", "-hf", "-hfr", "--hf-file", "-hff"):
+        skip = True
+        continue
+    out.append(a)
+if "--model" not in out and "-m" not in out and "--models-dir" not in out:
+    out += ["--model", {model!r}]
+os.chdir({root!r})  # python -m app: this checkout's app, whatever the suite's folder
+os.execv({target0!r}, [{target0!r}, *{target_rest!r}, *out])
+'''
+
+
+def wrapper(folder: Path, name: str, target: list[str], model: str) -> Path:
+    path = folder / name
+    path.write_text(WRAPPER.format(python=sys.executable, what=name, model=model,
+                                   target0=target[0], target_rest=target[1:], root=str(ROOT)))
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def run_suite(suite: Path, python: str, server: Path, work: Path, extra: list[str]
+              ) -> dict[str, str]:
+    """Each test's outcome (passed, failed, error, skipped) by its id."""
+    copy = work / "tests"
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(suite, copy)
+    report = work / "report.xml"
+    env = {**os.environ, "LLAMA_SERVER_BIN_PATH": str(server), "LLAMA_CACHE": str(work / "cache")}
+    subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "unit",
+                    f"--junitxml={report}", *extra], cwd=copy, env=env, check=False)
+    out: dict[str, str] = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        name = f"{case.get('classname')}::{case.get('name')}"
+        kinds = {child.tag for child in case}
+        out[name] = ("failed" if "failure" in kinds else "error" if "error" in kinds
+                     else "skipped" if "skipped" in kinds else "passed")
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--suite", type=Path, required=True, help="llama.cpp's tools/server/tests")
+    p.add_argument("--python", default=sys.executable,
+                   help="a Python with the suite's requirements (pytest, requests, openai, ...)")
+    p.add_argument("--llama-server", type=Path, help="llama.cpp's server binary, to compare")
+    p.add_argument("-k", help="only the tests pytest -k selects")
+    args = p.parse_args()
+    from app.engine.model import default_model_path
+
+    model = str(default_model_path())
+    extra = ["-k", args.k] if args.k else []
+    results: dict[str, dict[str, str]] = {}
+    with tempfile.TemporaryDirectory(prefix="llama-suite-") as tmp:
+        work = Path(tmp)
+        targets = {"sluice": [sys.executable, "-m", "app"]}
+        if args.llama_server is not None:
+            targets = {"llama.cpp": [str(args.llama_server)], **targets}
+        for name, target in targets.items():
+            server = wrapper(work, name, target, model)
+            results[name] = run_suite(args.suite, args.python, server, work / name, extra)
+    for name, outcome in results.items():
+        passed = sum(1 for v in outcome.values() if v == "passed")
+        print(f"{name}: {passed} of {len(outcome)} tests passed")
+    if "llama.cpp" in results:
+        base = {t for t, v in results["llama.cpp"].items() if v == "passed"}
+        both = {t for t in base if results["sluice"].get(t) == "passed"}
+        share = 100.0 * len(both) / len(base) if base else 0.0
+        print(f"of the {len(base)} llama.cpp passes, Sluice passes {len(both)} ({share:.0f} %)")
+        for test in sorted(base - both):
+            print(f"  sluice fails: {test} ({results['sluice'].get(test, 'not run')})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
