@@ -49,7 +49,7 @@ os.execv({target0!r}, [{target0!r}, *{target_rest!r}, *out])
 
 
 def wrapper(folder: Path, name: str, target: list[str], model: str) -> Path:
-    path = folder / name
+    path = folder / f"{name}-server"
     path.write_text(WRAPPER.format(python=sys.executable, what=name, model=model,
                                    target0=target[0], target_rest=target[1:], root=str(ROOT)))
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
@@ -96,6 +96,7 @@ def main() -> int:
             targets = {"llama.cpp": [str(args.llama_server)], **targets}
         for name, target in targets.items():
             server = wrapper(work, name, target, model)
+            (work / name).mkdir()
             results[name] = run_suite(args.suite, args.python, server, work / name, extra)
     for name, outcome in results.items():
         passed = sum(1 for v in outcome.values() if v == "passed")
