@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
       "Trio thread")
     a("--keep", type=int, help="prompt tokens a context shift keeps (default 0; -1: the whole "
       "prompt); a request's n_keep wins")
+    a("--lora", dest="lora_files", action="append", type=Path, metavar="FNAME",
+      help="LoRA adapter of the --model model, at scale 1 (repeatable)")
+    a("--lora-scaled", dest="lora_scaled", action="append", nargs=2, metavar=("FNAME", "SCALE"),
+      help="LoRA adapter at a scale (repeatable)")
+    a("--lora-init-without-apply", action="store_true",
+      help="load the adapters at scale 0: requests or POST /lora-adapters turn them on")
     a("--api-key", dest="api_keys", action="append", help="accepted API key (repeatable)")
     a("--api-key-file", type=Path, help="file with one API key per line")
     a("--timeout", dest="request_timeout_s", type=float,
@@ -519,6 +525,22 @@ def load_settings(argv: list[str], env: Mapping[str, str] | None = None
             # llama.cpp's --api-key takes a comma-separated list too
             values[name] = tuple(k for v in value for k in v.split(",") if k) \
                 if name == "api_keys" else value
+    lora = [(path, 1.0) for path in args.lora_files or ()]
+    for name, raw in args.lora_scaled or ():
+        try:
+            scale = float(raw)
+        except ValueError:
+            raise ConfigError(f"--lora-scaled {name}: the scale must be a number") from None
+        lora.append((Path(name), scale))
+    for path, scale in lora:
+        if not math.isfinite(scale) or not -100 <= scale <= 100:
+            raise ConfigError(f"--lora-scaled {path}: the scale must be a number from -100 to 100")
+        if not path.is_file():
+            raise ConfigError(f"LoRA adapter not found: {path}")
+    if len(lora) > 64:
+        raise ConfigError("at most 64 LoRA adapters")
+    if lora:
+        values["lora"] = tuple((p, 0.0 if args.lora_init_without_apply else s) for p, s in lora)
     if args.no_cont_batching:
         raise ConfigError("--no-cont-batching: Sluice always batches continuously")
     if args.cors_origins is not None:
@@ -677,10 +699,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(specs)} models known (--models-max {settings.models_max})",
           file=sys.stderr, flush=True)
     from app.engine.context import ContextError
+    from app.engine.lora import LoraError
 
     try:
         trio.run(serve, settings, registry, preloaded)
-    except ContextError as exc:
+    except (ContextError, LoraError) as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -144,6 +144,8 @@ class CompletionRequest:
     n_keep: int = 0  # prompt tokens a context shift keeps (-1: all), BOS not counted
     n_discard: int = 0  # tokens a context shift drops after them (0: half of the rest)
     n_cache_reuse: int = 0  # reuse cached chunks at least this long by shifting them (0: off)
+    # LoRA scales by adapter id (the others 0); None: the server's (llama.cpp's ``lora``)
+    lora: tuple[tuple[int, float], ...] | None = None
     n_indent: int = 0  # code completion: end at a later line indented less than this
     t_max_predict_ms: int = 0  # once a newline was generated, end after this long (<= 0: off)
     return_progress: bool = False  # streams report prompt progress (llama.cpp's prompt_progress)

@@ -131,6 +131,16 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest) -> Prepared:
         sampler = runtime.new_sampler(sampling, grammar, parsed)
     except SamplerInitError as exc:
         raise InvalidRequest(f"invalid grammar in '{field}': {exc}", param=field) from None
+    lora: tuple[float, ...] = ()
+    adapters = runtime.lora
+    if request.lora is not None:
+        n = len(adapters.items) if adapters is not None else 0
+        bad = [i for i, _ in request.lora if i >= n]
+        if bad:
+            raise InvalidRequest(f"invalid value for 'lora': no adapter with id {bad[0]} "
+                                 f"({n} loaded)", param="lora")
+    if adapters is not None:
+        lora = adapters.resolve(request.lora)
     # llama.cpp counts n_keep after the BOS it adds
     bos = 1 if model.info.add_bos and tokens and tokens[0] == model.info.bos else 0
     n_keep = len(tokens) if request.n_keep < 0 else min(len(tokens), request.n_keep + bos)
@@ -140,7 +150,7 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest) -> Prepared:
                                    n_discard=request.n_discard, n_indent=request.n_indent,
                                    t_max_predict_ms=max(0, request.t_max_predict_ms),
                                    return_progress=request.return_progress,
-                                   n_cache_reuse=request.n_cache_reuse)
+                                   n_cache_reuse=request.n_cache_reuse, lora=lora)
     return Prepared(request=replace(request, sampling=sampling), generation=generation,
                     sampler=sampler, grammar=grammar, schema=schema, conversion=conversion,
                     runtime=runtime)

@@ -67,10 +67,12 @@ class ModelSpec:
     aliases: tuple[str, ...] = ()
     overrides: tuple[tuple[str, Any], ...] = ()
     tags: tuple[str, ...] = ()  # informational (llama.cpp's --tags), listed by /v1/models
+    #: LoRA adapters (file, scale): --lora's belong to the --model model alone
+    lora: tuple[tuple[Path, float], ...] = ()
 
     def settings(self, base: Settings) -> Settings:
         """The server's settings with this model's own."""
-        return replace(base, model_path=self.path, **dict(self.overrides))
+        return replace(base, model_path=self.path, lora=self.lora, **dict(self.overrides))
 
     def with_overrides(self, **values: Any) -> ModelSpec:
         unknown = set(values) - set(MODEL_FIELDS)
@@ -520,7 +522,7 @@ def specs_from_settings(settings: Settings, embedded: dict[str, Path]
         name = settings.alias or (given if given in embedded else path.name)
         aliases = tuple(dict.fromkeys(
             a for a in (path.name, path.stem, short.get(path.resolve(), "")) if a and a != name))
-        add(ModelSpec(name, path, aliases, tags=settings.tags))
+        add(ModelSpec(name, path, aliases, tags=settings.tags, lora=settings.lora))
         default = name
     for config in settings.models:
         path = config.path

@@ -146,6 +146,8 @@ def constraint_from(body: Mapping[str, Any]) -> Constraint | None:
 def native_options(body: Mapping[str, Any], defaults: Defaults) -> dict[str, Any]:
     """llama.cpp's per-request options that are not sampling fields."""
     out: dict[str, Any] = {}
+    if body.get("lora") is not None:
+        out["lora"] = tuple((int(e["id"]), float(e["scale"])) for e in body["lora"])
     for name, default in (("cache_prompt", defaults.cache_prompt), ("id_slot", -1),
                           ("n_keep", defaults.n_keep), ("n_discard", 0), ("n_indent", 0),
                           ("t_max_predict_ms", 0), ("return_progress", False),

@@ -17,6 +17,7 @@ from app.completion import SamplingParams
 from app.engine.context import Context, ContextConfig
 from app.engine.embedding import Embedder
 from app.engine.events import SamplerLike
+from app.engine.lora import Adapters, LoraError
 from app.engine.model import Model, ModelInfo, ModelLoadError
 from app.engine.prompt_cache import PromptCache
 from app.engine.sampling import Sampler
@@ -68,6 +69,9 @@ class RuntimeLike(Protocol):
 
     @property
     def leases(self) -> Leases: ...
+
+    @property
+    def lora(self) -> Adapters | None: ...
 
     def new_sampler(self, params: SamplingParams, grammar: str | None,
                     parsed: Grammar | None = None) -> SamplerLike:
@@ -140,6 +144,7 @@ class Runtime:
     chat: ChatTemplate
     embedder: Embedder | None = None
     leases: Leases = field(default_factory=Leases)
+    lora: Adapters | None = None
 
     @classmethod
     def start(cls, settings: Settings, model: Model, template: ChatTemplate | None = None,
@@ -154,6 +159,11 @@ class Runtime:
             flash_attn=settings.flash_attn, type_k=settings.cache_type_k,
             type_v=settings.cache_type_v, kv_unified=settings.kv_unified,
             n_ubatch=settings.ubatch_size))
+        try:
+            adapters = Adapters(model, settings.lora) if settings.lora else None
+        except LoraError:
+            context.close()
+            raise
         outbox = TrioOutbox(token or trio.lowlevel.current_trio_token())
         ram = settings.cache_ram_mib
         cache = None if ram == 0 else PromptCache(None if ram < 0 else ram * 1024 * 1024)
@@ -164,14 +174,16 @@ class Runtime:
                         "--cache-reuse are off for it")
         engine = Engine(model, context, outbox, n_slots=settings.parallel,
                         slot_ctx=min(settings.slot_ctx, context.n_ctx_seq), prompt_cache=cache,
-                        tuner=tuner, context_shift=settings.context_shift, can_shift=can_shift)
+                        tuner=tuner, context_shift=settings.context_shift, can_shift=can_shift,
+                        lora=adapters)
         outbox.on_gone = engine.cancel
         engine.start()
         embedder = None
         if settings.embedding:
             embedder = Embedder(model, n_ctx=min(settings.slot_ctx, 8192), threads=settings.threads,
                                 pooling=settings.pooling)
-        return cls(model, context, engine, template or chat_template_for(settings, model), embedder)
+        return cls(model, context, engine, template or chat_template_for(settings, model), embedder,
+                   lora=adapters)
 
     def new_sampler(self, params: SamplingParams, grammar: str | None,
                     parsed: Grammar | None = None) -> SamplerLike:
@@ -209,7 +221,7 @@ def load_runtime(settings: Settings, token: trio.lowlevel.TrioToken,
     try:
         template = chat_template_for(settings, model)
         return Runtime.start(settings, model, template, token)
-    except (ValueError, OSError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError, LoraError) as exc:
         model.close()
         raise ModelLoadError(str(exc)) from None
 

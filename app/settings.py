@@ -41,6 +41,7 @@ class Settings:
     models_dir: Path | None = None
     alias: str | None = None
     tags: tuple[str, ...] = ()  # of the --model model: informational, listed by /v1/models
+    lora: tuple[tuple[Path, float], ...] = ()  # LoRA adapters of the --model model (file, scale)
     host: str = "127.0.0.1"
     port: int = 8080
     ctx_size: int = 8192  # total KV cells, shared by all slots (llama.cpp's -c)

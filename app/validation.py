@@ -76,6 +76,26 @@ def parse_json_body(raw: bytes) -> JSON:
     and echoing them back would not be either), as are bodies nested deeper than
     :data:`MAX_DEPTH`.
     """
+    data = _decode(raw)
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return data
+
+
+def parse_json_list(raw: bytes, name: str) -> list[Any]:
+    """A JSON array body (llama.cpp's ``POST /lora-adapters``), checked by
+    ``schemas/<name>.json`` as :func:`parse_json_body` and :func:`validate` check objects."""
+    data = _decode(raw)
+    if not isinstance(data, list):
+        raise InvalidRequest("the request body must be a JSON array")
+    error = best_match(_validator(name).iter_errors(data))
+    if error is not None:
+        field = field_name(error.absolute_path) or "body"
+        raise InvalidRequest(f"invalid value for '{field}': {_describe(error)}", param=field)
+    return data
+
+
+def _decode(raw: bytes) -> Any:
     try:
         data = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite)
     except RecursionError:
@@ -83,8 +103,6 @@ def parse_json_body(raw: bytes) -> JSON:
                              ) from None
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise InvalidRequest(f"malformed JSON body: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("the request body must be a JSON object")
     _check_depth(data)
     return data
 

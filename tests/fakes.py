@@ -165,6 +165,7 @@ class FakeRuntime:
     closed: bool = False
     embedder: None = None
     leases: Leases = field(default_factory=Leases)
+    lora: None = None
 
     def __post_init__(self) -> None:
         self.context = FakeContext(n_seq_max=self.n_slots)

@@ -27,7 +27,7 @@ from app.api.native import final_object
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported
 from app.requests import native_request
 from app.service import Bound
-from app.validation import validate
+from app.validation import parse_json_list, validate
 
 if TYPE_CHECKING:
     from app.runtime import RuntimeLike
@@ -182,3 +182,34 @@ async def slot_action(svc: Bound, slot_id: int) -> Response:
         out["filename"] = body["filename"]
         out["timings"] = {f"{action}_ms": ms}
     return json_response(out)
+
+
+# --- LoRA adapters ------------------------------------------------------------------------------
+@extras.route("/lora-adapters", methods=["GET"])
+@query_model
+async def lora_adapters(m: Bound) -> Response:
+    """llama.cpp's list: ``[{"id", "path", "scale"}]`` with the server-wide scales."""
+    adapters = m.runtime.lora
+    if adapters is None:
+        return json_response([])
+    return json_response([{"id": a.id, "path": str(a.path), "scale": s}
+                          for a, s in zip(adapters.items, adapters.scales, strict=True)])
+
+
+@extras.route("/lora-adapters", methods=["POST"])
+@query_model
+async def set_lora_adapters(m: Bound) -> Response:
+    """``[{"id", "scale"}]``: the server-wide scales from now on (adapters not named: 0, as
+    llama.cpp); requests already running keep theirs."""
+    raw = await request.get_data(cache=False, as_text=False)
+    body = parse_json_list(raw if isinstance(raw, bytes) else raw.encode(), "lora_adapters")
+    adapters = m.runtime.lora
+    n = len(adapters.items) if adapters is not None else 0
+    given = {int(e["id"]): float(e["scale"]) for e in body}
+    bad = sorted(i for i in given if i >= n)
+    if bad:
+        raise InvalidRequest(f"invalid value for 'id': no adapter with id {bad[0]} ({n} loaded)",
+                             param="id")
+    if adapters is not None:
+        adapters.scales = tuple(given.get(a.id, 0.0) for a in adapters.items)
+    return json_response({"success": True})

@@ -108,7 +108,8 @@ def request_params(req: CompletionRequest, grammar: str | None) -> JSON:
             "n_keep": req.n_keep, "n_discard": req.n_discard, "n_indent": req.n_indent,
             "n_cache_reuse": req.n_cache_reuse,
             "t_max_predict_ms": req.t_max_predict_ms,
-            "timings_per_token": req.timings_per_token, "return_progress": req.return_progress}
+            "timings_per_token": req.timings_per_token, "return_progress": req.return_progress,
+            "lora": [{"id": i, "scale": s} for i, s in req.lora or ()]}
 
 
 def timings(outcome: Outcome) -> JSON:

@@ -54,6 +54,8 @@ ROUTES: tuple[tuple[str, str, str | None, str, str], ...] = (
     ("/health", "get", None, "", "200 when serving, 503 otherwise"),
     ("/props", "get", None, "", "server properties"),
     ("/props", "post", None, "", "change server properties: accepted with --props, else 501"),
+    ("/lora-adapters", "get", None, "", "the LoRA adapters and their server-wide scales"),
+    ("/lora-adapters", "post", "lora_adapters", "json", "set the server-wide LoRA scales"),
     ("/slots", "get", None, "", "slot states"),
     ("/v1/models", "get", None, "", "every known model with its status"),
     ("/models", "get", None, "", "alias of /v1/models (llama.cpp's router)"),

@@ -45,6 +45,7 @@ class GenerationRequest:
     n_discard: int = 0
     return_progress: bool = False  # a Progress event per prompt chunk
     n_cache_reuse: int = 0  # reuse cached chunks this long or longer by shifting them (0: off)
+    lora: tuple[float, ...] = ()  # the LoRA adapters' scales (``()``: none in use)
     n_indent: int = 0  # end at a later line indented less than this (code completion)
     t_max_predict_ms: int = 0  # once a newline was generated, end after this long generating
 

@@ -58,6 +58,14 @@ class ContextLike(Protocol):
     def set_seq_state(self, seq: int, data: bytearray) -> bool: ...
 
 
+class LoraLike(Protocol):
+    """The loaded LoRA adapters (:class:`app.engine.lora.Adapters`)."""
+
+    def apply(self, ctx: Any, scales: tuple[float, ...]) -> None:
+        """Make ``scales`` the context's adapters (``()``: none)."""
+        ...
+
+
 class Outbox(Protocol):
     """Hands events to requests; called on the engine thread, must not block.
 

@@ -39,6 +39,7 @@ from app.engine.ports import (
     Command,
     ContextLike,
     EngineStopped,
+    LoraLike,
     Outbox,
     SlotOp,
     Stop,
@@ -69,7 +70,7 @@ class Engine:
     def __init__(self, model: VocabLike, context: ContextLike, outbox: Outbox, *, n_slots: int,
                  slot_ctx: int, prompt_cache: PromptCache | None = None,
                  tuner: ThreadTuner | None = None, context_shift: bool = False,
-                 can_shift: bool = False) -> None:
+                 can_shift: bool = False, lora: LoraLike | None = None) -> None:
         if n_slots > context.n_seq_max:
             raise ValueError("more slots than context sequences")
         self.model = model
@@ -93,6 +94,10 @@ class Engine:
         self.context_shift = context_shift and can_shift
         #: the context can move positions: cache reuse (``n_cache_reuse``) is possible
         self.can_shift = can_shift
+        #: LoRA adapters: a step decodes only slots that use the scales it set (app.engine.lora)
+        self.lora = lora
+        self._lora_set: tuple[float, ...] = ()
+        self._lora_turn = 0
 
     # --- API for other threads -------------------------------------------
     def start(self) -> None:
@@ -236,10 +241,14 @@ class Engine:
         if not idle:
             return None
         prompt = job.request.prompt
+        lora = job.request.lora
         if job.request.cache_prompt:
-            best = max(idle, key=lambda s: (common_prefix(s.cache, prompt), -s.last_used))
+            def shared(s: Slot) -> int:
+                return common_prefix(s.cache, prompt) if s.cache_lora == lora else 0
+
+            best = max(idle, key=lambda s: (shared(s), -s.last_used))
             # a shared BOS or first word is no reason to overwrite a slot's cache
-            if common_prefix(best.cache, prompt) >= min(MEANINGFUL_PREFIX, len(prompt) // 2):
+            if shared(best) >= min(MEANINGFUL_PREFIX, len(prompt) // 2):
                 return best
         # the slot whose cache is worth least: an empty one, else the least recently used
         return min(idle, key=lambda s: (bool(s.cache), s.last_used))
@@ -247,8 +256,13 @@ class Engine:
     def _begin(self, slot: Slot, job: Job) -> None:
         req = job.request
         prompt = req.prompt
+        if slot.cache_lora != req.lora:  # that KV was computed with other adapters
+            self._save_to_ram(slot, 0)
+            self.ctx.seq_clear(slot.id)
+            slot.cache.clear()
+            slot.cache_lora = req.lora
         keep = common_prefix(slot.cache, prompt) if req.cache_prompt else 0
-        if req.cache_prompt and self.prompt_cache is not None:
+        if req.cache_prompt and self.prompt_cache is not None and not req.lora:
             keep = self._reuse(slot, prompt, keep)
         if req.cache_prompt and req.n_cache_reuse > 0 and self.can_shift:
             keep = self._reuse_chunks(slot, prompt, keep, req.n_cache_reuse)
@@ -309,17 +323,14 @@ class Engine:
         entry, best = cache.best(prompt)
         donor: Slot | None = None
         for other in self.slots:
-            if other is not slot and other.state is not SlotState.SAMPLING:
+            if (other is not slot and other.state is not SlotState.SAMPLING
+                    and not other.cache_lora):
                 n = prompt_cache.common_prefix(other.cache, prompt)
                 if n > best:
                     donor, best = other, n
         use = best >= keep + prompt_cache.MIN_GAIN
-        kept_here = best if use else keep
         # what this slot holds beyond the part the request keeps goes to RAM first
-        if len(slot.cache) - kept_here >= prompt_cache.MIN_TOKENS and not cache.covers(slot.cache):
-            state = self.ctx.get_seq_state(slot.id)
-            if state is not None:
-                cache.put(slot.cache, state)
+        self._save_to_ram(slot, best if use else keep)
         if not use:
             return keep
         if donor is not None:
@@ -336,6 +347,17 @@ class Engine:
         cache.stats.hits += 1
         cache.stats.tokens_restored += best - keep
         return best
+
+    def _save_to_ram(self, slot: Slot, kept_here: int) -> None:
+        """Put what ``slot`` is about to lose beyond ``kept_here`` tokens in the RAM prompt cache
+        (only KV computed without adapters: the cache has no key for them)."""
+        cache = self.prompt_cache
+        if (cache is None or slot.cache_lora or len(slot.cache) - kept_here < prompt_cache.MIN_TOKENS
+                or cache.covers(slot.cache)):
+            return
+        state = self.ctx.get_seq_state(slot.id)
+        if state is not None:
+            cache.put(slot.cache, state)
 
     def _release(self, slot: Slot) -> None:
         if slot.job is not None:
@@ -383,9 +405,12 @@ class Engine:
         """Build and decode one batch; False when there was nothing to decode."""
         ctx = self.ctx
         ctx.clear_batch()
+        lora = self._choose_lora()
         plan: list[tuple[Slot, int, int]] = []  # (slot, first row, rows)
         logit_rows: dict[int, int] = {}  # slot id -> row with logits
         for slot in self.slots:
+            if slot.job is not None and slot.job.request.lora != lora:
+                continue
             if slot.state is SlotState.GENERATE and not slot.outbox:
                 row = ctx.add(slot.pending, slot.n_past, slot.id, True)
                 plan.append((slot, row, 1))
@@ -394,7 +419,7 @@ class Engine:
         for slot in list(self._prompt_order):
             if budget <= 0:
                 break
-            if slot.outbox:
+            if slot.outbox or (slot.job is not None and slot.job.request.lora != lora):
                 continue
             job = slot.job
             assert job is not None
@@ -427,6 +452,20 @@ class Engine:
             self._advance(slot, rows, logit_rows.get(slot.id))
         self._flush()
         return True
+
+    def _choose_lora(self) -> tuple[float, ...]:
+        """The adapters' scales of this step: the only ones in use, else each in turn; applied
+        to the context when they change."""
+        ready = sorted({s.job.request.lora for s in self.slots if s.job is not None
+                        and not s.outbox and s.state in (SlotState.GENERATE, SlotState.PROMPT)})
+        if not ready:
+            return self._lora_set
+        chosen = ready[self._lora_turn % len(ready)] if len(ready) > 1 else ready[0]
+        self._lora_turn += 1
+        if chosen != self._lora_set and self.lora is not None:
+            self.lora.apply(self.ctx.raw, chosen)
+            self._lora_set = chosen
+        return chosen
 
     def _decode_failed(self, plan: list[tuple[Slot, int, int]], rc: int) -> None:
         reason = "no room left in the KV cache" if rc == 1 else f"llama_decode returned {rc}"

@@ -25,6 +25,7 @@ class Slot:
     id: int
     n_ctx: int
     cache: list[int] = field(default_factory=list)  # tokens whose KV is in sequence `id`
+    cache_lora: tuple[float, ...] = ()  # the LoRA scales that KV was computed with
     state: SlotState = SlotState.IDLE
     job: Job | None = None
     next_prompt: int = 0  # index of the next prompt token to evaluate

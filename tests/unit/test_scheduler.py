@@ -577,3 +577,40 @@ def test_cache_reuse_moves_the_chunk_after_a_cut_into_place() -> None:
         engine.run_once()
     started = next(e for e in box.events[3] if isinstance(e, Started))
     assert started.tokens_cached == 5
+
+
+class FakeLora:
+    def __init__(self) -> None:
+        self.applied: list[tuple[float, ...]] = []
+
+    def apply(self, ctx: Any, scales: tuple[float, ...]) -> None:
+        self.applied.append(scales)
+
+
+def test_slots_with_other_lora_scales_take_turns_and_do_not_share_a_cache() -> None:
+    ctx = FakeContext(n_batch=16, n_seq_max=3)
+    box = Collect()
+    lora = FakeLora()
+    engine = Engine(FakeModel(), ctx, box, n_slots=3, slot_ctx=64, lora=lora)
+    box.engine = engine
+    for job_id, scales in ((1, (1.0,)), (2, ()), (3, (1.0,))):
+        req = GenerationRequest(prompt=(2, 5, 6), n_predict=4, lora=scales)
+        engine.submit(Job(id=job_id, request=req, sampler=FakeSampler(), sink=None))
+    for _ in range(30):
+        engine.run_once()
+    assert all(box.done(i) is not None for i in (1, 2, 3))
+    seqs = [{row[2] for row in batch} for batch in ctx.batches]
+    slot_of = {i: next(e for e in box.events[i] if isinstance(e, Started)).id_slot
+               for i in (1, 2, 3)}
+    # a batch holds slots of one set of scales: 1 and 3 together, 2 alone
+    for batch in seqs:
+        assert batch <= {slot_of[1], slot_of[3]} or batch == {slot_of[2]}
+    assert {slot_of[1], slot_of[3]} in seqs
+    assert lora.applied[:2] in ([(), (1.0,)], [(1.0,), ()])  # switched as the turns went
+    # the next request without adapters finds no cache in a slot computed with them
+    engine.submit(Job(id=4, request=GenerationRequest(prompt=(2, 5, 6, 7), n_predict=1,
+                                                      id_slot=slot_of[1]),
+                      sampler=FakeSampler(), sink=None))
+    for _ in range(4):
+        engine.run_once()
+    assert next(e for e in box.events[4] if isinstance(e, Started)).tokens_cached == 0
