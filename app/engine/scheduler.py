@@ -62,6 +62,8 @@ GRAMMAR_STEP_BUDGET_S = 30.0
 _STALL_WAIT_S = 0.002
 #: a common prefix this long (or half the prompt) decides which idle slot a request gets
 MEANINGFUL_PREFIX = 16
+#: the cache-reuse scan compares at most this many tokens per token of cache and prompt
+REUSE_SCAN_FACTOR = 8
 
 
 class Engine:
@@ -297,11 +299,15 @@ class Engine:
         moved back into place instead of being evaluated again. Returns the new ``keep``."""
         cache = slot.cache
         head_c = head_p = keep
-        while head_c < len(cache) and head_p < len(prompt):
+        # the scan can be quadratic (long runs a little shorter than n_min at every offset):
+        # held to a linear budget of comparisons, so no prompt stalls the step loop
+        budget = REUSE_SCAN_FACTOR * (len(cache) + len(prompt))
+        while head_c < len(cache) and head_p < len(prompt) and budget > 0:
             n = 0
             while (head_c + n < len(cache) and head_p + n < len(prompt)
                    and cache[head_c + n] == prompt[head_p + n]):
                 n += 1
+            budget -= n + 1
             if n < n_min:
                 head_c += 1
                 continue

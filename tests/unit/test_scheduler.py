@@ -614,3 +614,18 @@ def test_slots_with_other_lora_scales_take_turns_and_do_not_share_a_cache() -> N
     for _ in range(4):
         engine.run_once()
     assert next(e for e in box.events[4] if isinstance(e, Started)).tokens_cached == 0
+
+
+def test_cache_reuse_scan_is_bounded_on_a_hostile_prompt() -> None:
+    ctx = FakeContext(n_batch=512, n_seq_max=1)
+    box = Collect()
+    engine = Engine(FakeModel(), ctx, box, n_slots=1, slot_ctx=20000, can_shift=True)
+    box.engine = engine
+    n = 6000
+    engine.slots[0].cache = [2, 7] + [1] * n  # runs of 1 at every offset, each too short
+    req = GenerationRequest(prompt=(2, *([1] * n)), n_predict=1, n_cache_reuse=n + 10)
+    engine.submit(Job(id=1, request=req, sampler=FakeSampler(), sink=None))
+    started = time.perf_counter()
+    engine.run_once()
+    assert time.perf_counter() - started < 3.0  # quadratic: ~18 million comparisons in Python
+    assert next(e for e in box.events[1] if isinstance(e, Started)).tokens_cached == 1
