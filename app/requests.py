@@ -95,7 +95,7 @@ def prompt_list(raw: Any) -> list[tuple[str | int, ...]]:
 def choices_wanted(body: Mapping[str, Any], n_prompts: int, n_slots: int, *,
                    field: str = "n_cmpl") -> int:
     """``n_cmpl`` (or OpenAI's ``n``): how many replies per prompt, checked as llama.cpp does
-    (at most one per slot). Several replies are not streamed (yet): that is a 400.
+    (at most one per slot).
 
     Raises:
         InvalidRequest: naming the field.
@@ -104,10 +104,6 @@ def choices_wanted(body: Mapping[str, Any], n_prompts: int, n_slots: int, *,
     if n > n_slots:
         raise InvalidRequest(f"invalid value for '{field}': at most {n_slots} (one per slot)",
                              param=field)
-    if n * n_prompts > 1 and body.get("stream"):
-        what = f"'{field}' above 1" if n > 1 else "several prompts"
-        raise InvalidRequest(f"{what} cannot be streamed (yet): ask without 'stream'",
-                             param=field if n > 1 else "prompt")
     return n
 
 

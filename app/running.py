@@ -290,3 +290,36 @@ class _Builder:
             grammar_stats=((done.grammar_rejections, done.grammar_full_passes,
                             done.grammar_narrowed_passes)
                            if done is not None and prepared.grammar is not None else None))
+
+
+class FanIn:
+    """Several completions' items as one stream of ``(index, item)``, in arrival order.
+
+    The completions are read by tasks of a long-lived nursery (:meth:`run`, spawned by the
+    service), never inside the consumer's generator: a stream body that yields has no nursery
+    or cancel scope of its own to leak (PEP 789). :meth:`close` ends them all; a consumer that
+    stops reading stalls them like a slow client stalls one stream (the send timeout applies).
+    """
+
+    def __init__(self, completions: list[Completion], ping_interval_s: float | None) -> None:
+        self.completions = completions
+        self._ping_s = ping_interval_s
+        self._send, self.receive = trio.open_memory_channel[tuple[int, Item]](len(completions))
+        self._scope = trio.CancelScope()
+
+    async def run(self) -> None:
+        with self._scope:
+            async with self._send, trio.open_nursery() as nursery:
+                for i, completion in enumerate(self.completions):
+                    nursery.start_soon(self._pump, i, completion, self._send.clone())
+        for completion in self.completions:  # ended early: what never ran is freed now
+            completion.abandon()
+
+    async def _pump(self, i: int, completion: Completion,
+                    send: trio.MemorySendChannel[tuple[int, Item]]) -> None:
+        async with send, aclosing(completion.items(self._ping_s)) as items:
+            async for item in items:
+                await send.send((i, item))
+
+    def close(self) -> None:
+        self._scope.cancel(reason="the stream ended")

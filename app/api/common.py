@@ -17,7 +17,7 @@ from app.service import ModelChanged
 from app.validation import parse_json_body, validate
 
 if TYPE_CHECKING:
-    from app.completion import CompletionRequest, Outcome
+    from app.completion import CompletionRequest, Item, Outcome
     from app.running import Completion
     from app.service import Bound, Service
 
@@ -163,11 +163,8 @@ def _error_event(exc: BaseException) -> bytes:
     return sse.event(exc.body())
 
 
-async def run_all(m: Bound, requests: list[CompletionRequest]) -> tuple[list[Completion],
-                                                                         list[Outcome]]:
-    """Submit every request (all of them or, when one is refused, none), run them together
-    (they decode side by side in the slots) and return the outcomes in order. The first
-    failure ends the others and is raised."""
+async def submit_all(m: Bound, requests: list[CompletionRequest]) -> list[Completion]:
+    """Submit every request: all of them or, when one is refused, none."""
     completions: list[Completion] = []
     try:
         for req in requests:
@@ -176,6 +173,30 @@ async def run_all(m: Bound, requests: list[CompletionRequest]) -> tuple[list[Com
         for c in completions:
             c.abandon()
         raise
+    return completions
+
+
+async def fan_in(m: Bound, completions: list[Completion], ping_s: float
+                 ) -> AsyncIterator[tuple[int, Item]]:
+    """Several completions' items as they come, ``(index, item)``: read by tasks of the
+    service's nursery (:class:`app.running.FanIn`), ended when this generator ends."""
+    from app.running import FanIn
+
+    fan = FanIn(completions, ping_s)
+    m.service.registry.spawn(fan.run)
+    try:
+        async for pair in fan.receive:
+            yield pair
+    finally:
+        fan.close()
+
+
+async def run_all(m: Bound, requests: list[CompletionRequest]) -> tuple[list[Completion],
+                                                                         list[Outcome]]:
+    """Submit every request (see :func:`submit_all`), run them together (they decode side by
+    side in the slots) and return the outcomes in order. The first failure ends the others
+    and is raised."""
+    completions = await submit_all(m, requests)
     outcomes: list[Outcome | None] = [None] * len(completions)
     failure: list[ApiError] = []
 

@@ -21,12 +21,14 @@ from quart import Blueprint, Response, request
 
 from app import sse
 from app.api.common import (
+    fan_in,
     json_response,
     query_model,
     read_json,
     run_all,
     service,
     streamed,
+    submit_all,
     with_model,
 )
 from app.completion import (
@@ -196,6 +198,38 @@ async def events(completion: Completion, ping_interval_s: float,
                 yield sse.event(ServerError(message).body())
 
 
+async def events_many(m: Bound, completions: list[Completion], ping_interval_s: float,
+                      response_fields: list[str] | None = None) -> AsyncIterator[bytes]:
+    """Several completions in one stream, as llama.cpp's: each event carries its ``index``,
+    each completion ends with its own final event; the stream ends after the last."""
+    yield sse.PING
+    quiet_since = trio.current_time()
+    finished = 0
+    async for i, item in fan_in(m, completions, ping_interval_s):
+        completion = completions[i]
+        match item:
+            case Ping():
+                if trio.current_time() - quiet_since >= ping_interval_s:
+                    quiet_since = trio.current_time()
+                    yield sse.PING
+                continue
+            case Delta():
+                yield sse.event({**partial(item, completion), "index": i})
+            case PromptProgress():
+                yield sse.event({**progress_event(item, completion), "index": i})
+            case Final(outcome=outcome):
+                final = {**final_object(outcome, streamed=True), "index": i}
+                yield sse.event(nested_fields(response_fields, final) if response_fields
+                                else final)
+                finished += 1
+                if finished == len(completions):
+                    return
+            case Failure(message=message):
+                yield sse.event(ServerError(message).body())
+                return
+        quiet_since = trio.current_time()
+
+
 # --- routes ---------------------------------------------------------------------------------------
 @native.route("/completion", methods=["POST"])
 @native.route("/completions", methods=["POST"])
@@ -207,6 +241,10 @@ async def completion(m: Bound, body: JSON) -> Response:
     if len(prompts) * n > 1:
         # llama.cpp's array reply: each prompt's n_cmpl replies in turn, "index" counting them
         requests = [native_request(body, m.defaults, prompt=p) for p in prompts for _ in range(n)]
+        if body.get("stream"):
+            several = await submit_all(m, requests)
+            return streamed(events_many(m, several, m.settings.queue_ping_interval_s, fields),
+                            several[0].id)
         completions, outcomes = await run_all(m, requests)
         replies = []
         for i, outcome in enumerate(outcomes):

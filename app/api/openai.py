@@ -15,15 +15,16 @@ top-level ``"aborted"`` / ``"timeout"`` / ``"shutdown"`` / ``"model_changed": tr
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import replace
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
 from quart import Blueprint, Response
 
 from app import sse
-from app.api.common import json_response, run_all, streamed, with_model
+from app.api.common import fan_in, json_response, run_all, streamed, submit_all, with_model
 from app.api.native import progress_fields, timing_fields, timings
 from app.chat import Message
 from app.completion import (
@@ -33,6 +34,7 @@ from app.completion import (
     Failure,
     Final,
     FunctionTool,
+    Item,
     Outcome,
     Ping,
     PromptProgress,
@@ -246,6 +248,50 @@ async def chat_completions(m: Bound, body: JSON) -> Response:
                         reasoning=reasoning_from(body, m.settings.reasoning_format),
                         variables=m.template_variables(body))
     n = choices_wanted(body, 1, len(m.engine.slots), field="n")
+    if body.get("stream"):
+        several = await submit_all(m, [turn.request] * n)
+        head: JSON = {"id": f"chatcmpl-{several[0].id}", "object": "chat.completion.chunk",
+                      "created": int(time.time()), "model": m.model_name,
+                      "system_fingerprint": "sluice-0.1.0"}
+
+        def chat_choice(i: int) -> ChoiceStream:
+            splitter = turn.splitter()
+
+            def choice(delta: JSON, finish: str | None = None, lp: JSON | None = None) -> JSON:
+                return {**head, "choices": [{"index": i, "delta": delta,
+                                             "finish_reason": finish, "logprobs": lp}]}
+
+            def chunks(pieces: list[Piece], lp: JSON | None = None) -> list[JSON]:
+                out = []
+                for piece in pieces:
+                    if not isinstance(piece, CallEnd):
+                        out.append(choice(_chat_delta(piece), lp=lp))
+                        lp = None
+                if lp is not None:
+                    out.append(choice({}, lp=lp))
+                return out
+
+            def on_delta(d: Delta) -> list[JSON]:
+                lp = ({"content": _logprob_entries(d.logprobs, top)}
+                      if logprobs and d.logprobs else None)
+                return chunks(splitter.feed(d.text), lp)
+
+            async def finish(o: Outcome) -> list[JSON]:
+                out = chunks(splitter.close())
+                checks = await call_checks(splitter.reply, turn)
+                return [*out, {**choice({}, finish_reason(o, bool(splitter.reply.calls))),
+                               **extras(o), **checks}]
+
+            return ChoiceStream(choice({"role": "assistant", "content": None}), choice({}),
+                                on_delta, finish)
+
+        def usage_chunk(outcomes: list[Outcome]) -> JSON:
+            return {**{k: v for k, v in head.items() if k != "system_fingerprint"},
+                    "choices": [], "usage": _usage_of(outcomes)}
+
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return streamed(_stream(_items(m, several), [chat_choice(i) for i in range(n)],
+                                usage_chunk if include_usage else None), several[0].id)
     if n > 1:
         completions, outcomes = await run_all(m, [turn.request] * n)
         choices = []
@@ -261,44 +307,6 @@ async def chat_completions(m: Bound, body: JSON) -> Response:
     completion = await m.submit(turn.request)
     created = int(time.time())
     ident = f"chatcmpl-{completion.id}"
-    head: JSON = {"id": ident, "object": "chat.completion.chunk", "created": created,
-                  "model": m.model_name, "system_fingerprint": "sluice-0.1.0"}
-    splitter = turn.splitter()
-    if body.get("stream"):
-        def choice(delta: JSON, finish: str | None = None, lp: JSON | None = None) -> JSON:
-            return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
-                                         "logprobs": lp}]}
-
-        def chunks(pieces: list[Piece], lp: JSON | None = None) -> list[JSON]:
-            out = []
-            for piece in pieces:
-                if not isinstance(piece, CallEnd):
-                    out.append(choice(_chat_delta(piece), lp=lp))
-                    lp = None
-            if lp is not None:
-                out.append(choice({}, lp=lp))
-            return out
-
-        def on_delta(d: Delta) -> list[JSON]:
-            lp = {"content": _logprob_entries(d.logprobs, top)} if logprobs and d.logprobs else None
-            return chunks(splitter.feed(d.text), lp)
-
-        async def finish(o: Outcome) -> list[JSON]:
-            out = chunks(splitter.close())
-            checks = await call_checks(splitter.reply, turn)
-            return [*out, {**choice({}, finish_reason(o, bool(splitter.reply.calls))),
-                           **extras(o), **checks}]
-
-        def usage_chunk(o: Outcome) -> JSON:
-            return {**{k: v for k, v in head.items() if k != "system_fingerprint"},
-                    "choices": [], "usage": usage(o)}
-
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return streamed(_stream(completion, m.settings.queue_ping_interval_s,
-                                role=choice({"role": "assistant", "content": None}),
-                                empty=choice({}), delta=on_delta, finish=finish,
-                                usage_chunk=usage_chunk if include_usage else None),
-                        completion.id)
     outcome = await completion.result()
     out_choice, checks = await _chat_choice(outcome, turn, top if logprobs else None)
     return json_response({
@@ -340,11 +348,33 @@ def _chat_delta(piece: Piece) -> JSON:
     raise AssertionError(piece)
 
 
-async def _stream(completion: Completion, ping_s: float, *, role: JSON | None, empty: JSON,
-                  delta: Callable[[Delta], Sequence[JSON]],
-                  finish: Callable[[Outcome], Awaitable[Sequence[JSON]]],
-                  usage_chunk: Callable[[Outcome], JSON] | None) -> AsyncIterator[bytes]:
-    """An OpenAI stream: pings, a role chunk, delta chunks, the finish chunk, usage, [DONE].
+@dataclass(frozen=True, slots=True)
+class ChoiceStream:
+    """How one choice of an OpenAI stream is written: its role chunk (chat), an empty chunk,
+    the chunks of a delta and the finish chunks."""
+
+    role: JSON | None
+    empty: JSON
+    delta: Callable[[Delta], Sequence[JSON]]
+    finish: Callable[[Outcome], Awaitable[Sequence[JSON]]]
+
+
+async def _items(m: Bound, completions: list[Completion]) -> AsyncGenerator[tuple[int, Item]]:
+    """The items of one completion (read here), or of several (read side by side)."""
+    ping_s = m.settings.queue_ping_interval_s
+    if len(completions) > 1:
+        async for pair in fan_in(m, completions, ping_s):
+            yield pair
+        return
+    async with aclosing(completions[0].items(ping_s)) as items:
+        async for item in items:
+            yield 0, item
+
+
+async def _stream(source: AsyncGenerator[tuple[int, Item]], choices: list[ChoiceStream],
+                  usage_chunk: Callable[[list[Outcome]], JSON] | None) -> AsyncIterator[bytes]:
+    """An OpenAI stream: pings, each choice's role chunk, delta chunks and finish chunks (by
+    ``index``, as they come), usage, [DONE].
 
     llama.cpp's additions: ``prompt_progress`` on the role chunk (or an ``empty`` one) while
     the prompt is read (``return_progress``), ``timings`` on a delta's last chunk
@@ -352,35 +382,48 @@ async def _stream(completion: Completion, ping_s: float, *, role: JSON | None, e
     the stream ends.
     """
     yield sse.PING
-    async for item in completion.items(ping_s):
-        if isinstance(item, Ping):
-            yield sse.PING
-            continue
-        if isinstance(item, Failure):
-            yield sse.event(ServerError(item.message).body())
-            return
-        if isinstance(item, PromptProgress):
-            yield sse.event({**(role if role is not None else empty),
-                             "prompt_progress": progress_fields(item)})
-            role = None
-            continue
-        if role is not None:
-            yield sse.event(role)
-            role = None
-        if isinstance(item, Delta):
-            chunks = list(delta(item))
-            if item.timings is not None:
-                if not chunks:
-                    chunks = [empty]
-                chunks[-1] = {**chunks[-1], "timings": timing_fields(item.timings)}
-            for chunk in chunks:
-                yield sse.event(chunk)
-        elif isinstance(item, Final):
-            for chunk in await finish(item.outcome):
-                yield sse.event(chunk)
-            if usage_chunk is not None:
-                yield sse.event(usage_chunk(item.outcome))
-            yield sse.DONE
+    roles: list[JSON | None] = [c.role for c in choices]
+    outcomes: dict[int, Outcome] = {}
+    quiet_since = trio.current_time()
+    async with aclosing(source) as items:
+        async for i, item in items:
+            out = choices[i]
+            if isinstance(item, Ping):
+                if len(choices) == 1 or trio.current_time() - quiet_since >= 1.0:
+                    quiet_since = trio.current_time()
+                    yield sse.PING
+                continue
+            quiet_since = trio.current_time()
+            if isinstance(item, Failure):
+                yield sse.event(ServerError(item.message).body())
+                return
+            if isinstance(item, PromptProgress):
+                role = roles[i]
+                yield sse.event({**(role if role is not None else out.empty),
+                                 "prompt_progress": progress_fields(item)})
+                roles[i] = None
+                continue
+            role = roles[i]
+            if role is not None:
+                yield sse.event(role)
+                roles[i] = None
+            if isinstance(item, Delta):
+                chunks = list(out.delta(item))
+                if item.timings is not None:
+                    if not chunks:
+                        chunks = [out.empty]
+                    chunks[-1] = {**chunks[-1], "timings": timing_fields(item.timings)}
+                for chunk in chunks:
+                    yield sse.event(chunk)
+            elif isinstance(item, Final):
+                for chunk in await out.finish(item.outcome):
+                    yield sse.event(chunk)
+                outcomes[i] = item.outcome
+                if len(outcomes) == len(choices):
+                    if usage_chunk is not None:
+                        yield sse.event(usage_chunk([outcomes[k] for k in range(len(choices))]))
+                    yield sse.DONE
+                    return
 
 
 # --- text completions -------------------------------------------------------------------------
@@ -391,11 +434,38 @@ async def completions(m: Bound, body: JSON) -> Response:
     n = choices_wanted(body, len(prompts), len(m.engine.slots), field="n")
     top = body.get("logprobs") or 0
     defaults = m.defaults if "max_tokens" in body else replace(m.defaults, n_predict=16)
-    if len(prompts) * n > 1:
-        # OpenAI's order: each prompt's n choices in turn, "index" counting them
-        completions, outcomes = await run_all(m, [
-            openai_request(body, defaults, prompt=list(p), n_probs=top)
-            for p in prompts for _ in range(n)])
+    # OpenAI's order: each prompt's n choices in turn, "index" counting them
+    requests = [openai_request(body, defaults, prompt=list(p), n_probs=top)
+                for p in prompts for _ in range(n)]
+    if body.get("stream"):
+        several = await submit_all(m, requests)
+        head: JSON = {"id": f"cmpl-{several[0].id}", "object": "text_completion",
+                      "created": int(time.time()), "model": m.model_name}
+
+        def text_choice(i: int) -> ChoiceStream:
+            offset = 0
+
+            def choice(text: str, finish: str | None, lp: JSON | None) -> JSON:
+                return {**head, "choices": [{"index": i, "text": text, "finish_reason": finish,
+                                             "logprobs": lp}]}
+
+            def on_delta(d: Delta) -> list[JSON]:
+                nonlocal offset
+                lp = _text_logprobs(d.logprobs, top, offset) if top and d.logprobs else None
+                offset += len(d.text)
+                return [choice(d.text, None, lp)] if d.text or lp else []
+
+            async def finish(o: Outcome) -> list[JSON]:
+                return [{**choice("", finish_reason(o), None), **extras(o)}]
+
+            return ChoiceStream(None, choice("", None, None), on_delta, finish)
+
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return streamed(_stream(_items(m, several), [text_choice(i) for i in range(len(several))],
+                                (lambda o: {**head, "choices": [], "usage": _usage_of(o)})
+                                if include_usage else None), several[0].id)
+    if len(requests) > 1:
+        completions, outcomes = await run_all(m, requests)
         choices = []
         for i, o in enumerate(outcomes):
             c: JSON = {"index": i, "text": o.text, "finish_reason": finish_reason(o),
@@ -406,34 +476,9 @@ async def completions(m: Bound, body: JSON) -> Response:
             "created": int(time.time()), "model": m.model_name, "choices": choices,
             "usage": _usage_of(outcomes), **extras(outcomes[0])},
             headers={"X-Request-Id": str(completions[0].id)})
-    completion = await m.submit(openai_request(body, defaults, prompt=list(prompts[0]),
-                                               n_probs=top))
+    completion = await m.submit(requests[0])
     created = int(time.time())
     ident = f"cmpl-{completion.id}"
-    head: JSON = {"id": ident, "object": "text_completion", "created": created,
-                  "model": m.model_name}
-    if body.get("stream"):
-        offset = 0
-
-        def choice(text: str, finish: str | None, lp: JSON | None) -> JSON:
-            return {**head, "choices": [{"index": 0, "text": text, "finish_reason": finish,
-                                         "logprobs": lp}]}
-
-        def on_delta(d: Delta) -> list[JSON]:
-            nonlocal offset
-            lp = _text_logprobs(d.logprobs, top, offset) if top and d.logprobs else None
-            offset += len(d.text)
-            return [choice(d.text, None, lp)] if d.text or lp else []
-
-        async def finish(o: Outcome) -> list[JSON]:
-            return [{**choice("", finish_reason(o), None), **extras(o)}]
-
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return streamed(_stream(completion, m.settings.queue_ping_interval_s, role=None,
-                                empty=choice("", None, None), delta=on_delta, finish=finish,
-                                usage_chunk=(lambda o: {**head, "choices": [], "usage": usage(o)})
-                                if include_usage else None),
-                        completion.id)
     outcome = await completion.result()
     out_choice: JSON = {"index": 0, "text": outcome.text, "finish_reason": finish_reason(outcome),
                         "logprobs": None}

@@ -438,11 +438,18 @@ async def test_n_cmpl_and_several_prompts_give_an_array(client: httpx.AsyncClien
     # one prompt stays one prompt: strings with a token id are one mixed prompt
     mixed = await complete(client, prompt=[2, "The sky is"], n_predict=1)
     assert isinstance(mixed, dict)
-    for body, needle in (({"n_cmpl": 9}, "at most 4 (one per slot)"),
-                         ({"n_cmpl": 2, "stream": True}, "cannot be streamed")):
-        bad = await client.post("/completion", json={"prompt": "Hi", **body})
-        assert bad.status_code == 400
-        assert needle in bad.json()["error"]["message"]
+    bad = await client.post("/completion", json={"prompt": "Hi", "n_cmpl": 9})
+    assert bad.status_code == 400
+    assert "at most 4 (one per slot)" in bad.json()["error"]["message"]
+    # streamed: every event carries its index, each reply ends with its own final event
+    events = await stream_events(client, "/completion", {
+        "prompt": ["The sky is", "Water is"], "n_cmpl": 2, "n_predict": 3})
+    finals = [e for e in events if e["stop"]]
+    assert sorted(e["index"] for e in finals) == [0, 1, 2, 3]
+    assert all(e["tokens_predicted"] == 3 for e in finals)
+    for i in range(4):
+        partials = [e for e in events if not e["stop"] and e["index"] == i]
+        assert len(partials) == 3
 
 
 async def test_post_sampling_probs_are_what_the_chain_left(client: httpx.AsyncClient) -> None:

@@ -207,7 +207,6 @@ def test_invalid_messages_are_400(server: ServerProcess, messages: Any) -> None:
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
      "image input is not supported - hint: if this is unexpected, you may need to provide "
      "the mmproj"),
-    ({"n": 2, "stream": True}, "'n' above 1 cannot be streamed"),
     ({"response_format": {"type": "xml"}}, "'response_format'"),
     ({"tool_choice": "required"}, "'tool_choice'"),
     ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools[0].function.name"),
@@ -241,6 +240,37 @@ def test_several_choices_and_several_prompts(client: openai.OpenAI) -> None:
     assert one.usage is not None
     assert two.usage is not None
     assert text.usage.prompt_tokens == one.usage.prompt_tokens + two.usage.prompt_tokens
+
+
+def test_several_choices_stream_side_by_side(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": "Name a fruit."}], max_tokens=6, n=2,
+        stream=True, stream_options={"include_usage": True})
+    texts = {0: "", 1: ""}
+    finished: dict[int, str] = {}
+    roles = set()
+    usage = None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            if c.delta.role:
+                roles.add(c.index)
+            texts[c.index] += c.delta.content or ""
+            if c.finish_reason:
+                finished[c.index] = c.finish_reason
+    assert roles == {0, 1}
+    assert set(finished) == {0, 1}
+    assert all(texts.values())
+    assert usage is not None
+    assert usage.completion_tokens >= 2
+    text = client.completions.create(model="any", prompt=["The sky is", "Water is"],
+                                     max_tokens=3, n=2, temperature=0, stream=True)
+    by_index: dict[int, str] = {}
+    for chunk in text:
+        for c in chunk.choices:
+            by_index[c.index] = by_index.get(c.index, "") + c.text
+    assert sorted(by_index) == [0, 1, 2, 3]
 
 
 def test_openai_client_sees_errors(client: openai.OpenAI) -> None:
