@@ -65,7 +65,7 @@ def run_suite(suite: Path, python: str, server: Path, work: Path, extra: list[st
     shutil.copytree(suite, copy)
     report = work / "report.xml"
     env = {**os.environ, "LLAMA_SERVER_BIN_PATH": str(server), "LLAMA_CACHE": str(work / "cache")}
-    subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "unit",
+    subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                     f"--junitxml={report}", *extra], cwd=copy, env=env, check=False)
     out: dict[str, str] = {}
     for case in ET.parse(report).getroot().iter("testcase"):
@@ -83,11 +83,13 @@ def main() -> int:
                    help="a Python with the suite's requirements (pytest, requests, openai, ...)")
     p.add_argument("--llama-server", type=Path, help="llama.cpp's server binary, to compare")
     p.add_argument("-k", help="only the tests pytest -k selects")
+    p.add_argument("files", nargs="*", default=["unit"],
+                   help="test files of the suite, such as unit/test_basic.py (default: all)")
     args = p.parse_args()
     from app.engine.model import default_model_path
 
     model = str(default_model_path())
-    extra = ["-k", args.k] if args.k else []
+    extra = [*args.files, *(["-k", args.k] if args.k else [])]
     results: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="llama-suite-") as tmp:
         work = Path(tmp)
