@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--metrics", action="store_const", const=True, help="serve Prometheus metrics at /metrics")
     a("--embedding", "--embeddings", dest="embedding", action="store_const", const=True,
       help="serve /embedding and /v1/embeddings")
+    a("--reranking", "--rerank", dest="reranking", action="store_const", const=True,
+      help="serve /rerank and /v1/rerank with a reranking model (one whose GGUF declares rank "
+      "pooling); other models end start-up with one line")
     a("--slots", dest="slots_endpoint", action="store_const", const=True,
       help="serve GET /slots (the default)")
     a("--no-slots", dest="slots_endpoint", action="store_const", const=False,
@@ -445,6 +448,7 @@ ENV_VALUES: dict[str, str] = {
 #: ... and for the on/off ones: (the flag, its negation or ""); ``LLAMA_ARG_NO_<X>`` negates
 ENV_SWITCHES: dict[str, tuple[str, str]] = {
     "LLAMA_ARG_EMBEDDINGS": ("--embedding", ""), "LLAMA_ARG_ENDPOINT_METRICS": ("--metrics", ""),
+    "LLAMA_ARG_RERANKING": ("--reranking", ""),
     "LLAMA_ARG_ENDPOINT_PROPS": ("--props", ""),
     "LLAMA_ARG_ENDPOINT_SLOTS": ("--slots", "--no-slots"),
     "LLAMA_ARG_UI": ("--webui", "--no-webui"),
@@ -700,10 +704,11 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr, flush=True)
     from app.engine.context import ContextError
     from app.engine.lora import LoraError
+    from app.engine.rerank import RerankError
 
     try:
         trio.run(serve, settings, registry, preloaded)
-    except (ContextError, LoraError) as exc:
+    except (ContextError, LoraError, RerankError) as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2
     return 0

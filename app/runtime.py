@@ -20,6 +20,7 @@ from app.engine.events import SamplerLike
 from app.engine.lora import Adapters, LoraError
 from app.engine.model import Model, ModelInfo, ModelLoadError
 from app.engine.prompt_cache import PromptCache
+from app.engine.rerank import Reranker, RerankError, is_reranker
 from app.engine.sampling import Sampler
 from app.engine.scheduler import Engine
 from app.engine.threads import ThreadTuner
@@ -72,6 +73,9 @@ class RuntimeLike(Protocol):
 
     @property
     def lora(self) -> Adapters | None: ...
+
+    @property
+    def reranker(self) -> Reranker | None: ...
 
     def new_sampler(self, params: SamplingParams, grammar: str | None,
                     parsed: Grammar | None = None) -> SamplerLike:
@@ -145,6 +149,7 @@ class Runtime:
     embedder: Embedder | None = None
     leases: Leases = field(default_factory=Leases)
     lora: Adapters | None = None
+    reranker: Reranker | None = None
 
     @classmethod
     def start(cls, settings: Settings, model: Model, template: ChatTemplate | None = None,
@@ -152,7 +157,13 @@ class Runtime:
         """Create the context and start the engine thread.
 
         Call from the Trio thread, or pass the Trio loop's ``token`` from a worker.
+
+        Raises:
+            ContextError, LoraError, RerankError: the model cannot be run with these settings.
         """
+        if settings.reranking and not is_reranker(model):
+            raise RerankError(f"--reranking: {model.info.path.name} is not a reranker (its GGUF "
+                              "does not declare rank pooling)")
         context = Context(model, ContextConfig(
             n_ctx=settings.ctx_size, n_batch=settings.batch_size, n_seq_max=settings.parallel,
             threads=settings.threads, threads_batch=settings.threads_batch,
@@ -182,8 +193,10 @@ class Runtime:
         if settings.embedding:
             embedder = Embedder(model, n_ctx=min(settings.slot_ctx, 8192), threads=settings.threads,
                                 pooling=settings.pooling)
+        reranker = Reranker(model, n_ctx=min(settings.slot_ctx, 8192),
+                            threads=settings.threads) if settings.reranking else None
         return cls(model, context, engine, template or chat_template_for(settings, model), embedder,
-                   lora=adapters)
+                   lora=adapters, reranker=reranker)
 
     def new_sampler(self, params: SamplingParams, grammar: str | None,
                     parsed: Grammar | None = None) -> SamplerLike:
@@ -204,6 +217,8 @@ class Runtime:
         self.context.close()
         if self.embedder is not None:
             self.embedder.close()
+        if self.reranker is not None:
+            self.reranker.close()
         self.model.close()
 
 
@@ -221,7 +236,7 @@ def load_runtime(settings: Settings, token: trio.lowlevel.TrioToken,
     try:
         template = chat_template_for(settings, model)
         return Runtime.start(settings, model, template, token)
-    except (ValueError, OSError, RuntimeError, LoraError) as exc:
+    except (ValueError, OSError, RuntimeError, LoraError, RerankError) as exc:
         model.close()
         raise ModelLoadError(str(exc)) from None
 

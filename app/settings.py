@@ -76,6 +76,7 @@ class Settings:
     system_prompt: str | None = None
     reasoning_format: str = "deepseek"  # "none": leave <think> blocks in the content
     embedding: bool = False  # serve /embedding and /v1/embeddings
+    reranking: bool = False  # serve /rerank (a reranking model only: llama.cpp's --reranking)
     websocket: bool = True  # goinfer's /ws token feed
     slots_endpoint: bool = True  # GET /slots (llama.cpp's --slots / --no-slots)
     props_endpoint: bool = False  # POST /props (llama.cpp's --props)

@@ -24,6 +24,7 @@ from quart import Blueprint, Response, request
 
 from app.api.common import json_response, query_model, read_json, with_model
 from app.api.native import final_object
+from app.engine.rerank import RerankError
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported
 from app.requests import native_request
 from app.service import Bound
@@ -213,3 +214,50 @@ async def set_lora_adapters(m: Bound) -> Response:
     if adapters is not None:
         adapters.scales = tuple(given.get(a.id, 0.0) for a in adapters.items)
     return json_response({"success": True})
+
+
+# --- reranking ----------------------------------------------------------------------------------
+@extras.route("/rerank", methods=["POST"])
+@extras.route("/reranking", methods=["POST"])
+@extras.route("/v1/rerank", methods=["POST"])
+@extras.route("/v1/reranking", methods=["POST"])
+@with_model("rerank", sse_stream=False)
+async def rerank(m: Bound, body: JSON) -> Response:
+    """llama.cpp's reranking: Jina's shape (``documents`` -> ``results`` with
+    ``relevance_score``), or TEI's (``texts`` -> a list with ``score``), best first."""
+    reranker = m.runtime.reranker
+    if reranker is None:
+        raise NotSupported("This server does not support reranking. Start it with `--reranking`")
+    tei = "texts" in body
+    if tei == ("documents" in body):
+        raise InvalidRequest("give 'documents' (or TEI's 'texts'), not both or neither",
+                             param="documents")
+    documents: list[str] = body["texts"] if tei else body["documents"]
+    top_n = int(body.get("top_n", len(documents)))
+    query = body["query"]
+
+    scored: list[tuple[int, float, int]] = []
+    for i, doc in enumerate(documents):  # one pair per worker call: a client that leaves
+        def one(_rt: RuntimeLike, doc: str = doc) -> tuple[float, int]:  # ends it between them
+            tokens = reranker.tokens(query, doc)
+            return reranker.score(tokens), len(tokens)
+
+        try:
+            score, n = await m.with_model(one)
+        except RerankError as exc:
+            raise InvalidRequest(f"invalid value for 'documents[{i}]': {exc}",
+                                 param=f"documents[{i}]") from None
+        scored.append((i, score, n))
+    n_tokens = sum(n for _i, _s, n in scored)
+    ranked = sorted(scored, key=lambda r: -r[1])[:top_n]
+    if tei:
+        with_text = bool(body.get("return_text"))
+        return json_response([{"index": i, "score": s, **({"text": documents[i]} if with_text
+                                                           else {})} for i, s, _n in ranked])
+    with_docs = bool(body.get("return_documents"))
+    return json_response({
+        "model": body.get("model", m.model_name), "object": "list",
+        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+        "results": [{"index": i, "relevance_score": s,
+                     **({"document": {"text": documents[i]}} if with_docs else {})}
+                    for i, s, _n in ranked]})

@@ -38,6 +38,8 @@ ROUTES: tuple[tuple[str, str, str | None, str, str], ...] = (
     ("/apply-template", "post", "apply_template", "json", "the prompt a chat would send"),
     ("/embedding", "post", "embedding", "json", "embeddings (with --embedding)"),
     ("/v1/embeddings", "post", "embedding", "json", "OpenAI embeddings"),
+    ("/rerank", "post", "rerank", "json", "relevance of documents to a query (--reranking)"),
+    ("/v1/rerank", "post", "rerank", "json", "alias of /rerank"),
     ("/grammar", "post", "grammar", "json", "JSON Schema to GBNF"),
     ("/v1/chat/completions", "post", "chat_completion", "json", "OpenAI chat completions"),
     ("/v1/completions", "post", "openai_completion", "json", "OpenAI text completions"),

@@ -173,3 +173,13 @@ def test_pooling_ubatch_and_cors_localhost_flags(http: httpx.Client) -> None:
         assert local.headers["access-control-allow-origin"] == "http://localhost:5173"
         other = httpx.get(srv.base_url + "/props", headers={"Origin": "https://example.com"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_rerank_without_reranking_is_501_as_llama_cpp(http: httpx.Client) -> None:
+    for path in ("/rerank", "/v1/rerank", "/reranking", "/v1/reranking"):
+        resp = http.post(path, json={"query": "q", "documents": ["a", "b"]})
+        assert resp.status_code == 501
+        assert resp.json()["error"]["message"] == (
+            "This server does not support reranking. Start it with `--reranking`")
+    bad = http.post("/rerank", json={"query": "q", "documents": []})
+    assert bad.status_code == 400  # the body is checked first: no empty document list

@@ -22,7 +22,8 @@ from tests.serverproc import ServerProcess, models_dir, running_server
 
 EXAMPLES = 15
 #: documented 501: the default model has no fill-in-the-middle tokens
-EXPECTED_501 = {"/infill", "/props"}  # /infill: no FIM tokens; POST /props: no --props
+# /infill: no FIM tokens; POST /props: no --props; /rerank: no --reranking
+EXPECTED_501 = {"/infill", "/props", "/rerank", "/v1/rerank"}
 
 
 @pytest.fixture(scope="module")

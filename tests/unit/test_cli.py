@@ -288,3 +288,11 @@ def test_cors_localhost_reflects_only_loopback_origins() -> None:
     assert headers("https://evil.example", allowed, preflight=False) == {}
     assert headers("http://localhost.evil.example", allowed, preflight=False) == {}
     assert headers("http://[bad", allowed, preflight=False) == {}
+
+
+def test_reranking_with_a_model_that_is_not_a_reranker_ends_startup_with_one_line() -> None:
+    result = run_app("--reranking", "--port", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "sluice: error: --reranking: gemma-3-270m-q4_k_m.gguf is not a reranker (its GGUF does "
+        "not declare rank pooling)"), result.stderr
