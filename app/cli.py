@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
       help="dynamic temperature exponent (1)")
     s("--samplers", help="sampler order, ';'-separated: penalties;top_k;typ_p;top_p;min_p;"
       "temperature (that order)")
+    s("--grammar", help="GBNF grammar every request without a constraint of its own follows")
+    s("--grammar-file", type=Path, help="file holding that grammar")
+    s("-j", "--json-schema", help="JSON Schema (as JSON text) every request without a constraint "
+      "of its own follows")
+    s("-jf", "--json-schema-file", type=Path, help="file holding that JSON Schema")
     a("-fa", "--flash-attn", nargs="?", const="on", choices=["on", "off", "auto"],
       help="flash attention: on, off (the default) or auto (llama.cpp decides for the device); "
       "-fa alone is on")
@@ -509,6 +514,40 @@ def env_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str], argv:
     return out, warnings
 
 
+def _server_constraint(args: argparse.Namespace) -> dict[str, str]:
+    """``--grammar``/``--grammar-file`` or ``--json-schema``/``--json-schema-file``, checked as a
+    request's would be (parsed; the schema converted): a bad one ends start-up."""
+    from grammar import GbnfSyntaxError, SchemaError, convert, parse_gbnf
+
+    def read(path: Path, flag: str) -> str:
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {flag} {path}: {exc.strerror}") from None
+
+    grammar = args.grammar if args.grammar_file is None else read(args.grammar_file,
+                                                                   "--grammar-file")
+    schema = args.json_schema if args.json_schema_file is None else read(
+        args.json_schema_file, "--json-schema-file")
+    if grammar is not None and schema is not None:
+        raise ConfigError("--grammar and --json-schema cannot be used together")
+    if grammar is not None:
+        try:
+            parse_gbnf(grammar)
+        except GbnfSyntaxError as exc:
+            raise ConfigError(f"--grammar: {exc}") from None
+        return {"grammar": grammar}
+    if schema is not None:
+        try:
+            convert(json.loads(schema))
+        except ValueError as exc:  # not JSON
+            raise ConfigError(f"--json-schema: not JSON: {exc}") from None
+        except (SchemaError, RecursionError) as exc:
+            raise ConfigError(f"--json-schema: {exc}") from None
+        return {"json_schema": schema}
+    return {}
+
+
 def load_settings(argv: list[str], env: Mapping[str, str] | None = None
                   ) -> tuple[Settings, argparse.Namespace]:
     """Parse ``argv`` (and the config file it names, and llama.cpp's ``LLAMA_ARG_*`` variables
@@ -565,6 +604,7 @@ def load_settings(argv: list[str], env: Mapping[str, str] | None = None
             values["system_prompt"] = args.system_prompt_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(f"cannot read --system-prompt-file: {exc.strerror}") from None
+    values.update(_server_constraint(args))
     sampling = _sampling_defaults(args)
     if sampling:
         values["sampling"] = sampling

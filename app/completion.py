@@ -97,6 +97,9 @@ class GrammarConstraint:
     field: str = "grammar"
 
 
+#: the ``field`` of the server's own default constraint (a tool call replaces it)
+SERVER_FIELDS = ("--grammar", "--json-schema")
+
 @dataclass(frozen=True, slots=True)
 class SchemaConstraint:
     """A JSON Schema: converted to GBNF, and the output validated against it."""

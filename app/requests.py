@@ -9,6 +9,7 @@ route. Imports no llama_cpp: request parsing is testable without the engine.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import typing
@@ -24,6 +25,7 @@ from app.completion import (
     SchemaConstraint,
 )
 from app.errors import InvalidRequest
+from app.settings import Settings
 
 _TOKEN_ID = re.compile(r"-?[0-9]{1,10}")  # ASCII digits only: "²".isdigit() is True
 
@@ -41,6 +43,8 @@ class Defaults:
     seed: int = -1
     n_keep: int = 0
     cache_prompt: bool = True
+    #: the server's default constraint (--grammar / --json-schema), for requests without one
+    constraint: Constraint | None = None
     n_cache_reuse: int = 0
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
@@ -164,5 +168,15 @@ def native_request(body: Mapping[str, Any], defaults: Defaults, *,
         logit_bias=logit_bias_from(body.get("logit_bias")),
         n_predict=int(n_predict),
         stops=stops_from(body.get("stop")),
-        constraint=constraint_from(body),
+        constraint=constraint_from(body) or defaults.constraint,
         **native_options(body, defaults))
+
+
+def server_constraint(settings: Settings) -> Constraint | None:
+    """The server's default constraint: ``--grammar``/``--grammar-file`` or ``--json-schema``
+    (checked at start-up by :func:`app.cli.load_settings`)."""
+    if settings.grammar is not None:
+        return GrammarConstraint(settings.grammar, field="--grammar")
+    if settings.json_schema is not None:
+        return SchemaConstraint(json.loads(settings.json_schema), field="--json-schema")
+    return None

@@ -44,7 +44,7 @@ from app.errors import (
 )
 from app.prepare import Prepared, prepare
 from app.registry import Hosted, ModelSpec, ModelStatus, Registry
-from app.requests import Defaults
+from app.requests import Defaults, server_constraint
 from app.running import Completion
 from app.runtime import ModelLike, RuntimeLike
 from app.settings import Settings
@@ -220,6 +220,7 @@ class Service:
     def defaults(self) -> Defaults:
         """What a request falls back to: ``-n``, ``--seed`` and the default sampling flags."""
         return Defaults(n_predict=self.settings.n_predict, seed=self.settings.seed,
+                        constraint=server_constraint(self.settings),
                         n_keep=self.settings.keep, cache_prompt=self.settings.cache_prompt,
                         n_cache_reuse=self.settings.cache_reuse,
                         sampling=replace(SamplingParams(seed=self.settings.seed),

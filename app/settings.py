@@ -97,6 +97,9 @@ class Settings:
     sleep_idle_s: float | None = None  # unload a model idle this long; None: keep it loaded
     #: the server's default sampling (llama.cpp's --temp, --top-k, ...): SamplingParams fields
     sampling: tuple[tuple[str, object], ...] = ()
+    #: the server's default constraint for requests without one (--grammar(-file), -j/-jf)
+    grammar: str | None = None
+    json_schema: str | None = None  # JSON text
 
     @property
     def binds(self) -> tuple[str, ...]:

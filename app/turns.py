@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from app.chat import ChatTemplate, Message
-from app.completion import CompletionRequest, FunctionTool, ToolsConstraint
+from app.completion import SERVER_FIELDS, CompletionRequest, FunctionTool, ToolsConstraint
 from app.errors import InvalidRequest
 from app.tools import Reply, ReplySplitter, ToolCall, new_call_id
 from grammar import validate
@@ -99,7 +99,9 @@ def chat_request(template: ChatTemplate, messages: Sequence[Message], policy: To
                              "--no-jinja)", param="tools")
     prompt = template.prompt(messages, system_prompt, tools=tools, variables=variables)
     constraint = policy.constraint()
-    if constraint is not None and base.constraint is not None:
+    # the server's default (--grammar / --json-schema) gives way to a tool call
+    server_default = getattr(base.constraint, "field", None) in SERVER_FIELDS
+    if constraint is not None and base.constraint is not None and not server_default:
         raise InvalidRequest("a tool call cannot be combined with 'response_format', 'grammar' or "
                              "'json_schema'; set 'tool_choice' to 'none' to use them",
                              param="tool_choice")

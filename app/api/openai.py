@@ -97,7 +97,8 @@ def openai_request(body: JSON, defaults: Defaults, *, prompt: str | list[str | i
         sampling=replace(sampling, n_probs=n_probs),
         logit_bias=logit_bias_from(body.get("logit_bias")),
         n_predict=int(limit) if limit is not None else defaults.n_predict,
-        stops=stops, constraint=_constraint(body), **native_options(body, defaults))
+        stops=stops, constraint=_constraint(body) or defaults.constraint,
+        **native_options(body, defaults))
 
 
 def _text(content: Any) -> str:

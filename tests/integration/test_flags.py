@@ -309,3 +309,31 @@ def test_cache_reuse_keeps_what_follows_a_cut_out_middle() -> None:
         cached(one + two + three)
         # with --cache-reuse: the part after the cut is moved into place, not evaluated again
         assert cached(one + three) >= len(one) + len(three) - 1
+
+
+def test_server_grammar_and_json_schema_defaults() -> None:
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"]}}}
+    with running_server("--model", "smollm2-135m-instruct", "--parallel", "1",
+                        "--grammar", 'root ::= "yes" | "no"') as srv:
+        base = srv.base_url
+        out = httpx.post(base + "/completion", timeout=TIMEOUT, json={
+            "prompt": "Is water wet?", "n_predict": 8}).json()
+        assert out["content"] in ("yes", "no")
+        assert out["generation_settings"]["grammar"] == 'root ::= "yes" | "no"'
+        own = httpx.post(base + "/completion", timeout=TIMEOUT, json={
+            "prompt": "Is water wet?", "n_predict": 8, "grammar": 'root ::= "maybe"'}).json()
+        assert own["content"] == "maybe"  # a request's own grammar wins
+        chat = httpx.post(base + "/v1/chat/completions", timeout=TIMEOUT, json={
+            "messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": 40,
+            "tools": [weather], "tool_choice": "required"}).json()
+        # a tool call replaces the server's grammar instead of clashing with it
+        assert chat["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+              "additionalProperties": False}
+    with running_server("--parallel", "1", "-j", json.dumps(schema)) as srv:
+        out = httpx.post(srv.base_url + "/completion", timeout=TIMEOUT, json={
+            "prompt": "A number as JSON:", "n_predict": 24}).json()
+        assert isinstance(json.loads(out["content"])["n"], int)
+        assert out["schema_valid"] is True

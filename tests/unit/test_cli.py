@@ -296,3 +296,18 @@ def test_reranking_with_a_model_that_is_not_a_reranker_ends_startup_with_one_lin
     assert result.stderr.strip().splitlines()[-1] == (
         "sluice: error: --reranking: gemma-3-270m-q4_k_m.gguf is not a reranker (its GGUF does "
         "not declare rank pooling)"), result.stderr
+
+
+def test_server_grammar_and_json_schema_are_checked_at_startup(tmp_path: Path) -> None:
+    s, _ = load_settings(["--grammar", 'root ::= "yes" | "no"'])
+    assert s.grammar == 'root ::= "yes" | "no"'
+    schema = tmp_path / "s.json"
+    schema.write_text('{"type": "object"}')
+    assert load_settings(["-jf", str(schema)])[0].json_schema == '{"type": "object"}'
+    for argv, message in ((["--grammar", "root ::= ("], "--grammar: "),
+                          (["-j", "{nope"], "--json-schema: not JSON"),
+                          (["-j", '{"type": "nope"}'], "--json-schema: "),
+                          (["--grammar", 'root ::= "a"', "-j", "{}"], "cannot be used together"),
+                          (["--grammar-file", str(tmp_path / "missing.gbnf")], "cannot read")):
+        with pytest.raises(ConfigError, match=message):
+            load_settings(argv)
