@@ -237,6 +237,7 @@ class Timings:
     prompt_ms: float
     predicted_n: int
     predicted_ms: float
+    cache_n: int = 0  # prompt tokens taken from the cache
 
 
 @dataclass(frozen=True, slots=True)

@@ -259,7 +259,7 @@ class _Builder:
             timings = Timings(
                 prompt_n=len(self.completion.prepared.generation.prompt) - self.tokens_cached,
                 prompt_ms=(self.t_first - self.t_started) * 1000.0, predicted_n=len(self.ids),
-                predicted_ms=(now - self.t_first) * 1000.0)
+                predicted_ms=(now - self.t_first) * 1000.0, cache_n=self.tokens_cached)
         return Delta(event.text, ids, probs, self.id_slot, len(self.ids), timings)
 
     async def outcome(self, interruption: Interruption | None) -> Outcome:
@@ -282,7 +282,8 @@ class _Builder:
             timings=Timings(prompt_n=done.prompt_n if done else 0,
                             prompt_ms=done.prompt_ms if done else 0.0,
                             predicted_n=len(self.ids),
-                            predicted_ms=done.predicted_ms if done else 0.0),
+                            predicted_ms=done.predicted_ms if done else 0.0,
+                            cache_n=self.tokens_cached),
             reported=Reported(request=prepared.request, grammar=prepared.grammar,
                               n_prompt=len(prepared.generation.prompt),
                               model=self.completion.model_name),

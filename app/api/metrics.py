@@ -6,7 +6,9 @@ carry a ``model`` label (several models can be loaded).
 
 from __future__ import annotations
 
-from quart import Blueprint, Response
+import time
+
+from quart import Blueprint, Response, request
 
 from app.api.common import service
 from app.engine.scheduler import Engine
@@ -14,6 +16,9 @@ from app.errors import NotSupported
 from app.registry import ModelStatus
 
 metrics = Blueprint("metrics", __name__)
+
+#: when this process started, for llama.cpp's ``Process-Start-Time-Unix`` header
+PROCESS_START = time.time()
 
 
 def _label(value: str) -> str:
@@ -31,9 +36,29 @@ def _engine_rows(engine: Engine) -> list[tuple[str, str, str, str, float]]:
     return [
         ("counter", "llamacpp", "prompt_tokens_total", "Prompt tokens evaluated.",
          c.prompt_tokens_total),
+        ("counter", "llamacpp", "prompt_tokens_cached_total", "Prompt tokens taken from a "
+         "cache instead.", c.prompt_tokens_cached_total),
+        ("counter", "llamacpp", "prompt_seconds_total", "Prompt processing time.",
+         round(c.prompt_seconds_total, 6)),
         ("counter", "llamacpp", "tokens_predicted_total", "Tokens generated.",
          c.tokens_predicted_total),
+        ("counter", "llamacpp", "tokens_predicted_seconds_total", "Generation time.",
+         round(c.predicted_seconds_total, 6)),
         ("counter", "llamacpp", "n_decode_total", "llama_decode calls.", c.decode_calls_total),
+        ("counter", "llamacpp", "n_tokens_max", "The most tokens a slot has held.",
+         c.n_tokens_max),
+        # no speculative decoding here: llama.cpp's series, truthfully zero
+        ("counter", "llamacpp", "spec_decode_num_draft_tokens_total", "Draft tokens "
+         "(speculative decoding is not used).", 0),
+        ("counter", "llamacpp", "spec_decode_num_accepted_tokens_total", "Accepted draft tokens "
+         "(speculative decoding is not used).", 0),
+        ("counter", "llamacpp", "spec_decode_num_drafts_total", "Drafts (speculative decoding "
+         "is not used).", 0),
+        ("gauge", "llamacpp", "prompt_tokens_seconds", "Average prompt throughput in tokens/s.",
+         c.prompt_tokens_total / c.prompt_seconds_total if c.prompt_seconds_total else 0.0),
+        ("gauge", "llamacpp", "predicted_tokens_seconds", "Average generation throughput in "
+         "tokens/s.", c.tokens_predicted_total / c.predicted_seconds_total
+         if c.predicted_seconds_total else 0.0),
         ("gauge", "llamacpp", "n_busy_slots_per_decode", "Average busy slots per llama_decode call.",
          c.busy_slots_total / c.decode_calls_total if c.decode_calls_total else 0.0),
         ("gauge", "llamacpp", "kv_cache_usage_ratio", "KV cache cells in use / cells.",
@@ -73,10 +98,18 @@ async def prometheus() -> Response:
     if not svc.settings.metrics:
         raise NotSupported("metrics are disabled; start the server with --metrics")
     families: dict[str, tuple[str, str, list[str]]] = {}
+    # llama.cpp's shape, series without labels, for the one model it is asked about (?model=)
+    # or, with one model configured (not router mode), for the default model
+    asked = request.args.get("model")
+    plain = svc.registry.find(asked).name if asked else (
+        None if svc.registry.router else svc.registry.default)
 
     def add(kind: str, name: str, help_text: str, model: str, value: float) -> None:
         family = families.setdefault(name, (kind, help_text, []))
-        family[2].append(f'{name}{{model="{_label(model)}"}} {value}')
+        if model == plain and name.startswith("llamacpp:"):
+            family[2].append(f"{name} {value}")
+        elif not asked:
+            family[2].append(f'{name}{{model="{_label(model)}"}} {value}')
 
     for hosted in svc.registry.all():
         add("gauge", "sluice:model_loaded", "1 while the model is loaded.", hosted.name,
@@ -95,5 +128,8 @@ async def prometheus() -> Response:
                 add(kind, f"{prefix}:{name}", help_text, hosted.name, value)
     lines: list[str] = []
     for name, (kind, help_text, samples) in families.items():
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
-    return Response("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
+        if samples:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
+    resp = Response("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
+    resp.headers["Process-Start-Time-Unix"] = str(int(PROCESS_START))
+    return resp

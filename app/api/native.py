@@ -92,9 +92,14 @@ def progress_fields(p: PromptProgress) -> JSON:
 
 def progress_event(p: PromptProgress, completion: Completion) -> JSON:
     """A stream event of prompt progress (``return_progress``), as llama.cpp's."""
-    return {"index": 0, "content": "", "tokens": [], "stop": False, "id_slot": -1,
-            "id": completion.id, "tokens_predicted": 0, "tokens_evaluated": p.total,
-            "prompt_progress": progress_fields(p)}
+    out: JSON = {"index": 0, "content": "", "tokens": [], "stop": False, "id_slot": -1,
+                 "id": completion.id, "tokens_predicted": 0, "tokens_evaluated": p.total,
+                 "prompt_progress": progress_fields(p)}
+    if completion.prepared.request.timings_per_token:
+        out["timings"] = timing_fields(Timings(prompt_n=p.processed - p.cache,
+                                               prompt_ms=p.time_ms, predicted_n=0,
+                                               predicted_ms=0.0, cache_n=p.cache))
+    return out
 
 
 def generation_settings(outcome: Outcome) -> JSON:
@@ -119,13 +124,16 @@ def timings(outcome: Outcome) -> JSON:
 
 
 def timing_fields(t: Timings) -> JSON:
-    return {"prompt_n": t.prompt_n, "prompt_ms": t.prompt_ms,
+    """llama.cpp's ``timings``. The first token comes from the prompt's last batch, so the
+    generation rate is over the decode steps after it (``predicted_n - 1``), as llama.cpp's."""
+    steps = max(0, t.predicted_n - 1)
+    timed = steps > 0 and t.predicted_ms > 0
+    return {"cache_n": t.cache_n, "prompt_n": t.prompt_n, "prompt_ms": t.prompt_ms,
             "prompt_per_token_ms": t.prompt_ms / t.prompt_n if t.prompt_n else 0.0,
             "prompt_per_second": t.prompt_n * 1000.0 / t.prompt_ms if t.prompt_ms else 0.0,
             "predicted_n": t.predicted_n, "predicted_ms": t.predicted_ms,
-            "predicted_per_token_ms": t.predicted_ms / t.predicted_n if t.predicted_n else 0.0,
-            "predicted_per_second": (t.predicted_n * 1000.0 / t.predicted_ms
-                                     if t.predicted_ms else 0.0)}
+            "predicted_per_token_ms": t.predicted_ms / steps if timed else 0.0,
+            "predicted_per_second": steps * 1000.0 / t.predicted_ms if timed else 0.0}
 
 
 def final_object(outcome: Outcome, *, streamed: bool = False) -> JSON:

@@ -390,6 +390,12 @@ class Engine:
             if tail:
                 slot.outbox.append(Token(text=tail, tokens=()))
         now = time.perf_counter()
+        c = self.counters
+        c.prompt_tokens_cached_total += slot.tokens_cached
+        c.prompt_seconds_total += slot.t_prompt - slot.t_start
+        if slot.n_decoded:
+            c.predicted_seconds_total += now - slot.t_prompt
+        c.n_tokens_max = max(c.n_tokens_max, slot.n_past)
         slot.outbox.append(Done(
             stop_type=stop_type, stopping_word=word, tokens_predicted=slot.n_decoded,
             tokens_evaluated=len(job.request.prompt), tokens_cached=slot.tokens_cached,

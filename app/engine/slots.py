@@ -80,6 +80,10 @@ class Counters:
     requests_dropped_queued_total: int = 0  # cancelled before they got a slot
     busy_slots_total: int = 0  # summed over decode calls
     context_shifts_total: int = 0
+    prompt_tokens_cached_total: int = 0  # prompt tokens taken from a cache, not evaluated
+    prompt_seconds_total: float = 0.0  # time requests spent on their prompts
+    predicted_seconds_total: float = 0.0  # ... and generating after the first token
+    n_tokens_max: int = 0  # the most cells a slot has held
     cache_reused_tokens_total: int = 0  # moved into place by --cache-reuse
 
 

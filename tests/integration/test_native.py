@@ -476,3 +476,24 @@ async def test_post_sampling_probs_are_what_the_chain_left(client: httpx.AsyncCl
     for entry in greedy["completion_probabilities"]:
         assert entry["prob"] == 1.0
         assert [p["id"] for p in entry["top_probs"]] == [entry["id"]]
+
+
+async def test_metrics_and_timings_as_llama_cpp(client: httpx.AsyncClient) -> None:
+    one = await complete(client, prompt="I believe", n_predict=1)
+    assert one["timings"]["predicted_per_second"] == 0.0  # the token came with the prompt
+    many = await complete(client, prompt="I believe", n_predict=16, ignore_eos=True)
+    t = many["timings"]
+    assert t["predicted_per_second"] == pytest.approx(15 * 1000.0 / t["predicted_ms"])
+    assert t["cache_n"] == many["tokens_cached"]
+    resp = await client.get("/metrics")
+    assert int(resp.headers["process-start-time-unix"]) > 0
+    plain = {line.split(" ")[0]: float(line.split(" ")[1]) for line in resp.text.splitlines()
+             if line.startswith("llamacpp:") and "{" not in line}
+    for name in ("prompt_tokens_total", "prompt_tokens_cached_total", "prompt_seconds_total",
+                 "tokens_predicted_total", "tokens_predicted_seconds_total", "n_decode_total",
+                 "n_tokens_max", "spec_decode_num_drafts_total", "prompt_tokens_seconds",
+                 "predicted_tokens_seconds", "requests_processing", "requests_deferred",
+                 "n_busy_slots_per_decode"):
+        assert f"llamacpp:{name}" in plain, name  # llama.cpp's series, unlabelled (one model)
+    assert plain["llamacpp:tokens_predicted_seconds_total"] > 0
+    assert plain["llamacpp:n_tokens_max"] >= 17
