@@ -16,7 +16,7 @@ from typing import Any
 from app.completion import CompletionRequest, GrammarConstraint, SchemaConstraint, ToolsConstraint
 from app.engine.events import GenerationRequest, SamplerLike
 from app.engine.sampling import SamplerInitError
-from app.errors import ContextOverflow, InvalidRequest
+from app.errors import ContextOverflow, InvalidRequest, NotSupported
 from app.runtime import ModelLike, RuntimeLike
 from app.tools import CALL_CLOSE, CALL_OPEN
 from grammar import Conversion, GbnfSyntaxError, SchemaError, UnsupportedSchemaError, convert, parse_gbnf
@@ -204,3 +204,45 @@ def _logit_bias(model: ModelLike, pairs: tuple[tuple[int | str, float], ...]
             out.extend((t, bias) for t in model.tokenize(key, add_special=False,
                                                          parse_special=False))
     return tuple(out)
+
+
+#: llama.cpp's separator of extra chunks for models without a file-separator token
+_CHUNK_SEPARATOR = "\n\n--- snippet ---\n\n"
+
+
+def fim_prompt(model: ModelLike, prefix: str, suffix: str, extra: list[tuple[str, str]],
+               prompt: str, *, n_batch: int, n_predict: int, n_ctx: int) -> list[int]:
+    """The tokens of an infill request, as llama.cpp's ``format_prompt_infill`` lays them out:
+    the extra chunks (repo-level FIM: ``[FIM_REP]myproject``, ``[FIM_SEP]filename`` per chunk),
+    then BOS, ``[FIM_PRE]`` prefix prompt ``[FIM_SUF]`` suffix ``[FIM_MID]``; the prefix keeps at
+    most 3/4 of a batch (its end), the suffix what is left of a quarter, the extra chunks what
+    the context has room for (their end).
+
+    Raises:
+        NotSupported: the model has no fill-in-the-middle tokens.
+    """
+    fim = model.fim_tokens()
+    if fim is None:
+        raise NotSupported("this model has no fill-in-the-middle tokens")
+    pre, suf, mid = fim
+    rep, sep = model.fim_repo_tokens()
+
+    def tok(text: str) -> list[int]:
+        return model.tokenize(text, add_special=False, parse_special=False)
+
+    extra_tokens: list[int] = []
+    if rep >= 0:
+        extra_tokens += [rep, *tok("myproject\n")]
+    for filename, text in extra:
+        extra_tokens += [sep, *tok(filename + "\n")] if sep >= 0 else tok(_CHUNK_SEPARATOR)
+        extra_tokens += tok(text)
+    if sep >= 0:
+        extra_tokens += [sep, *tok("filename\n")]
+    prefix_tokens, suffix_tokens, prompt_tokens = tok(prefix), tok(suffix), tok(prompt)
+    n_prefix = min(len(prefix_tokens), 3 * (n_batch // 4))
+    n_suffix = min(len(suffix_tokens), max(0, n_batch // 4 - (2 + len(prompt_tokens))))
+    n_extra = min(max(0, n_ctx - n_batch - 2 * max(n_predict, 0)), len(extra_tokens))
+    head = [model.info.bos] if model.info.add_bos and model.info.bos >= 0 else []
+    return [*(extra_tokens[len(extra_tokens) - n_extra:] if n_extra else []), *head, pre,
+            *prefix_tokens[len(prefix_tokens) - n_prefix:], *prompt_tokens,
+            suf, *suffix_tokens[:n_suffix], mid]

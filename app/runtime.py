@@ -52,6 +52,8 @@ class ModelLike(Protocol):
 
     def fim_tokens(self) -> tuple[int, int, int] | None: ...
 
+    def fim_repo_tokens(self) -> tuple[int, int]: ...
+
 
 class RuntimeLike(Protocol):
     """One loaded model and what runs it; tests put fakes behind this."""

@@ -57,6 +57,9 @@ class FakeModel:
     def fim_tokens(self) -> tuple[int, int, int] | None:
         return None
 
+    def fim_repo_tokens(self) -> tuple[int, int]:
+        return -1, -1
+
 
 class FakeContext:
     def __init__(self, n_batch: int = 8, n_seq_max: int = 4, n_ctx: int = 4096) -> None:

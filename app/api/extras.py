@@ -17,15 +17,17 @@ from __future__ import annotations
 import base64
 import struct
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, Response, request
 
-from app.api.common import json_response, query_model, read_json, with_model
-from app.api.native import final_object
+from app.api.common import json_response, query_model, read_json, streamed, with_model
+from app.api.native import events, final_object
 from app.engine.rerank import RerankError
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported
+from app.prepare import fim_prompt
 from app.requests import native_request
 from app.service import Bound
 from app.validation import parse_json_list, validate
@@ -130,22 +132,20 @@ async def infill(svc: Bound, body: JSON) -> Response:
     if svc.model.fim_tokens() is None:
         raise NotSupported("this model has no fill-in-the-middle tokens")
 
-    def fim_prompt(rt: RuntimeLike) -> list[int]:
-        fim = rt.model.fim_tokens()
-        if fim is None:
-            raise NotSupported("this model has no fill-in-the-middle tokens")
-        pre, suf, mid = fim
+    native = validate("completion", {k: v for k, v in body.items() if k not in (
+        "input_prefix", "input_suffix", "input_extra", "prompt")} | {"prompt": ""})
+    request = native_request(native, svc.defaults)
+    extra = [(c.get("filename", "tmp"), c["text"]) for c in body.get("input_extra") or ()]
 
-        def tok(text: str) -> list[int]:
-            return rt.model.tokenize(text, add_special=False, parse_special=False)
+    def tokens(rt: RuntimeLike) -> list[int]:
+        return fim_prompt(rt.model, body["input_prefix"], body["input_suffix"], extra,
+                          body.get("prompt", ""), n_batch=svc.settings.batch_size,
+                          n_predict=request.n_predict, n_ctx=svc.engine.slot_ctx)
 
-        return [pre, *tok(body["input_prefix"]), suf, *tok(body["input_suffix"]), mid,
-                *tok(body.get("prompt", ""))]
-
-    native = {k: v for k, v in body.items()
-              if k not in ("input_prefix", "input_suffix", "input_extra", "prompt", "stream")}
-    native["prompt"] = await svc.with_model(fim_prompt)
-    completion = await svc.submit(native_request(validate("completion", native), svc.defaults))
+    completion = await svc.submit(replace(request, prompt=tuple(await svc.with_model(tokens))))
+    if body.get("stream"):
+        return streamed(events(completion, svc.settings.queue_ping_interval_s,
+                               body.get("response_fields")), completion.id)
     return json_response(final_object(await completion.result()))
 
 

@@ -247,6 +247,10 @@ class Model:
                int(C.llama_vocab_fim_mid(self.vocab)))
         return ids if all(i >= 0 for i in ids) else None
 
+    def fim_repo_tokens(self) -> tuple[int, int]:
+        """(repository, file separator) tokens of repo-level FIM; -1 where the model has none."""
+        return int(C.llama_vocab_fim_rep(self.vocab)), int(C.llama_vocab_fim_sep(self.vocab))
+
     def valid_token(self, token: int) -> bool:
         return 0 <= token < self.n_vocab
 
