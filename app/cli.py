@@ -369,7 +369,10 @@ def _check(s: Settings) -> None:
     if s.models_dir is not None and not s.models_dir.is_dir():
         raise ConfigError(f"--models-dir is not a directory: {s.models_dir}")
     if s.slot_save_path is not None and not s.slot_save_path.is_dir():
-        raise ConfigError(f"--slot-save-path is not a directory: {s.slot_save_path}")
+        try:  # as llama.cpp: the directory is made when missing
+            s.slot_save_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--slot-save-path {s.slot_save_path}: {exc.strerror}") from None
     if s.chat_template_file is not None and not s.chat_template_file.is_file():
         raise ConfigError(f"--chat-template-file not found: {s.chat_template_file}")
     from app.chat import ALIASES, BUILTINS

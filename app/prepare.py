@@ -9,6 +9,7 @@ Python; llama.cpp then builds its own from the same text.
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, replace
 from typing import Any
@@ -124,9 +125,12 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest) -> Prepared:
     last_n = request.sampling.repeat_last_n
     seed = request.sampling.seed
     # 0xFFFFFFFF is LLAMA_DEFAULT_SEED, which llama.cpp replaces with a random seed
+    bias = _logit_bias(model, request.logit_bias)
+    if request.sampling.ignore_eos:  # as llama.cpp: the end-of-generation tokens at -inf
+        bias += tuple((t, -math.inf) for t in sorted(model.eog_ids))
     sampling = replace(request.sampling, seed=seed if seed >= 0 else secrets.randbelow(0xFFFFFFFF),
                        repeat_last_n=n_ctx if last_n < 0 else min(last_n, n_ctx),
-                       logit_bias=_logit_bias(model, request.logit_bias))
+                       logit_bias=bias)
     try:
         sampler = runtime.new_sampler(sampling, grammar, parsed)
     except SamplerInitError as exc:

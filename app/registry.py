@@ -519,9 +519,13 @@ def specs_from_settings(settings: Settings, embedded: dict[str, Path]
         elif str(path) in embedded and not path.exists():
             path = embedded[str(path)]
         given = str(settings.model_path) if settings.model_path is not None else ""
-        name = settings.alias or (given if given in embedded else path.name)
+        # llama.cpp's --alias a,b,c: the model is named by the first in order and answers to
+        # all of them; its file (and embedded) names stay aliases, so routing by them works
+        name = settings.alias_names[0] if settings.alias_names else (
+            given if given in embedded else path.name)
         aliases = tuple(dict.fromkeys(
-            a for a in (path.name, path.stem, short.get(path.resolve(), "")) if a and a != name))
+            a for a in (*settings.alias_names, path.name, path.stem, short.get(path.resolve(), ""))
+            if a and a != name))
         add(ModelSpec(name, path, aliases, tags=settings.tags, lora=settings.lora))
         default = name
     for config in settings.models:

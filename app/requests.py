@@ -84,16 +84,28 @@ def sampling_report(params: SamplingParams) -> dict[str, Any]:
     return out
 
 
-def prompt_parts(raw: str | list[str | int]) -> tuple[str | int, ...]:
+def prompt_parts(raw: str | list[str | int] | dict[str, Any]) -> tuple[str | int, ...]:
+    if isinstance(raw, dict):
+        return (_prompt_object(raw),)
     return (raw,) if isinstance(raw, str) else tuple(raw)
 
 
 def prompt_list(raw: Any) -> list[tuple[str | int, ...]]:
     """llama.cpp's prompts: a string, or an array holding a token id, is one prompt (strings and
     ids mixed); any other array is one prompt per element (each a string or such an array)."""
+    if isinstance(raw, dict):
+        raw = _prompt_object(raw)
     if isinstance(raw, str) or any(isinstance(p, int) for p in raw):
         return [prompt_parts(raw)]
-    return [prompt_parts(p) for p in raw]
+    return [prompt_parts(_prompt_object(p) if isinstance(p, dict) else p) for p in raw]
+
+
+def _prompt_object(obj: Mapping[str, Any]) -> str:
+    """llama.cpp's ``{"prompt_string": ..., "multimodal_data"?: [...]}``."""
+    if obj.get("multimodal_data"):
+        raise InvalidRequest("Multimodal data provided, but model does not support multimodal "
+                             "requests ('prompt')", param="prompt")
+    return str(obj["prompt_string"])
 
 
 def choices_wanted(body: Mapping[str, Any], n_prompts: int, n_slots: int, *,

@@ -327,7 +327,8 @@ def fixed_registry(settings: Settings, runtime: RuntimeLike | None) -> Registry:
         await trio.to_thread.run_sync(rt.close)
 
     path = settings.model_path or Path("model.gguf")
-    specs = [ModelSpec(settings.alias or path.name, path)] if runtime is not None else []
+    name = settings.alias_names[0] if settings.alias_names else path.name
+    specs = [ModelSpec(name, path)] if runtime is not None else []
     registry = Registry(specs, load=None, close=close,
                         default=specs[0].name if specs else None,
                         max_waiting=settings.max_queue, wait_s=settings.models_wait_s)

@@ -102,6 +102,14 @@ class Settings:
     json_schema: str | None = None  # JSON text
 
     @property
+    def alias_names(self) -> tuple[str, ...]:
+        """``--alias`` as llama.cpp reads it: comma-separated names, in sorted order (its
+        first is the model's name, as llama.cpp's ``id``)."""
+        if not self.alias:
+            return ()
+        return tuple(sorted({a.strip() for a in self.alias.split(",") if a.strip()}))
+
+    @property
     def binds(self) -> tuple[str, ...]:
         """``--host`` as llama.cpp reads it: comma-separated addresses, each on ``--port``, or
         UNIX socket paths ending in ``.sock``; an IPv6 address binds in brackets."""

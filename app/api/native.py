@@ -116,7 +116,10 @@ def request_params(req: CompletionRequest, grammar: str | None) -> JSON:
             "n_cache_reuse": req.n_cache_reuse,
             "t_max_predict_ms": req.t_max_predict_ms,
             "timings_per_token": req.timings_per_token, "return_progress": req.return_progress,
-            "lora": [{"id": i, "scale": s} for i, s in req.lora or ()]}
+            "lora": [{"id": i, "scale": s} for i, s in req.lora or ()],
+            # llama.cpp's: -inf (a ban, ignore_eos's end-of-generation tokens) as null
+            "logit_bias": [{"token": t, "bias": b if math.isfinite(b) else None}
+                           for t, b in req.sampling.logit_bias]}
 
 
 def timings(outcome: Outcome) -> JSON:

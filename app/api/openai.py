@@ -90,6 +90,8 @@ def openai_request(body: JSON, defaults: Defaults, *, prompt: str | list[str | i
     limit = body.get("max_completion_tokens")
     if limit is None:
         limit = body.get("max_tokens")
+    if limit is None:  # llama.cpp's own name, which its OpenAI routes take too
+        limit = body.get("n_predict")
     stops = tuple(dict.fromkeys([*extra_stops, *stops_from(body.get("stop"))]))
     sampling = sampling_from(body, defaults)
     return CompletionRequest(

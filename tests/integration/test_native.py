@@ -497,3 +497,21 @@ async def test_metrics_and_timings_as_llama_cpp(client: httpx.AsyncClient) -> No
         assert f"llamacpp:{name}" in plain, name  # llama.cpp's series, unlabelled (one model)
     assert plain["llamacpp:tokens_predicted_seconds_total"] > 0
     assert plain["llamacpp:n_tokens_max"] >= 17
+
+
+async def test_llama_cpp_prompt_objects_and_logit_bias_report(client: httpx.AsyncClient) -> None:
+    one = await complete(client, prompt={"prompt_string": "I believe"}, n_predict=2)
+    assert one["prompt"] == "I believe"
+    several = (await client.post("/completion", json={
+        "prompt": [{"prompt_string": "I believe"}, "The sky is"], "n_predict": 1})).json()
+    assert [r["index"] for r in several] == [0, 1]
+    media = await client.post("/completion", json={
+        "prompt": {"prompt_string": "x", "multimodal_data": ["AAAA"]}})
+    assert media.status_code == 400
+    assert "Multimodal data provided" in media.json()["error"]["message"]
+    # ignore_eos puts the end-of-generation tokens at -inf, reported as null (llama.cpp's)
+    eos = await complete(client, prompt="Once", n_predict=2, ignore_eos=True)
+    assert eos["generation_settings"]["logit_bias"]
+    assert all(e["bias"] is None for e in eos["generation_settings"]["logit_bias"])
+    plain = await complete(client, prompt="Once", n_predict=2)
+    assert plain["generation_settings"]["logit_bias"] == []

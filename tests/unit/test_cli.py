@@ -311,3 +311,10 @@ def test_server_grammar_and_json_schema_are_checked_at_startup(tmp_path: Path) -
                           (["--grammar-file", str(tmp_path / "missing.gbnf")], "cannot read")):
         with pytest.raises(ConfigError, match=message):
             load_settings(argv)
+
+
+def test_alias_takes_llama_cpps_list_and_the_slot_save_path_is_made(tmp_path: Path) -> None:
+    s, _ = load_settings(["--alias", "tinyllama-2,fim, code", "--slot-save-path",
+                          str(tmp_path / "a" / "b")])
+    assert s.alias_names == ("code", "fim", "tinyllama-2")  # the first is the model's name
+    assert (tmp_path / "a" / "b").is_dir()
