@@ -45,10 +45,12 @@ class Prepared:
 
 
 def convert_schema(schema: Any, *, field: str, prop_order: list[str] | None = None,
-                   strict: bool = False, dotall: bool = False) -> Conversion:
+                   strict: bool = False, grammar_only: bool = False,
+                   dotall: bool = False) -> Conversion:
     """Convert a request's JSON Schema, mapping grammar errors to a 400 naming ``field``."""
     try:
-        return convert(schema, prop_order=prop_order, strict=strict, dotall=dotall)
+        return convert(schema, prop_order=prop_order, strict=strict, grammar_only=grammar_only,
+                       dotall=dotall)
     except RecursionError:
         raise InvalidRequest(f"unsupported schema in '{field}': nested too deeply to convert",
                              param=field, pointer="/") from None

@@ -1,6 +1,6 @@
 """Command line: ``python -m grammar convert|check|validate``.
 
-* ``convert SCHEMA.json [--prop-order a,b] [--strict] [--dotall]`` prints GBNF; exit 2
+* ``convert SCHEMA.json [--prop-order a,b] [--strict] [--grammar-only] [--dotall]`` prints GBNF; exit 2
   with the error on stderr for an invalid or unsupported schema.
 * ``check GRAMMAR.gbnf TEXT_FILE`` exits 0 if the text is in the grammar's
   language, 1 if not, 2 if the grammar is invalid (line and column on stderr).
@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("convert", help="print the GBNF of a JSON Schema")
     c.add_argument("schema")
     c.add_argument("--prop-order", default="", help="comma-separated property names to put first")
-    c.add_argument("--strict", action="store_true", help="refuse keywords the grammar cannot enforce")
+    c.add_argument("--strict", action="store_true",
+                   help="close objects without additionalProperties (OpenAI's strict mode)")
+    c.add_argument("--grammar-only", action="store_true",
+                   help="refuse keywords the grammar cannot enforce")
     c.add_argument("--dotall", action="store_true", help="'.' in patterns matches newlines too")
     k = sub.add_parser("check", help="is a text in a grammar's language?")
     k.add_argument("grammar")
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         order = [p for p in args.prop_order.split(",") if p]
         try:
             result = convert(_schema(args.schema), prop_order=order, strict=args.strict,
-                             dotall=args.dotall)
+                             grammar_only=args.grammar_only, dotall=args.dotall)
         except GrammarError as exc:
             print(f"grammar: error: {exc}", file=sys.stderr)
             return 2

@@ -12,6 +12,11 @@ from typing import Any
 
 from grammar.errors import UnsupportedSchemaError, escape_pointer
 from grammar.gbnf_text import char_class, literal, repeat
+from grammar.linear_regex import UnsupportedPattern, search
+
+#: Objects with at most this many properties take them in any order (2**n states of which
+#: properties were written); larger ones in declared order. Measured in bench/grammar.py.
+ANY_ORDER_MAX = 5
 
 JSON = Any
 
@@ -19,6 +24,8 @@ JSON = Any
 class ContainerRules:
     prop_order: Sequence[str]
     rules: dict[str, str]
+    strict: bool
+    enforced: list[str]
 
     def add_rule(self, name: str, body: str) -> str:
         raise NotImplementedError
@@ -30,6 +37,15 @@ class ContainerRules:
         raise NotImplementedError
 
     def visit(self, schema: JSON, pointer: str, name: str) -> str:
+        raise NotImplementedError
+
+    def validate_only(self, pointer: str, keyword: str, why: str = "") -> None:
+        raise NotImplementedError
+
+    def pattern_key(self, pattern: str, pointer: str, name: str) -> str:
+        raise NotImplementedError
+
+    def reserve(self, name: str) -> str:
         raise NotImplementedError
 
     def visit_array(self, schema: dict[str, JSON], pointer: str, name: str) -> str:
@@ -83,26 +99,55 @@ class ContainerRules:
 
     # --- objects ---------------------------------------------------------------
     def visit_object(self, schema: dict[str, JSON], pointer: str, name: str) -> str:
+        """Members: declared properties (each at most once, required ones always), members
+        whose names match ``patternProperties``, and extra members as ``additionalProperties``
+        says (absent: any value, as JSON Schema; closed in strict mode when properties are
+        declared). Small objects take their properties in any order, larger ones in declared
+        order (see :data:`ANY_ORDER_MAX`); extras may come anywhere."""
         space = self.primitive("space")
         props: dict[str, JSON] = schema.get("properties", {})
-        required = set(schema.get("required", []))
+        patterns: dict[str, JSON] = schema.get("patternProperties", {})
+        required = list(dict.fromkeys(schema.get("required", [])))
         forbidden = {k for k, v in props.items() if v is False}
-        if forbidden & required:
+        if forbidden & set(required):
             raise UnsupportedSchemaError(
-                f"property {sorted(forbidden & required)[0]!r} is both required and forbidden",
+                f"property {sorted(forbidden & set(required))[0]!r} is both required and forbidden",
                 pointer=pointer)
         props = {k: v for k, v in props.items() if v is not False}
         additional = schema.get("additionalProperties")
-        if "properties" not in schema and additional is None:
-            additional = True  # a bare object schema allows any keys
-        for key in ("properties", "required", "additionalProperties"):
+        for key in ("properties", "required", "additionalProperties", "patternProperties"):
             if key in schema:
                 self.enforce(pointer, key)
-        for key in sorted(required - props.keys()):
-            if additional is False:
+        declares = bool(props) or bool(patterns)
+        if additional is None:
+            if self.strict and declares:
+                additional = False
+                self.enforced.append(f"{pointer}/additionalProperties (absent: closed, strict)")
+            elif patterns:
+                # keys matching no pattern would take any value; the grammar keeps to the
+                # patterns' keys (a subset of the schema)
+                additional = False
+                self.enforced.append(f"{pointer}/additionalProperties (absent: only names "
+                                     "matching patternProperties)")
+            else:
+                additional = True
+                if props:
+                    self.enforced.append(f"{pointer}/additionalProperties (absent: open)")
+        for key in required:
+            if key in props:
+                continue
+            matching = [v for pat, v in patterns.items() if self._may_match(pat, key)]
+            if matching:
+                props = {**props, key: matching[0] if len(matching) == 1 else {"allOf": matching}}
+            elif additional is False:
                 raise UnsupportedSchemaError(
                     f"required property {key!r} is not allowed by the schema", pointer=pointer)
-            props = {**props, key: additional if isinstance(additional, dict) else True}
+            else:
+                props = {**props, key: additional}
+        if any(self._may_match(pat, key) for pat in patterns for key in props):
+            self.validate_only(pointer, "patternProperties",
+                               " for declared names that match a pattern (the grammar gives "
+                               "them their declared schema)")
         order = [k for k in self.prop_order if k in props] + [k for k in props
                                                                 if k not in self.prop_order]
         kvs: list[tuple[str, str, bool]] = []
@@ -112,44 +157,167 @@ class ContainerRules:
             kv = self.add_rule(f"{name}-{key}-kv",
                                f'{literal(json.dumps(key, ensure_ascii=False))} {space} ":" {space} {value}')
             kvs.append((key, kv, key in required))
-        extra: str | None = None
-        if additional not in (None, False):
+        extras: list[str] = []
+        for i, (pat, sub) in enumerate(patterns.items()):
+            where = f"{pointer}/patternProperties/{escape_pointer(pat)}"
+            key_text = self.pattern_key(pat, where, f"{name}-pattern-{i}")
+            value = self.visit(sub, where, f"{name}-pattern-{i}-value")
+            extras.append(f'"\\"" {key_text} "\\"" {space} ":" {space} {value}')
+        if len(patterns) > 1:
+            self.validate_only(pointer, "patternProperties",
+                               " where a name matches several patterns")
+        if additional is not False:
             value = self.visit(additional, f"{pointer}/additionalProperties", f"{name}-additional")
             key_rule = self._key_excluding(list(props), name)
-            extra = self.add_rule(f"{name}-additional-kv", f'{key_rule} ":" {space} {value}')
-        body = self._object_body(kvs, extra, f'"," {space}', name)
+            extras.append(f'{key_rule} ":" {space} {value}')
+            if patterns:
+                self.validate_only(pointer, "patternProperties",
+                                   " for extra names (the grammar gives them additionalProperties)")
+        extra = self.add_rule(f"{name}-extra", " | ".join(extras)) if extras else None
+        lo = int(schema.get("minProperties", 0))
+        hi = schema.get("maxProperties")
+        hi = None if hi is None else int(hi)
+        body = self._members(kvs, extra, lo, hi, schema, pointer, name)
+        if "|" in body:
+            body = f"( {body} )"
         return self.add_rule(name, f'"{{" {space} {body} "}}" {space}'.replace("  ", " "))
 
-    def _object_body(self, kvs: list[tuple[str, str, bool]], extra: str | None, sep: str,
-                     name: str) -> str:
-        """Members in declared order, required ones always, optional ones at most once, then extras.
+    def _may_match(self, pattern: str, key: str) -> bool:
+        try:
+            return search(pattern, key) is not None
+        except UnsupportedPattern:
+            return True  # cannot tell: treat as matching (both schemas then apply)
 
-        ``tail(i)`` follows a written member and covers members i.. (each with its
-        separator in front); ``head(i)`` is where nothing was written yet.
+    def _members(self, kvs: list[tuple[str, str, bool]], extra: str | None, lo: int,
+                 hi: int | None, schema: dict[str, JSON], pointer: str, name: str) -> str:
+        n_req = sum(1 for kv in kvs if kv[2])
+        if hi is not None and (hi < n_req or lo > hi):
+            raise UnsupportedSchemaError("no object satisfies minProperties, maxProperties and "
+                                         "required together", pointer=pointer)
+        counted = lo > n_req or (hi is not None and (extra is not None or hi < len(kvs)))
+        sep = f'"," {self.primitive("space")}'
+        if not kvs and extra is not None:
+            for key in ("minProperties", "maxProperties"):
+                if key in schema:
+                    self.enforce(pointer, key)
+            if hi == 0:
+                return ""
+            more = repeat(self.add_rule(f"{name}-more", f"{sep} {extra}"), max(lo - 1, 0),
+                          None if hi is None else hi - 1, self.add_rule)
+            body = self._join(extra, more)
+            return body if lo >= 1 else f"( {body} )?"
+        any_order = len(kvs) <= ANY_ORDER_MAX and not self.prop_order
+        if counted and not (any_order and extra is None):
+            for key in ("minProperties", "maxProperties"):
+                if key in schema:
+                    self.validate_only(pointer, key, " together with other members")
+            lo, hi = 0, None
+        else:
+            for key in ("minProperties", "maxProperties"):
+                if key in schema:
+                    self.enforce(pointer, key)
+        if any_order:
+            return self._any_order(kvs, extra, lo, hi, sep, name)
+        return self._declared_order(kvs, extra, sep, name)
+
+    def _any_order(self, kvs: list[tuple[str, str, bool]], extra: str | None, lo: int,
+                   hi: int | None, sep: str, name: str) -> str:
+        """Each subset of written properties is a state: ``state(S)`` follows a member and
+        offers every property not in S, an extra member, or the end once every required
+        property is in S (and the count is within ``lo``..``hi``)."""
+        n = len(kvs)
+        need = sum(1 << i for i, kv in enumerate(kvs) if kv[2])
+        memo: dict[int, str | None] = {}
+
+        def done(mask: int) -> bool:
+            return mask & need == need and bin(mask).count("1") >= lo
+
+        def room(mask: int) -> bool:
+            return hi is None or bin(mask).count("1") < hi
+
+        def moves(mask: int, first: bool) -> list[str]:
+            lead = "" if first else f"{sep} "
+            out = []
+            if room(mask):
+                for i in range(n):
+                    if not mask >> i & 1:
+                        nxt = state(mask | 1 << i)
+                        if nxt is not None:
+                            out.append(f"{lead}{kvs[i][1]} {nxt}".rstrip())
+            if extra is not None:
+                nxt = state(mask)
+                if nxt is not None:
+                    out.append(f"{lead}{extra} {nxt}".rstrip())
+            return out
+
+        def state(mask: int) -> str | None:
+            """The rule after a member with ``mask`` written ("" : nothing may follow; None:
+            no way to finish)."""
+            if mask in memo:
+                return memo[mask]
+            if extra is None and (mask == (1 << n) - 1 or not room(mask)):
+                memo[mask] = "" if done(mask) else None
+                return memo[mask]
+            rule = self.reserve(f"{name}-s{mask}")
+            memo[mask] = rule
+            options = moves(mask, first=False)
+            body = " | ".join(options)
+            if done(mask):
+                body = f"( {body} )?" if body else ""
+            elif not body:
+                memo[mask] = None
+                del self.rules[rule]
+                return None
+            self.rules[rule] = body
+            return rule
+
+        body = " | ".join(moves(0, first=True))
+        if done(0):
+            body = f"( {body} )?" if body else ""
+        return body
+
+    def _declared_order(self, kvs: list[tuple[str, str, bool]], extra: str | None, sep: str,
+                        name: str) -> str:
+        """Properties in declared order (optional ones may be skipped), extras anywhere.
+
+        ``after(i)`` follows a written member when properties i.. are still to come: an
+        extra member, the next property written (``skip(i)``), or the end when all the rest
+        are optional. Every choice starts with a different key, so the grammar is unambiguous.
         """
         n = len(kvs)
-        tail = [""] * (n + 1)
-        tail[n] = f"( {sep} {extra} )*" if extra else ""
+        optional_from = [True] * (n + 1)
         for i in range(n - 1, -1, -1):
-            _key, kv, req = kvs[i]
-            item = f"{sep} {kv}" if req else f"( {sep} {kv} )?"
-            tail[i] = self._join(item, tail[i + 1])
-            if i > 0 and tail[i]:
-                tail[i] = self.add_rule(f"{name}-tail-{i}", tail[i])
-        head = f"( {extra} {tail[n]} )?" if extra else ""
-        first_required = next((i for i, kv in enumerate(kvs) if kv[2]), n - 1)
-        for i in range(first_required, -1, -1):
-            _key, kv, req = kvs[i]
-            first = self._join(kv, tail[i + 1])
-            if req:
-                head = first
-            else:
-                head = f"( {first} )?" if not head else f"{first} | {head}"
-                if head.count("|") and i > 0:
-                    head = self.add_rule(f"{name}-head-{i}", head)
-                elif "|" in head:
-                    head = f"( {head} )"
-        return head
+            optional_from[i] = optional_from[i + 1] and not kvs[i][2]
+        skip: list[str] = [""] * (n + 1)
+        after: list[str] = [""] * (n + 1)
+        for i in range(n, -1, -1):
+            if i < n:
+                options = [f"{sep} {kvs[i][1]} {after[i + 1]}".rstrip()]
+                if not kvs[i][2] and skip[i + 1]:
+                    options.append(skip[i + 1])
+                skip[i] = self.add_rule(f"{name}-skip-{i}", " | ".join(options))
+            if extra is not None:
+                rule = self.reserve(f"{name}-after-{i}")
+                options = [f"{sep} {extra} {rule}", *([skip[i]] if skip[i] else [])]
+                body = " | ".join(options)
+                self.rules[rule] = f"( {body} )?" if optional_from[i] else body
+                after[i] = rule
+            elif skip[i]:
+                after[i] = f"{skip[i]}?" if optional_from[i] else skip[i]
+        first: list[str] = [""] * (n + 1)
+        for i in range(n - 1, -1, -1):
+            options = [f"{kvs[i][1]} {after[i + 1]}".rstrip()]
+            if not kvs[i][2] and first[i + 1]:
+                options.append(first[i + 1])
+            first[i] = " | ".join(options) if i == n - 1 or kvs[i][2] else \
+                self.add_rule(f"{name}-first-{i}", " | ".join(options))
+        options = [first[0]] if first[0] else []
+        if extra is not None:
+            options.append(f"{extra} {after[0]}".rstrip())
+        body = " | ".join(options)
+        if optional_from[0] and body:
+            body = f"( {body} )?"
+        return body
 
     @staticmethod
     def _join(a: str, b: str) -> str:

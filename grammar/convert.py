@@ -73,12 +73,56 @@ def _rule_name(text: str) -> str:
     return name or "x"
 
 
+#: The deepest JSON nesting of a schema document (objects and arrays) the converter takes.
+#: Every schema level is two (``properties`` then the name); real schemas stay far below.
+MAX_SCHEMA_DEPTH = 96
+
+
+def scan(schema: JSON) -> dict[str, JSON]:
+    """Check the document's nesting depth (iteratively) and index its plain-name anchors.
+
+    Returns ``{"#name": subschema}`` for ``$anchor`` and for draft-04/06/07 ``id`` /
+    ``$id`` values that are plain-name fragments (``"#foo"``).
+
+    Raises:
+        UnsupportedSchemaError: nested deeper than :data:`MAX_SCHEMA_DEPTH`.
+    """
+    anchors: dict[str, JSON] = {}
+    stack: list[tuple[JSON, int, str]] = [(schema, 0, "")]
+    while stack:
+        node, depth, pointer = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            raise UnsupportedSchemaError(f"the schema is nested more than {MAX_SCHEMA_DEPTH} "
+                                         "levels deep", pointer=pointer)
+        if isinstance(node, dict):
+            anchor = node.get("$anchor")
+            if isinstance(anchor, str):
+                anchors.setdefault(f"#{anchor}", node)
+            for key in ("$id", "id"):
+                ident = node.get(key)
+                if isinstance(ident, str) and ident.startswith("#") and len(ident) > 1 \
+                        and not ident.startswith("#/"):
+                    anchors.setdefault(ident, node)
+            stack.extend((v, depth + 1, f"{pointer}/{escape_pointer(str(k))}")
+                         for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1, f"{pointer}/{i}") for i, v in enumerate(node))
+    return anchors
+
+
 def check_schema(schema: JSON) -> None:
-    """Raise :class:`InvalidSchemaError` unless ``schema`` is a valid JSON Schema."""
+    """Raise :class:`InvalidSchemaError` unless ``schema`` is a valid JSON Schema.
+
+    Duplicate ``enum`` members, which draft-04 to 07's meta-schemas forbid and
+    validators treat differently, are accepted: a grammar does not care.
+    """
     if not isinstance(schema, dict | bool):
         raise InvalidSchemaError("a schema must be an object or a boolean", pointer="")
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    error = jsonschema.exceptions.best_match(cls(cls.META_SCHEMA).iter_errors(schema))
+    errors = (e for e in cls(cls.META_SCHEMA).iter_errors(schema)
+              if not (e.validator == "uniqueItems" and e.absolute_path
+                      and e.absolute_path[-1] == "enum"))
+    error = jsonschema.exceptions.best_match(errors)
     if error is not None:
         pointer = "".join(f"/{escape_pointer(str(p))}" for p in error.absolute_path)
         raise InvalidSchemaError(error.message, pointer=pointer)
@@ -89,13 +133,21 @@ class _Converter(ContainerRules):
     root: JSON
     prop_order: Sequence[str]
     dotall: bool
-    strict: bool
+    strict: bool  # objects without additionalProperties are closed
+    grammar_only: bool  # refuse keywords only validation can check
     remote_refs: Mapping[str, JSON]
     rules: dict[str, str] = field(default_factory=dict)
     enforced: list[str] = field(default_factory=list)
     validated_only: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     refs: dict[str, str] = field(default_factory=dict)
+    anchors: dict[str, JSON] = field(default_factory=dict)
+    root_id: str = ""  # the document's own URI (``$id``/``id`` without its fragment)
+
+    def set_root(self, schema: JSON) -> None:
+        self.root, self.refs, self.anchors = schema, {}, scan(schema)
+        ident = schema.get("$id", schema.get("id")) if isinstance(schema, dict) else None
+        self.root_id = ident.partition("#")[0] if isinstance(ident, str) else ""
 
     # --- bookkeeping -------------------------------------------------------
     def add_rule(self, name: str, body: str) -> str:
@@ -106,6 +158,21 @@ class _Converter(ContainerRules):
             candidate = f"{name}-{n}"
         self.rules[candidate] = body
         return candidate
+
+    def reserve(self, name: str) -> str:
+        """A fresh rule name (never shared with another rule), its body set later."""
+        name = _rule_name(name)
+        candidate, n = name, 1
+        while candidate in self.rules:
+            n += 1
+            candidate = f"{name}-{n}"
+        self.rules[candidate] = ""
+        return candidate
+
+    def pattern_key(self, pattern: str, pointer: str, name: str) -> str:
+        """The text between the quotes of a member name matching ``pattern``."""
+        return pattern_to_gbnf(pattern, pointer=pointer, add_rule=self.add_rule, name=name,
+                               any_char=self.primitive("char"), dotall=self.dotall)
 
     def primitive(self, name: str) -> str:
         if name not in self.rules:
@@ -119,16 +186,16 @@ class _Converter(ContainerRules):
 
     def validate_only(self, pointer: str, keyword: str, why: str = "") -> None:
         where = f"{pointer}/{keyword}"
-        if self.strict:
+        if self.grammar_only:
             raise UnsupportedSchemaError(
-                f"'{keyword}' cannot be enforced by a grammar{why} (strict mode)",
+                f"'{keyword}' cannot be enforced by a grammar{why} (grammar-only mode)",
                 pointer=f"{pointer}/{keyword}", keyword=keyword)
         self.validated_only.append(where)
 
     # --- $ref ----------------------------------------------------------------
     def resolve(self, ref: str, pointer: str) -> JSON:
         base, _, fragment = ref.partition("#")
-        if base:
+        if base and base != self.root_id:
             if base not in self.remote_refs:
                 raise UnsupportedSchemaError(
                     f"remote $ref {ref!r} is refused (pass its document explicitly to allow it)",
@@ -137,10 +204,13 @@ class _Converter(ContainerRules):
         else:
             doc = self.root
         node = doc
+        if fragment and not fragment.startswith("/"):
+            anchors = self.anchors if doc is self.root else scan(doc)
+            if f"#{fragment}" not in anchors:
+                raise InvalidSchemaError(f"$ref {ref!r}: no $anchor or id names {fragment!r}",
+                                         pointer=f"{pointer}/$ref")
+            return anchors[f"#{fragment}"]
         if fragment:
-            if not fragment.startswith("/"):
-                raise UnsupportedSchemaError(f"$ref {ref!r}: only JSON-pointer fragments are "
-                                             "supported", pointer=f"{pointer}/$ref", keyword="$ref")
             for raw in fragment[1:].split("/"):
                 part = raw.replace("~1", "/").replace("~0", "~")
                 if isinstance(node, list) and part.isdigit() and int(part) < len(node):
@@ -157,7 +227,7 @@ class _Converter(ContainerRules):
             name = _rule_name(ref.rpartition("/")[2] or "root-ref")
             target = self.resolve(ref, pointer)
             # Reserve the name first: recursive references then point at it.
-            rule = self.add_rule(f"ref-{name}", "")
+            rule = self.reserve(f"ref-{name}")
             self.refs[ref] = rule
             body = self.visit(target, f"{pointer}/$ref", rule + "-body")
             self.rules[rule] = body
@@ -187,7 +257,7 @@ class _Converter(ContainerRules):
             return self.json_literal(schema["const"])
         if "enum" in schema:
             self.enforce(pointer, "enum")
-            options = [self.json_literal(v) for v in schema["enum"]]
+            options = list(dict.fromkeys(self.json_literal(v) for v in schema["enum"]))
             return self.add_rule(name, " | ".join(options)) if options else '[^\\x00-\\U0010FFFF]'
         for key in ("anyOf", "oneOf"):
             if key in schema:
@@ -275,8 +345,30 @@ class _Converter(ContainerRules):
         raise InvalidSchemaError(f"unknown type {t!r}", pointer=f"{pointer}/type")
 
     def json_literal(self, value: JSON) -> str:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        return f"{literal(text)} {self.primitive('space')}"
+        """A ``const``/``enum`` value as JSON text: free whitespace between tokens, non-ASCII
+        characters raw or ``\\u``-escaped, integral numbers with or without ``.0``."""
+        space = self.primitive("space")
+        if isinstance(value, dict):
+            if not value:
+                return f'"{{" {space} "}}" {space}'
+            members = f' "," {space} '.join(
+                f"{self.json_literal(str(k))} \":\" {space} {self.json_literal(v)}"
+                for k, v in value.items())
+            return f'"{{" {space} {members} "}}" {space}'
+        if isinstance(value, list):
+            if not value:
+                return f'"[" {space} "]" {space}'
+            items = f' "," {space} '.join(self.json_literal(v) for v in value)
+            return f'"[" {space} {items} "]" {space}'
+        if isinstance(value, str):
+            return f"{_string_literal(value)} {space}"
+        if isinstance(value, bool) or value is None:
+            return f"{literal(json.dumps(value))} {space}"
+        if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+            return f'{literal(str(int(value)))} ".0"? {space}'
+        if isinstance(value, int) and abs(value) < 10**16:
+            return f'{literal(str(value))} ".0"? {space}'
+        return f"{literal(json.dumps(value))} {space}"
 
     # --- strings -------------------------------------------------------------
     def visit_string(self, schema: dict[str, JSON], pointer: str, name: str) -> str:
@@ -296,7 +388,7 @@ class _Converter(ContainerRules):
         if fmt is not None:
             if fmt in jsonschema.Draft202012Validator.FORMAT_CHECKER.checkers:
                 self.validate_only(pointer, "format", f" ('{fmt}' has no grammar)")
-            elif self.strict:
+            elif self.grammar_only:
                 raise UnsupportedSchemaError(f"format {fmt!r} is neither enforced nor checked",
                                              pointer=f"{pointer}/format", keyword="format")
             else:
@@ -342,6 +434,26 @@ class _Converter(ContainerRules):
         return self.add_rule(name, f"( {int_range(lo, hi)} ) {self.primitive('space')}")
 
     # --- arrays ----------------------------------------------------------------
+def _string_literal(value: str) -> str:
+    """A JSON string of exactly ``value``: characters beyond ASCII raw or as ``\\u`` escapes
+    (as ``json.dumps`` writes them by default), the rest as ``json.dumps`` does."""
+    parts: list[str] = []
+    run = '"'
+    for ch in value:
+        if ord(ch) < 0x80:
+            run += json.dumps(ch)[1:-1]
+            continue
+        if run:
+            parts.append(literal(run))
+            run = ""
+        escaped = json.dumps(ch)[1:-1]  # \uXXXX, or a surrogate pair
+        forms = dict.fromkeys([literal(ch), literal(escaped), literal(escaped.upper()
+                                                                      .replace("\\U", "\\u"))])
+        parts.append("( " + " | ".join(forms) + " )")
+    parts.append(literal(run + '"'))
+    return " ".join(parts)
+
+
 def _ceil(v: JSON) -> int:
     i = int(v)
     return i if i == v or v < 0 else i + 1
@@ -353,26 +465,29 @@ def _floor(v: JSON) -> int:
 
 
 def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bool = False,
-            strict: bool = False, remote_refs: Mapping[str, JSON] | None = None) -> Conversion:
+            strict: bool = False, grammar_only: bool = False,
+            remote_refs: Mapping[str, JSON] | None = None) -> Conversion:
     """Convert a JSON Schema to GBNF.
 
     Args:
         schema: the schema (draft from ``$schema``, default 2020-12).
         prop_order: property names to place first, in this order.
         dotall: whether ``.`` in patterns also matches line terminators.
-        strict: refuse keywords the grammar cannot enforce instead of leaving
-            them to validation.
+        strict: close objects that do not say ``additionalProperties`` (OpenAI's
+            strict mode, llama.cpp's converter); by default they are open, as
+            JSON Schema says.
+        grammar_only: refuse keywords the grammar cannot enforce instead of
+            leaving them to validation.
         remote_refs: documents for remote ``$ref`` URIs (never fetched).
 
     Raises:
         InvalidSchemaError: the schema is not a valid JSON Schema.
-        UnsupportedSchemaError: a keyword no grammar can enforce (in strict
+        UnsupportedSchemaError: a keyword no grammar can enforce (in grammar-only
             mode, also those validation could check), with its JSON pointer.
     """
-    check_schema(schema)
-    conv = _Converter(root=schema, prop_order=list(prop_order or ()), dotall=dotall, strict=strict,
-                      remote_refs=dict(remote_refs or {}))
-    root = conv.visit(schema, "", "root-value")
+    conv = _Converter(root=None, prop_order=list(prop_order or ()), dotall=dotall, strict=strict,
+                      grammar_only=grammar_only, remote_refs=dict(remote_refs or {}))
+    root = _convert_one(conv, schema, "root-value")
     rules = dict(conv.rules)
     lines = [f"root ::= {root}"]
     lines += [f"{name} ::= {body}" for name, body in rules.items() if name != "root"]
@@ -381,12 +496,25 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
                       ignored=tuple(dict.fromkeys(conv.ignored)))
 
 
-def convert_many(schemas: Sequence[JSON], names: Sequence[str], *, strict: bool = False
+def _convert_one(conv: _Converter, schema: JSON, name: str) -> str:
+    scan(schema)  # bounds the depth before anything recursive looks at the schema
+    try:
+        check_schema(schema)
+        conv.set_root(schema)
+        return conv.visit(schema, "", name)
+    except RecursionError:
+        raise UnsupportedSchemaError("the schema nests too deeply to convert (through $ref "
+                                     "chains or nesting)", pointer="") from None
+
+
+def convert_many(schemas: Sequence[JSON], names: Sequence[str], *,
+                 strict: bool | Sequence[bool] = False, grammar_only: bool = False,
                  ) -> tuple[list[str], dict[str, str], list[Conversion]]:
     """Convert several schemas into one rule set (to embed in a larger grammar).
 
-    Each schema is its own document for ``$ref``; rules that two schemas share
-    (primitives) are written once, rules that only share a name are renamed.
+    ``strict`` may be given per schema. Each schema is its own document for ``$ref``;
+    rules that two schemas share (primitives) are written once, rules that only share a
+    name are renamed.
 
     Returns:
         one GBNF expression per schema, the rules they use (no ``root``), and
@@ -396,15 +524,16 @@ def convert_many(schemas: Sequence[JSON], names: Sequence[str], *, strict: bool 
     Raises:
         SchemaError: as :func:`convert`; ``index`` on the error says which schema.
     """
-    conv = _Converter(root=None, prop_order=[], dotall=False, strict=strict, remote_refs={})
+    flags = [strict] * len(schemas) if isinstance(strict, bool) else list(strict)
+    conv = _Converter(root=None, prop_order=[], dotall=False, strict=False,
+                      grammar_only=grammar_only, remote_refs={})
     exprs: list[str] = []
     reports: list[Conversion] = []
     for index, (schema, name) in enumerate(zip(schemas, names, strict=True)):
         try:
-            check_schema(schema)
-            conv.root, conv.refs = schema, {}
             conv.enforced, conv.validated_only, conv.ignored = [], [], []
-            expr = conv.visit(schema, "", f"{name}-value")
+            conv.strict = flags[index]
+            expr = _convert_one(conv, schema, f"{name}-value")
         except SchemaError as exc:
             exc.index = index
             raise
@@ -416,6 +545,7 @@ def convert_many(schemas: Sequence[JSON], names: Sequence[str], *, strict: bool 
 
 
 def schema_to_gbnf(schema: JSON, *, prop_order: Sequence[str] | None = None,
-                   dotall: bool = False, strict: bool = False) -> str:
+                   dotall: bool = False, strict: bool = False, grammar_only: bool = False) -> str:
     """The GBNF of :func:`convert` alone."""
-    return convert(schema, prop_order=prop_order, dotall=dotall, strict=strict).gbnf
+    return convert(schema, prop_order=prop_order, dotall=dotall, strict=strict,
+                   grammar_only=grammar_only).gbnf

@@ -44,6 +44,10 @@ __all__ = [
     "Repeat", "RuleRef", "Sequence", "TokenRef", "parse_gbnf",
 ]
 
+#: The deepest parenthesis nesting accepted: llama.cpp's parser recurses once per level, in
+#: C++, and so does the tree builder here (about 130 levels fit in Python's default limit).
+MAX_NESTING = 100
+
 _SIMPLE_ESCAPES = {"t": "\t", "r": "\r", "n": "\n", "\\": "\\", '"': '"', "[": "[", "]": "]", "-": "-"}
 _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
 
@@ -61,6 +65,9 @@ class _Postlex(lark.lark.PostLex):
                 continue
             if tok.type == "_LPAR":
                 depth += 1
+                if depth > MAX_NESTING:
+                    raise GbnfSyntaxError(f"parentheses nested more than {MAX_NESTING} deep",
+                                          line=tok.line or 0, column=tok.column or 0)
             elif tok.type == "_RPAR":
                 depth = max(0, depth - 1)
             previous = tok.type
@@ -267,6 +274,8 @@ def parse_gbnf(text: str) -> Grammar:
 def _parse_checked(text: str) -> Grammar:
     try:
         tree = _parser().parse(text)
+    except GbnfSyntaxError as exc:  # from the post-lexer, without an excerpt
+        raise error_at(text, exc.message, exc.line, exc.column) from None
     except lark.exceptions.UnexpectedCharacters as exc:
         raise error_at(text, f"unexpected character {text[exc.pos_in_stream or 0]!r}",
                         exc.line, exc.column) from None

@@ -10,8 +10,8 @@ ANNOTATIONS = frozenset({
 })
 # Keywords checked only by validation after generation.
 VALIDATED_ONLY = frozenset({
-    "uniqueItems", "multipleOf", "not", "minProperties", "maxProperties", "contains",
-    "minContains", "maxContains", "patternProperties", "propertyNames", "dependentRequired",
+    "uniqueItems", "multipleOf", "not", "contains",
+    "minContains", "maxContains", "propertyNames", "dependentRequired",
     "dependentSchemas", "dependencies", "if", "then", "else", "unevaluatedItems",
     "unevaluatedProperties",
 })
@@ -29,3 +29,7 @@ TYPE_KEYWORDS = {
 }
 ALL_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 STRUCTURAL = {"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref"}
+# Every keyword that constrains an instance (the rest annotate or are unknown to JSON Schema).
+CONSTRAINING = frozenset(STRUCTURAL | VALIDATED_ONLY | {k for kws in TYPE_KEYWORDS.values()
+                                                         for k in kws}
+                         | {"additionalItems", "items", "$dynamicRef", "$recursiveRef"})

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from grammar.errors import UnsupportedSchemaError
-from grammar.keywords import ANNOTATIONS
+from grammar.keywords import CONSTRAINING
 
 JSON = Any
 
@@ -45,7 +45,7 @@ def _close_over(mine: dict[str, JSON], other: dict[str, JSON], pointer: str) -> 
 
 
 def constraining(schema: dict[str, JSON]) -> bool:
-    return any(k not in ANNOTATIONS for k in schema)
+    return any(k in CONSTRAINING for k in schema)
 
 
 def merge(a: dict[str, JSON], b: JSON, pointer: str) -> dict[str, JSON]:
@@ -58,7 +58,9 @@ def merge(a: dict[str, JSON], b: JSON, pointer: str) -> dict[str, JSON]:
     b = _close_over(b, a, pointer)
     out = dict(a)
     for key, value in b.items():
-        if key not in out or out[key] == value or key in ANNOTATIONS:
+        if key not in out or out[key] == value or key not in CONSTRAINING:
+            # annotations (title, description, examples, x-... extensions, unknown keywords)
+            # constrain nothing, so two branches cannot conflict on them: the first is kept
             out.setdefault(key, value)
             continue
         mine = out[key]

@@ -74,7 +74,13 @@ class _Rep:
     hi: int | None
 
 
-_Node = _Class | _Seq | _Alt | _Rep
+@dataclass(frozen=True)
+class _Anchor:
+    end: bool  # False: '^', True: '$'
+
+
+_Node = _Class | _Seq | _Alt | _Rep | _Anchor
+_START, _END = _Anchor(False), _Anchor(True)
 
 
 class _Parser:
@@ -91,19 +97,30 @@ class _Parser:
     def peek(self) -> str:
         return self.p[self.i] if self.i < len(self.p) else ""
 
-    def parse(self) -> tuple[_Node, bool, bool]:
-        start = end = False
-        if self.peek() == "^":
-            start = True
-            self.i += 1
+    def parse(self) -> list[tuple[_Seq, bool, bool]]:
+        """The pattern as alternatives ``(node, anchored at start, anchored at end)``.
+
+        Anchors may open or close any top-level alternative, also inside groups
+        that make up a whole alternative (``^$|(^[a-z]+$)``); elsewhere they are refused.
+        """
         node = self.alternation()
         if self.i < len(self.p):
             raise self.fail(f"unexpected {self.peek()!r}")
-        # a trailing '$' was consumed as an end anchor by sequence()
-        if isinstance(node, _Seq) and node.items and node.items[-1] == _END:
-            end = True
-            node = _Seq(node.items[:-1])
-        return node, start, end
+        out = []
+        for items in _branches(node):
+            start = end = False
+            while items and items[0] is _START:
+                start, items = True, items[1:]
+            while items and items[-1] is _END:
+                end, items = True, items[:-1]
+            while items and items[0] is _END and all(i is _END for i in items):
+                items = items[1:]
+            branch = _Seq(tuple(items))
+            if _has_anchor(branch):
+                raise self.fail("'^' or '$' inside the pattern (not at the start or the end of "
+                                "an alternative) is not supported")
+            out.append((branch, start, end))
+        return out
 
     def alternation(self) -> _Node:
         options = [self.sequence()]
@@ -115,14 +132,12 @@ class _Parser:
     def sequence(self) -> _Node:
         items: list[_Node] = []
         while self.i < len(self.p) and self.peek() not in "|)":
-            if self.peek() == "$":
+            if self.peek() in "^$":
+                items.append(_START if self.peek() == "^" else _END)
                 self.i += 1
-                if self.i < len(self.p) and self.peek() not in "|)":
-                    raise self.fail("'$' inside the pattern is not supported")
-                items.append(_END)
+                if self.peek() in ("*", "+", "?", "{"):
+                    raise self.fail("a quantifier after an anchor")
                 continue
-            if self.peek() == "^":
-                raise self.fail("'^' inside the pattern is not supported")
             atom = self.atom()
             items.append(self.quantified(atom))
         return _Seq(tuple(items))
@@ -138,7 +153,7 @@ class _Parser:
                 lo, hi = 1, None
             elif c == "{" and self._is_count():
                 lo, hi = self._count()
-                atom = _Rep(atom, lo, hi)
+                atom = _rep(atom, lo, hi)
                 if self.peek() == "?":
                     self.i += 1
                 continue
@@ -147,7 +162,7 @@ class _Parser:
             self.i += 1
             if self.peek() == "?":  # lazy: same language
                 self.i += 1
-            atom = _Rep(atom, lo, hi)
+            atom = _rep(atom, lo, hi)
 
     def _is_count(self) -> bool:
         j = self.p.find("}", self.i)
@@ -267,7 +282,66 @@ class _Parser:
         return [(ord(c), ord(c))]
 
 
-_END = _Seq(())  # marker for '$' while parsing
+def _branches(node: _Node) -> list[tuple[_Node, ...]]:
+    """Top-level alternatives as item lists, opening groups that make up a whole one."""
+    if isinstance(node, _Alt):
+        return [b for option in node.options for b in _branches(option)]
+    if isinstance(node, _Seq):
+        if len(node.items) == 1 and isinstance(node.items[0], _Alt | _Seq):
+            return _branches(node.items[0])
+        return [node.items]
+    return [(node,)]
+
+
+def _has_anchor(node: _Node) -> bool:
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, _Anchor):
+            return True
+        if isinstance(n, _Seq):
+            stack.extend(n.items)
+        elif isinstance(n, _Alt):
+            stack.extend(n.options)
+        elif isinstance(n, _Rep):
+            stack.append(n.node)
+    return False
+
+
+def _rep(node: _Node, lo: int, hi: int | None) -> _Node:
+    """``node{lo,hi}``, with a repeated variable-length repetition folded into one where that
+    is the same language (``(a+)+`` is ``a+``): llama.cpp's matcher keeps a stack for every
+    way to split text between two nested repetitions, and the GBNF check refuses them."""
+    inner = node
+    while isinstance(inner, _Seq) and len(inner.items) == 1:
+        inner = inner.items[0]
+    if isinstance(inner, _Rep) and (inner.hi is None or inner.hi > inner.lo) and (
+            hi is None or hi > 1):
+        a, b = inner.lo, inner.hi
+        k0 = max(lo, 1)
+        # counts: 0 when lo == 0, and k*a..k*b for each k from k0, which touch when
+        # (k+1)*a <= k*b + 1 (then for every larger k too)
+        if b is None or (k0 + 1) * a <= k0 * b + 1:
+            top = None if b is None or hi is None else hi * b
+            if lo > 0:
+                return _Rep(inner.node, lo * a, top)
+            if a <= 1:
+                return _Rep(inner.node, 0, top)
+            return _Rep(_Rep(inner.node, a, top), 0, 1)
+    if isinstance(inner, _Alt) and hi is None:
+        # (x+|y)* is (x|y)*, and (x*|y)+ is (x|y)*
+        options = []
+        for option in inner.options:
+            o = option
+            while isinstance(o, _Seq) and len(o.items) == 1:
+                o = o.items[0]
+            if isinstance(o, _Rep) and o.hi is None and o.lo <= 1:
+                lo = 0 if o.lo == 0 else lo
+                options.append(o.node)
+            else:
+                options.append(option)
+        return _Rep(_Alt(tuple(options)), lo, None)
+    return _Rep(node, lo, hi)
 
 
 def _json_class(cls: _Class) -> str:
@@ -371,8 +445,15 @@ def pattern_to_gbnf(pattern: str, *, pointer: str, add_rule: Callable[[str, str]
     Raises:
         UnsupportedSchemaError: a feature no grammar can express.
     """
-    node, start, end = _Parser(pattern, pointer, dotall).parse()
-    body = _Emitter(add_rule, name).emit(node) or '""'
-    prefix = "" if start else f"{any_char}* "
-    suffix = "" if end else f" {any_char}*"
-    return f"{prefix}{body}{suffix}"
+    emitter = _Emitter(add_rule, name)
+    options = []
+    for node, start, end in _Parser(pattern, pointer, dotall).parse():
+        if not start and not end and not node.items:
+            return f"{any_char}*"  # an unanchored empty alternative matches every string
+        body = emitter.emit(node) or ""
+        prefix = "" if start else f"{any_char}*"
+        suffix = "" if end else f"{any_char}*"
+        options.append(" ".join(p for p in (prefix, body, suffix) if p) or '""')
+    if len(options) == 1:
+        return options[0]
+    return "( " + " | ".join(options) + " )"

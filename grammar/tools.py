@@ -29,6 +29,7 @@ MAX_CALLS = 8
 class ToolSchema:
     name: str
     parameters: Any  # a JSON Schema for the arguments object
+    strict: bool = False  # objects without additionalProperties are closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,8 @@ def tool_calls_gbnf(tools: Sequence[ToolSchema], *, mode: Literal["auto", "requi
     if not tools:
         raise ValueError("no tools")
     exprs, rules, conversions = convert_many([t.parameters for t in tools],
-                                             [f"tool-{i}" for i in range(len(tools))])
+                                             [f"tool-{i}" for i in range(len(tools))],
+                                             strict=[t.strict for t in tools])
     alts = [f"{literal(json.dumps(t.name) + ', ' + chr(34) + 'arguments' + chr(34) + ': ')} {e}"
             for t, e in zip(tools, exprs, strict=True)]
     lines = [

@@ -381,7 +381,9 @@ async def grammar_route() -> Response:
     body = validate("grammar", await read_json())
     conversion = await trio.to_thread.run_sync(lambda: convert_schema(
         body["schema"], field="schema", prop_order=body.get("prop_order"),
-        strict=bool(body.get("strict", False)), dotall=bool(body.get("dotall", False))))
+        strict=bool(body.get("strict", False) or service().settings.schema_strict),
+        grammar_only=bool(body.get("grammar_only", False)),
+        dotall=bool(body.get("dotall", False))))
     return json_response({"gbnf": conversion.gbnf, "enforced": list(conversion.enforced),
                           "validated_only": list(conversion.validated_only),
                           "ignored": list(conversion.ignored)})

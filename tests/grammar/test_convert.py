@@ -76,7 +76,7 @@ def test_reports_what_the_grammar_cannot_enforce() -> None:
     assert "/properties/note/x-custom" in result.ignored
     assert "/properties/tags/items" in result.enforced
     with pytest.raises(UnsupportedSchemaError) as info:
-        convert(schema, strict=True)
+        convert(schema, grammar_only=True)
     assert info.value.pointer in {"/not", "/properties/tags/uniqueItems"}
 
 
@@ -172,7 +172,7 @@ def test_cli_errors_exit_2(tmp_path: Path) -> None:
     assert "/type" in out.stderr
     strict = tmp_path / "strict.json"
     strict.write_text('{"type": "array", "uniqueItems": true}')
-    assert run_cli("convert", str(strict), "--strict").returncode == 2
+    assert run_cli("convert", str(strict), "--grammar-only").returncode == 2
     assert run_cli("convert", str(strict)).returncode == 0
     grammar = tmp_path / "g.gbnf"
     grammar.write_text('root ::= "a" missing')

@@ -136,7 +136,7 @@ async def test_grammar_route_converts_and_reports(client: httpx.AsyncClient) -> 
     assert body["gbnf"].startswith("root ::= ")
     assert "/items/minimum" in body["enforced"]
     assert body["validated_only"] == ["/uniqueItems"]
-    strict = await client.post("/grammar", json={"schema": schema, "strict": True})
+    strict = await client.post("/grammar", json={"schema": schema, "grammar_only": True})
     assert strict.status_code == 400
     assert strict.json()["error"]["pointer"] == "/uniqueItems"
     bad = await client.post("/grammar", json={"schema": {"type": "hiccup"}})
