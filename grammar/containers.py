@@ -52,13 +52,16 @@ class ContainerRules:
         space = self.primitive("space")
         prefix = schema.get("prefixItems", [])
         items = schema.get("items", True)
+        if isinstance(items, list):  # draft-04 to 2019-09: a tuple, then additionalItems
+            prefix, items = items, schema.get("additionalItems", True)
         lo = int(schema.get("minItems", 0))
         hi = schema.get("maxItems")
         hi = None if hi is None else int(hi)
-        for key in ("prefixItems", "items", "minItems", "maxItems"):
+        for key in ("prefixItems", "items", "additionalItems", "minItems", "maxItems"):
             if key in schema:
                 self.enforce(pointer, key)
-        elems = [self.visit(s, f"{pointer}/prefixItems/{i}", f"{name}-{i}")
+        where = "prefixItems" if "prefixItems" in schema else "items"
+        elems = [self.visit(s, f"{pointer}/{where}/{i}", f"{name}-{i}")
                  for i, s in enumerate(prefix)]
         if items is False:
             hi = min(hi, len(elems)) if hi is not None else len(elems)

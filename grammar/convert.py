@@ -32,9 +32,11 @@ negated character class never contain quotes, backslashes or control characters.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import jsonschema
@@ -45,8 +47,9 @@ from grammar.gbnf_text import literal, repeat
 from grammar.keywords import ALL_TYPES, ANNOTATIONS, STRUCTURAL, TYPE_KEYWORDS, VALIDATED_ONLY
 from grammar.merge import constraining, merge
 from grammar.primitives import FORMATS, PRIMITIVE_DEPS, PRIMITIVES
-from grammar.ranges import int_range
+from grammar.ranges import int_range, number_range
 from grammar.regex import pattern_to_gbnf
+from grammar.validate import checked_formats
 
 JSON = Any
 
@@ -60,12 +63,15 @@ class Conversion:
         validated_only: keywords the grammar cannot enforce; validation after
             generation checks them.
         ignored: annotation and unknown keywords, which constrain nothing.
+        unchecked: formats neither the grammar nor validation can check (validation
+            then reports the value as not validated).
     """
 
     gbnf: str
     enforced: tuple[str, ...]
     validated_only: tuple[str, ...]
     ignored: tuple[str, ...]
+    unchecked: tuple[str, ...] = ()
 
 
 def _rule_name(text: str) -> str:
@@ -140,6 +146,7 @@ class _Converter(ContainerRules):
     enforced: list[str] = field(default_factory=list)
     validated_only: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
     refs: dict[str, str] = field(default_factory=dict)
     anchors: dict[str, JSON] = field(default_factory=dict)
     root_id: str = ""  # the document's own URI (``$id``/``id`` without its fragment)
@@ -330,10 +337,7 @@ class _Converter(ContainerRules):
             case "integer":
                 return self.visit_integer(schema, pointer, name)
             case "number":
-                for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-                    if key in schema:
-                        self.validate_only(pointer, key, " for non-integer numbers")
-                return self.primitive("number")
+                return self.visit_number(schema, pointer, name)
             case "boolean":
                 return self.primitive("boolean")
             case "null":
@@ -386,13 +390,13 @@ class _Converter(ContainerRules):
             body = self.add_rule(f"{_rule_name(fmt)}-format", FORMATS[fmt])
             return self.add_rule(name, f'"\\"" {body} "\\"" {space}')
         if fmt is not None:
-            if fmt in jsonschema.Draft202012Validator.FORMAT_CHECKER.checkers:
+            if fmt in checked_formats(self.root):
                 self.validate_only(pointer, "format", f" ('{fmt}' has no grammar)")
             elif self.grammar_only:
                 raise UnsupportedSchemaError(f"format {fmt!r} is neither enforced nor checked",
                                              pointer=f"{pointer}/format", keyword="format")
             else:
-                self.ignored.append(f"{pointer}/format")
+                self.unchecked.append(f"{pointer}/format")
         if pattern is not None:
             self.enforce(pointer, "pattern")
             for key in ("minLength", "maxLength"):
@@ -412,26 +416,31 @@ class _Converter(ContainerRules):
 
     # --- numbers ---------------------------------------------------------------
     def visit_integer(self, schema: dict[str, JSON], pointer: str, name: str) -> str:
-        lo: int | None = None
-        hi: int | None = None
-        if "minimum" in schema:
-            lo = _ceil(schema["minimum"])
-        if "exclusiveMinimum" in schema:
-            v = schema["exclusiveMinimum"]
-            lo = max(lo, _floor(v) + 1) if lo is not None else _floor(v) + 1
-        if "maximum" in schema:
-            hi = _floor(schema["maximum"])
-        if "exclusiveMaximum" in schema:
-            v = schema["exclusiveMaximum"]
-            hi = min(hi, _ceil(v) - 1) if hi is not None else _ceil(v) - 1
+        lo, lo_strict, hi, hi_strict = _bounds(schema, pointer)
         if lo is None and hi is None:
             return self.primitive("integer")
+        self._enforce_bounds(schema, pointer)
+        ilo = None if lo is None else (math.floor(lo) + 1 if lo_strict else math.ceil(lo))
+        ihi = None if hi is None else (math.ceil(hi) - 1 if hi_strict else math.floor(hi))
+        if ilo is not None and ihi is not None and ilo > ihi:
+            raise UnsupportedSchemaError(f"no integer lies between {lo} and {hi}", pointer=pointer)
+        return self.add_rule(name, f"( {int_range(ilo, ihi)} ) {self.primitive('space')}")
+
+    def visit_number(self, schema: dict[str, JSON], pointer: str, name: str) -> str:
+        """Bounded numbers are written without an exponent (a subset of the schema's numbers)."""
+        lo, lo_strict, hi, hi_strict = _bounds(schema, pointer)
+        if lo is None and hi is None:
+            return self.primitive("number")
+        self._enforce_bounds(schema, pointer)
+        body = number_range(lo, lo_strict, hi, hi_strict)
+        if not body:
+            raise UnsupportedSchemaError(f"no number lies between {lo} and {hi}", pointer=pointer)
+        return self.add_rule(name, f"( {body} ) {self.primitive('space')}")
+
+    def _enforce_bounds(self, schema: dict[str, JSON], pointer: str) -> None:
         for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
             if key in schema:
                 self.enforce(pointer, key)
-        if lo is not None and hi is not None and lo > hi:
-            raise UnsupportedSchemaError(f"no integer lies between {lo} and {hi}", pointer=pointer)
-        return self.add_rule(name, f"( {int_range(lo, hi)} ) {self.primitive('space')}")
 
     # --- arrays ----------------------------------------------------------------
 def _string_literal(value: str) -> str:
@@ -454,14 +463,35 @@ def _string_literal(value: str) -> str:
     return " ".join(parts)
 
 
-def _ceil(v: JSON) -> int:
-    i = int(v)
-    return i if i == v or v < 0 else i + 1
+def _decimal(v: JSON, pointer: str) -> Decimal:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise InvalidSchemaError(f"a bound must be a finite number, not {v!r}", pointer=pointer)
+    return Decimal(v) if isinstance(v, int) else Decimal(repr(v))
 
 
-def _floor(v: JSON) -> int:
-    i = int(v)
-    return i if i == v or v > 0 else i - 1
+def _bounds(schema: dict[str, JSON], pointer: str
+            ) -> tuple[Decimal | None, bool, Decimal | None, bool]:
+    """``(lower, exclusive, upper, exclusive)`` from the bound keywords: numbers in 2019-09 and
+    later (and draft-06/07), booleans that make ``minimum``/``maximum`` exclusive in draft-04."""
+    lo: Decimal | None = None
+    hi: Decimal | None = None
+    lo_strict = hi_strict = False
+    if "minimum" in schema:
+        lo = _decimal(schema["minimum"], f"{pointer}/minimum")
+        lo_strict = schema.get("exclusiveMinimum") is True
+    if "maximum" in schema:
+        hi = _decimal(schema["maximum"], f"{pointer}/maximum")
+        hi_strict = schema.get("exclusiveMaximum") is True
+    ex_lo, ex_hi = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    if ex_lo is not None and not isinstance(ex_lo, bool):
+        v = _decimal(ex_lo, f"{pointer}/exclusiveMinimum")
+        if lo is None or v >= lo:
+            lo, lo_strict = v, True
+    if ex_hi is not None and not isinstance(ex_hi, bool):
+        v = _decimal(ex_hi, f"{pointer}/exclusiveMaximum")
+        if hi is None or v <= hi:
+            hi, hi_strict = v, True
+    return lo, lo_strict, hi, hi_strict
 
 
 def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bool = False,
@@ -493,7 +523,8 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
     lines += [f"{name} ::= {body}" for name, body in rules.items() if name != "root"]
     return Conversion(gbnf="\n".join(lines) + "\n", enforced=tuple(dict.fromkeys(conv.enforced)),
                       validated_only=tuple(dict.fromkeys(conv.validated_only)),
-                      ignored=tuple(dict.fromkeys(conv.ignored)))
+                      ignored=tuple(dict.fromkeys(conv.ignored)),
+                      unchecked=tuple(dict.fromkeys(conv.unchecked)))
 
 
 def _convert_one(conv: _Converter, schema: JSON, name: str) -> str:
@@ -532,6 +563,7 @@ def convert_many(schemas: Sequence[JSON], names: Sequence[str], *,
     for index, (schema, name) in enumerate(zip(schemas, names, strict=True)):
         try:
             conv.enforced, conv.validated_only, conv.ignored = [], [], []
+            conv.unchecked = []
             conv.strict = flags[index]
             expr = _convert_one(conv, schema, f"{name}-value")
         except SchemaError as exc:
@@ -540,7 +572,8 @@ def convert_many(schemas: Sequence[JSON], names: Sequence[str], *,
         exprs.append(expr)
         reports.append(Conversion(gbnf=expr, enforced=tuple(dict.fromkeys(conv.enforced)),
                                   validated_only=tuple(dict.fromkeys(conv.validated_only)),
-                                  ignored=tuple(dict.fromkeys(conv.ignored))))
+                                  ignored=tuple(dict.fromkeys(conv.ignored)),
+                                  unchecked=tuple(dict.fromkeys(conv.unchecked))))
     return exprs, dict(conv.rules), reports
 
 

@@ -21,7 +21,7 @@ TYPE_KEYWORDS = {
     "null": set(),
     "number": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"},
     "integer": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"},
-    "array": {"items", "prefixItems", "minItems", "maxItems", "uniqueItems", "contains",
+    "array": {"items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems", "contains",
               "minContains", "maxContains", "unevaluatedItems"},
     "object": {"properties", "required", "additionalProperties", "minProperties",
                "maxProperties", "patternProperties", "propertyNames", "dependentRequired",

@@ -41,7 +41,30 @@ _DATE = (f'( {_YEAR} "-" ( ( "0" [13578] | "1" [02] ) "-" ( "0" [1-9] | [12] [0-
 _TIME = ('( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] ":" [0-5] [0-9] ( "." [0-9]{1,9} )? '
          '( [Zz] | [+-] ( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] )')
 _OCTET = '( "25" [0-5] | "2" [0-4] [0-9] | "1" [0-9] [0-9] | [1-9]? [0-9] )'
+# Hostnames (RFC 1123 labels, as the fqdn package checks them): at most 8 labels of at most
+# 30 characters keeps every name within the 253 characters a grammar cannot count here.
+_LABEL = '[A-Za-z0-9] ( [A-Za-z0-9-]{0,28} [A-Za-z0-9] )?'
+_HOSTNAME = f'{_LABEL} ( "." {_LABEL} ){{0,7}}'
+# URIs (RFC 3986): a subset of its syntax, what rfc3986-validator accepts. "/" separates
+# segments, so the repetitions do not nest ambiguously. IP literals ("[...]") are left out.
+_UNRESERVED = "A-Za-z0-9._~!$&'()*+,;=\\-"
+_PCT = '"%" [0-9A-Fa-f] [0-9A-Fa-f]'
+_PCHAR = f'( [{_UNRESERVED}:@] | {_PCT} )'
+_SEGMENTS = f'( "/" {_PCHAR}* )*'
+_QUERY = f'( "?" ( {_PCHAR} | [/?] )* )? ( "#" ( {_PCHAR} | [/?] )* )?'
+_AUTHORITY = (f'( ( [{_UNRESERVED}:] | {_PCT} )* "@" )? ( [{_UNRESERVED}] | {_PCT} )* '
+              '( ":" [0-9]{0,5} )?')
+_HIER = (f'( "//" {_AUTHORITY} {_SEGMENTS} | "/" ( {_PCHAR}+ {_SEGMENTS} )? | '
+         f'{_PCHAR}+ {_SEGMENTS} )?')
+_SCHEME = '[A-Za-z] [A-Za-z0-9+.-]{0,31}'
+_URI = f'{_SCHEME} ":" {_HIER} {_QUERY}'
+_NOSCHEME = f'( [{_UNRESERVED}@] | {_PCT} )+ {_SEGMENTS}'
+_RELATIVE = (f'( "//" {_AUTHORITY} {_SEGMENTS} | "/" ( {_PCHAR}+ {_SEGMENTS} )? | '
+             f'{_NOSCHEME} )? {_QUERY}')
 FORMATS: dict[str, str] = {
+    "hostname": _HOSTNAME,
+    "uri": _URI,
+    "uri-reference": f"( {_URI} | {_RELATIVE} )",
     "date": _DATE,
     "time": _TIME,
     "date-time": f"{_DATE} [Tt] {_TIME}",

@@ -2,10 +2,15 @@
 
 ``int_range(lo, hi)`` accepts exactly the decimal writings of the integers in
 ``[lo, hi]``; either bound may be None (unbounded). Unbounded sides are capped
-at 16 digits, like the ``integer`` primitive.
+at 16 digits, like the ``integer`` primitive. ``number_range`` does the same for
+decimals written without an exponent (at most 16 digits after the point), with
+inclusive or exclusive bounds.
 """
 
 from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
 
 MAX_DIGITS = 16
 
@@ -75,4 +80,127 @@ def int_range(lo: int | None, hi: int | None) -> str:
     if hi is None or hi >= 0:
         alts = _non_negative(max(lo, 0) if lo is not None else 0, hi)
         parts.extend(alts)
+    return " | ".join(parts)
+
+
+# --- decimal numbers -----------------------------------------------------------------------
+
+_Bound = tuple[str, bool] | None  # (fraction digits still to compare, strict); None: satisfied
+_IMPOSSIBLE = ("", "impossible")
+
+
+def _split(v: Decimal) -> tuple[int, str]:
+    """A non-negative decimal as its integer part and its fraction digits (no trailing zeros)."""
+    whole = int(v)
+    text = format(v - whole, "f")
+    return whole, text.partition(".")[2].rstrip("0")
+
+
+def _empty_ok(lower: _Bound, upper: _Bound) -> bool:
+    """Whether no more digits (the rest of the fraction is 0) meets both bounds."""
+    low = lower is None or (lower[0] == "" and not lower[1])
+    high = upper is None or upper[0] != "" or not upper[1]
+    return low and high
+
+
+def _step(bound: _Bound, digit: int, *, lower: bool) -> _Bound | tuple[str, str]:
+    if bound is None:
+        return None
+    g = int(bound[0][0]) if bound[0] else 0
+    if digit == g:
+        return (bound[0][1:], bound[1])
+    return None if (digit > g) == lower else _IMPOSSIBLE
+
+
+def _digit_class(digits: list[int]) -> str:
+    if len(digits) == 1:
+        return f'"{digits[0]}"'
+    return f"[{digits[0]}-{digits[-1]}]" if digits == list(range(digits[0], digits[-1] + 1)) \
+        else "[" + "".join(str(d) for d in digits) + "]"
+
+
+def _fraction(lower: _Bound, upper: _Bound, pos: int, allow_empty: bool) -> str | None:
+    """GBNF for fraction digits from position ``pos`` (at most MAX_DIGITS in all) meeting the
+    bounds; ``None`` when none does."""
+    room = MAX_DIGITS - pos
+    if lower == ("", False):
+        lower = None  # >= 0 holds for any digits
+    empty = allow_empty and _empty_ok(lower, upper)
+    if lower is None and upper == ("", False):  # only zeros may follow
+        least = 0 if allow_empty else 1
+        return None if room < least else ('""' if room == 0 else f'"0"{{{least},{room}}}')
+    if lower is None and upper is None:
+        if room == 0:
+            return '""' if allow_empty else None
+        return f"[0-9]{{{0 if allow_empty else 1},{room}}}"
+    options: list[str] = []
+    if room > 0:
+        groups: dict[tuple[Any, Any], list[int]] = {}
+        for d in range(10):
+            nl, nu = _step(lower, d, lower=True), _step(upper, d, lower=False)
+            if nl is _IMPOSSIBLE or nu is _IMPOSSIBLE:
+                continue
+            groups.setdefault((nl, nu), []).append(d)
+        for (nl, nu), digits in groups.items():
+            rest = _fraction(nl, nu, pos + 1, True)
+            if rest is None:
+                continue
+            cls = _digit_class(digits)
+            options.append(cls if rest == '""' else f"{cls} {rest}")
+    if not options:
+        return '""' if empty else None
+    body = " | ".join(options)
+    if empty:
+        return f"( {body} )?"
+    return f"( {body} )" if len(options) > 1 else body
+
+
+def _unsigned(a: Decimal, a_strict: bool, b: Decimal | None, b_strict: bool) -> list[str]:
+    """Alternatives for unsigned decimals (``int ("." digits)?``) within [a, b] (a >= 0)."""
+    ai, af = _split(a)
+    if b is not None and len(str(int(b))) > MAX_DIGITS:
+        b = None  # beyond what the grammar writes anyway
+    if len(str(ai)) > MAX_DIGITS:
+        return []
+    bi, bf = _split(b) if b is not None else (0, "")
+    out: list[str] = []
+
+    def at(whole: int, lower: _Bound, upper: _Bound) -> None:
+        frac = _fraction(lower, upper, 0, False)
+        bare = _empty_ok(lower, upper)
+        if frac is None:
+            if bare:
+                out.append(f'"{whole}"')
+            return
+        out.append(f'"{whole}" ( "." {frac} )' + ("?" if bare else ""))
+
+    if b is not None and bi == ai:
+        at(ai, (af, a_strict), (bf, b_strict))
+        return out
+    at(ai, (af, a_strict), None)
+    top = None if b is None else bi - 1
+    if top is None or ai + 1 <= top:
+        out.append(f'( {" | ".join(_non_negative(ai + 1, top))} ) ( "." [0-9]{{1,{MAX_DIGITS}}} )?')
+    if b is not None:
+        at(bi, None, (bf, b_strict))
+    return out
+
+
+def number_range(lo: Decimal | None, lo_strict: bool, hi: Decimal | None, hi_strict: bool) -> str:
+    """GBNF for decimal numbers (no exponent) in the interval; either bound may be None.
+
+    Returns "" when no number lies in it.
+    """
+    parts: list[str] = []
+    if hi is None or hi > 0 or (hi == 0 and not hi_strict):
+        a, a_strict = (lo, lo_strict) if lo is not None and lo >= 0 else (Decimal(0), False)
+        parts += _unsigned(a, a_strict, hi, hi_strict)
+    if lo is None or lo < 0:
+        if hi is not None and hi <= 0:
+            a, a_strict = -hi, hi_strict
+        else:
+            a, a_strict = Decimal(0), False
+        neg = _unsigned(a, a_strict, None if lo is None else -lo, lo_strict)
+        if neg:
+            parts.append(f'"-" ( {" | ".join(neg)} )')
     return " | ".join(parts)

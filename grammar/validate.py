@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +32,58 @@ class Result:
     value: Any = None  # the parsed JSON when it parsed
 
 
+def _int_between(lo: int, hi: int) -> Any:
+    def check(instance: object) -> bool:
+        return not isinstance(instance, int) or isinstance(instance, bool) or lo <= instance <= hi
+    return check
+
+
+def _base64(instance: object) -> bool:
+    if not isinstance(instance, str):
+        return True
+    try:
+        base64.b64decode(instance, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+#: OpenAPI's formats (common in tool schemas), checked as OpenAPI 3 defines them.
+OPENAPI_FORMATS: dict[str, Any] = {
+    "int32": _int_between(-(2**31), 2**31 - 1), "int64": _int_between(-(2**63), 2**63 - 1),
+    "float": lambda _: True, "double": lambda _: True, "byte": _base64,
+    "binary": lambda _: True, "password": lambda _: True,
+}
+
+
+class _Formats(jsonschema.FormatChecker):
+    """jsonschema's checkers, OpenAPI's, and a failure for any other format: a value whose
+    format this server cannot check is reported, never passed as valid."""
+
+    def check(self, instance: object, format: str) -> None:
+        if format not in self.checkers:
+            raise jsonschema.FormatError(
+                f"format {format!r} cannot be checked by this server (no checker installed): "
+                f"{instance!r} was not validated")
+        super().check(instance, format)
+
+
+@functools.cache
+def format_checker(cls: Any) -> jsonschema.FormatChecker:
+    """The format checker validation uses for a draft's validator class."""
+    checker = _Formats()
+    checker.checkers = dict(cls.FORMAT_CHECKER.checkers)
+    for name, func in OPENAPI_FORMATS.items():
+        checker.checkers.setdefault(name, (func, ()))
+    return checker
+
+
+def checked_formats(schema: Any) -> frozenset[str]:
+    """The formats validation checks for ``schema``'s draft."""
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return frozenset(format_checker(cls).checkers)
+
+
 def _pointer(path: Any) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
 
@@ -37,19 +92,24 @@ def validate(text: str, schema: Any) -> Result:
     """Parse ``text`` as JSON and validate it against ``schema``.
 
     The draft comes from ``$schema`` (default 2020-12); ``format`` is checked
-    with jsonschema's format checker. Every violation is listed with its JSON
+    with jsonschema's format checkers and OpenAPI's; a format neither knows is a
+    violation ("cannot be checked"), never passed as valid. Every violation is listed with its JSON
     pointer, in document order.
     """
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         return Result(False, (Violation("", f"not valid JSON: {exc}"),))
+    except RecursionError:
+        return Result(False, (Violation("", "not checked: the JSON nests too deeply"),))
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+    validator = cls(schema, format_checker=format_checker(cls))
     try:
         errors = sorted(validator.iter_errors(value),
                         key=lambda e: [str(p) for p in e.absolute_path])
     except UnsupportedPattern as exc:  # refused before generation; kept fail-closed here
         return Result(False, (Violation("", f"cannot be checked: {exc}"),), value)
+    except RecursionError:
+        return Result(False, (Violation("", "not checked: the value nests too deeply"),), value)
     return Result(not errors, tuple(Violation(_pointer(e.absolute_path), e.message) for e in errors),
                   value)

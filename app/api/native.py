@@ -386,4 +386,5 @@ async def grammar_route() -> Response:
         dotall=bool(body.get("dotall", False))))
     return json_response({"gbnf": conversion.gbnf, "enforced": list(conversion.enforced),
                           "validated_only": list(conversion.validated_only),
-                          "ignored": list(conversion.ignored)})
+                          "ignored": list(conversion.ignored),
+                          "unchecked": list(conversion.unchecked)})

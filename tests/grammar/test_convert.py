@@ -66,14 +66,17 @@ def test_reports_what_the_grammar_cannot_enforce() -> None:
     schema = {"type": "object", "properties": {
         "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
         "price": {"type": "number", "minimum": 0, "multipleOf": 0.01},
-        "code": {"type": "string", "format": "hostname"},
+        "code": {"type": "string", "format": "ipv6"},
         "note": {"type": "string", "x-custom": 1},
+        "link": {"type": "string", "format": "iri"},
     }, "not": {"required": ["tags"]}, "title": "an annotation"}
     result = convert(schema)
     assert set(result.validated_only) == {
         "/properties/tags/uniqueItems", "/properties/price/multipleOf",
-        "/properties/price/minimum", "/properties/code/format", "/not"}
+        "/properties/code/format", "/not"}
+    assert "/properties/price/minimum" in result.enforced
     assert "/properties/note/x-custom" in result.ignored
+    assert result.unchecked == ("/properties/link/format",)
     assert "/properties/tags/items" in result.enforced
     with pytest.raises(UnsupportedSchemaError) as info:
         convert(schema, grammar_only=True)
