@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     s("-j", "--json-schema", help="JSON Schema (as JSON text) every request without a constraint "
       "of its own follows")
     s("-jf", "--json-schema-file", type=Path, help="file holding that JSON Schema")
+    s("--schema-strict", dest="schema_strict", action="store_const", const=True,
+      help="close the objects of every JSON Schema that declare properties but do not say "
+      "additionalProperties (as a request's strict: true does); by default they are open, as "
+      "JSON Schema says")
     a("-fa", "--flash-attn", nargs="?", const="on", choices=["on", "off", "auto"],
       help="flash attention: on, off (the default) or auto (llama.cpp decides for the device); "
       "-fa alone is on")

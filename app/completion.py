@@ -106,6 +106,7 @@ class SchemaConstraint:
 
     schema: Any
     field: str = "json_schema"  # the request field errors name (``response_format``, ...)
+    strict: bool = False  # objects without additionalProperties are closed (OpenAI's strict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,7 @@ class FunctionTool:
     description: str
     parameters: Any
     field: str  # the request field errors about its schema name: ``tools[0].function.parameters``
+    strict: bool = False  # objects without additionalProperties are closed
 
 
 @dataclass(frozen=True, slots=True)

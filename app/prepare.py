@@ -61,7 +61,7 @@ def convert_schema(schema: Any, *, field: str, prop_order: list[str] | None = No
                              param=field, pointer=where) from None
 
 
-def tools_grammar(constraint: ToolsConstraint) -> str:
+def tools_grammar(constraint: ToolsConstraint, *, schema_strict: bool = False) -> str:
     """The GBNF of a tool-calling reply, mapping a bad tool schema to a 400 naming the tool."""
     for tool in constraint.tools:
         try:
@@ -72,7 +72,8 @@ def tools_grammar(constraint: ToolsConstraint) -> str:
                                  pointer=exc.pointer) from None
     try:
         return tool_calls_gbnf(
-            [ToolSchema(t.name, t.parameters) for t in constraint.tools],
+            [ToolSchema(t.name, t.parameters, t.strict or schema_strict)
+             for t in constraint.tools],
             mode="required" if constraint.required else "auto", parallel=constraint.parallel,
             open_tag=CALL_OPEN, close_tag=CALL_CLOSE).gbnf
     except RecursionError:
@@ -86,8 +87,12 @@ def tools_grammar(constraint: ToolsConstraint) -> str:
                              f"{exc.message}", param=tool.field, pointer=where) from None
 
 
-def prepare(runtime: RuntimeLike, request: CompletionRequest) -> Prepared:
+def prepare(runtime: RuntimeLike, request: CompletionRequest, *,
+            schema_strict: bool = False) -> Prepared:
     """Tokenize, check and compile ``request`` for ``runtime``. Blocking: call in a worker.
+
+    ``schema_strict`` (``--schema-strict``) closes every schema's objects that do not say
+    ``additionalProperties``, as a request's ``strict: true`` does for its own.
 
     Raises:
         InvalidRequest: and its subclasses (``ContextOverflow``), naming the field.
@@ -107,8 +112,9 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest) -> Prepared:
     schema: Any = None
     field = "grammar"
     match request.constraint:
-        case SchemaConstraint(schema=schema, field=field):
-            conversion = convert_schema(schema, field=field)
+        case SchemaConstraint(schema=schema, field=field, strict=strict):
+            conversion = convert_schema(schema, field=field,
+                                        strict=strict or schema_strict)
             try:
                 check_schema_patterns(schema)  # they are matched again when validating
             except UnsupportedPattern as exc:
@@ -120,7 +126,7 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest) -> Prepared:
             parsed = _parse(grammar, field, model)
         case ToolsConstraint() as tools:
             field = "tools"
-            grammar = tools_grammar(tools)
+            grammar = tools_grammar(tools, schema_strict=schema_strict)
             parsed = _parse(grammar, field, model)
     # the penalty window cannot reach past the slot's context (-1 means all of it); the
     # schemas bound the value itself, so the penalties buffer stays small

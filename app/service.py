@@ -244,7 +244,7 @@ class Service:
         built: list[Prepared] = []
 
         def work() -> Prepared:
-            prepared = prepare(runtime, request)
+            prepared = prepare(runtime, request, schema_strict=self.settings.schema_strict)
             built.append(prepared)
             return prepared
 

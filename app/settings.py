@@ -100,6 +100,7 @@ class Settings:
     #: the server's default constraint for requests without one (--grammar(-file), -j/-jf)
     grammar: str | None = None
     json_schema: str | None = None  # JSON text
+    schema_strict: bool = False  # close objects without additionalProperties in every schema
 
     @property
     def alias_names(self) -> tuple[str, ...]:

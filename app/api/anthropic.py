@@ -118,7 +118,7 @@ def conversation(body: JSON) -> list[Message]:
 
 def policy(body: JSON) -> ToolPolicy:
     tools = tuple(FunctionTool(t["name"], t.get("description") or "", t["input_schema"],
-                               field=f"tools[{i}].input_schema")
+                               field=f"tools[{i}].input_schema", strict=t.get("strict") is True)
                   for i, t in enumerate(body.get("tools") or ()))
     wire = body.get("tool_choice") or {"type": "auto"}
     kind = wire["type"]

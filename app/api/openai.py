@@ -81,7 +81,8 @@ def _constraint(body: JSON) -> Constraint | None:
                              "'grammar'", param="response_format")
     if fmt["type"] == "json_object":
         return SchemaConstraint(fmt.get("schema", {"type": "object"}), field="response_format")
-    return SchemaConstraint(fmt["json_schema"]["schema"], field="response_format")
+    return SchemaConstraint(fmt["json_schema"]["schema"], field="response_format",
+                            strict=fmt["json_schema"].get("strict") is True)
 
 
 def openai_request(body: JSON, defaults: Defaults, *, prompt: str | list[str | int],
@@ -150,7 +151,8 @@ def tools_from(body: JSON) -> ToolPolicy:
     tools = tuple(
         FunctionTool(t["function"]["name"], t["function"].get("description") or "",
                      t["function"].get("parameters", {"type": "object", "properties": {}}),
-                     field=f"tools[{i}].function.parameters")
+                     field=f"tools[{i}].function.parameters",
+                     strict=t["function"].get("strict") is True)
         for i, t in enumerate(body.get("tools") or ()))
     wire = body.get("tool_choice")
     named = ""

@@ -121,7 +121,8 @@ def turn_of(svc: Bound, body: JSON) -> Turn:
                              "'store': false and the whole conversation as 'input')", param="store")
     tools = tuple(FunctionTool(t["name"], t.get("description") or "",
                                t.get("parameters") or {"type": "object", "properties": {}},
-                               field=f"tools[{i}].parameters")
+                               field=f"tools[{i}].parameters",
+                               strict=t.get("strict") is not False)  # OpenAI's default: strict
                   for i, t in enumerate(body.get("tools") or ()))
     wire = body.get("tool_choice")
     choice: Choice = "auto" if tools else "none"
@@ -136,7 +137,8 @@ def turn_of(svc: Bound, body: JSON) -> Turn:
     fmt = (body.get("text") or {}).get("format") or {"type": "text"}
     constraint = None
     if fmt["type"] == "json_schema":
-        constraint = SchemaConstraint(fmt["schema"], field="text.format.schema")
+        constraint = SchemaConstraint(fmt["schema"], field="text.format.schema",
+                                      strict=fmt.get("strict") is True)
     elif fmt["type"] == "json_object":
         constraint = SchemaConstraint({"type": "object"}, field="text.format")
     template = svc.chat

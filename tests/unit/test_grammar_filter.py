@@ -34,7 +34,8 @@ def test_first_bytes_of_a_single_ascii_character() -> None:
 SCHEMA = {"type": "object", "properties": {
     "id": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"},
     "tags": {"type": "array", "items": {"enum": ["alpha", "beta", "gamma"]}, "maxItems": 3},
-    "n": {"type": "integer", "minimum": 0, "maximum": 500}}, "required": ["id", "tags", "n"]}
+    "n": {"type": "integer", "minimum": 0, "maximum": 500}}, "required": ["id", "tags", "n"],
+    "additionalProperties": False}
 FRAGMENTS = ['{"', '"id', 'id', '":', ' "', '"', 'ABC', 'A', 'B', 'Z', '-', '12', '3', '4', '0',
              '",', ' ', '"tags', 'tags', ' [', '[', '"al', 'alpha', 'pha', 'beta', 'gam', 'ma',
              '"]', ']', ',', ' "n', '":', ' 4', '42', '1', '}', '\n', 'é', '€', '{', 'x', 'AB',
