@@ -26,6 +26,7 @@ class ContainerRules:
     rules: dict[str, str]
     strict: bool
     enforced: list[str]
+    key_tries: dict[tuple[str, ...], str]
 
     def add_rule(self, name: str, body: str) -> str:
         raise NotImplementedError
@@ -327,34 +328,48 @@ class ContainerRules:
         return f"{a} {b}" if a and b else (a or b)
 
     def _key_excluding(self, keys: list[str], name: str) -> str:
-        """A JSON string that is none of ``keys`` (written without escapes)."""
+        """A JSON string that is none of ``keys`` (written without escapes, so no key can be
+        spelled another way). One trie of rules per key set, shared by every object with it."""
         string = self.primitive("string")
+        # keys holding characters an unescaped name cannot hold need no excluding
+        keys = sorted({k for k in keys if all(ord(c) >= 0x20 and c not in '"\\' for c in k)})
         if not keys:
             return string
+        memo = self.key_tries.get(tuple(keys))
+        if memo is not None:
+            return memo
         space = self.primitive("space")
         plain = '[^"\\\\\\x00-\\x1F]'
         trie: dict[str, Any] = {}
+        order: list[dict[str, Any]] = []  # parents before children
         for key in keys:
             node = trie
             for ch in key:
-                node = node.setdefault(ch, {})
+                if ch not in node:
+                    node[ch] = {}
+                node = node[ch]
             node[""] = {}
-
-        def build(node: dict[str, Any], depth: int) -> str:
+        stack = [trie]
+        while stack:  # iterative: a key may be long
+            node = stack.pop()
+            order.append(node)
+            stack.extend(node[c] for c in node if c)
+        names: dict[int, str] = {}
+        for node in reversed(order):
             chars = sorted(c for c in node if c)
             options = []
             if chars:
                 others = char_class(_ranges_excluding(chars), negated=False)
                 options.append(f"{others} {plain}*")
-                for c in chars:
-                    options.append(f"{literal(c)} {build(node[c], depth + 1)}")
+                options += [f"{literal(c)} {names[id(node[c])]}" for c in chars]
             else:
                 options.append(f"{plain}+")
             if "" not in node:
                 options.append('""')
-            return self.add_rule(f"{name}-key-{depth}-{len(self.rules)}", " | ".join(options))
-
-        return f'"\\"" {build(trie, 0)} "\\"" {space}'
+            names[id(node)] = self.add_rule(f"{name}-key", " | ".join(options))
+        rule = f'"\\"" {names[id(trie)]} "\\"" {space}'
+        self.key_tries[tuple(keys)] = rule
+        return rule
 
 
 def _ranges_excluding(chars: list[str]) -> list[tuple[int, int]]:

@@ -34,12 +34,15 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import jsonschema
+import jsonschema_rs
 
 from grammar.containers import ContainerRules
 from grammar.errors import InvalidSchemaError, SchemaError, UnsupportedSchemaError, escape_pointer
@@ -74,8 +77,19 @@ class Conversion:
     unchecked: tuple[str, ...] = ()
 
 
+#: Rule names keep the last parts of their schema path up to this length: names are most of
+#: a large grammar's size (each is written where it is used), and llama.cpp's parse is linear
+#: in the text.
+MAX_RULE_NAME = 12
+
+
 def _rule_name(text: str) -> str:
     name = re.sub(r"[^a-zA-Z0-9-]+", "-", text).strip("-")
+    if len(name) > MAX_RULE_NAME:
+        tail = name[-MAX_RULE_NAME:]
+        if name[-MAX_RULE_NAME - 1] != "-" and "-" in tail:  # drop a cut-off part
+            tail = tail.partition("-")[2]
+        name = tail.strip("-")
     return name or "x"
 
 
@@ -116,6 +130,25 @@ def scan(schema: JSON) -> dict[str, JSON]:
     return anchors
 
 
+#: Meta-schemas jsonschema-rs knows without a download (it fetches any other ``$schema``).
+_KNOWN_DRAFTS = frozenset(
+    f"{scheme}://json-schema.org/{draft}/schema{hash_}"
+    for scheme in ("http", "https") for hash_ in ("", "#")
+    for draft in ("draft-04", "draft-06", "draft-07", "draft/2019-09", "draft/2020-12"))
+
+
+def _fast_valid(schema: JSON) -> bool:
+    """Whether jsonschema-rs finds the schema valid against its meta-schema (about 300 times
+    faster than jsonschema on large schemas: 0.8 ms instead of 370 ms on a 26 KB one). Only
+    a "valid" is taken from it; anything else goes to jsonschema for the error and pointer."""
+    if isinstance(schema, dict) and "$schema" in schema and schema["$schema"] not in _KNOWN_DRAFTS:
+        return False
+    try:
+        return bool(jsonschema_rs.meta.is_valid(schema))
+    except Exception:  # any trouble there: the slow path decides
+        return False
+
+
 def check_schema(schema: JSON) -> None:
     """Raise :class:`InvalidSchemaError` unless ``schema`` is a valid JSON Schema.
 
@@ -124,6 +157,8 @@ def check_schema(schema: JSON) -> None:
     """
     if not isinstance(schema, dict | bool):
         raise InvalidSchemaError("a schema must be an object or a boolean", pointer="")
+    if _fast_valid(schema):
+        return
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     errors = (e for e in cls(cls.META_SCHEMA).iter_errors(schema)
               if not (e.validator == "uniqueItems" and e.absolute_path
@@ -147,6 +182,8 @@ class _Converter(ContainerRules):
     validated_only: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)
+    key_tries: dict[tuple[str, ...], str] = field(default_factory=dict)
+    bodies: dict[str, str] = field(default_factory=dict)  # rule body -> its name
     refs: dict[str, str] = field(default_factory=dict)
     anchors: dict[str, JSON] = field(default_factory=dict)
     root_id: str = ""  # the document's own URI (``$id``/``id`` without its fragment)
@@ -158,12 +195,18 @@ class _Converter(ContainerRules):
 
     # --- bookkeeping -------------------------------------------------------
     def add_rule(self, name: str, body: str) -> str:
+        """Declare a rule; a rule with the same body already declared is reused (same text,
+        same language), so equal subschemas cost one rule."""
+        if body and body in self.bodies:
+            return self.bodies[body]
         name = _rule_name(name)
         candidate, n = name, 1
         while candidate in self.rules and self.rules[candidate] != body:
             n += 1
             candidate = f"{name}-{n}"
         self.rules[candidate] = body
+        if body:
+            self.bodies[body] = candidate
         return candidate
 
     def reserve(self, name: str) -> str:
@@ -184,6 +227,7 @@ class _Converter(ContainerRules):
     def primitive(self, name: str) -> str:
         if name not in self.rules:
             self.rules[name] = PRIMITIVES[name]
+            self.bodies.setdefault(PRIMITIVES[name], name)
             for dep in PRIMITIVE_DEPS.get(name, ()):
                 self.primitive(dep)
         return name
@@ -494,6 +538,12 @@ def _bounds(schema: dict[str, JSON], pointer: str
     return lo, lo_strict, hi, hi_strict
 
 
+#: Conversions of recent schemas (requests often repeat theirs), least recently used first.
+_CACHE: OrderedDict[tuple[Any, ...], Conversion] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 64
+
+
 def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bool = False,
             strict: bool = False, grammar_only: bool = False,
             remote_refs: Mapping[str, JSON] | None = None) -> Conversion:
@@ -515,16 +565,36 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
         UnsupportedSchemaError: a keyword no grammar can enforce (in grammar-only
             mode, also those validation could check), with its JSON pointer.
     """
+    key: tuple[Any, ...] | None = None
+    if not remote_refs:
+        try:
+            key = (json.dumps(schema, ensure_ascii=False, separators=(",", ":")),
+                   tuple(prop_order or ()), dotall, strict, grammar_only)
+        except (TypeError, ValueError):
+            key = None
+        if key is not None:
+            with _CACHE_LOCK:
+                hit = _CACHE.get(key)
+                if hit is not None:
+                    _CACHE.move_to_end(key)
+                    return hit
     conv = _Converter(root=None, prop_order=list(prop_order or ()), dotall=dotall, strict=strict,
                       grammar_only=grammar_only, remote_refs=dict(remote_refs or {}))
     root = _convert_one(conv, schema, "root-value")
     rules = dict(conv.rules)
     lines = [f"root ::= {root}"]
     lines += [f"{name} ::= {body}" for name, body in rules.items() if name != "root"]
-    return Conversion(gbnf="\n".join(lines) + "\n", enforced=tuple(dict.fromkeys(conv.enforced)),
-                      validated_only=tuple(dict.fromkeys(conv.validated_only)),
-                      ignored=tuple(dict.fromkeys(conv.ignored)),
-                      unchecked=tuple(dict.fromkeys(conv.unchecked)))
+    result = Conversion(gbnf="\n".join(lines) + "\n",
+                        enforced=tuple(dict.fromkeys(conv.enforced)),
+                        validated_only=tuple(dict.fromkeys(conv.validated_only)),
+                        ignored=tuple(dict.fromkeys(conv.ignored)),
+                        unchecked=tuple(dict.fromkeys(conv.unchecked)))
+    if key is not None:
+        with _CACHE_LOCK:
+            _CACHE[key] = result
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+    return result
 
 
 def _convert_one(conv: _Converter, schema: JSON, name: str) -> str:

@@ -60,6 +60,8 @@ class UnsupportedSchemaError(SchemaError):
 
 
 def excerpt(text: str, line: int, column: int) -> str:
+    if not text:
+        return ""
     lines = text.splitlines() or [""]
     if not 1 <= line <= len(lines):
         return ""

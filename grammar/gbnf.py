@@ -77,8 +77,8 @@ class _Postlex(lark.lark.PostLex):
 @functools.cache
 def _parser() -> lark.Lark:
     text = resources.files("grammar").joinpath("gbnf.lark").read_text(encoding="utf-8")
-    return lark.Lark(text, parser="lalr", postlex=_Postlex(), propagate_positions=True,
-                     maybe_placeholders=False)
+    return lark.Lark(text, parser="lalr", postlex=_Postlex(), propagate_positions=False,
+                     maybe_placeholders=False, transformer=_Builder())
 
 
 def _decode_chars(raw: str, tok: LarkToken, text: str) -> list[int]:
@@ -113,9 +113,11 @@ def _decode_chars(raw: str, tok: LarkToken, text: str) -> list[int]:
 
 
 class _Builder(lark.Transformer[LarkToken, object]):
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self._text = text
+    """Builds the syntax tree while LALR parses (no parse tree in between). Stateless, so one
+    instance serves every thread; its errors carry line and column, and the excerpt is added
+    by :func:`parse_gbnf`."""
+
+    _text = ""
 
     def literal(self, children: list[LarkToken]) -> Literal:
         tok = children[0]
@@ -266,15 +268,24 @@ def parse_gbnf(text: str) -> Grammar:
         raise GrammarTooLarge(f"the grammar is {size} bytes, over the limit of "
                               f"{MAX_GBNF_BYTES} bytes")
     try:
-        return _parse_checked(text)
+        return _parse_cached(text)
     except RecursionError:
         raise GbnfSyntaxError("the grammar is nested too deeply") from None
 
 
+@functools.lru_cache(maxsize=32)
+def _parse_cached(text: str) -> Grammar:
+    """Requests often send the same schema or grammar again: a parse is kept for the next
+    (its tree is never changed by a user; errors are not kept)."""
+    return _parse_checked(text)
+
+
 def _parse_checked(text: str) -> Grammar:
     try:
-        tree = _parser().parse(text)
-    except GbnfSyntaxError as exc:  # from the post-lexer, without an excerpt
+        rules = _parser().parse(text)
+    except GbnfSyntaxError as exc:  # from the post-lexer or the builder, without an excerpt
+        if exc.context or not exc.line:
+            raise
         raise error_at(text, exc.message, exc.line, exc.column) from None
     except lark.exceptions.UnexpectedCharacters as exc:
         raise error_at(text, f"unexpected character {text[exc.pos_in_stream or 0]!r}",
@@ -288,11 +299,11 @@ def _parse_checked(text: str) -> Grammar:
         raise error_at(text, f"unexpected {what}", exc.line, exc.column) from None
     except lark.exceptions.UnexpectedEOF:
         raise GbnfSyntaxError("unexpected end of grammar") from None
-    try:
-        rules = _Builder(text).transform(tree)
     except lark.exceptions.VisitError as exc:
         if isinstance(exc.orig_exc, GbnfSyntaxError):
-            raise exc.orig_exc from None
+            e = exc.orig_exc
+            raise error_at(text, e.message, e.line, e.column) if e.line and not e.context \
+                else e from None
         if isinstance(exc.orig_exc, RecursionError):
             raise GbnfSyntaxError("the grammar is nested too deeply") from None
         raise
@@ -300,5 +311,3 @@ def _parse_checked(text: str) -> Grammar:
     grammar = Grammar(rules=rules, text=text)
     check(grammar)
     return grammar
-
-
