@@ -6,6 +6,7 @@ the converter's.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,7 @@ class ContainerRules:
     strict: bool
     enforced: list[str]
     key_tries: dict[tuple[str, ...], str]
+    budget: int  # 0: full fidelity; 1: declared order only; 2: also closed objects (size)
 
     def add_rule(self, name: str, body: str) -> str:
         raise NotImplementedError
@@ -124,9 +126,10 @@ class ContainerRules:
                 self.enforce(pointer, key)
         declares = bool(props) or bool(patterns)
         if additional is None:
-            if self.strict and declares:
+            if (self.strict or self.budget >= 2) and declares:
                 additional = False
-                self.enforced.append(f"{pointer}/additionalProperties (absent: closed, strict)")
+                why = "strict" if self.strict else "the open grammar is over the size limit"
+                self.enforced.append(f"{pointer}/additionalProperties (absent: closed, {why})")
             elif patterns:
                 # keys matching no pattern would take any value; the grammar keeps to the
                 # patterns' keys (a subset of the schema)
@@ -210,7 +213,7 @@ class ContainerRules:
                           None if hi is None else hi - 1, self.add_rule)
             body = self._join(extra, more)
             return body if lo >= 1 else f"( {body} )?"
-        any_order = len(kvs) <= ANY_ORDER_MAX and not self.prop_order
+        any_order = len(kvs) <= ANY_ORDER_MAX and not self.prop_order and self.budget < 1
         if counted and not (any_order and extra is None):
             for key in ("minProperties", "maxProperties"):
                 if key in schema:
@@ -359,8 +362,7 @@ class ContainerRules:
             chars = sorted(c for c in node if c)
             options = []
             if chars:
-                others = char_class(_ranges_excluding(chars), negated=False)
-                options.append(f"{others} {plain}*")
+                options.append(f"{_others(''.join(chars))} {plain}*")
                 options += [f"{literal(c)} {names[id(node[c])]}" for c in chars]
             else:
                 options.append(f"{plain}+")
@@ -370,6 +372,12 @@ class ContainerRules:
         rule = f'"\\"" {names[id(trie)]} "\\"" {space}'
         self.key_tries[tuple(keys)] = rule
         return rule
+
+
+@functools.lru_cache(maxsize=4096)
+def _others(chars: str) -> str:
+    """A class of the plain JSON string characters other than ``chars``."""
+    return char_class(_ranges_excluding(list(chars)), negated=False)
 
 
 def _ranges_excluding(chars: list[str]) -> list[tuple[int, int]]:

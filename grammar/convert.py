@@ -31,6 +31,7 @@ negated character class never contain quotes, backslashes or control characters.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -46,6 +47,7 @@ import jsonschema_rs
 
 from grammar.containers import ContainerRules
 from grammar.errors import InvalidSchemaError, SchemaError, UnsupportedSchemaError, escape_pointer
+from grammar.gbnf import MAX_GBNF_BYTES
 from grammar.gbnf_text import literal, repeat
 from grammar.keywords import ALL_TYPES, ANNOTATIONS, STRUCTURAL, TYPE_KEYWORDS, VALIDATED_ONLY
 from grammar.merge import constraining, merge
@@ -83,6 +85,7 @@ class Conversion:
 MAX_RULE_NAME = 12
 
 
+@functools.lru_cache(maxsize=8192)
 def _rule_name(text: str) -> str:
     name = re.sub(r"[^a-zA-Z0-9-]+", "-", text).strip("-")
     if len(name) > MAX_RULE_NAME:
@@ -184,12 +187,13 @@ class _Converter(ContainerRules):
     unchecked: list[str] = field(default_factory=list)
     key_tries: dict[tuple[str, ...], str] = field(default_factory=dict)
     bodies: dict[str, str] = field(default_factory=dict)  # rule body -> its name
+    budget: int = 0  # see ContainerRules.budget
     refs: dict[str, str] = field(default_factory=dict)
     anchors: dict[str, JSON] = field(default_factory=dict)
     root_id: str = ""  # the document's own URI (``$id``/``id`` without its fragment)
 
-    def set_root(self, schema: JSON) -> None:
-        self.root, self.refs, self.anchors = schema, {}, scan(schema)
+    def set_root(self, schema: JSON, anchors: dict[str, JSON]) -> None:
+        self.root, self.refs, self.anchors = schema, {}, anchors
         ident = schema.get("$id", schema.get("id")) if isinstance(schema, dict) else None
         self.root_id = ident.partition("#")[0] if isinstance(ident, str) else ""
 
@@ -490,6 +494,8 @@ class _Converter(ContainerRules):
 def _string_literal(value: str) -> str:
     """A JSON string of exactly ``value``: characters beyond ASCII raw or as ``\\u`` escapes
     (as ``json.dumps`` writes them by default), the rest as ``json.dumps`` does."""
+    if value.isascii():
+        return literal(json.dumps(value))
     parts: list[str] = []
     run = '"'
     for ch in value:
@@ -578,13 +584,27 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
                 if hit is not None:
                     _CACHE.move_to_end(key)
                     return hit
-    conv = _Converter(root=None, prop_order=list(prop_order or ()), dotall=dotall, strict=strict,
-                      grammar_only=grammar_only, remote_refs=dict(remote_refs or {}))
-    root = _convert_one(conv, schema, "root-value")
-    rules = dict(conv.rules)
-    lines = [f"root ::= {root}"]
-    lines += [f"{name} ::= {body}" for name, body in rules.items() if name != "root"]
-    result = Conversion(gbnf="\n".join(lines) + "\n",
+    budget = 0
+    while True:
+        # over the size limit, properties go in declared order, then objects close: a smaller
+        # grammar that still admits only what the schema allows (reported in ``enforced``)
+        conv = _Converter(root=None, prop_order=list(prop_order or ()), dotall=dotall,
+                          strict=strict, grammar_only=grammar_only,
+                          remote_refs=dict(remote_refs or {}), budget=budget)
+        root = _convert_one(conv, schema, "root-value")
+        lines = [f"root ::= {root}"]
+        lines += [f"{name} ::= {body}" for name, body in conv.rules.items() if name != "root"]
+        gbnf = "\n".join(lines) + "\n"
+        size = len(gbnf.encode())
+        if size <= MAX_GBNF_BYTES or budget == 2:
+            break
+        # any order costs a few percent: far over, go straight to closed objects
+        budget = 2 if size > 1.25 * MAX_GBNF_BYTES else budget + 1
+    if budget:
+        conv.enforced.append("/ (over the size limit: properties in declared order"
+                             + (", objects without additionalProperties closed)" if budget > 1
+                                else ")"))
+    result = Conversion(gbnf=gbnf,
                         enforced=tuple(dict.fromkeys(conv.enforced)),
                         validated_only=tuple(dict.fromkeys(conv.validated_only)),
                         ignored=tuple(dict.fromkeys(conv.ignored)),
@@ -598,10 +618,10 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
 
 
 def _convert_one(conv: _Converter, schema: JSON, name: str) -> str:
-    scan(schema)  # bounds the depth before anything recursive looks at the schema
+    anchors = scan(schema)  # bounds the depth before anything recursive looks at the schema
     try:
         check_schema(schema)
-        conv.set_root(schema)
+        conv.set_root(schema, anchors)
         return conv.visit(schema, "", name)
     except RecursionError:
         raise UnsupportedSchemaError("the schema nests too deeply to convert (through $ref "

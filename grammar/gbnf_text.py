@@ -30,8 +30,13 @@ def _escape_char(code: int, in_class: bool) -> str:
     return ch
 
 
+_PRINTABLE = re.compile(r"[ -~]*")  # printable ASCII: only '"' and '\\' need escapes
+
+
 def literal(text: str) -> str:
     """A GBNF string literal matching ``text`` exactly."""
+    if _PRINTABLE.fullmatch(text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return '"' + "".join(_escape_char(ord(c), False) for c in text) + '"'
 
 
