@@ -122,7 +122,7 @@ SHAPES: dict[str, Callable[[random.Random], JSON]] = {
 }
 
 
-def _pct(values: list[float], q: float) -> float:
+def _pct(values: list[float] | list[int], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -136,7 +136,10 @@ def main() -> None:
     rng = random.Random(args.seed)
     corpus = [(name, SHAPES[name](rng)) for name in
               (rng.choice(sorted(SHAPES)) for _ in range(args.n))]
-    times, sizes, parses, failures = [], [], [], []
+    times: list[float] = []
+    sizes: list[int] = []
+    parses: list[float] = []
+    failures: list[str] = []
     schema_bytes: list[int] = []
     by_size: dict[str, list[float]] = {"< 8 KiB": [], "8-32 KiB": [], "32-64 KiB": [],
                                        ">= 64 KiB": []}

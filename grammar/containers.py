@@ -124,7 +124,7 @@ class ContainerRules:
         for key in ("properties", "required", "additionalProperties", "patternProperties"):
             if key in schema:
                 self.enforce(pointer, key)
-        declares = bool(props) or bool(patterns)
+        declares = "properties" in schema or bool(patterns)
         if additional is None:
             if (self.strict or self.budget >= 2) and declares:
                 additional = False

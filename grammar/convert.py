@@ -188,6 +188,7 @@ class _Converter(ContainerRules):
     key_tries: dict[tuple[str, ...], str] = field(default_factory=dict)
     bodies: dict[str, str] = field(default_factory=dict)  # rule body -> its name
     budget: int = 0  # see ContainerRules.budget
+    size: int = 0  # about how many bytes the rules so far take
     refs: dict[str, str] = field(default_factory=dict)
     anchors: dict[str, JSON] = field(default_factory=dict)
     root_id: str = ""  # the document's own URI (``$id``/``id`` without its fragment)
@@ -203,6 +204,9 @@ class _Converter(ContainerRules):
         same language), so equal subschemas cost one rule."""
         if body and body in self.bodies:
             return self.bodies[body]
+        self.size += len(body) + 20
+        if self.size > MAX_GBNF_BYTES:
+            raise _OverBudget
         name = _rule_name(name)
         candidate, n = name, 1
         while candidate in self.rules and self.rules[candidate] != body:
@@ -226,7 +230,7 @@ class _Converter(ContainerRules):
     def pattern_key(self, pattern: str, pointer: str, name: str) -> str:
         """The text between the quotes of a member name matching ``pattern``."""
         return pattern_to_gbnf(pattern, pointer=pointer, add_rule=self.add_rule, name=name,
-                               any_char=self.primitive("char"), dotall=self.dotall)
+                               any_char=self.primitive("char"), dotall=self.dotall)[0]
 
     def primitive(self, name: str) -> str:
         if name not in self.rules:
@@ -447,12 +451,17 @@ class _Converter(ContainerRules):
                 self.unchecked.append(f"{pointer}/format")
         if pattern is not None:
             self.enforce(pointer, "pattern")
+            lengths = (lo, hi) if "minLength" in schema or "maxLength" in schema else None
+            inner, bounded = pattern_to_gbnf(
+                pattern, pointer=f"{pointer}/pattern", add_rule=self.add_rule,
+                name=f"{name}-pattern", any_char=self.primitive("char"), dotall=self.dotall,
+                lengths=lengths)
             for key in ("minLength", "maxLength"):
                 if key in schema:
-                    self.validate_only(pointer, key, " together with a pattern")
-            inner = pattern_to_gbnf(pattern, pointer=f"{pointer}/pattern", add_rule=self.add_rule,
-                                    name=f"{name}-pattern", any_char=self.primitive("char"),
-                                    dotall=self.dotall)
+                    if bounded:
+                        self.enforce(pointer, key)
+                    else:
+                        self.validate_only(pointer, key, " together with this pattern")
             return self.add_rule(name, f'"\\"" {inner} "\\"" {space}')
         if lo == 0 and hi is None:
             return self.primitive("string")
@@ -591,15 +600,21 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
         conv = _Converter(root=None, prop_order=list(prop_order or ()), dotall=dotall,
                           strict=strict, grammar_only=grammar_only,
                           remote_refs=dict(remote_refs or {}), budget=budget)
-        root = _convert_one(conv, schema, "root-value")
+        try:
+            root = _convert_one(conv, schema, "root-value")
+        except _OverBudget:  # stopped as soon as the rules passed the limit
+            if budget == 2:
+                raise UnsupportedSchemaError(
+                    f"the grammar of this schema would be over {MAX_GBNF_BYTES // 1024} KiB "
+                    "(llama.cpp's matcher slows with a grammar's size)", pointer="") from None
+            budget += 1
+            continue
         lines = [f"root ::= {root}"]
         lines += [f"{name} ::= {body}" for name, body in conv.rules.items() if name != "root"]
         gbnf = "\n".join(lines) + "\n"
-        size = len(gbnf.encode())
-        if size <= MAX_GBNF_BYTES or budget == 2:
+        if len(gbnf.encode()) <= MAX_GBNF_BYTES or budget == 2:
             break
-        # any order costs a few percent: far over, go straight to closed objects
-        budget = 2 if size > 1.25 * MAX_GBNF_BYTES else budget + 1
+        budget += 1
     if budget:
         conv.enforced.append("/ (over the size limit: properties in declared order"
                              + (", objects without additionalProperties closed)" if budget > 1
@@ -615,6 +630,10 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
             while len(_CACHE) > _CACHE_SIZE:
                 _CACHE.popitem(last=False)
     return result
+
+
+class _OverBudget(Exception):
+    """The rules written so far are over the size limit (caught by :func:`convert`)."""
 
 
 def _convert_one(conv: _Converter, schema: JSON, name: str) -> str:
@@ -646,8 +665,20 @@ def convert_many(schemas: Sequence[JSON], names: Sequence[str], *,
         SchemaError: as :func:`convert`; ``index`` on the error says which schema.
     """
     flags = [strict] * len(schemas) if isinstance(strict, bool) else list(strict)
+    for budget in range(3):  # as convert(): declared order, then closed objects, when too big
+        try:
+            return _convert_many(schemas, names, flags, grammar_only, budget)
+        except _OverBudget:
+            continue
+    raise UnsupportedSchemaError(f"the grammar of these schemas would be over "
+                                 f"{MAX_GBNF_BYTES // 1024} KiB", pointer="")
+
+
+def _convert_many(schemas: Sequence[JSON], names: Sequence[str], flags: list[bool],
+                  grammar_only: bool, budget: int
+                  ) -> tuple[list[str], dict[str, str], list[Conversion]]:
     conv = _Converter(root=None, prop_order=[], dotall=False, strict=False,
-                      grammar_only=grammar_only, remote_refs={})
+                      grammar_only=grammar_only, remote_refs={}, budget=budget)
     exprs: list[str] = []
     reports: list[Conversion] = []
     for index, (schema, name) in enumerate(zip(schemas, names, strict=True)):

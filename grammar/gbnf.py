@@ -66,7 +66,7 @@ class _Postlex(lark.lark.PostLex):
             if tok.type == "_LPAR":
                 depth += 1
                 if depth > MAX_NESTING:
-                    raise GbnfSyntaxError(f"parentheses nested more than {MAX_NESTING} deep",
+                    raise GbnfSyntaxError(f"parentheses nested too deeply (over {MAX_NESTING})",
                                           line=tok.line or 0, column=tok.column or 0)
             elif tok.type == "_RPAR":
                 depth = max(0, depth - 1)

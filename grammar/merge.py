@@ -13,6 +13,10 @@ from grammar.keywords import CONSTRAINING
 JSON = Any
 
 
+#: The most branches two ``anyOf``/``oneOf`` of ``allOf`` branches multiply into.
+MAX_BRANCH_PRODUCT = 64
+
+
 def _close_over(mine: dict[str, JSON], other: dict[str, JSON], pointer: str) -> dict[str, JSON]:
     """Apply ``mine``'s additionalProperties to the properties only ``other`` declares.
 
@@ -95,6 +99,9 @@ def merge(a: dict[str, JSON], b: JSON, pointer: str) -> dict[str, JSON]:
             out[key] = [v for v in mine if v in value]
         elif key in ("items", "additionalProperties") and isinstance(mine, dict | bool):
             out[key] = {"allOf": [mine, value]}
+        elif key in ("anyOf", "oneOf") and len(mine) * len(value) <= MAX_BRANCH_PRODUCT:
+            # (a | b) and (c | d) is (a and c) | (a and d) | (b and c) | (b and d)
+            out[key] = [{"allOf": [x, y]} for x in mine for y in value]
         else:
             raise UnsupportedSchemaError(f"allOf: cannot combine two different '{key}' values",
                                          pointer=pointer)

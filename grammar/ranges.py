@@ -157,6 +157,8 @@ def _fraction(lower: _Bound, upper: _Bound, pos: int, allow_empty: bool) -> str 
 
 def _unsigned(a: Decimal, a_strict: bool, b: Decimal | None, b_strict: bool) -> list[str]:
     """Alternatives for unsigned decimals (``int ("." digits)?``) within [a, b] (a >= 0)."""
+    if b is not None and (a > b or (a == b and (a_strict or b_strict))):
+        return []
     ai, af = _split(a)
     if b is not None and len(str(int(b))) > MAX_DIGITS:
         b = None  # beyond what the grammar writes anyway

@@ -429,8 +429,48 @@ class _Emitter:
         raise AssertionError(node)
 
 
+def _clamp(branch: _Seq, lo: int, hi: int | None) -> _Seq | bool | None:
+    """``branch`` (anchored at both ends) with its length held to ``lo``..``hi``, where one
+    variable repetition of a class carries all the variation (``^[a-z][a-z0-9-]*$``).
+
+    Returns the new branch, None when no string of the branch has such a length, or False when
+    the branch is not of that shape."""
+    if len(branch.items) == 1 and isinstance(branch.items[0], _Alt):  # ^(a|b)$
+        options = [o if isinstance(o, _Seq) else _Seq((o,)) for o in branch.items[0].options]
+        clamped = [_clamp(o, lo, hi) for o in options]
+        if any(c is False for c in clamped):
+            return False
+        kept = tuple(c for c in clamped if isinstance(c, _Seq))
+        return _Seq((_Alt(kept),)) if kept else None
+    sizes: list[tuple[int, int | None]] = []
+    for item in branch.items:
+        if isinstance(item, _Class):
+            sizes.append((1, 1))
+        elif isinstance(item, _Rep) and isinstance(item.node, _Class):
+            sizes.append((item.lo, item.hi))
+        else:
+            return False
+    variable = [i for i, (a, b) in enumerate(sizes) if a != b]
+    if len(variable) > 1:
+        return False
+    fixed = sum(a for i, (a, _b) in enumerate(sizes) if i not in variable)
+    if not variable:
+        return branch if fixed >= lo and (hi is None or fixed <= hi) else None
+    i = variable[0]
+    rep = branch.items[i]
+    assert isinstance(rep, _Rep)
+    new_lo = max(rep.lo, lo - fixed)
+    new_hi = rep.hi if hi is None else (hi - fixed if rep.hi is None else min(rep.hi, hi - fixed))
+    if new_hi is not None and new_lo > new_hi:
+        return None
+    items = list(branch.items)
+    items[i] = _Rep(rep.node, new_lo, new_hi)
+    return _Seq(tuple(items))
+
+
 def pattern_to_gbnf(pattern: str, *, pointer: str, add_rule: Callable[[str, str], str],
-                    name: str, any_char: str, dotall: bool = False) -> str:
+                    name: str, any_char: str, dotall: bool = False,
+                    lengths: tuple[int, int | None] | None = None) -> tuple[str, bool]:
     """GBNF for the *contents* of a JSON string (between the quotes) matching ``pattern``.
 
     Args:
@@ -441,19 +481,37 @@ def pattern_to_gbnf(pattern: str, *, pointer: str, add_rule: Callable[[str, str]
         any_char: the rule name for one arbitrary JSON string character, used
             around unanchored patterns (JSON Schema patterns are not anchored).
         dotall: whether ``.`` also matches line terminators.
+        lengths: ``minLength``/``maxLength`` to hold the strings to, where the pattern's
+            shape allows (every alternative anchored at both ends, one variable repetition
+            of a character class in each).
+
+    Returns:
+        The GBNF, and whether it also holds ``lengths``.
 
     Raises:
-        UnsupportedSchemaError: a feature no grammar can express.
+        UnsupportedSchemaError: a feature no grammar can express, or lengths no string
+            of the pattern has.
     """
     emitter = _Emitter(add_rule, name)
     options = []
-    for node, start, end in _Parser(pattern, pointer, dotall).parse():
+    branches = _Parser(pattern, pointer, dotall).parse()
+    bounded = False
+    if lengths is not None and all(start and end for _n, start, end in branches):
+        clamped = [_clamp(node, *lengths) for node, _s, _e in branches]
+        if all(c is not False for c in clamped):
+            branches = [(c, True, True) for c in clamped if isinstance(c, _Seq)]
+            bounded = True
+            if not branches:
+                raise UnsupportedSchemaError(
+                    f"no string matching {pattern!r} has a length within minLength/maxLength",
+                    pointer=pointer, keyword="pattern")
+    for node, start, end in branches:
         if not start and not end and not node.items:
-            return f"{any_char}*"  # an unanchored empty alternative matches every string
+            return f"{any_char}*", bounded  # an unanchored empty alternative matches anything
         body = emitter.emit(node) or ""
         prefix = "" if start else f"{any_char}*"
         suffix = "" if end else f"{any_char}*"
         options.append(" ".join(p for p in (prefix, body, suffix) if p) or '""')
     if len(options) == 1:
-        return options[0]
-    return "( " + " | ".join(options) + " )"
+        return options[0], bounded
+    return "( " + " | ".join(options) + " )", bounded

@@ -62,7 +62,7 @@ class _Formats(jsonschema.FormatChecker):
 
     def check(self, instance: object, format: str) -> None:
         if format not in self.checkers:
-            raise jsonschema.FormatError(
+            raise jsonschema.exceptions.FormatError(
                 f"format {format!r} cannot be checked by this server (no checker installed): "
                 f"{instance!r} was not validated")
         super().check(instance, format)

@@ -199,3 +199,92 @@ def test_stacked_quantifiers_become_nested_rules_that_pass_the_gbnf_check(
         assert accepts(gbnf, json.dumps(text)), text
     for text in bad:
         assert not accepts(gbnf, json.dumps(text)), text
+
+
+def _nested(depth: int) -> dict[str, object]:
+    schema: dict[str, object] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+@pytest.mark.parametrize("schema", [
+    _nested(400),
+    {"const": json.loads("[" * 500 + "]" * 500)},
+    {"$defs": {f"d{i}": {"type": "array", "items": {"$ref": f"#/$defs/d{i + 1}"}}
+               for i in range(1500)} | {"d1500": {"type": "integer"}},
+     "$ref": "#/$defs/d0"},
+], ids=["nested-objects", "deep-const", "ref-chain"])
+def test_deep_or_long_schemas_are_typed_refusals(schema: object) -> None:
+    """Nothing but the package's errors leaves the converter (it once raised RecursionError)."""
+    with pytest.raises(UnsupportedSchemaError) as info:
+        convert(schema)
+    assert "deep" in str(info.value) or "nest" in str(info.value)
+
+
+def test_reasonably_deep_schemas_convert() -> None:
+    gbnf = convert(_nested(30)).gbnf
+    parse_gbnf(gbnf)
+    assert accepts(gbnf, '{"a": ' * 30 + '"x"' + "}" * 30)
+
+
+def test_strict_closes_objects_and_grammar_only_refuses_what_validation_checks() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    open_ = convert(schema)
+    assert accepts(open_.gbnf, '{"a": 1, "b": [true]}')
+    assert "/additionalProperties (absent: open)" in open_.enforced
+    closed = convert(schema, strict=True)
+    assert not accepts(closed.gbnf, '{"a": 1, "b": [true]}')
+    assert accepts(closed.gbnf, '{"a": 1}')
+    assert "/additionalProperties (absent: closed, strict)" in closed.enforced
+    # strict does not refuse keywords; grammar_only does
+    unique = {**schema, "properties": {"a": {"type": "array", "uniqueItems": True}}}
+    assert convert(unique, strict=True).validated_only == ("/properties/a/uniqueItems",)
+    with pytest.raises(UnsupportedSchemaError):
+        convert(unique, grammar_only=True)
+
+
+def test_cli_strict_closes_objects(tmp_path: Path) -> None:
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}}))
+    extra = tmp_path / "extra.json"
+    extra.write_text('{"a": 1, "b": 2}')
+    for flags, code in (((), 0), (("--strict",), 1)):
+        out = run_cli("convert", str(schema), *flags)
+        gbnf = tmp_path / "g.gbnf"
+        gbnf.write_text(out.stdout)
+        assert run_cli("check", str(gbnf), str(extra)).returncode == code
+
+
+def test_a_format_nobody_checks_is_reported_and_never_passes_validation() -> None:
+    schema = {"type": "object", "properties": {"home": {"type": "string", "format": "iri"},
+                                               "n": {"type": "integer", "format": "int32"}}}
+    conversion = convert(schema)
+    assert conversion.unchecked == ("/properties/home/format",)
+    result = validate('{"home": "https://example.com/"}', schema)
+    assert not result.valid
+    assert result.errors[0].pointer == "/home"
+    assert "cannot be checked" in result.errors[0].message
+    assert validate('{"n": 5}', schema).valid  # OpenAPI's int32 is checked
+    assert not validate('{"n": 5000000000}', schema).valid
+    with pytest.raises(UnsupportedSchemaError):
+        convert(schema, grammar_only=True)
+
+
+def test_an_oversized_grammar_falls_back_to_declared_order_then_closed_objects() -> None:
+    props = {f"property_number_{i}": {"type": "object", "properties": {
+        f"inner_{j}": {"type": "string"} for j in range(5)}} for i in range(120)}
+    schema = {"type": "object", "properties": props}
+    conversion = convert(schema)
+    parse_gbnf(conversion.gbnf)  # within the limit, so it parses
+    assert any("over the size limit" in e for e in conversion.enforced)
+    sample = json.dumps({"property_number_3": {"inner_1": "x"}})
+    assert accepts(conversion.gbnf, sample)
+    assert validate(sample, schema).valid
+
+
+def test_every_output_passes_the_gbnf_check() -> None:
+    """Patterns the converter once copied into GBNF that its own check refused."""
+    for pattern in ["^a+?b*?c??$", "^(?:[A-Za-z0-9+/]{4})*$", "^((a)+)+$", "^(a*)*b$",
+                    "^(a|b+)*$", "^(x{1,3}){2,}$", "^$|(^[a-z]+$)", "(^a)|(b$)", "^(?:a?)+$"]:
+        parse_gbnf(convert({"type": "string", "pattern": pattern}).gbnf)

@@ -68,6 +68,12 @@ REAL_WORLD: list[tuple[str, Any, list[Any], list[Any]]] = [
         "w": {"type": "string", "pattern": "^a|b$"}}},
      [{"v": ""}, {"v": "1.25"}, {"w": "ax"}, {"w": "xb"}],
      [{"v": "1."}, {"v": " 1.2"}, {"w": "xa"}]),
+    ("pattern-with-lengths", {"type": "object", "properties": {
+        "slug": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$", "minLength": 2,
+                 "maxLength": 8},
+        "code": {"type": "string", "pattern": "^(N/A|[0-9]{2,})$", "maxLength": 4}}},
+     [{"slug": "ab_1", "code": "N/A"}, {"slug": "abcdefgh", "code": "1234"}],
+     [{"slug": "a"}, {"slug": "abcdefghi"}, {"slug": "1ab"}, {"code": "12345"}, {"code": "1"}]),
     ("anchor-ref-2020", {"$defs": {"port": {"$anchor": "port", "type": "integer",
                                             "minimum": 1, "maximum": 65535}},
                          "type": "array", "items": {"$ref": "#port"}},
