@@ -28,6 +28,12 @@ from grammar import GbnfSyntaxError, SchemaError, convert, parse_gbnf
 
 conv_mod = importlib.import_module("grammar.convert")  # the module (the package exports a function)
 
+
+def _clear_cache() -> None:
+    cache = getattr(conv_mod, "_CACHE", None)  # absent in older versions (for comparisons)
+    if cache is not None:
+        cache.clear()
+
 JSON = Any
 
 
@@ -144,7 +150,7 @@ def main() -> None:
     by_size: dict[str, list[float]] = {"< 8 KiB": [], "8-32 KiB": [], "32-64 KiB": [],
                                        ">= 64 KiB": []}
     for name, schema in corpus:
-        conv_mod._CACHE.clear()
+        _clear_cache()
         schema_bytes.append(len(json.dumps(schema)))
         start = time.perf_counter()
         try:
@@ -191,7 +197,10 @@ def _llama_build(corpus: list[tuple[str, JSON]]) -> None:
     model = Model(default_model_path())
     builds = []
     for _name, schema in corpus:
-        gbnf = convert(schema).gbnf
+        try:
+            gbnf = convert(schema).gbnf
+        except SchemaError:
+            continue
         start = time.perf_counter()
         g = C.llama_sampler_init_grammar(model.vocab, gbnf.encode(), b"root")
         builds.append((time.perf_counter() - start) * 1000)
@@ -206,13 +215,15 @@ def _llama_build(corpus: list[tuple[str, JSON]]) -> None:
 def _mode_costs(corpus: list[tuple[str, JSON]]) -> None:
     """Grammar size of the modes relative to the default, over the whole corpus."""
     def total(**kw: Any) -> int:
-        conv_mod._CACHE.clear()
+        _clear_cache()
         out = 0
         for _name, schema in corpus:
             with contextlib.suppress(SchemaError):
                 out += len(convert(schema, **kw).gbnf)
         return out
 
+    if not hasattr(containers, "ANY_ORDER_MAX"):
+        return
     default = total()
     strict = total(strict=True)
     saved = containers.ANY_ORDER_MAX

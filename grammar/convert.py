@@ -101,22 +101,26 @@ def _rule_name(text: str) -> str:
 MAX_SCHEMA_DEPTH = 96
 
 
-def scan(schema: JSON) -> dict[str, JSON]:
-    """Check the document's nesting depth (iteratively) and index its plain-name anchors.
+@dataclass(frozen=True, slots=True)
+class Scan:
+    anchors: dict[str, JSON]  # "#name" -> the subschema with that $anchor or plain-name id
 
-    Returns ``{"#name": subschema}`` for ``$anchor`` and for draft-04/06/07 ``id`` /
-    ``$id`` values that are plain-name fragments (``"#foo"``).
+
+def scan(schema: JSON) -> Scan:
+    """Check the document's nesting depth (iteratively) and index its plain-name anchors:
+    ``$anchor`` and draft-04/06/07 ``id`` / ``$id`` values that are plain-name fragments
+    (``"#foo"``).
 
     Raises:
         UnsupportedSchemaError: nested deeper than :data:`MAX_SCHEMA_DEPTH`.
     """
     anchors: dict[str, JSON] = {}
-    stack: list[tuple[JSON, int, str]] = [(schema, 0, "")]
+    stack: list[tuple[JSON, int]] = [(schema, 0)]
     while stack:
-        node, depth, pointer = stack.pop()
+        node, depth = stack.pop()
         if depth > MAX_SCHEMA_DEPTH:
             raise UnsupportedSchemaError(f"the schema is nested more than {MAX_SCHEMA_DEPTH} "
-                                         "levels deep", pointer=pointer)
+                                         "levels deep", pointer=_deep_pointer(schema))
         if isinstance(node, dict):
             anchor = node.get("$anchor")
             if isinstance(anchor, str):
@@ -126,11 +130,23 @@ def scan(schema: JSON) -> dict[str, JSON]:
                 if isinstance(ident, str) and ident.startswith("#") and len(ident) > 1 \
                         and not ident.startswith("#/"):
                     anchors.setdefault(ident, node)
-            stack.extend((v, depth + 1, f"{pointer}/{escape_pointer(str(k))}")
-                         for k, v in node.items())
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
         elif isinstance(node, list):
-            stack.extend((v, depth + 1, f"{pointer}/{i}") for i, v in enumerate(node))
-    return anchors
+            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+    return Scan(anchors)
+
+
+def _deep_pointer(schema: JSON) -> str:
+    """The JSON pointer of the first place nested deeper than the limit."""
+    stack: list[tuple[JSON, int, str]] = [(schema, 0, "")]
+    while stack:
+        node, depth, pointer = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            return pointer
+        items = node.items() if isinstance(node, dict) else enumerate(node) \
+            if isinstance(node, list) else ()
+        stack.extend((v, depth + 1, f"{pointer}/{escape_pointer(str(k))}") for k, v in items)
+    return ""
 
 
 #: Meta-schemas jsonschema-rs knows without a download (it fetches any other ``$schema``).
@@ -204,8 +220,8 @@ class _Converter(ContainerRules):
         same language), so equal subschemas cost one rule."""
         if body and body in self.bodies:
             return self.bodies[body]
-        self.size += len(body) + 20
-        if self.size > MAX_GBNF_BYTES:
+        self.size += len(body) + 18
+        if self.size > MAX_GBNF_BYTES * 1.05:  # an estimate: the text is measured at the end
             raise _OverBudget
         name = _rule_name(name)
         candidate, n = name, 1
@@ -264,7 +280,7 @@ class _Converter(ContainerRules):
             doc = self.root
         node = doc
         if fragment and not fragment.startswith("/"):
-            anchors = self.anchors if doc is self.root else scan(doc)
+            anchors = self.anchors if doc is self.root else scan(doc).anchors
             if f"#{fragment}" not in anchors:
                 raise InvalidSchemaError(f"$ref {ref!r}: no $anchor or id names {fragment!r}",
                                          pointer=f"{pointer}/$ref")
@@ -593,6 +609,8 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
                 if hit is not None:
                     _CACHE.move_to_end(key)
                     return hit
+    found = scan(schema)  # once: the depth bound and the anchors
+    check_schema(schema)
     budget = 0
     while True:
         # over the size limit, properties go in declared order, then objects close: a smaller
@@ -601,8 +619,8 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
                           strict=strict, grammar_only=grammar_only,
                           remote_refs=dict(remote_refs or {}), budget=budget)
         try:
-            root = _convert_one(conv, schema, "root-value")
-        except _OverBudget:  # stopped as soon as the rules passed the limit
+            root = _convert_one(conv, schema, "root-value", found)
+        except _OverBudget:  # stopped as soon as the rules passed the limit: each try is bounded
             if budget == 2:
                 raise UnsupportedSchemaError(
                     f"the grammar of this schema would be over {MAX_GBNF_BYTES // 1024} KiB "
@@ -636,11 +654,12 @@ class _OverBudget(Exception):
     """The rules written so far are over the size limit (caught by :func:`convert`)."""
 
 
-def _convert_one(conv: _Converter, schema: JSON, name: str) -> str:
-    anchors = scan(schema)  # bounds the depth before anything recursive looks at the schema
-    try:
+def _convert_one(conv: _Converter, schema: JSON, name: str, found: Scan | None = None) -> str:
+    if found is None:
+        found = scan(schema)  # bounds the depth before anything recursive looks at the schema
         check_schema(schema)
-        conv.set_root(schema, anchors)
+    try:
+        conv.set_root(schema, found.anchors)
         return conv.visit(schema, "", name)
     except RecursionError:
         raise UnsupportedSchemaError("the schema nests too deeply to convert (through $ref "
