@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from grammar import accepts
 from tests.serverproc import running_server
 
 TIMEOUT = httpx.Timeout(60.0)
@@ -337,3 +338,19 @@ def test_server_grammar_and_json_schema_defaults() -> None:
             "prompt": "A number as JSON:", "n_predict": 24}).json()
         assert isinstance(json.loads(out["content"])["n"], int)
         assert out["schema_valid"] is True
+
+
+def test_schema_strict_closes_every_schemas_objects() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "maximum": 9}},
+              "required": ["n"]}
+    with running_server("--parallel", "1", "--schema-strict") as srv:
+        gbnf = httpx.post(srv.base_url + "/grammar", json={"schema": schema},
+                          timeout=TIMEOUT).json()["gbnf"]
+        assert accepts(gbnf, '{"n": 3}')
+        assert not accepts(gbnf, '{"n": 3, "m": 4}')
+        comma = httpx.post(srv.base_url + "/tokenize", json={"content": ","},
+                           timeout=TIMEOUT).json()["tokens"]
+        out = httpx.post(srv.base_url + "/completion", json={
+            "prompt": "n as JSON:", "json_schema": schema, "n_predict": 24,
+            "logit_bias": [[comma[0], 100]], "temperature": 0}, timeout=TIMEOUT).json()
+        assert json.loads(out["content"]).keys() == {"n"}, out["content"]

@@ -277,3 +277,24 @@ def test_openai_client_sees_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model="any", prompt="hi " * 5000, max_tokens=1)
     assert "exceed" in str(info.value)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_strict_closes_objects_without_additional_properties(
+        client: openai.OpenAI, server: ServerProcess, strict: bool) -> None:
+    """Without strict, an object that does not say additionalProperties is open (JSON Schema's
+    default): pushed towards ',' the model writes an extra member. With strict: true it cannot."""
+    comma = httpx.post(f"{server.base_url}/tokenize", json={"content": ","}).json()["tokens"]
+    assert len(comma) == 1
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "maximum": 9}},
+              "required": ["n"]}
+    r = client.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": "Give n as JSON."}],
+        response_format={"type": "json_schema", "json_schema": {
+            "name": "n", "schema": schema, "strict": strict}},  # type: ignore[typeddict-item]
+        logit_bias={str(comma[0]): 100}, max_tokens=24, temperature=0)
+    content = r.choices[0].message.content or ""
+    if strict:
+        assert json.loads(content).keys() == {"n"}, content
+    else:
+        assert "," in content, content  # an extra member began

@@ -226,3 +226,27 @@ def test_a_plain_template_gets_instructions_calls_and_results_as_text() -> None:
     assert '"name": "get_weather"' in out
     assert call_text("get_weather", '{"city": "Paris"}') in out
     assert "<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>" in out
+
+
+def test_strict_tools_close_their_arguments_and_others_stay_open() -> None:
+    from app.api.anthropic import policy
+    from app.api.openai import tools_from
+    from app.prepare import tools_grammar
+
+    params = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+    body = {"tools": [{"type": "function", "function": {"name": "open", "parameters": params}},
+                      {"type": "function", "function": {"name": "shut", "parameters": params,
+                                                        "strict": True}}],
+            "tool_choice": "required"}
+    openai_policy = tools_from(body)
+    assert [t.strict for t in openai_policy.tools] == [False, True]
+    anthropic_policy = policy({"tools": [{"name": "shut", "input_schema": params,
+                                          "strict": True}]})
+    assert [t.strict for t in anthropic_policy.tools] == [True]
+    constraint = openai_policy.constraint()
+    assert constraint is not None
+    gbnf = tools_grammar(constraint)
+    call = '<tool_call>\n{"name": "%s", "arguments": {"q": "x", "extra": 1}}\n</tool_call>'
+    assert accepts(gbnf, call % "open")
+    assert not accepts(gbnf, call % "shut")
+    assert not accepts(tools_grammar(constraint, schema_strict=True), call % "open")
