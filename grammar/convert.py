@@ -49,7 +49,13 @@ from grammar.containers import ContainerRules
 from grammar.errors import InvalidSchemaError, SchemaError, UnsupportedSchemaError, escape_pointer
 from grammar.gbnf import MAX_GBNF_BYTES
 from grammar.gbnf_text import literal, repeat
-from grammar.keywords import ALL_TYPES, ANNOTATIONS, STRUCTURAL, TYPE_KEYWORDS, VALIDATED_ONLY
+from grammar.keywords import (
+    ALL_TYPES,
+    ANNOTATIONS,
+    CONSTRAINING,
+    TYPE_KEYWORDS,
+    VALIDATED_ONLY,
+)
 from grammar.merge import constraining, merge
 from grammar.primitives import FORMATS, PRIMITIVE_DEPS, PRIMITIVES
 from grammar.ranges import int_range, number_range
@@ -87,7 +93,7 @@ MAX_RULE_NAME = 12
 
 @functools.lru_cache(maxsize=8192)
 def _rule_name(text: str) -> str:
-    name = re.sub(r"[^a-zA-Z0-9-]+", "-", text).strip("-")
+    name = re.sub(r"[^a-zA-Z0-9-]+", "-", text[-4 * MAX_RULE_NAME:]).strip("-")
     if len(name) > MAX_RULE_NAME:
         tail = name[-MAX_RULE_NAME:]
         if name[-MAX_RULE_NAME - 1] != "-" and "-" in tail:  # drop a cut-off part
@@ -203,6 +209,7 @@ class _Converter(ContainerRules):
     unchecked: list[str] = field(default_factory=list)
     key_tries: dict[tuple[str, ...], str] = field(default_factory=dict)
     bodies: dict[str, str] = field(default_factory=dict)  # rule body -> its name
+    patterns: dict[tuple[str, Any], tuple[str, bool]] = field(default_factory=dict)
     budget: int = 0  # see ContainerRules.budget
     size: int = 0  # about how many bytes the rules so far take
     refs: dict[str, str] = field(default_factory=dict)
@@ -383,7 +390,7 @@ class _Converter(ContainerRules):
                 continue
             if key in VALIDATED_ONLY:
                 self.validate_only(pointer, key)
-            elif key not in STRUCTURAL and not any(key in kws for kws in TYPE_KEYWORDS.values()):
+            elif key not in CONSTRAINING:
                 self.ignored.append(f"{pointer}/{key}")
 
     @staticmethod
@@ -468,10 +475,13 @@ class _Converter(ContainerRules):
         if pattern is not None:
             self.enforce(pointer, "pattern")
             lengths = (lo, hi) if "minLength" in schema or "maxLength" in schema else None
-            inner, bounded = pattern_to_gbnf(
-                pattern, pointer=f"{pointer}/pattern", add_rule=self.add_rule,
-                name=f"{name}-pattern", any_char=self.primitive("char"), dotall=self.dotall,
-                lengths=lengths)
+            memo = (pattern, lengths)
+            if memo not in self.patterns:  # the same pattern again costs nothing
+                self.patterns[memo] = pattern_to_gbnf(
+                    pattern, pointer=f"{pointer}/pattern", add_rule=self.add_rule,
+                    name=f"{name}-pattern", any_char=self.primitive("char"), dotall=self.dotall,
+                    lengths=lengths)
+            inner, bounded = self.patterns[memo]
             for key in ("minLength", "maxLength"):
                 if key in schema:
                     if bounded:
@@ -625,14 +635,14 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
                 raise UnsupportedSchemaError(
                     f"the grammar of this schema would be over {MAX_GBNF_BYTES // 1024} KiB "
                     "(llama.cpp's matcher slows with a grammar's size)", pointer="") from None
-            budget += 1
+            budget = 2  # far over: declared order alone saves only a few percent
             continue
         lines = [f"root ::= {root}"]
         lines += [f"{name} ::= {body}" for name, body in conv.rules.items() if name != "root"]
         gbnf = "\n".join(lines) + "\n"
         if len(gbnf.encode()) <= MAX_GBNF_BYTES or budget == 2:
             break
-        budget += 1
+        budget += 1  # just over: declared order may be enough
     if budget:
         conv.enforced.append("/ (over the size limit: properties in declared order"
                              + (", objects without additionalProperties closed)" if budget > 1

@@ -13,7 +13,7 @@ VALIDATED_ONLY = frozenset({
     "uniqueItems", "multipleOf", "not", "contains",
     "minContains", "maxContains", "propertyNames", "dependentRequired",
     "dependentSchemas", "dependencies", "if", "then", "else", "unevaluatedItems",
-    "unevaluatedProperties",
+    "unevaluatedProperties", "$dynamicRef", "$recursiveRef",
 })
 TYPE_KEYWORDS = {
     "string": {"minLength", "maxLength", "pattern", "format"},

@@ -9,6 +9,7 @@ inclusive or exclusive bounds.
 
 from __future__ import annotations
 
+import functools
 from decimal import Decimal
 from typing import Any
 
@@ -67,6 +68,7 @@ def _non_negative(lo: int, hi: int | None) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=1024)
 def int_range(lo: int | None, hi: int | None) -> str:
     """GBNF for the integers in [lo, hi] (None: unbounded on that side)."""
     parts: list[str] = []
@@ -188,6 +190,7 @@ def _unsigned(a: Decimal, a_strict: bool, b: Decimal | None, b_strict: bool) -> 
     return out
 
 
+@functools.lru_cache(maxsize=1024)
 def number_range(lo: Decimal | None, lo_strict: bool, hi: Decimal | None, hi_strict: bool) -> str:
     """GBNF for decimal numbers (no exponent) in the interval; either bound may be None.
 
