@@ -166,7 +166,8 @@ def _fast_valid(schema: JSON) -> bool:
     """Whether jsonschema-rs finds the schema valid against its meta-schema (about 300 times
     faster than jsonschema on large schemas: 0.8 ms instead of 370 ms on a 26 KB one). Only
     a "valid" is taken from it; anything else goes to jsonschema for the error and pointer."""
-    if isinstance(schema, dict) and "$schema" in schema and schema["$schema"] not in _KNOWN_DRAFTS:
+    if isinstance(schema, dict) and "$schema" in schema and (
+            not isinstance(schema["$schema"], str) or schema["$schema"] not in _KNOWN_DRAFTS):
         return False
     try:
         return bool(jsonschema_rs.meta.is_valid(schema))
@@ -182,6 +183,9 @@ def check_schema(schema: JSON) -> None:
     """
     if not isinstance(schema, dict | bool):
         raise InvalidSchemaError("a schema must be an object or a boolean", pointer="")
+    if isinstance(schema, dict) and not isinstance(schema.get("$schema", ""), str):
+        raise InvalidSchemaError("'$schema' must be a string (a meta-schema URI)",
+                                 pointer="/$schema")
     if _fast_valid(schema):
         return
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)

@@ -78,10 +78,16 @@ def format_checker(cls: Any) -> jsonschema.FormatChecker:
     return checker
 
 
+def validator_class(schema: Any) -> Any:
+    """The validator class of ``schema``'s draft (``$schema``; 2020-12 when absent or unknown)."""
+    if isinstance(schema, dict) and not isinstance(schema.get("$schema", ""), str):
+        return jsonschema.Draft202012Validator
+    return jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+
+
 def checked_formats(schema: Any) -> frozenset[str]:
     """The formats validation checks for ``schema``'s draft."""
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return frozenset(format_checker(cls).checkers)
+    return frozenset(format_checker(validator_class(schema)).checkers)
 
 
 def _pointer(path: Any) -> str:
@@ -93,8 +99,8 @@ def validate(text: str, schema: Any) -> Result:
 
     The draft comes from ``$schema`` (default 2020-12); ``format`` is checked
     with jsonschema's format checkers and OpenAPI's; a format neither knows is a
-    violation ("cannot be checked"), never passed as valid. Every violation is listed with its JSON
-    pointer, in document order.
+    violation ("cannot be checked"), never passed as valid. Every violation is listed with
+    its JSON pointer, in document order.
     """
     try:
         value = json.loads(text)
@@ -102,7 +108,7 @@ def validate(text: str, schema: Any) -> Result:
         return Result(False, (Violation("", f"not valid JSON: {exc}"),))
     except RecursionError:
         return Result(False, (Violation("", "not checked: the JSON nests too deeply"),))
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    cls = validator_class(schema)
     validator = cls(schema, format_checker=format_checker(cls))
     try:
         errors = sorted(validator.iter_errors(value),
