@@ -91,6 +91,9 @@ class Conversion:
 MAX_RULE_NAME = 12
 
 
+_RESERVED = frozenset(PRIMITIVES) | {"root"}
+
+
 @functools.lru_cache(maxsize=8192)
 def _rule_name(text: str) -> str:
     name = re.sub(r"[^a-zA-Z0-9-]+", "-", text[-4 * MAX_RULE_NAME:]).strip("-")
@@ -214,6 +217,7 @@ class _Converter(ContainerRules):
     key_tries: dict[tuple[str, ...], str] = field(default_factory=dict)
     bodies: dict[str, str] = field(default_factory=dict)  # rule body -> its name
     patterns: dict[tuple[str, Any], tuple[str, bool]] = field(default_factory=dict)
+    suffixes: dict[str, int] = field(default_factory=dict)  # name -> its next free suffix
     budget: int = 0  # see ContainerRules.budget
     size: int = 0  # about how many bytes the rules so far take
     refs: dict[str, str] = field(default_factory=dict)
@@ -234,23 +238,26 @@ class _Converter(ContainerRules):
         self.size += len(body) + 18
         if self.size > MAX_GBNF_BYTES * 1.05:  # an estimate: the text is measured at the end
             raise _OverBudget
-        name = _rule_name(name)
-        candidate, n = name, 1
-        while candidate in self.rules and self.rules[candidate] != body:
-            n += 1
-            candidate = f"{name}-{n}"
-        self.rules[candidate] = body
+        name = self.fresh(name)
+        self.rules[name] = body
         if body:
-            self.bodies[body] = candidate
+            self.bodies[body] = name
+        return name
+
+    def fresh(self, name: str) -> str:
+        """An unused rule name from ``name`` (``name``, then ``name-2``, ``name-3``, ...)."""
+        base = _rule_name(name)
+        n = self.suffixes.get(base, 1)
+        candidate = base if n == 1 else f"{base}-{n}"
+        while candidate in self.rules or candidate in _RESERVED:  # primitives keep their names
+            n += 1
+            candidate = f"{base}-{n}"
+        self.suffixes[base] = n + 1
         return candidate
 
     def reserve(self, name: str) -> str:
         """A fresh rule name (never shared with another rule), its body set later."""
-        name = _rule_name(name)
-        candidate, n = name, 1
-        while candidate in self.rules:
-            n += 1
-            candidate = f"{name}-{n}"
+        candidate = self.fresh(name)
         self.rules[candidate] = ""
         return candidate
 

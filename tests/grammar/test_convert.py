@@ -288,3 +288,18 @@ def test_every_output_passes_the_gbnf_check() -> None:
     for pattern in ["^a+?b*?c??$", "^(?:[A-Za-z0-9+/]{4})*$", "^((a)+)+$", "^(a*)*b$",
                     "^(a|b+)*$", "^(x{1,3}){2,}$", "^$|(^[a-z]+$)", "(^a)|(b$)", "^(?:a?)+$"]:
         parse_gbnf(convert({"type": "string", "pattern": pattern}).gbnf)
+
+
+def test_property_names_never_take_a_shared_rules_name() -> None:
+    """Rule names keep the end of their schema path: a property named like a shared rule
+    (string, null, number, ...) must not become that rule."""
+    inner = {"type": "object", "properties": {
+        "string": {"enum": ["x"]}, "null": {"const": 5}, "number": {"type": "string"},
+        "space": {"type": "boolean"}, "value": {"type": "integer"}}}
+    schema = {"type": "object", "properties": {"aaaaaaaaaaaaaaaa": inner, "z": {"type": "string"},
+                                               "n": {"type": "null"}, "q": {"type": "number"}}}
+    gbnf = convert(schema).gbnf
+    parse_gbnf(gbnf)
+    assert accepts(gbnf, json.dumps({"z": "hello", "n": None, "q": 1.5, "aaaaaaaaaaaaaaaa": {
+        "string": "x", "null": 5, "number": "s", "space": True, "value": 3}}))
+    assert not accepts(gbnf, json.dumps({"z": "x", "aaaaaaaaaaaaaaaa": {"string": "y"}}))
