@@ -9,6 +9,7 @@ from typing import Any
 
 from grammar.errors import UnsupportedSchemaError
 from grammar.keywords import CONSTRAINING
+from grammar.linear_regex import UnsupportedPattern, search
 
 JSON = Any
 
@@ -28,8 +29,11 @@ def _close_over(mine: dict[str, JSON], other: dict[str, JSON], pointer: str) -> 
     if extra_rule is True:
         return mine
     own = set(mine.get("properties", {}))
+    patterns = list(mine.get("patternProperties", {}))
     foreign = [p for p in other.get("properties", {}) if p not in own]
     foreign += [p for p in other.get("required", []) if p not in own and p not in foreign]
+    # names matching this branch's patternProperties are its own, not additional
+    foreign = [p for p in foreign if not any(_may_match(pat, p) for pat in patterns)]
     if not foreign:
         return mine
     if extra_rule is False:
@@ -46,6 +50,13 @@ def _close_over(mine: dict[str, JSON], other: dict[str, JSON], pointer: str) -> 
     props = dict(mine.get("properties", {}))
     props.update({p: extra_rule for p in foreign})
     return {**mine, "properties": props}
+
+
+def _may_match(pattern: str, name: str) -> bool:
+    try:
+        return search(pattern, name) is not None
+    except UnsupportedPattern:
+        return True  # cannot tell: not treated as additional
 
 
 def constraining(schema: dict[str, JSON]) -> bool:

@@ -57,6 +57,11 @@ REAL_WORLD: list[tuple[str, Any, list[Any], list[Any]]] = [
         {"title": "B", "description": "second", "x-order": 2, "examples": [{}],
          "properties": {"b": {"type": "integer"}}, "required": ["b"]}]},
      [{"b": 1}, {"a": "x", "b": 2}], [{"a": "x"}, {"b": "2"}]),
+    ("allof-required-by-pattern", {"allOf": [
+        {"type": "object", "properties": {"a": {"type": "string"}},
+         "patternProperties": {"^x-": {"type": "integer"}}, "additionalProperties": False},
+        {"required": ["x-id"]}]},
+     [{"x-id": 1}, {"a": "s", "x-id": 2, "x-more": 3}], [{"a": "s"}, {"x-id": "1"}]),
     ("lazy-and-stacked-quantifiers", {"type": "object", "properties": {
         "data": {"type": "string", "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==)?$"},
         "tag": {"type": "string", "pattern": "^<.+?>$"},
