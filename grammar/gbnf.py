@@ -38,6 +38,7 @@ from grammar.gbnf_ast import (
     TokenRef,
 )
 from grammar.gbnf_checks import check
+from grammar.gbnf_fast import parse_fast
 
 __all__ = [
     "MAX_REPETITION", "Alternatives", "AnyChar", "CharClass", "Grammar", "Literal", "Node",
@@ -78,7 +79,7 @@ class _Postlex(lark.lark.PostLex):
 def _parser() -> lark.Lark:
     text = resources.files("grammar").joinpath("gbnf.lark").read_text(encoding="utf-8")
     return lark.Lark(text, parser="lalr", postlex=_Postlex(), propagate_positions=False,
-                     maybe_placeholders=False, transformer=_Builder())
+                     maybe_placeholders=False, transformer=_BUILDER)
 
 
 def _decode_chars(raw: str, tok: LarkToken, text: str) -> list[int]:
@@ -154,8 +155,13 @@ class _Builder(lark.Transformer[LarkToken, object]):
         raw = str(children[0])
         negated = raw.startswith("!")
         inner = raw[2:-1] if negated else raw[1:-1]
-        if inner.startswith("[") and inner.endswith("]"):
-            return TokenRef(int(inner[1:-1]), negated)
+        if inner.startswith("["):
+            digits = inner[1:-1]
+            if not inner.endswith("]") or not digits.isascii() or not digits.isdigit():
+                tok = children[0]
+                raise error_at(self._text, "a token id is written <[digits]>", tok.line or 0,
+                               tok.column or 0)
+            return TokenRef(int(digits), negated)
         return TokenRef(f"<{inner}>", negated)
 
     def ref(self, children: list[LarkToken]) -> RuleRef:
@@ -225,6 +231,9 @@ class _Builder(lark.Transformer[LarkToken, object]):
         return rules
 
 
+_BUILDER = _Builder()
+
+
 def _raw_dash_positions(body: str) -> list[bool]:
     """For each decoded character of a class body, whether it is an unescaped '-'."""
     flags: list[bool] = []
@@ -281,6 +290,11 @@ def _parse_cached(text: str) -> Grammar:
 
 
 def _parse_checked(text: str) -> Grammar:
+    fast = parse_fast(text, _BUILDER, MAX_NESTING)
+    if fast is not None:
+        grammar = Grammar(rules=fast, text=text)
+        check(grammar)
+        return grammar
     try:
         rules = _parser().parse(text)
     except GbnfSyntaxError as exc:  # from the post-lexer or the builder, without an excerpt
