@@ -277,15 +277,20 @@ def parse_gbnf(text: str) -> Grammar:
         raise GrammarTooLarge(f"the grammar is {size} bytes, over the limit of "
                               f"{MAX_GBNF_BYTES} bytes")
     try:
-        return _parse_cached(text)
+        return _parse_cached(text) if size <= _CACHED_BYTES else _parse_checked(text)
     except RecursionError:
         raise GbnfSyntaxError("the grammar is nested too deeply") from None
 
 
-@functools.lru_cache(maxsize=32)
+#: Parses of grammars up to this size are kept (16 of them): requests often send the same
+#: schema or grammar again. Larger trees are not kept: hundreds of thousands of live objects
+#: would lengthen every full garbage collection, which pauses every thread.
+_CACHED_BYTES = 32 * 1024
+
+
+@functools.lru_cache(maxsize=16)
 def _parse_cached(text: str) -> Grammar:
-    """Requests often send the same schema or grammar again: a parse is kept for the next
-    (its tree is never changed by a user; errors are not kept)."""
+    """A kept parse (its tree is never changed by a user; errors are not kept)."""
     return _parse_checked(text)
 
 

@@ -44,6 +44,10 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
     ("/completion", b'{"prompt": "x", "stop": ["' + b"s" * 2000 + b'"]}', "stop"),
     ("/completion", json.dumps({"prompt": "x", "grammar": "root ::= " + "(" * 300 + '"a"'
                                 + ")" * 300}).encode(), "nested too deeply"),
+    ("/completion", json.dumps({"prompt": "x", "grammar": "root ::= <[1(]>"}).encode(),
+     "token id"),
+    ("/completion", json.dumps({"prompt": "x", "json_schema": {"$schema": ["x"]}}).encode(),
+     "$schema"),
     ("/completion", json.dumps({"prompt": "x", "grammar": "root ::= " + " | ".join(
         f'"w{i}"' for i in range(30_000))}).encode(), "over the limit"),
     ("/completion", json.dumps({"prompt": "x", "json_schema": {
