@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from grammar.errors import UnsupportedSchemaError, escape_pointer
-from grammar.gbnf_text import char_class, literal, repeat
+from grammar.gbnf_text import _escape_char, literal, repeat
 from grammar.linear_regex import UnsupportedPattern, search
 
 #: Objects with at most this many properties take them in any order (2**n states of which
@@ -28,7 +28,7 @@ class ContainerRules:
     strict: bool
     enforced: list[str]
     key_tries: dict[tuple[str, ...], str]
-    budget: int  # 0: full fidelity; 1: declared order only; 2: also closed objects (size)
+    compact: bool  # the full grammar is over the size limit: declared order, closed objects
 
     def add_rule(self, name: str, body: str) -> str:
         raise NotImplementedError
@@ -51,15 +51,19 @@ class ContainerRules:
     def reserve(self, name: str) -> str:
         raise NotImplementedError
 
+    def counts(self, schema: dict[str, JSON], pointer: str, lo_key: str,
+               hi_key: str) -> tuple[int, int | None]:
+        raise NotImplementedError
+
     def visit_array(self, schema: dict[str, JSON], pointer: str, name: str) -> str:
         space = self.primitive("space")
         prefix = schema.get("prefixItems", [])
         items = schema.get("items", True)
         if isinstance(items, list):  # draft-04 to 2019-09: a tuple, then additionalItems
             prefix, items = items, schema.get("additionalItems", True)
-        lo = int(schema.get("minItems", 0))
-        hi = schema.get("maxItems")
-        hi = None if hi is None else int(hi)
+        lo, hi = self.counts(schema, pointer, "minItems", "maxItems")
+        if "maxItems" in schema and hi is None:  # over MAX_COUNT: left to validation
+            schema = {k: v for k, v in schema.items() if k != "maxItems"}
         for key in ("prefixItems", "items", "additionalItems", "minItems", "maxItems"):
             if key in schema:
                 self.enforce(pointer, key)
@@ -126,7 +130,7 @@ class ContainerRules:
                 self.enforce(pointer, key)
         declares = "properties" in schema or bool(patterns)
         if additional is None:
-            if (self.strict or self.budget >= 2) and declares:
+            if (self.strict or self.compact) and declares:
                 additional = False
                 why = "strict" if self.strict else "the open grammar is over the size limit"
                 self.enforced.append(f"{pointer}/additionalProperties (absent: closed, {why})")
@@ -181,9 +185,9 @@ class ContainerRules:
                 self.validate_only(pointer, "patternProperties",
                                    " for extra names (the grammar gives them additionalProperties)")
         extra = self.add_rule(f"{name}-extra", " | ".join(extras)) if extras else None
-        lo = int(schema.get("minProperties", 0))
-        hi = schema.get("maxProperties")
-        hi = None if hi is None else int(hi)
+        lo, hi = self.counts(schema, pointer, "minProperties", "maxProperties")
+        if "maxProperties" in schema and hi is None:  # over MAX_COUNT: left to validation
+            schema = {k: v for k, v in schema.items() if k != "maxProperties"}
         body = self._members(kvs, extra, lo, hi, schema, pointer, name)
         if "|" in body:
             body = f"( {body} )"
@@ -213,7 +217,7 @@ class ContainerRules:
                           None if hi is None else hi - 1, self.add_rule)
             body = self._join(extra, more)
             return body if lo >= 1 else f"( {body} )?"
-        any_order = len(kvs) <= ANY_ORDER_MAX and not self.prop_order and self.budget < 1
+        any_order = len(kvs) <= ANY_ORDER_MAX and not self.prop_order and not self.compact
         if counted and not (any_order and extra is None):
             for key in ("minProperties", "maxProperties"):
                 if key in schema:
@@ -230,10 +234,11 @@ class ContainerRules:
     def _any_order(self, kvs: list[tuple[str, str, bool]], extra: str | None, lo: int,
                    hi: int | None, sep: str, name: str) -> str:
         """Each subset of written properties is a state: ``state(S)`` follows a member and
-        offers every property not in S, an extra member, or the end once every required
-        property is in S (and the count is within ``lo``..``hi``)."""
+        offers any number of extra members, then every property not in S, or the end once
+        every required property is in S (and the count is within ``lo``..``hi``)."""
         n = len(kvs)
         need = sum(1 << i for i, kv in enumerate(kvs) if kv[2])
+        xs = self.add_rule(f"{name}-xs", f"( {sep} {extra} )*") if extra is not None else ""
         memo: dict[int, str | None] = {}
 
         def done(mask: int) -> bool:
@@ -242,43 +247,42 @@ class ContainerRules:
         def room(mask: int) -> bool:
             return hi is None or bin(mask).count("1") < hi
 
-        def moves(mask: int, first: bool) -> list[str]:
-            lead = "" if first else f"{sep} "
-            out = []
+        def state(mask: int) -> str | None:
+            """What may follow a member with ``mask`` written ("": nothing; None: no way to
+            finish). States only point to larger ones, so each is declared once, finished."""
+            if mask in memo:
+                return memo[mask]
+            options = []
             if room(mask):
                 for i in range(n):
                     if not mask >> i & 1:
                         nxt = state(mask | 1 << i)
                         if nxt is not None:
-                            out.append(f"{lead}{kvs[i][1]} {nxt}".rstrip())
-            if extra is not None:
-                nxt = state(mask)
-                if nxt is not None:
-                    out.append(f"{lead}{extra} {nxt}".rstrip())
-            return out
-
-        def state(mask: int) -> str | None:
-            """The rule after a member with ``mask`` written ("" : nothing may follow; None:
-            no way to finish)."""
-            if mask in memo:
-                return memo[mask]
-            if extra is None and (mask == (1 << n) - 1 or not room(mask)):
-                memo[mask] = "" if done(mask) else None
-                return memo[mask]
-            rule = self.reserve(f"{name}-s{mask}")
-            memo[mask] = rule
-            options = moves(mask, first=False)
-            body = " | ".join(options)
+                            options.append(f"{sep} {kvs[i][1]} {nxt}".rstrip())
+            core: str | None = " | ".join(options)
             if done(mask):
-                body = f"( {body} )?" if body else ""
-            elif not body:
+                core = f"( {core} )?" if core else ""
+            elif not options:
+                core = None
+            elif xs and len(options) > 1:
+                core = f"( {core} )"
+            if core is None:
                 memo[mask] = None
-                del self.rules[rule]
-                return None
-            self.rules[rule] = body
-            return rule
+            else:
+                text = self._join(xs, core)
+                memo[mask] = text if " " not in text else self.add_rule(f"{name}-s{mask}", text)
+            return memo[mask]
 
-        body = " | ".join(moves(0, first=True))
+        moves = []
+        for i in range(n):
+            nxt = state(1 << i) if room(0) else None
+            if nxt is not None:
+                moves.append(f"{kvs[i][1]} {nxt}".rstrip())
+        if extra is not None:
+            nxt = state(0)
+            if nxt is not None:
+                moves.append(f"{extra} {nxt}".rstrip())
+        body = " | ".join(moves)
         if done(0):
             body = f"( {body} )?" if body else ""
         return body
@@ -287,14 +291,16 @@ class ContainerRules:
                         name: str) -> str:
         """Properties in declared order (optional ones may be skipped), extras anywhere.
 
-        ``after(i)`` follows a written member when properties i.. are still to come: an
-        extra member, the next property written (``skip(i)``), or the end when all the rest
-        are optional. Every choice starts with a different key, so the grammar is unambiguous.
+        ``after(i)`` follows a written member when properties i.. are still to come: any
+        number of extra members, then the next property written (``skip(i)``), or the end
+        when all the rest are optional. Every choice starts with a different key, so the
+        grammar is unambiguous.
         """
         n = len(kvs)
         optional_from = [True] * (n + 1)
         for i in range(n - 1, -1, -1):
             optional_from[i] = optional_from[i + 1] and not kvs[i][2]
+        xs = self.add_rule(f"{name}-xs", f"( {sep} {extra} )*") if extra is not None else ""
         skip: list[str] = [""] * (n + 1)
         after: list[str] = [""] * (n + 1)
         for i in range(n, -1, -1):
@@ -303,14 +309,8 @@ class ContainerRules:
                 if not kvs[i][2] and skip[i + 1]:
                     options.append(skip[i + 1])
                 skip[i] = self.add_rule(f"{name}-skip-{i}", " | ".join(options))
-            if extra is not None:
-                rule = self.reserve(f"{name}-after-{i}")
-                options = [f"{sep} {extra} {rule}", *([skip[i]] if skip[i] else [])]
-                body = " | ".join(options)
-                self.rules[rule] = f"( {body} )?" if optional_from[i] else body
-                after[i] = rule
-            elif skip[i]:
-                after[i] = f"{skip[i]}?" if optional_from[i] else skip[i]
+            rest = (f"{skip[i]}?" if optional_from[i] else skip[i]) if skip[i] else ""
+            after[i] = self._join(xs, rest)
         first: list[str] = [""] * (n + 1)
         for i in range(n - 1, -1, -1):
             options = [f"{kvs[i][1]} {after[i + 1]}".rstrip()]
@@ -332,7 +332,10 @@ class ContainerRules:
 
     def _key_excluding(self, keys: list[str], name: str) -> str:
         """A JSON string that is none of ``keys`` (written without escapes, so no key can be
-        spelled another way). One trie of rules per key set, shared by every object with it."""
+        spelled another way). A trie: each node offers a character no key continues with
+        (then anything), each character some key continues with, and the end unless a key
+        ends there. A node with one way on is written inside its parent (up to a depth),
+        others are rules; one trie per key set, shared by every object with it."""
         string = self.primitive("string")
         # keys holding characters an unescaped name cannot hold need no excluding
         keys = sorted({k for k in keys if all(ord(c) >= 0x20 and c not in '"\\' for c in k)})
@@ -342,7 +345,7 @@ class ContainerRules:
         if memo is not None:
             return memo
         space = self.primitive("space")
-        plain = '[^"\\\\\\x00-\\x1F]'
+        tail = self.primitive("key-tail")
         trie: dict[str, Any] = {}
         order: list[dict[str, Any]] = []  # parents before children
         for key in keys:
@@ -357,36 +360,37 @@ class ContainerRules:
             node = stack.pop()
             order.append(node)
             stack.extend(node[c] for c in node if c)
-        names: dict[int, str] = {}
+        refs: dict[int, tuple[str, int]] = {}  # node -> (how a parent writes it, its depth)
         for node in reversed(order):
             chars = sorted(c for c in node if c)
-            options = []
-            if chars:
-                options.append(f"{_others(''.join(chars))} {plain}*")
-                options += [f"{literal(c)} {names[id(node[c])]}" for c in chars]
-            else:
-                options.append(f"{plain}+")
+            if not chars:  # a key ends here and none goes on
+                refs[id(node)] = (f"{_PLAIN}+", 0)
+                continue
+            options = [f"{_others(''.join(chars))} {tail}"]
+            depth = 0
+            for c in chars:
+                text, d = refs[id(node[c])]
+                options.append(f"{literal(c)} {text}")
+                depth = max(depth, d)
             if "" not in node:
                 options.append('""')
-            names[id(node)] = self.add_rule(f"{name}-key", " | ".join(options))
-        rule = f'"\\"" {names[id(trie)]} "\\"" {space}'
+            body = " | ".join(options)
+            if len(chars) == 1 and "" not in node and depth < _INLINE_DEPTH and node is not trie:
+                refs[id(node)] = (f"( {body} )", depth + 1)
+            else:
+                refs[id(node)] = (self.add_rule(f"{name}-key", body), 0)
+        rule = f'"\\"" {refs[id(trie)][0]} "\\"" {space}'
         self.key_tries[tuple(keys)] = rule
         return rule
+
+
+#: One plain character of a JSON string (no quote, backslash or control character).
+_PLAIN = '[^"\\\\\\x00-\\x1F]'
+#: How many single-way trie nodes are written inside one another before a rule.
+_INLINE_DEPTH = 6
 
 
 @functools.lru_cache(maxsize=4096)
 def _others(chars: str) -> str:
     """A class of the plain JSON string characters other than ``chars``."""
-    return char_class(_ranges_excluding(list(chars)), negated=False)
-
-
-def _ranges_excluding(chars: list[str]) -> list[tuple[int, int]]:
-    """Code point ranges of plain JSON string characters other than ``chars``."""
-    banned = sorted({ord(c) for c in chars} | {0x22, 0x5C} | set(range(0x20)))
-    out, nxt = [], 0
-    for b in banned:
-        if b > nxt:
-            out.append((nxt, b - 1))
-        nxt = max(nxt, b + 1)
-    out.append((nxt, 0x10FFFF))
-    return out
+    return _PLAIN[:-1] + "".join(_escape_char(ord(c), True) for c in sorted(set(chars))) + "]"

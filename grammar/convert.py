@@ -48,7 +48,7 @@ import jsonschema_rs
 from grammar.containers import ContainerRules
 from grammar.errors import InvalidSchemaError, SchemaError, UnsupportedSchemaError, escape_pointer
 from grammar.gbnf import MAX_GBNF_BYTES
-from grammar.gbnf_text import literal, repeat
+from grammar.gbnf_text import MAX_COUNT, literal, repeat
 from grammar.keywords import (
     ALL_TYPES,
     ANNOTATIONS,
@@ -216,9 +216,9 @@ class _Converter(ContainerRules):
     unchecked: list[str] = field(default_factory=list)
     key_tries: dict[tuple[str, ...], str] = field(default_factory=dict)
     bodies: dict[str, str] = field(default_factory=dict)  # rule body -> its name
-    patterns: dict[tuple[str, Any], tuple[str, bool]] = field(default_factory=dict)
+    patterns: dict[tuple[str, Any], tuple[str, bool, bool]] = field(default_factory=dict)
     suffixes: dict[str, int] = field(default_factory=dict)  # name -> its next free suffix
-    budget: int = 0  # see ContainerRules.budget
+    compact: bool = False  # see ContainerRules.compact
     size: int = 0  # about how many bytes the rules so far take
     refs: dict[str, str] = field(default_factory=dict)
     anchors: dict[str, JSON] = field(default_factory=dict)
@@ -235,10 +235,10 @@ class _Converter(ContainerRules):
         same language), so equal subschemas cost one rule."""
         if body and body in self.bodies:
             return self.bodies[body]
-        self.size += len(body) + 18
-        if self.size > MAX_GBNF_BYTES * 1.05:  # an estimate: the text is measured at the end
-            raise _OverBudget
         name = self.fresh(name)
+        self.size += len(name) + len(body) + 6  # "name ::= body\n"; the text is measured at the end
+        if self.size > MAX_GBNF_BYTES:
+            raise _OverBudget
         self.rules[name] = body
         if body:
             self.bodies[body] = name
@@ -263,8 +263,12 @@ class _Converter(ContainerRules):
 
     def pattern_key(self, pattern: str, pointer: str, name: str) -> str:
         """The text between the quotes of a member name matching ``pattern``."""
-        return pattern_to_gbnf(pattern, pointer=pointer, add_rule=self.add_rule, name=name,
-                               any_char=self.primitive("char"), dotall=self.dotall)[0]
+        text, _bounded, widened = pattern_to_gbnf(
+            pattern, pointer=pointer, add_rule=self.add_rule, name=name,
+            any_char=self.primitive("char"), dotall=self.dotall)
+        if widened:
+            self.validate_only(pointer, "pattern", f" (a repetition maximum over {MAX_COUNT})")
+        return text
 
     def primitive(self, name: str) -> str:
         if name not in self.rules:
@@ -276,6 +280,23 @@ class _Converter(ContainerRules):
 
     def enforce(self, pointer: str, keyword: str) -> None:
         self.enforced.append(f"{pointer}/{keyword}")
+
+    def counts(self, schema: dict[str, JSON], pointer: str, lo_key: str,
+               hi_key: str) -> tuple[int, int | None]:
+        """``lo_key``..``hi_key`` of ``schema`` (a count of characters, items or members).
+        An upper bound over :data:`MAX_COUNT` is left to validation (no model writes that
+        much; llama.cpp would expand it into as many rules); a lower one is refused."""
+        lo = int(schema.get(lo_key, 0))
+        raw = schema.get(hi_key)
+        hi = None if raw is None else int(raw)
+        if lo > MAX_COUNT:
+            raise UnsupportedSchemaError(
+                f"{lo_key} {lo} is over {MAX_COUNT} (the grammar would spell out every one)",
+                pointer=f"{pointer}/{lo_key}", keyword=lo_key)
+        if hi is not None and hi > MAX_COUNT:
+            self.validate_only(pointer, hi_key, f" above {MAX_COUNT}")
+            hi = None
+        return lo, hi
 
     def validate_only(self, pointer: str, keyword: str, why: str = "") -> None:
         where = f"{pointer}/{keyword}"
@@ -462,9 +483,9 @@ class _Converter(ContainerRules):
 
     # --- strings -------------------------------------------------------------
     def visit_string(self, schema: dict[str, JSON], pointer: str, name: str) -> str:
-        lo = int(schema.get("minLength", 0))
-        hi = schema.get("maxLength")
-        hi = None if hi is None else int(hi)
+        lo, hi = self.counts(schema, pointer, "minLength", "maxLength")
+        if "maxLength" in schema and hi is None:  # over MAX_COUNT: left to validation
+            schema = {k: v for k, v in schema.items() if k != "maxLength"}
         fmt = schema.get("format")
         pattern = schema.get("pattern")
         space = self.primitive("space")
@@ -492,7 +513,9 @@ class _Converter(ContainerRules):
                     pattern, pointer=f"{pointer}/pattern", add_rule=self.add_rule,
                     name=f"{name}-pattern", any_char=self.primitive("char"), dotall=self.dotall,
                     lengths=lengths)
-            inner, bounded = self.patterns[memo]
+            inner, bounded, widened = self.patterns[memo]
+            if widened:
+                self.validate_only(pointer, "pattern", f" (a repetition maximum over {MAX_COUNT})")
             for key in ("minLength", "maxLength"):
                 if key in schema:
                     if bounded:
@@ -632,32 +655,28 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
                     return hit
     found = scan(schema)  # once: the depth bound and the anchors
     check_schema(schema)
-    budget = 0
-    while True:
-        # over the size limit, properties go in declared order, then objects close: a smaller
+    for compact in (False, True):
+        # over the size limit, properties go in declared order and objects close: a smaller
         # grammar that still admits only what the schema allows (reported in ``enforced``)
         conv = _Converter(root=None, prop_order=list(prop_order or ()), dotall=dotall,
                           strict=strict, grammar_only=grammar_only,
-                          remote_refs=dict(remote_refs or {}), budget=budget)
+                          remote_refs=dict(remote_refs or {}), compact=compact)
         try:
             root = _convert_one(conv, schema, "root-value", found)
         except _OverBudget:  # stopped as soon as the rules passed the limit: each try is bounded
-            if budget == 2:
-                raise UnsupportedSchemaError(
-                    f"the grammar of this schema would be over {MAX_GBNF_BYTES // 1024} KiB "
-                    "(llama.cpp's matcher slows with a grammar's size)", pointer="") from None
-            budget = 2  # far over: declared order alone saves only a few percent
             continue
         lines = [f"root ::= {root}"]
         lines += [f"{name} ::= {body}" for name, body in conv.rules.items() if name != "root"]
         gbnf = "\n".join(lines) + "\n"
-        if len(gbnf.encode()) <= MAX_GBNF_BYTES or budget == 2:
+        if len(gbnf.encode()) <= MAX_GBNF_BYTES:
             break
-        budget += 1  # just over: declared order may be enough
-    if budget:
-        conv.enforced.append("/ (over the size limit: properties in declared order"
-                             + (", objects without additionalProperties closed)" if budget > 1
-                                else ")"))
+    else:
+        raise UnsupportedSchemaError(
+            f"the grammar of this schema would be over {MAX_GBNF_BYTES // 1024} KiB "
+            "(llama.cpp's matcher slows with a grammar's size)", pointer="")
+    if conv.compact:
+        conv.enforced.append("/ (over the size limit: properties in declared order, objects "
+                             "without additionalProperties closed)")
     result = Conversion(gbnf=gbnf,
                         enforced=tuple(dict.fromkeys(conv.enforced)),
                         validated_only=tuple(dict.fromkeys(conv.validated_only)),
@@ -705,9 +724,9 @@ def convert_many(schemas: Sequence[JSON], names: Sequence[str], *,
         SchemaError: as :func:`convert`; ``index`` on the error says which schema.
     """
     flags = [strict] * len(schemas) if isinstance(strict, bool) else list(strict)
-    for budget in range(3):  # as convert(): declared order, then closed objects, when too big
+    for compact in (False, True):  # as convert(): declared order, closed objects when too big
         try:
-            return _convert_many(schemas, names, flags, grammar_only, budget)
+            return _convert_many(schemas, names, flags, grammar_only, compact)
         except _OverBudget:
             continue
     raise UnsupportedSchemaError(f"the grammar of these schemas would be over "
@@ -715,10 +734,10 @@ def convert_many(schemas: Sequence[JSON], names: Sequence[str], *,
 
 
 def _convert_many(schemas: Sequence[JSON], names: Sequence[str], flags: list[bool],
-                  grammar_only: bool, budget: int
+                  grammar_only: bool, compact: bool
                   ) -> tuple[list[str], dict[str, str], list[Conversion]]:
     conv = _Converter(root=None, prop_order=[], dotall=False, strict=False,
-                      grammar_only=grammar_only, remote_refs={}, budget=budget)
+                      grammar_only=grammar_only, remote_refs={}, compact=compact)
     exprs: list[str] = []
     reports: list[Conversion] = []
     for index, (schema, name) in enumerate(zip(schemas, names, strict=True)):

@@ -49,30 +49,59 @@ def char_class(ranges: list[tuple[int, int]], negated: bool = False) -> str:
     return "[" + ("^" if negated else "") + "".join(body) + "]"
 
 
+#: The largest repetition count written exactly (``maxLength``, ``maxItems``, pattern counts):
+#: llama.cpp expands a count into that many elements and rules (measured: building a grammar
+#: with 20,000 optional characters takes 17 ms, 100,000 take 100 ms and 12 MiB), so larger
+#: maxima are left to validation and larger minima refused. Callers check their counts.
+MAX_COUNT = 10_000
+
+
+class CountTooLarge(ValueError):
+    """A repetition count over :data:`MAX_COUNT`."""
+
+
 def repeat(item: str, lo: int, hi: int | None,
            add_rule: Callable[[str, str], str] | None = None) -> str:
     """``item`` repeated ``lo`` to ``hi`` times (None: unbounded), within llama.cpp's cap.
 
     ``item`` must be a single GBNF element (a rule name, literal, class or group).
-    Counts above llama.cpp's limit of 2000 are split into an unambiguous
-    alternation: ``x{lo,1999} | x{2000} <the rest>``, so the grammar stays valid
-    and llama.cpp keeps only a few parse stacks alive. The split is declared as
-    a rule through ``add_rule`` when given: llama.cpp counts the helper rules of a
-    group against its limit when the group itself is repeated or optional.
+    Counts above llama.cpp's limit of 2000 (``add_rule`` is then required) are a rule: the
+    required copies in blocks of 2000, then a chain of rules for the optional ones,
+    ``opt(k) ::= x{0,1999} | x{2000} opt(k-1)``: unambiguous, never nested deeper than one
+    group, and within the cap. llama.cpp counts the helper rules of a group against its limit
+    when the group itself is repeated or optional, hence named rules.
+
+    Raises:
+        CountTooLarge: ``lo`` or ``hi`` is over :data:`MAX_COUNT`.
     """
     cap = MAX_REPETITION
-    if add_rule is not None and ((hi is not None and hi > cap) or lo > cap):
-        return add_rule(f"{_name_of(item)}-rep", repeat(item, lo, hi))
-    if lo > cap or (lo == cap and (hi is None or hi > cap)):
-        return f"{item}{{{cap}}} " + repeat(item, lo - cap, None if hi is None else hi - cap)
+    if lo > MAX_COUNT or (hi is not None and hi > MAX_COUNT):
+        raise CountTooLarge(f"a repetition count over {MAX_COUNT}")
+    if lo <= cap and (hi is None or hi <= cap) and not (lo == cap and hi is None):
+        return _repeat_small(item, lo, hi)
+    if add_rule is None:
+        raise ValueError("counts over MAX_REPETITION need add_rule")
+    blocks, rest = divmod(lo, cap)
+    parts = [f"{item}{{{cap}}}"] * blocks + ([_repeat_small(item, rest, rest)] if rest else [])
+    if hi is None:
+        parts.append(f"{item}*")
+    elif hi > lo:
+        links, left = divmod(hi - lo, cap)
+        chain = _repeat_small(item, 0, left)
+        for _ in range(links):  # each link: fewer than 2000 more, or 2000 and the next link
+            chain = add_rule(f"{_name_of(item)}-opt",
+                             f"{item}{{0,{cap - 1}}} | {item}{{{cap}}} {chain}".rstrip())
+        parts.append(chain)
+    if len(parts) == 1 and parts[0] != f"{item}*":
+        return parts[0]  # already a rule
+    return add_rule(f"{_name_of(item)}-rep", " ".join(p for p in parts if p))
+
+
+def _repeat_small(item: str, lo: int, hi: int | None) -> str:
     if hi is None:
         return {0: f"{item}*", 1: f"{item}+"}.get(lo, f"{item}{{{lo},}}")
-    if hi <= cap:
-        if hi == lo:
-            return "" if lo == 0 else (item if lo == 1 else f"{item}{{{lo}}}")
-        if (lo, hi) == (0, 1):
-            return f"{item}?"
-        return f"{item}{{{lo},{hi}}}"
-    head = repeat(item, lo, cap - 1)
-    rest = f"{item}{{{cap}}} " + repeat(item, 0, hi - cap)
-    return f"( {head} | {rest} )"
+    if hi == lo:
+        return "" if lo == 0 else (item if lo == 1 else f"{item}{{{lo}}}")
+    if (lo, hi) == (0, 1):
+        return f"{item}?"
+    return f"{item}{{{lo},{hi}}}"

@@ -14,6 +14,8 @@ PRIMITIVES: dict[str, str] = {
     "char": ('[^"\\\\\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" ( [0-9a-cA-C] [0-9a-fA-F]{3} | '
              '[dD] [0-7] [0-9a-fA-F]{2} | [eEfF] [0-9a-fA-F]{3} ))'),
     "string": '"\\"" char* "\\"" space',
+    # the rest of an extra member's name (written without escapes: see the key tries)
+    "key-tail": '[^"\\\\\\x00-\\x1F]*',
     "integral-part": '[0] | [1-9] [0-9]{0,15}',
     "decimal-part": "[0-9]{1,16}",
     "number": '("-"? integral-part) ("." decimal-part)? ([eE] [-+]? [0-9]{1,4})? space',

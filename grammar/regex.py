@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from grammar.errors import UnsupportedSchemaError
-from grammar.gbnf_text import char_class, literal, repeat
+from grammar.gbnf_text import MAX_COUNT, CountTooLarge, char_class, literal, repeat
 
 _DIGIT = [(0x30, 0x39)]
 _WORD = [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)]
@@ -89,6 +89,7 @@ class _Parser:
         self.i = 0
         self.pointer = pointer
         self.dotall = dotall
+        self.widened = False  # a repetition's maximum over MAX_COUNT was dropped
 
     def fail(self, what: str) -> UnsupportedSchemaError:
         return UnsupportedSchemaError(f"pattern {self.p!r}: {what} (at character {self.i})",
@@ -174,13 +175,17 @@ class _Parser:
     def _count(self) -> tuple[int, int | None]:
         j = self.p.index("}", self.i)
         body = self.p[self.i + 1 : j]
+        lo_text, _, hi_text = body.partition(",") if "," in body else (body, "", body)
+        if len(lo_text) > 6 or int(lo_text) > MAX_COUNT:
+            raise self.fail(f"a repetition count over {MAX_COUNT}")
         self.i = j + 1
-        if "," not in body:
-            return int(body), int(body)
-        lo, hi = body.split(",")
-        if hi and int(hi) < int(lo):
+        if hi_text and (len(hi_text) > 6 or int(hi_text) > MAX_COUNT):
+            # no model writes that much: the grammar leaves the maximum to validation
+            self.widened = True
+            hi_text = ""
+        if hi_text and int(hi_text) < int(lo_text):
             raise self.fail("quantifier maximum below its minimum")
-        return int(lo), int(hi) if hi else None
+        return int(lo_text), int(hi_text) if hi_text else None
 
     def atom(self) -> _Node:
         c = self.peek()
@@ -470,7 +475,7 @@ def _clamp(branch: _Seq, lo: int, hi: int | None) -> _Seq | bool | None:
 
 def pattern_to_gbnf(pattern: str, *, pointer: str, add_rule: Callable[[str, str], str],
                     name: str, any_char: str, dotall: bool = False,
-                    lengths: tuple[int, int | None] | None = None) -> tuple[str, bool]:
+                    lengths: tuple[int, int | None] | None = None) -> tuple[str, bool, bool]:
     """GBNF for the *contents* of a JSON string (between the quotes) matching ``pattern``.
 
     Args:
@@ -486,7 +491,8 @@ def pattern_to_gbnf(pattern: str, *, pointer: str, add_rule: Callable[[str, str]
             of a character class in each).
 
     Returns:
-        The GBNF, and whether it also holds ``lengths``.
+        The GBNF, whether it also holds ``lengths``, and whether it admits more than the
+        pattern (a repetition maximum over :data:`MAX_COUNT` dropped: validation checks).
 
     Raises:
         UnsupportedSchemaError: a feature no grammar can express, or lengths no string
@@ -494,7 +500,8 @@ def pattern_to_gbnf(pattern: str, *, pointer: str, add_rule: Callable[[str, str]
     """
     emitter = _Emitter(add_rule, name)
     options = []
-    branches = _Parser(pattern, pointer, dotall).parse()
+    parser = _Parser(pattern, pointer, dotall)
+    branches = parser.parse()
     bounded = False
     if lengths is not None and all(start and end for _n, start, end in branches):
         clamped = [_clamp(node, *lengths) for node, _s, _e in branches]
@@ -507,11 +514,16 @@ def pattern_to_gbnf(pattern: str, *, pointer: str, add_rule: Callable[[str, str]
                     pointer=pointer, keyword="pattern")
     for node, start, end in branches:
         if not start and not end and not node.items:
-            return f"{any_char}*", bounded  # an unanchored empty alternative matches anything
-        body = emitter.emit(node) or ""
+            return f"{any_char}*", bounded, parser.widened  # unanchored and empty: anything
+        try:
+            body = emitter.emit(node) or ""
+        except CountTooLarge:  # nested counts multiplied: (a{1000}){1000}
+            raise UnsupportedSchemaError(f"pattern {pattern!r}: a repetition count over "
+                                         f"{MAX_COUNT}", pointer=pointer, keyword="pattern"
+                                         ) from None
         prefix = "" if start else f"{any_char}*"
         suffix = "" if end else f"{any_char}*"
         options.append(" ".join(p for p in (prefix, body, suffix) if p) or '""')
     if len(options) == 1:
-        return options[0], bounded
-    return "( " + " | ".join(options) + " )", bounded
+        return options[0], bounded, parser.widened
+    return "( " + " | ".join(options) + " )", bounded, parser.widened

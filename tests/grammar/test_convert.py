@@ -110,7 +110,7 @@ def test_prop_order_puts_properties_first() -> None:
     assert not accepts(gbnf, '{"a": 2, "b": 1}')
 
 
-@pytest.mark.parametrize("bound", [2000, 2001, 5000, 12000])
+@pytest.mark.parametrize("bound", [2000, 2001, 5000, 9997])
 def test_bounds_beyond_llama_cpp_cap_still_parse(bound: int) -> None:
     for schema in ({"type": "string", "maxLength": bound},
                    {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": bound},
@@ -271,14 +271,14 @@ def test_a_format_nobody_checks_is_reported_and_never_passes_validation() -> Non
         convert(schema, grammar_only=True)
 
 
-def test_an_oversized_grammar_falls_back_to_declared_order_then_closed_objects() -> None:
+def test_an_oversized_grammar_falls_back_to_declared_order_and_closed_objects() -> None:
     props = {f"property_number_{i}": {"type": "object", "properties": {
-        f"inner_{j}": {"type": "string"} for j in range(5)}} for i in range(120)}
+        f"inner_{i}_{j}": {"type": "string"} for j in range(5)}} for i in range(120)}
     schema = {"type": "object", "properties": props}
     conversion = convert(schema)
     parse_gbnf(conversion.gbnf)  # within the limit, so it parses
     assert any("over the size limit" in e for e in conversion.enforced)
-    sample = json.dumps({"property_number_3": {"inner_1": "x"}})
+    sample = json.dumps({"property_number_3": {"inner_3_1": "x"}})
     assert accepts(conversion.gbnf, sample)
     assert validate(sample, schema).valid
 
@@ -303,3 +303,53 @@ def test_property_names_never_take_a_shared_rules_name() -> None:
     assert accepts(gbnf, json.dumps({"z": "hello", "n": None, "q": 1.5, "aaaaaaaaaaaaaaaa": {
         "string": "x", "null": 5, "number": "s", "space": True, "value": 3}}))
     assert not accepts(gbnf, json.dumps({"z": "x", "aaaaaaaaaaaaaaaa": {"string": "y"}}))
+
+
+def test_counts_past_llama_cpps_repetition_cap_are_exact_and_never_nest() -> None:
+    """Counts over 2000 are blocks of 2000 and a chain of rules: exact at every boundary, and
+    never one group inside another (``maxItems: 202002`` used to nest 101 groups deep, past
+    the GBNF check; a hypothesis run found it)."""
+    gbnf = convert({"type": "string", "minLength": 1999, "maxLength": 4001}).gbnf
+    parse_gbnf(gbnf)
+    for n, ok in [(1998, False), (1999, True), (2000, True), (2001, True), (3999, True),
+                  (4000, True), (4001, True), (4002, False)]:
+        assert accepts(gbnf, json.dumps("a" * n)) is ok, n
+    gbnf = convert({"type": "array", "items": {"type": "null"}, "minItems": 2001,
+                    "maxItems": 2003}).gbnf
+    for n, ok in [(2000, False), (2001, True), (2003, True), (2004, False)]:
+        assert accepts(gbnf, json.dumps([None] * n)) is ok, n
+    for schema in [{"type": "array", "maxItems": 10000}, {"type": "string", "maxLength": 9999},
+                   {"type": "string", "pattern": "^a{0,9999}$"}]:
+        conversion = convert(schema)
+        assert not conversion.validated_only
+        parse_gbnf(conversion.gbnf)
+    parse_gbnf(convert({"type": "array", "maxItems": 202002}).gbnf)
+
+
+def test_counts_no_model_output_reaches_are_validated_or_refused() -> None:
+    """An upper bound over 10,000 (``maxLength: 2147483647`` is common) is left to
+    validation; a lower one, or such a count in a pattern, is a typed refusal, never a
+    RecursionError or a grammar llama.cpp would expand into millions of rules."""
+    for key, extra in [("maxLength", {"type": "string"}), ("maxItems", {"type": "array"}),
+                       ("maxProperties", {"type": "object"})]:
+        conversion = convert({**extra, key: 2**31 - 1})
+        assert conversion.validated_only == (f"/{key}",)
+        parse_gbnf(conversion.gbnf)
+    assert accepts(convert({"type": "string", "maxLength": 10**20}).gbnf, '"abc"')
+    assert not validate(json.dumps("a" * 11), {"type": "string", "maxLength": 10}).valid
+    conversion = convert({"type": "string", "pattern": "^[a-z]{1,65535}$"})
+    assert conversion.validated_only == ("/pattern",)
+    assert accepts(conversion.gbnf, '"abc"')
+    assert not accepts(conversion.gbnf, '"ABC"')
+    assert not validate(json.dumps("a" * 65536), {"pattern": "^[a-z]{1,65535}$"}).valid
+    parse_gbnf(convert({"type": "string", "pattern": "^a{0," + "9" * 5000 + "}$"}).gbnf)
+    for schema, pointer in [({"type": "string", "minLength": 10**7}, "/minLength"),
+                            ({"type": "array", "minItems": 10**6}, "/minItems"),
+                            ({"type": "string", "pattern": "^a{20000}$"}, "/pattern"),
+                            ({"type": "string", "pattern": "^a{" + "9" * 5000 + ",}$"},
+                             "/pattern"),
+                            ({"type": "string", "pattern": "^(a{2,5000}){2,5000}$"},
+                             "/pattern")]:
+        with pytest.raises(UnsupportedSchemaError) as info:
+            convert(schema)
+        assert info.value.pointer == pointer
