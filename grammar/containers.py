@@ -166,7 +166,7 @@ class ContainerRules:
             value = self.visit(props[key], f"{pointer}/properties/{escape_pointer(key)}",
                                f"{name}-{key}")
             kv = self.add_rule(f"{name}-{key}-kv",
-                               f'{literal(json.dumps(key, ensure_ascii=False))} {space} ":" {space} {value}')
+                               f'{_key_literal(key)} {space} ":" {space} {value}')
             kvs.append((key, kv, key in required))
         extras: list[str] = []
         for i, (pat, sub) in enumerate(patterns.items()):
@@ -388,6 +388,11 @@ class ContainerRules:
 _PLAIN = '[^"\\\\\\x00-\\x1F]'
 #: How many single-way trie nodes are written inside one another before a rule.
 _INLINE_DEPTH = 6
+
+
+def _key_literal(key: str) -> str:
+    """A member name as ``json.dumps`` writes it (non-ASCII raw), as a GBNF literal."""
+    return literal(json.dumps(key, ensure_ascii=False))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -94,9 +94,11 @@ MAX_RULE_NAME = 12
 _RESERVED = frozenset(PRIMITIVES) | {"root"}
 
 
-@functools.lru_cache(maxsize=8192)
+_NOT_IN_NAMES = re.compile(r"[^a-zA-Z0-9-]+")
+
+
 def _rule_name(text: str) -> str:
-    name = re.sub(r"[^a-zA-Z0-9-]+", "-", text[-4 * MAX_RULE_NAME:]).strip("-")
+    name = _NOT_IN_NAMES.sub("-", text[-4 * MAX_RULE_NAME:]).strip("-")
     if len(name) > MAX_RULE_NAME:
         tail = name[-MAX_RULE_NAME:]
         if name[-MAX_RULE_NAME - 1] != "-" and "-" in tail:  # drop a cut-off part
@@ -221,6 +223,8 @@ class _Converter(ContainerRules):
     compact: bool = False  # see ContainerRules.compact
     size: int = 0  # about how many bytes the rules so far take
     refs: dict[str, str] = field(default_factory=dict)
+    # refs being expanded with nothing written since they started (a "{" or "[" resets it)
+    open_refs: set[str] = field(default_factory=set)
     anchors: dict[str, JSON] = field(default_factory=dict)
     root_id: str = ""  # the document's own URI (``$id``/``id`` without its fragment)
 
@@ -337,16 +341,25 @@ class _Converter(ContainerRules):
         return node
 
     def visit_ref(self, ref: str, pointer: str) -> str:
-        if ref not in self.refs:
-            name = _rule_name(ref.rpartition("/")[2] or "root-ref")
-            target = self.resolve(ref, pointer)
-            # Reserve the name first: recursive references then point at it.
-            rule = self.reserve(f"ref-{name}")
-            self.refs[ref] = rule
+        if ref in self.refs:
+            if ref in self.open_refs:  # {"$ref": "#"}, or through anyOf: left recursion
+                raise UnsupportedSchemaError(
+                    f"$ref {ref!r} refers to itself before any value is written (left "
+                    "recursion: llama.cpp refuses it)", pointer=f"{pointer}/$ref", keyword="$ref")
+            return self.refs[ref]
+        name = _rule_name(ref.rpartition("/")[2] or "root-ref")
+        target = self.resolve(ref, pointer)
+        # Reserve the name first: recursive references then point at it.
+        rule = self.reserve(f"ref-{name}")
+        self.refs[ref] = rule
+        self.open_refs.add(ref)
+        try:
             body = self.visit(target, f"{pointer}/$ref", rule + "-body")
-            self.rules[rule] = body
-            self.enforce(pointer, "$ref")
-        return self.refs[ref]
+        finally:
+            self.open_refs.discard(ref)
+        self.rules[rule] = body
+        self.enforce(pointer, "$ref")
+        return rule
 
     # --- schemas ------------------------------------------------------------
     def visit(self, schema: JSON, pointer: str, name: str) -> str:
@@ -449,10 +462,15 @@ class _Converter(ContainerRules):
                 return self.primitive("boolean")
             case "null":
                 return self.primitive("null")
-            case "array":
-                return self.visit_array(schema, pointer, name)
-            case "object":
-                return self.visit_object(schema, pointer, name)
+            case "array" | "object":
+                # members come after a "[" or "{": a $ref inside is no left recursion
+                outer, self.open_refs = self.open_refs, set()
+                try:
+                    if t == "array":
+                        return self.visit_array(schema, pointer, name)
+                    return self.visit_object(schema, pointer, name)
+                finally:
+                    self.open_refs = outer
         raise InvalidSchemaError(f"unknown type {t!r}", pointer=f"{pointer}/type")
 
     def json_literal(self, value: JSON) -> str:
@@ -563,6 +581,12 @@ class _Converter(ContainerRules):
 def _string_literal(value: str) -> str:
     """A JSON string of exactly ``value``: characters beyond ASCII raw or as ``\\u`` escapes
     (as ``json.dumps`` writes them by default), the rest as ``json.dumps`` does."""
+    if len(value) <= 64:  # enum values recur (bounded in size)
+        return _short_string_literal(value)
+    return _any_string_literal(value)
+
+
+def _any_string_literal(value: str) -> str:
     if value.isascii():
         return literal(json.dumps(value))
     parts: list[str] = []
@@ -580,6 +604,9 @@ def _string_literal(value: str) -> str:
         parts.append("( " + " | ".join(forms) + " )")
     parts.append(literal(run + '"'))
     return " ".join(parts)
+
+
+_short_string_literal = functools.lru_cache(maxsize=1 << 14)(_any_string_literal)
 
 
 def _decimal(v: JSON, pointer: str) -> Decimal:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -35,9 +36,18 @@ _PRINTABLE = re.compile(r"[ -~]*")  # printable ASCII: only '"' and '\\' need es
 
 def literal(text: str) -> str:
     """A GBNF string literal matching ``text`` exactly."""
+    if len(text) <= 64:  # names, keys and enum values recur: remembered (bounded in size)
+        return _short_literal(text)
+    return _literal(text)
+
+
+def _literal(text: str) -> str:
     if _PRINTABLE.fullmatch(text):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return '"' + "".join(_escape_char(ord(c), False) for c in text) + '"'
+
+
+_short_literal = functools.lru_cache(maxsize=1 << 14)(_literal)
 
 
 def char_class(ranges: list[tuple[int, int]], negated: bool = False) -> str:

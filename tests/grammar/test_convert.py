@@ -353,3 +353,23 @@ def test_counts_no_model_output_reaches_are_validated_or_refused() -> None:
         with pytest.raises(UnsupportedSchemaError) as info:
             convert(schema)
         assert info.value.pointer == pointer
+
+
+@pytest.mark.parametrize("schema", [
+    {"$ref": "#"},
+    {"anyOf": [{"$ref": "#"}, {"type": "null"}]},
+    {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"},
+])
+def test_a_ref_cycle_before_any_value_is_refused_not_left_recursive(schema: dict) -> None:
+    """Found by the hypothesis test: ``{"$ref": "#"}`` became ``ref ::= ref``, which the GBNF
+    check (and llama.cpp) refuses; now a typed refusal naming the $ref."""
+    with pytest.raises(UnsupportedSchemaError, match="refers to itself"):
+        convert(schema)
+
+
+def test_a_ref_cycle_through_a_container_is_recursion_not_an_error() -> None:
+    schema = {"anyOf": [{"type": "array", "items": {"$ref": "#"}}, {"type": "null"}]}
+    gbnf = convert(schema).gbnf
+    parse_gbnf(gbnf)
+    assert accepts(gbnf, "[[null], [], null]")
+    assert not accepts(gbnf, "[1]")
