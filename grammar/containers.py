@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -338,7 +339,7 @@ class ContainerRules:
         others are rules; one trie per key set, shared by every object with it."""
         string = self.primitive("string")
         # keys holding characters an unescaped name cannot hold need no excluding
-        keys = sorted({k for k in keys if all(ord(c) >= 0x20 and c not in '"\\' for c in k)})
+        keys = sorted({k for k in keys if _UNESCAPED.fullmatch(k)})
         if not keys:
             return string
         memo = self.key_tries.get(tuple(keys))
@@ -347,25 +348,28 @@ class ContainerRules:
         space = self.primitive("space")
         tail = self.primitive("key-tail")
         trie: dict[str, Any] = {}
-        order: list[dict[str, Any]] = []  # parents before children
+        order: list[dict[str, Any]] = [trie]  # in the order made: parents before children
         for key in keys:
             node = trie
             for ch in key:
-                if ch not in node:
-                    node[ch] = {}
-                node = node[ch]
+                nxt = node.get(ch)
+                if nxt is None:
+                    nxt = node[ch] = {}
+                    order.append(nxt)
+                node = nxt
             node[""] = {}
-        stack = [trie]
-        while stack:  # iterative: a key may be long
-            node = stack.pop()
-            order.append(node)
-            stack.extend(node[c] for c in node if c)
         refs: dict[int, tuple[str, int]] = {}  # node -> (how a parent writes it, its depth)
         for node in reversed(order):
+            if len(node) == 1:
+                (c, child), = node.items()
+                if not c:  # a key ends here and none goes on
+                    refs[id(node)] = (f"{_PLAIN}+", 0)
+                    continue
+                text, d = refs[id(child)]
+                if d < _INLINE_DEPTH and node is not trie:  # one way on (most nodes)
+                    refs[id(node)] = (f'( {_one_way(c)}{text} | "" )', d + 1)
+                    continue
             chars = sorted(c for c in node if c)
-            if not chars:  # a key ends here and none goes on
-                refs[id(node)] = (f"{_PLAIN}+", 0)
-                continue
             options = [f"{_others(''.join(chars))} {tail}"]
             depth = 0
             for c in chars:
@@ -386,12 +390,26 @@ class ContainerRules:
 
 #: One plain character of a JSON string (no quote, backslash or control character).
 _PLAIN = '[^"\\\\\\x00-\\x1F]'
+_UNESCAPED = re.compile('[^"\\\\\\x00-\\x1F]*')
+
+
+@functools.lru_cache(maxsize=4096)
+def _one_way(c: str) -> str:
+    """The start of a trie node whose only way on is ``c``: another character, or ``c``."""
+    return f"{_others(c)} key-tail | {literal(c)} "
 #: How many single-way trie nodes are written inside one another before a rule.
 _INLINE_DEPTH = 6
 
 
 def _key_literal(key: str) -> str:
     """A member name as ``json.dumps`` writes it (non-ASCII raw), as a GBNF literal."""
+    if len(key) <= 64:  # names recur (remembered, bounded in size)
+        return _short_key_literal(key)
+    return literal(json.dumps(key, ensure_ascii=False))
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _short_key_literal(key: str) -> str:
     return literal(json.dumps(key, ensure_ascii=False))
 
 

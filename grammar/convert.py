@@ -98,7 +98,12 @@ _NOT_IN_NAMES = re.compile(r"[^a-zA-Z0-9-]+")
 
 
 def _rule_name(text: str) -> str:
-    name = _NOT_IN_NAMES.sub("-", text[-4 * MAX_RULE_NAME:]).strip("-")
+    tail = text[-4 * MAX_RULE_NAME:]
+    plain = tail.replace("_", "-")
+    if "__" not in tail and plain.isascii() and plain.replace("-", "").isalnum():
+        name = plain.strip("-")  # what the pattern below makes of it, without a regex
+    else:
+        name = _NOT_IN_NAMES.sub("-", tail).strip("-")
     if len(name) > MAX_RULE_NAME:
         tail = name[-MAX_RULE_NAME:]
         if name[-MAX_RULE_NAME - 1] != "-" and "-" in tail:  # drop a cut-off part
@@ -126,25 +131,34 @@ def scan(schema: JSON) -> Scan:
         UnsupportedSchemaError: nested deeper than :data:`MAX_SCHEMA_DEPTH`.
     """
     anchors: dict[str, JSON] = {}
-    stack: list[tuple[JSON, int]] = [(schema, 0)]
-    while stack:
-        node, depth = stack.pop()
+    level: list[JSON] = [schema] if isinstance(schema, dict | list) else []
+    depth = 0
+    while level:  # a level at a time, in document order (the first of equal anchors wins)
         if depth > MAX_SCHEMA_DEPTH:
             raise UnsupportedSchemaError(f"the schema is nested more than {MAX_SCHEMA_DEPTH} "
                                          "levels deep", pointer=_deep_pointer(schema))
-        if isinstance(node, dict):
-            anchor = node.get("$anchor")
-            if isinstance(anchor, str):
-                anchors.setdefault(f"#{anchor}", node)
-            for key in ("$id", "id"):
-                ident = node.get(key)
-                if isinstance(ident, str) and ident.startswith("#") and len(ident) > 1 \
-                        and not ident.startswith("#/"):
-                    anchors.setdefault(ident, node)
-            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+        below: list[JSON] = []
+        for node in level:
+            if isinstance(node, dict):
+                if "$anchor" in node or "$id" in node or "id" in node:
+                    _index_anchors(node, anchors)
+                below.extend(v for v in node.values() if isinstance(v, dict | list))
+            else:
+                below.extend(v for v in node if isinstance(v, dict | list))
+        level = below
+        depth += 1
     return Scan(anchors)
+
+
+def _index_anchors(node: dict[str, JSON], anchors: dict[str, JSON]) -> None:
+    anchor = node.get("$anchor")
+    if isinstance(anchor, str):
+        anchors.setdefault(f"#{anchor}", node)
+    for key in ("$id", "id"):
+        ident = node.get(key)
+        if isinstance(ident, str) and ident.startswith("#") and len(ident) > 1 \
+                and not ident.startswith("#/"):
+            anchors.setdefault(ident, node)
 
 
 def _deep_pointer(schema: JSON) -> str:
@@ -587,12 +601,12 @@ def _string_literal(value: str) -> str:
 
 
 def _any_string_literal(value: str) -> str:
-    if value.isascii():
+    if value.isascii() and "\x7f" not in value:  # DEL: json.dumps escapes it, JSON need not
         return literal(json.dumps(value))
     parts: list[str] = []
     run = '"'
     for ch in value:
-        if ord(ch) < 0x80:
+        if ord(ch) < 0x7F:
             run += json.dumps(ch)[1:-1]
             continue
         if run:

@@ -373,3 +373,12 @@ def test_a_ref_cycle_through_a_container_is_recursion_not_an_error() -> None:
     parse_gbnf(gbnf)
     assert accepts(gbnf, "[[null], [], null]")
     assert not accepts(gbnf, "[1]")
+
+
+def test_an_enum_of_del_takes_it_raw_or_escaped() -> None:
+    """json.dumps escapes DEL (U+007F) as \\u007f; JSON allows it raw, as json.dumps with
+    ensure_ascii=False writes it (found by the property test)."""
+    gbnf = convert({"enum": ["\x7f", "a\x7fb"]}).gbnf
+    for text in ['"\x7f"', '"\\u007f"', '"\\u007F"', '"a\x7fb"', '"a\\u007fb"']:
+        assert accepts(gbnf, text), text
+    assert not accepts(gbnf, '"\\u007e"')
