@@ -97,6 +97,7 @@ _RESERVED = frozenset(PRIMITIVES) | {"root"}
 _NOT_IN_NAMES = re.compile(r"[^a-zA-Z0-9-]+")
 
 
+@functools.lru_cache(maxsize=1 << 15)  # the second try of a large schema asks again
 def _rule_name(text: str) -> str:
     tail = text[-4 * MAX_RULE_NAME:]
     plain = tail.replace("_", "-")
@@ -398,7 +399,11 @@ class _Converter(ContainerRules):
             return self.json_literal(schema["const"])
         if "enum" in schema:
             self.enforce(pointer, "enum")
-            options = list(dict.fromkeys(self.json_literal(v) for v in schema["enum"]))
+            values = schema["enum"]
+            if 0 < len(values) <= 256 and all(type(v) is str and len(v) <= 64 for v in values):
+                self.primitive("space")
+                return self.add_rule(name, _string_enum(tuple(values)))  # the common case
+            options = list(dict.fromkeys(self.json_literal(v) for v in values))
             return self.add_rule(name, " | ".join(options)) if options else '[^\\x00-\\U0010FFFF]'
         for key in ("anyOf", "oneOf"):
             if key in schema:
@@ -621,6 +626,12 @@ def _any_string_literal(value: str) -> str:
 
 
 _short_string_literal = functools.lru_cache(maxsize=1 << 14)(_any_string_literal)
+
+
+@functools.lru_cache(maxsize=512)
+def _string_enum(values: tuple[str, ...]) -> str:
+    """The body of an ``enum`` of short strings (as ``json_literal`` writes them)."""
+    return " | ".join(dict.fromkeys(f"{_string_literal(v)} space" for v in values))
 
 
 def _decimal(v: JSON, pointer: str) -> Decimal:
