@@ -1,7 +1,8 @@
 """Command line: ``python -m grammar convert|check|validate``.
 
-* ``convert SCHEMA.json [--prop-order a,b] [--strict] [--grammar-only] [--dotall]`` prints GBNF; exit 2
-  with the error on stderr for an invalid or unsupported schema.
+* ``convert SCHEMA.json [--prop-order a,b] [--spec] [--strict] [--grammar-only] [--dotall]``
+  prints GBNF (the generation shape; ``--spec`` the spec-faithful one); exit 2 with the
+  error on stderr for an invalid or unsupported schema.
 * ``check GRAMMAR.gbnf TEXT_FILE`` exits 0 if the text is in the grammar's
   language, 1 if not, 2 if the grammar is invalid (line and column on stderr).
 * ``validate SCHEMA.json JSON_FILE`` exits 0 if valid, 1 with the violations listed.
@@ -50,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("convert", help="print the GBNF of a JSON Schema")
     c.add_argument("schema")
     c.add_argument("--prop-order", default="", help="comma-separated property names to put first")
+    c.add_argument("--spec", action="store_true",
+                   help="the spec-faithful shape: objects without additionalProperties open, "
+                        "small objects in any order, unbounded strings")
     c.add_argument("--strict", action="store_true",
-                   help="close objects without additionalProperties (OpenAI's strict mode)")
+                   help="close objects without additionalProperties in either shape")
     c.add_argument("--grammar-only", action="store_true",
                    help="refuse keywords the grammar cannot enforce")
     c.add_argument("--dotall", action="store_true", help="'.' in patterns matches newlines too")
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "convert":
         order = [p for p in args.prop_order.split(",") if p]
         try:
-            result = convert(_schema(args.schema), prop_order=order, strict=args.strict,
+            result = convert(_schema(args.schema), prop_order=order, strict=args.strict, spec=args.spec,
                              grammar_only=args.grammar_only, dotall=args.dotall)
         except GrammarError as exc:
             print(f"grammar: error: {exc}", file=sys.stderr)

@@ -19,6 +19,9 @@ from grammar.linear_regex import UnsupportedPattern, search
 #: Objects with at most this many properties take them in any order (2**n states of which
 #: properties were written); larger ones in declared order. Measured in bench/grammar.py.
 ANY_ORDER_MAX = 5
+#: Objects in declared order with at most this many properties and no extras have
+#: ``minProperties``/``maxProperties`` in the grammar (a state per position and count).
+COUNTED_MAX = 32
 
 JSON = Any
 
@@ -27,6 +30,7 @@ class ContainerRules:
     prop_order: Sequence[str]
     rules: dict[str, str]
     strict: bool
+    spec: bool  # the spec-faithful shape: objects open, small ones in any order
     enforced: list[str]
     key_tries: dict[tuple[str, ...], str]
     compact: bool  # the full grammar is over the size limit: declared order, closed objects
@@ -112,9 +116,11 @@ class ContainerRules:
     def visit_object(self, schema: dict[str, JSON], pointer: str, name: str) -> str:
         """Members: declared properties (each at most once, required ones always), members
         whose names match ``patternProperties``, and extra members as ``additionalProperties``
-        says (absent: any value, as JSON Schema; closed in strict mode when properties are
-        declared). Small objects take their properties in any order, larger ones in declared
-        order (see :data:`ANY_ORDER_MAX`); extras may come anywhere."""
+        says. Absent, an object that declares properties is closed (the generation default,
+        strict mode, or a grammar over the size limit); in the spec-faithful shape it takes
+        extra members of any value, as JSON Schema says. Properties come in declared order,
+        optional ones skippable; in the spec-faithful shape small objects take them in any
+        order (see :data:`ANY_ORDER_MAX`). Extras may come anywhere."""
         space = self.primitive("space")
         props: dict[str, JSON] = schema.get("properties", {})
         patterns: dict[str, JSON] = schema.get("patternProperties", {})
@@ -131,9 +137,10 @@ class ContainerRules:
                 self.enforce(pointer, key)
         declares = "properties" in schema or bool(patterns)
         if additional is None:
-            if (self.strict or self.compact) and declares:
+            if (self.strict or self.compact or not self.spec) and declares:
                 additional = False
-                why = "strict" if self.strict else "the open grammar is over the size limit"
+                why = ("strict" if self.strict else "the generation default" if not self.spec
+                       else "the open grammar is over the size limit")
                 self.enforced.append(f"{pointer}/additionalProperties (absent: closed, {why})")
             elif patterns:
                 # keys matching no pattern would take any value; the grammar keeps to the
@@ -218,7 +225,13 @@ class ContainerRules:
                           None if hi is None else hi - 1, self.add_rule)
             body = self._join(extra, more)
             return body if lo >= 1 else f"( {body} )?"
-        any_order = len(kvs) <= ANY_ORDER_MAX and not self.prop_order and not self.compact
+        any_order = (self.spec and len(kvs) <= ANY_ORDER_MAX and not self.prop_order
+                     and not self.compact)
+        if counted and extra is None and not any_order and len(kvs) <= COUNTED_MAX:
+            for key in ("minProperties", "maxProperties"):
+                if key in schema:
+                    self.enforce(pointer, key)
+            return self._declared_counted(kvs, lo, hi, sep, name, pointer)
         if counted and not (any_order and extra is None):
             for key in ("minProperties", "maxProperties"):
                 if key in schema:
@@ -286,6 +299,44 @@ class ContainerRules:
         body = " | ".join(moves)
         if done(0):
             body = f"( {body} )?" if body else ""
+        return body
+
+    def _declared_counted(self, kvs: list[tuple[str, str, bool]], lo: int, hi: int | None,
+                          sep: str, name: str, pointer: str) -> str:
+        """Declared order with the number of members between ``lo`` and ``hi`` (no extras):
+        ``rest(i, k)`` follows ``k`` written members with properties i.. still to come; each
+        choice starts with a different key, so the grammar stays unambiguous."""
+        n = len(kvs)
+        memo: dict[tuple[int, int], str | None] = {}
+
+        def rest(i: int, k: int) -> str | None:
+            """What may follow (None: no way to finish; "": only the end)."""
+            if (i, k) in memo:
+                return memo[(i, k)]
+            options: list[str] = []
+            can_end = lo <= k
+            for j in range(i, n):
+                if hi is None or k < hi:
+                    nxt = rest(j + 1, k + 1)
+                    if nxt is not None:
+                        lead = f"{sep} {kvs[j][1]}" if k else kvs[j][1]
+                        options.append(f"{lead} {nxt}".rstrip())
+                if kvs[j][2]:  # a required property cannot be skipped
+                    can_end = False
+                    break
+            body: str | None = " | ".join(options)
+            if can_end:
+                body = f"( {body} )?" if body else ""
+            elif not options:
+                body = None
+            memo[(i, k)] = body if not body or " " not in body else \
+                self.add_rule(f"{name}-c{i}-{k}", body)
+            return memo[(i, k)]
+
+        body = rest(0, 0)
+        if body is None:
+            raise UnsupportedSchemaError("no object satisfies minProperties, maxProperties and "
+                                         "required together", pointer=pointer)
         return body
 
     def _declared_order(self, kvs: list[tuple[str, str, bool]], extra: str | None, sep: str,

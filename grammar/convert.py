@@ -224,6 +224,7 @@ class _Converter(ContainerRules):
     prop_order: Sequence[str]
     dotall: bool
     strict: bool  # objects without additionalProperties are closed
+    spec: bool  # the spec-faithful shape (open objects, any order, unbounded strings)
     grammar_only: bool  # refuse keywords only validation can check
     remote_refs: Mapping[str, JSON]
     rules: dict[str, str] = field(default_factory=dict)
@@ -560,11 +561,14 @@ class _Converter(ContainerRules):
                     else:
                         self.validate_only(pointer, key, " together with this pattern")
             return self.add_rule(name, f'"\\"" {inner} "\\"" {space}')
-        if lo == 0 and hi is None:
+        if lo == 0 and hi is None and self.spec:
             return self.primitive("string")
         for key in ("minLength", "maxLength"):
             if key in schema:
                 self.enforce(pointer, key)
+        if hi is None and not self.spec:  # the generation default: no endless string
+            hi = max(lo, DEFAULT_MAX_LENGTH)
+            self.enforced.append(f"{pointer}/maxLength (absent: {hi}, the generation default)")
         char = self.primitive("char")
         return self.add_rule(name, f'"\\"" {repeat(char, lo, hi, self.add_rule)} "\\"" {space}')
 
@@ -665,6 +669,11 @@ def _bounds(schema: dict[str, JSON], pointer: str
     return lo, lo_strict, hi, hi_strict
 
 
+#: The generation default's bound on a string whose schema gives no ``maxLength``, format or
+#: pattern: a string that never closes is a way to run to the token limit, and no extraction
+#: plausibly wants a longer single value (a caller who does says ``maxLength``).
+DEFAULT_MAX_LENGTH = 4096
+
 #: Conversions of recent schemas (requests often repeat theirs), least recently used first.
 _CACHE: OrderedDict[tuple[Any, ...], Conversion] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
@@ -672,17 +681,28 @@ _CACHE_SIZE = 64
 
 
 def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bool = False,
-            strict: bool = False, grammar_only: bool = False,
+            strict: bool = False, spec: bool = False, grammar_only: bool = False,
             remote_refs: Mapping[str, JSON] | None = None) -> Conversion:
     """Convert a JSON Schema to GBNF.
+
+    By default the grammar has the *generation* shape, which leads a model to the object
+    the schema describes: an object that does not say ``additionalProperties`` admits
+    only its declared (and ``patternProperties``) members, in declared order (``prop_order``
+    names first), optional ones skippable, none twice; a string without ``maxLength``,
+    ``format`` or ``pattern`` holds at most :data:`DEFAULT_MAX_LENGTH` characters; an empty
+    root schema (``{}``, ``true``) is a JSON object. Every text it admits is valid (a subset
+    of the schema's language); ``enforced`` lists each such choice.
 
     Args:
         schema: the schema (draft from ``$schema``, default 2020-12).
         prop_order: property names to place first, in this order.
         dotall: whether ``.`` in patterns also matches line terminators.
-        strict: close objects that do not say ``additionalProperties`` (OpenAI's
-            strict mode, llama.cpp's converter); by default they are open, as
-            JSON Schema says.
+        strict: close objects that do not say ``additionalProperties`` in either shape
+            (OpenAI's strict mode).
+        spec: the *spec-faithful* shape instead: objects without
+            ``additionalProperties`` are open (extra members anywhere, as JSON Schema
+            says for validation), small objects take their properties in any order,
+            strings are unbounded, an empty schema is any value.
         grammar_only: refuse keywords the grammar cannot enforce instead of
             leaving them to validation.
         remote_refs: documents for remote ``$ref`` URIs (never fetched).
@@ -696,7 +716,7 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
     if not remote_refs:
         try:
             key = (json.dumps(schema, ensure_ascii=False, separators=(",", ":")),
-                   tuple(prop_order or ()), dotall, strict, grammar_only)
+                   tuple(prop_order or ()), dotall, strict, spec, grammar_only)
         except (TypeError, ValueError):
             key = None
         if key is not None:
@@ -711,10 +731,11 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
         # over the size limit, properties go in declared order and objects close: a smaller
         # grammar that still admits only what the schema allows (reported in ``enforced``)
         conv = _Converter(root=None, prop_order=list(prop_order or ()), dotall=dotall,
-                          strict=strict, grammar_only=grammar_only,
+                          strict=strict, spec=spec, grammar_only=grammar_only,
                           remote_refs=dict(remote_refs or {}), compact=compact)
         try:
-            root = _convert_one(conv, schema, "root-value", found)
+            root = _convert_one(conv, _root_default(schema, spec, conv.enforced), "root-value",
+                                found)
         except _OverBudget:  # stopped as soon as the rules passed the limit: each try is bounded
             continue
         lines = [f"root ::= {root}"]
@@ -742,6 +763,15 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
     return result
 
 
+def _root_default(schema: JSON, spec: bool, enforced: list[str]) -> JSON:
+    """The generation default reads an empty root schema as a JSON object (llama.cpp's
+    converter does the same): a caller who asks for JSON output means an object."""
+    if spec or not (schema is True or schema == {}):
+        return schema
+    enforced.append("/ (empty schema: a JSON object, the generation default)")
+    return {"type": "object"}
+
+
 class _OverBudget(Exception):
     """The rules written so far are over the size limit (caught by :func:`convert`)."""
 
@@ -759,11 +789,13 @@ def _convert_one(conv: _Converter, schema: JSON, name: str, found: Scan | None =
 
 
 def convert_many(schemas: Sequence[JSON], names: Sequence[str], *,
-                 strict: bool | Sequence[bool] = False, grammar_only: bool = False,
+                 strict: bool | Sequence[bool] = False, spec: bool = False,
+                 grammar_only: bool = False,
                  ) -> tuple[list[str], dict[str, str], list[Conversion]]:
     """Convert several schemas into one rule set (to embed in a larger grammar).
 
-    ``strict`` may be given per schema. Each schema is its own document for ``$ref``;
+    ``strict`` may be given per schema; ``spec`` (the shape, see :func:`convert`) applies to
+    all. Each schema is its own document for ``$ref``;
     rules that two schemas share (primitives) are written once, rules that only share a
     name are renamed.
 
@@ -778,7 +810,7 @@ def convert_many(schemas: Sequence[JSON], names: Sequence[str], *,
     flags = [strict] * len(schemas) if isinstance(strict, bool) else list(strict)
     for compact in (False, True):  # as convert(): declared order, closed objects when too big
         try:
-            return _convert_many(schemas, names, flags, grammar_only, compact)
+            return _convert_many(schemas, names, flags, spec, grammar_only, compact)
         except _OverBudget:
             continue
     raise UnsupportedSchemaError(f"the grammar of these schemas would be over "
@@ -786,9 +818,9 @@ def convert_many(schemas: Sequence[JSON], names: Sequence[str], *,
 
 
 def _convert_many(schemas: Sequence[JSON], names: Sequence[str], flags: list[bool],
-                  grammar_only: bool, compact: bool
+                  spec: bool, grammar_only: bool, compact: bool
                   ) -> tuple[list[str], dict[str, str], list[Conversion]]:
-    conv = _Converter(root=None, prop_order=[], dotall=False, strict=False,
+    conv = _Converter(root=None, prop_order=[], dotall=False, strict=False, spec=spec,
                       grammar_only=grammar_only, remote_refs={}, compact=compact)
     exprs: list[str] = []
     reports: list[Conversion] = []
@@ -810,7 +842,8 @@ def _convert_many(schemas: Sequence[JSON], names: Sequence[str], flags: list[boo
 
 
 def schema_to_gbnf(schema: JSON, *, prop_order: Sequence[str] | None = None,
-                   dotall: bool = False, strict: bool = False, grammar_only: bool = False) -> str:
+                   dotall: bool = False, strict: bool = False, spec: bool = False,
+                   grammar_only: bool = False) -> str:
     """The GBNF of :func:`convert` alone."""
-    return convert(schema, prop_order=prop_order, dotall=dotall, strict=strict,
+    return convert(schema, prop_order=prop_order, dotall=dotall, strict=strict, spec=spec,
                    grammar_only=grammar_only).gbnf

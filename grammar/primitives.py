@@ -18,7 +18,10 @@ PRIMITIVES: dict[str, str] = {
     "key-tail": '[^"\\\\\\x00-\\x1F]*',
     "integral-part": '[0] | [1-9] [0-9]{0,15}',
     "decimal-part": "[0-9]{1,16}",
-    "number": '("-"? integral-part) ("." decimal-part)? ([eE] [-+]? [0-9]{1,4})? space',
+    # at most two exponent digits: every number the grammar admits is a finite double
+    # (json.loads reads 9e9999 as inf, which validation keywords such as multipleOf cannot
+    # take), and no extraction plausibly needs a magnitude past 1e99
+    "number": '("-"? integral-part) ("." decimal-part)? ([eE] [-+]? [0-9]{1,2})? space',
     "integer": '("-"? integral-part) space',
     "value": "object | array | string | number | boolean | null",
     "object": '"{" space ( string ":" space value ("," space string ":" space value)* )? "}" space',

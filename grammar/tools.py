@@ -68,8 +68,10 @@ def excluding(literal_text: str, prefix: str) -> tuple[str, dict[str, str]]:
 
 def tool_calls_gbnf(tools: Sequence[ToolSchema], *, mode: Literal["auto", "required"],
                     parallel: bool, open_tag: str, close_tag: str,
-                    max_calls: int = MAX_CALLS) -> ToolGrammar:
+                    max_calls: int = MAX_CALLS, spec: bool = False) -> ToolGrammar:
     """The grammar of a reply that may (``auto``) or must (``required``) call ``tools``.
+
+    ``spec`` gives the arguments the spec-faithful shape (see :func:`grammar.convert`).
 
     Raises:
         SchemaError: a tool's parameters are not a valid or supported schema;
@@ -79,7 +81,7 @@ def tool_calls_gbnf(tools: Sequence[ToolSchema], *, mode: Literal["auto", "requi
         raise ValueError("no tools")
     exprs, rules, conversions = convert_many([t.parameters for t in tools],
                                              [f"tool-{i}" for i in range(len(tools))],
-                                             strict=[t.strict for t in tools])
+                                             strict=[t.strict for t in tools], spec=spec)
     alts = [f"{literal(json.dumps(t.name) + ', ' + chr(34) + 'arguments' + chr(34) + ': ')} {e}"
             for t, e in zip(tools, exprs, strict=True)]
     lines = [

@@ -230,10 +230,14 @@ def test_reasonably_deep_schemas_convert() -> None:
 
 def test_strict_closes_objects_and_grammar_only_refuses_what_validation_checks() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
-    open_ = convert(schema)
+    default = convert(schema)
+    assert not accepts(default.gbnf, '{"a": 1, "b": [true]}')
+    assert accepts(default.gbnf, '{"a": 1}')
+    assert "/additionalProperties (absent: closed, the generation default)" in default.enforced
+    open_ = convert(schema, spec=True)
     assert accepts(open_.gbnf, '{"a": 1, "b": [true]}')
     assert "/additionalProperties (absent: open)" in open_.enforced
-    closed = convert(schema, strict=True)
+    closed = convert(schema, spec=True, strict=True)
     assert not accepts(closed.gbnf, '{"a": 1, "b": [true]}')
     assert accepts(closed.gbnf, '{"a": 1}')
     assert "/additionalProperties (absent: closed, strict)" in closed.enforced
@@ -249,7 +253,7 @@ def test_cli_strict_closes_objects(tmp_path: Path) -> None:
     schema.write_text(json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}}))
     extra = tmp_path / "extra.json"
     extra.write_text('{"a": 1, "b": 2}')
-    for flags, code in (((), 0), (("--strict",), 1)):
+    for flags, code in ((("--spec",), 0), ((), 1), (("--spec", "--strict"), 1)):
         out = run_cli("convert", str(schema), *flags)
         gbnf = tmp_path / "g.gbnf"
         gbnf.write_text(out.stdout)
@@ -275,7 +279,7 @@ def test_an_oversized_grammar_falls_back_to_declared_order_and_closed_objects() 
     props = {f"property_number_{i}": {"type": "object", "properties": {
         f"inner_{i}_{j}": {"type": "string"} for j in range(5)}} for i in range(120)}
     schema = {"type": "object", "properties": props}
-    conversion = convert(schema)
+    conversion = convert(schema, spec=True)
     parse_gbnf(conversion.gbnf)  # within the limit, so it parses
     assert any("over the size limit" in e for e in conversion.enforced)
     sample = json.dumps({"property_number_3": {"inner_3_1": "x"}})
@@ -298,7 +302,7 @@ def test_property_names_never_take_a_shared_rules_name() -> None:
         "space": {"type": "boolean"}, "value": {"type": "integer"}}}
     schema = {"type": "object", "properties": {"aaaaaaaaaaaaaaaa": inner, "z": {"type": "string"},
                                                "n": {"type": "null"}, "q": {"type": "number"}}}
-    gbnf = convert(schema).gbnf
+    gbnf = convert(schema, spec=True).gbnf  # any order: z first
     parse_gbnf(gbnf)
     assert accepts(gbnf, json.dumps({"z": "hello", "n": None, "q": 1.5, "aaaaaaaaaaaaaaaa": {
         "string": "x", "null": 5, "number": "s", "space": True, "value": 3}}))

@@ -149,7 +149,9 @@ REAL_WORLD: list[tuple[str, Any, list[Any], list[Any]]] = [
 @pytest.mark.parametrize(("name", "schema", "valid", "invalid"), REAL_WORLD,
                          ids=[c[0] for c in REAL_WORLD])
 def test_real_world_shapes(name: str, schema: Any, valid: list[Any], invalid: list[Any]) -> None:
-    recognizer = Recognizer(parse_gbnf(convert(schema).gbnf))
+    """The spec-faithful shape admits every valid instance; both shapes stop the invalid."""
+    recognizer = Recognizer(parse_gbnf(convert(schema, spec=True).gbnf))
+    generation = Recognizer(parse_gbnf(convert(schema).gbnf))
     for value in valid:
         text = json.dumps(value)
         assert validate(text, schema).valid, f"the case's own instance is invalid: {text}"
@@ -159,6 +161,7 @@ def test_real_world_shapes(name: str, schema: Any, valid: list[Any], invalid: li
         text = json.dumps(value)
         assert not validate(text, schema).valid, f"the case's own instance is valid: {text}"
         assert not recognizer.accepts(text), f"should stop: {text}"
+        assert not generation.accepts(text), f"the generation shape should stop: {text}"
 
 
 def test_what_the_grammar_leaves_to_validation_is_caught_there() -> None:
