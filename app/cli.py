@@ -107,8 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     s("-jf", "--json-schema-file", type=Path, help="file holding that JSON Schema")
     s("--schema-strict", dest="schema_strict", action="store_const", const=True,
       help="close the objects of every JSON Schema that declare properties but do not say "
-      "additionalProperties (as a request's strict: true does); by default they are open, as "
-      "JSON Schema says")
+      "additionalProperties (as a request's strict: true does), in either --schema-mode")
+    s("--schema-mode", choices=["generation", "spec"],
+      help="how a JSON Schema becomes a grammar when a request does not say (its "
+      "schema_mode field): generation (the default) closes objects without "
+      "additionalProperties, keeps declared order and bounds strings, so a model writes the "
+      "object described; spec is the spec-faithful shape (open objects, small ones in any "
+      "order, unbounded strings)")
     a("-fa", "--flash-attn", nargs="?", const="on", choices=["on", "off", "auto"],
       help="flash attention: on, off (the default) or auto (llama.cpp decides for the device); "
       "-fa alone is on")

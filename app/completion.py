@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from grammar import Violation
 
@@ -89,6 +89,12 @@ class SamplingParams:
 
 
 # --- the request ---------------------------------------------------------------------------------
+#: How JSON Schemas become grammars (``grammar.convert``): ``generation`` (the default) leads the
+#: model to the described object (closed objects, declared order, bounded strings); ``spec``
+#: is the spec-faithful shape (open objects, any order). ``None``: the server's --schema-mode.
+SchemaMode = Literal["generation", "spec"]
+SCHEMA_MODES: tuple[SchemaMode, ...] = ("generation", "spec")
+
 @dataclass(frozen=True, slots=True)
 class GrammarConstraint:
     """A GBNF grammar written by the client."""
@@ -156,6 +162,7 @@ class CompletionRequest:
     return_progress: bool = False  # streams report prompt progress (llama.cpp's prompt_progress)
     return_tokens: bool = False  # llama.cpp's final reply lists the generated token ids
     timings_per_token: bool = False  # every stream event carries the timings so far
+    schema_mode: SchemaMode | None = None  # how schemas become grammars; None: the server's
 
     @property
     def prompt_text(self) -> str:

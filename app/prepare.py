@@ -14,7 +14,13 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import Any
 
-from app.completion import CompletionRequest, GrammarConstraint, SchemaConstraint, ToolsConstraint
+from app.completion import (
+    CompletionRequest,
+    GrammarConstraint,
+    SchemaConstraint,
+    SchemaMode,
+    ToolsConstraint,
+)
 from app.engine.events import GenerationRequest, SamplerLike
 from app.engine.sampling import SamplerInitError
 from app.errors import ContextOverflow, InvalidRequest, NotSupported
@@ -45,12 +51,12 @@ class Prepared:
 
 
 def convert_schema(schema: Any, *, field: str, prop_order: list[str] | None = None,
-                   strict: bool = False, grammar_only: bool = False,
+                   strict: bool = False, spec: bool = False, grammar_only: bool = False,
                    dotall: bool = False) -> Conversion:
     """Convert a request's JSON Schema, mapping grammar errors to a 400 naming ``field``."""
     try:
-        return convert(schema, prop_order=prop_order, strict=strict, grammar_only=grammar_only,
-                       dotall=dotall)
+        return convert(schema, prop_order=prop_order, strict=strict, spec=spec,
+                       grammar_only=grammar_only, dotall=dotall)
     except RecursionError:
         raise InvalidRequest(f"unsupported schema in '{field}': nested too deeply to convert",
                              param=field, pointer="/") from None
@@ -61,7 +67,8 @@ def convert_schema(schema: Any, *, field: str, prop_order: list[str] | None = No
                              param=field, pointer=where) from None
 
 
-def tools_grammar(constraint: ToolsConstraint, *, schema_strict: bool = False) -> str:
+def tools_grammar(constraint: ToolsConstraint, *, schema_strict: bool = False,
+                  spec: bool = False) -> str:
     """The GBNF of a tool-calling reply, mapping a bad tool schema to a 400 naming the tool."""
     for tool in constraint.tools:
         try:
@@ -75,7 +82,7 @@ def tools_grammar(constraint: ToolsConstraint, *, schema_strict: bool = False) -
             [ToolSchema(t.name, t.parameters, t.strict or schema_strict)
              for t in constraint.tools],
             mode="required" if constraint.required else "auto", parallel=constraint.parallel,
-            open_tag=CALL_OPEN, close_tag=CALL_CLOSE).gbnf
+            open_tag=CALL_OPEN, close_tag=CALL_CLOSE, spec=spec).gbnf
     except RecursionError:
         raise InvalidRequest("unsupported schema in 'tools': nested too deeply to convert",
                              param="tools", pointer="/") from None
@@ -88,11 +95,14 @@ def tools_grammar(constraint: ToolsConstraint, *, schema_strict: bool = False) -
 
 
 def prepare(runtime: RuntimeLike, request: CompletionRequest, *,
-            schema_strict: bool = False) -> Prepared:
+            schema_strict: bool = False, schema_mode: SchemaMode = "generation") -> Prepared:
     """Tokenize, check and compile ``request`` for ``runtime``. Blocking: call in a worker.
 
     ``schema_strict`` (``--schema-strict``) closes every schema's objects that do not say
     ``additionalProperties``, as a request's ``strict: true`` does for its own.
+    ``schema_mode`` (``--schema-mode``) is how schemas become grammars unless the request
+    says (its ``schema_mode``): every schema of the request (its own, the server's
+    ``--json-schema``, its tools') takes the same shape.
 
     Raises:
         InvalidRequest: and its subclasses (``ContextOverflow``), naming the field.
@@ -106,6 +116,7 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest, *,
     if request.id_slot >= n_slots:
         raise InvalidRequest(f"invalid value for 'id_slot': there are {n_slots} slots",
                              param="id_slot")
+    spec = (request.schema_mode or schema_mode) == "spec"
     conversion = None
     grammar: str | None = None
     parsed: Grammar | None = None
@@ -113,8 +124,8 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest, *,
     field = "grammar"
     match request.constraint:
         case SchemaConstraint(schema=schema, field=field, strict=strict):
-            conversion = convert_schema(schema, field=field,
-                                        strict=strict or schema_strict)
+            conversion = convert_schema(schema, field=field, strict=strict or schema_strict,
+                                        spec=spec)
             try:
                 check_schema_patterns(schema)  # they are matched again when validating
             except UnsupportedPattern as exc:
@@ -126,7 +137,7 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest, *,
             parsed = _parse(grammar, field, model)
         case ToolsConstraint() as tools:
             field = "tools"
-            grammar = tools_grammar(tools, schema_strict=schema_strict)
+            grammar = tools_grammar(tools, schema_strict=schema_strict, spec=spec)
             parsed = _parse(grammar, field, model)
     # the penalty window cannot reach past the slot's context (-1 means all of it); the
     # schemas bound the value itself, so the penalties buffer stays small

@@ -231,9 +231,19 @@ class Registry:
         self._changed = trio.Event()
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the service's long-lived nursery. An exception it raises is
+        logged and ends that task only: a task started for one request (a fan-in, a load)
+        must never end the nursery every other request depends on."""
         if self._nursery is None:
             raise Unavailable("the server is not running")
-        self._nursery.start_soon(fn, *args)
+
+        async def guarded() -> None:
+            try:
+                await fn(*args)
+            except Exception:
+                log.exception("a background task failed: %s", getattr(fn, "__qualname__", fn))
+
+        self._nursery.start_soon(guarded)
 
     def _slots_used(self) -> int:
         return sum(1 for h in self._hosted.values()

@@ -18,11 +18,13 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from app.completion import (
+    SCHEMA_MODES,
     CompletionRequest,
     Constraint,
     GrammarConstraint,
     SamplingParams,
     SchemaConstraint,
+    SchemaMode,
 )
 from app.errors import InvalidRequest
 from app.settings import Settings
@@ -167,7 +169,14 @@ def native_options(body: Mapping[str, Any], defaults: Defaults) -> dict[str, Any
                           ("n_cache_reuse", defaults.n_cache_reuse)):
         value = body.get(name)
         out[name] = type(default)(value) if value is not None else default
+    out["schema_mode"] = schema_mode_from(body)
     return out
+
+
+def schema_mode_from(body: Mapping[str, Any]) -> SchemaMode | None:
+    """The request's own ``schema_mode`` (its schema allows only the two names), or None."""
+    mode = body.get("schema_mode")
+    return mode if mode in SCHEMA_MODES else None
 
 
 def native_request(body: Mapping[str, Any], defaults: Defaults, *,

@@ -16,6 +16,8 @@ generator removes the request from the engine at its next step.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 import weakref
 from collections.abc import AsyncGenerator, Callable
@@ -57,6 +59,8 @@ from app.errors import ServerError
 from app.prepare import Prepared
 from app.runtime import ModelLike, RuntimeLike
 from grammar import validate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -138,8 +142,19 @@ class Completion:
     async def items(self, ping_interval_s: float | None = None) -> AsyncGenerator[Item]:
         """The stream: :data:`~app.completion.PING` while quiet, deltas, then one Final or Failure.
 
-        Leaving the generator early (client gone, renderer done) ends the request.
+        Leaving the generator early (client gone, renderer done) ends the request. Nothing
+        raises out of it but cancellation: an exception anywhere in the request's own work
+        (the engine's events, the outcome, validation) ends it as a :class:`Failure`.
         """
+        async with aclosing(self._items(ping_interval_s)) as inner:
+            try:
+                async for item in inner:
+                    yield item
+            except Exception as exc:  # one request's failure, never the server's
+                log.exception("request %d failed", self.id)
+                yield Failure(f"internal error: {type(exc).__name__}")
+
+    async def _items(self, ping_interval_s: float | None) -> AsyncGenerator[Item]:
         if self._used:
             raise RuntimeError("the items of a completion can be read once")
         self._used = True
@@ -318,9 +333,12 @@ class FanIn:
 
     async def _pump(self, i: int, completion: Completion,
                     send: trio.MemorySendChannel[tuple[int, Item]]) -> None:
-        async with send, aclosing(completion.items(self._ping_s)) as items:
-            async for item in items:
-                await send.send((i, item))
+        # items() turns a failure into a Failure item; a consumer that left (its end of the
+        # channel closed) ends this pump, never the nursery it runs in
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            async with send, aclosing(completion.items(self._ping_s)) as items:
+                async for item in items:
+                    await send.send((i, item))
 
     def close(self) -> None:
         self._scope.cancel(reason="the stream ended")

@@ -244,7 +244,9 @@ class Service:
         built: list[Prepared] = []
 
         def work() -> Prepared:
-            prepared = prepare(runtime, request, schema_strict=self.settings.schema_strict)
+            prepared = prepare(runtime, request, schema_strict=self.settings.schema_strict,
+                               schema_mode="spec" if self.settings.schema_mode == "spec"
+                               else "generation")
             built.append(prepared)
             return prepared
 

@@ -101,6 +101,8 @@ class Settings:
     grammar: str | None = None
     json_schema: str | None = None  # JSON text
     schema_strict: bool = False  # close objects without additionalProperties in every schema
+    #: how schemas become grammars when a request does not say (app.completion.SchemaMode)
+    schema_mode: str = "generation"
 
     @property
     def alias_names(self) -> tuple[str, ...]:

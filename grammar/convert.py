@@ -60,7 +60,7 @@ from grammar.merge import constraining, merge
 from grammar.primitives import FORMATS, PRIMITIVE_DEPS, PRIMITIVES
 from grammar.ranges import int_range, number_range
 from grammar.regex import pattern_to_gbnf
-from grammar.validate import checked_formats
+from grammar.validate import checked_formats, validator_class
 
 JSON = Any
 
@@ -123,14 +123,28 @@ class Scan:
     anchors: dict[str, JSON]  # "#name" -> the subschema with that $anchor or plain-name id
 
 
+def _anchor_keys(schema: JSON) -> tuple[str, ...]:
+    """The keywords that name plain-name anchors in ``schema``'s draft, as its validator reads
+    them: ``$anchor`` from 2019-09, ``$id: "#foo"`` in drafts 06/07, ``id: "#foo"`` in draft-04.
+    The converter resolves only what validation resolves too (a ``$ref`` to an ``id`` anchor
+    of a 2020-12 schema made the validation after generation raise)."""
+    cls = validator_class(schema)
+    if cls in (jsonschema.Draft4Validator, jsonschema.Draft3Validator):
+        return ("id",)
+    if cls in (jsonschema.Draft6Validator, jsonschema.Draft7Validator):
+        return ("$id",)
+    return ("$anchor",)
+
+
 def scan(schema: JSON) -> Scan:
     """Check the document's nesting depth (iteratively) and index its plain-name anchors:
-    ``$anchor`` and draft-04/06/07 ``id`` / ``$id`` values that are plain-name fragments
-    (``"#foo"``).
+    ``$anchor``, or draft-04/06/07 ``id`` / ``$id`` values that are plain-name fragments
+    (``"#foo"``), by the document's draft (:func:`_anchor_keys`).
 
     Raises:
         UnsupportedSchemaError: nested deeper than :data:`MAX_SCHEMA_DEPTH`.
     """
+    keys = _anchor_keys(schema)
     anchors: dict[str, JSON] = {}
     level: list[JSON] = [schema] if isinstance(schema, dict | list) else []
     depth = 0
@@ -142,7 +156,7 @@ def scan(schema: JSON) -> Scan:
         for node in level:
             if isinstance(node, dict):
                 if "$anchor" in node or "$id" in node or "id" in node:
-                    _index_anchors(node, anchors)
+                    _index_anchors(node, anchors, keys)
                 below.extend(v for v in node.values() if isinstance(v, dict | list))
             else:
                 below.extend(v for v in node if isinstance(v, dict | list))
@@ -151,11 +165,14 @@ def scan(schema: JSON) -> Scan:
     return Scan(anchors)
 
 
-def _index_anchors(node: dict[str, JSON], anchors: dict[str, JSON]) -> None:
+def _index_anchors(node: dict[str, JSON], anchors: dict[str, JSON],
+                   keys: tuple[str, ...]) -> None:
     anchor = node.get("$anchor")
-    if isinstance(anchor, str):
+    if isinstance(anchor, str) and "$anchor" in keys:
         anchors.setdefault(f"#{anchor}", node)
     for key in ("$id", "id"):
+        if key not in keys:
+            continue
         ident = node.get(key)
         if isinstance(ident, str) and ident.startswith("#") and len(ident) > 1 \
                 and not ident.startswith("#/"):

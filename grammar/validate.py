@@ -117,5 +117,10 @@ def validate(text: str, schema: Any) -> Result:
         return Result(False, (Violation("", f"cannot be checked: {exc}"),), value)
     except RecursionError:
         return Result(False, (Violation("", "not checked: the value nests too deeply"),), value)
+    except Exception as exc:  # a verdict, never an exception (fail closed)
+        # e.g. OverflowError from multipleOf on a number json.loads read as inf, or a $ref
+        # the validator cannot resolve: the reply is reported as not validated
+        return Result(False, (Violation("", f"could not be checked: {type(exc).__name__}: "
+                                            f"{exc}"[:500]),), value)
     return Result(not errors, tuple(Violation(_pointer(e.absolute_path), e.message) for e in errors),
                   value)

@@ -43,7 +43,7 @@ from app.completion import (
 )
 from app.errors import JSON, InvalidRequest, ServerError, anthropic_body
 from app.prepare import tokenize_prompt
-from app.requests import sampling_from, stops_from
+from app.requests import sampling_from, schema_mode_from, stops_from
 from app.running import Completion
 from app.service import Bound
 from app.tools import (
@@ -140,7 +140,7 @@ def turn_of(svc: Bound, body: JSON) -> Turn:
                              n_predict=int(body.get("max_tokens", -1)),
                              stops=tuple(dict.fromkeys([*template.stops, *stops])),
                              constraint=SchemaConstraint(fmt["schema"], field="output_config.format")
-                             if fmt else None)
+                             if fmt else None, schema_mode=schema_mode_from(body))
     thinking = (body.get("thinking") or {}).get("type", "enabled") != "disabled"
     return chat_request(template, conversation(body), policy(body), base,
                         system_prompt=svc.settings.system_prompt,

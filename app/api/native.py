@@ -382,6 +382,7 @@ async def grammar_route() -> Response:
     conversion = await trio.to_thread.run_sync(lambda: convert_schema(
         body["schema"], field="schema", prop_order=body.get("prop_order"),
         strict=bool(body.get("strict", False) or service().settings.schema_strict),
+        spec=body.get("schema_mode", service().settings.schema_mode) == "spec",
         grammar_only=bool(body.get("grammar_only", False)),
         dotall=bool(body.get("dotall", False))))
     return json_response({"gbnf": conversion.gbnf, "enforced": list(conversion.enforced),

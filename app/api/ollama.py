@@ -184,9 +184,11 @@ async def show() -> Response:
 
 # --- generating ----------------------------------------------------------------------------------
 def _sampling(body: JSON) -> JSON:
-    """Ollama's ``options`` under llama.cpp's names, and ``format`` as a JSON schema."""
+    """Ollama's ``options`` under llama.cpp's names (and Sluice's ``schema_mode``)."""
     options = body.get("options") or {}
     out: JSON = {_OPTIONS[k]: v for k, v in options.items() if k in _OPTIONS}
+    if body.get("schema_mode") is not None:  # Sluice's field, as on every route
+        out["schema_mode"] = body["schema_mode"]
     if out.get("n_predict") == -2:
         out["n_predict"] = -1  # Ollama's "fill the context"
     return out

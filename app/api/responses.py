@@ -41,7 +41,7 @@ from app.completion import (
     StopType,
 )
 from app.errors import JSON, InvalidRequest, ServerError
-from app.requests import sampling_from
+from app.requests import sampling_from, schema_mode_from
 from app.running import Completion
 from app.service import Bound
 from app.tools import (
@@ -145,7 +145,8 @@ def turn_of(svc: Bound, body: JSON) -> Turn:
     limit = body.get("max_output_tokens")
     base = CompletionRequest(prompt=("",), sampling=sampling_from(body, svc.defaults),
                              n_predict=int(limit) if limit is not None else svc.defaults.n_predict,
-                             stops=template.stops, constraint=constraint)
+                             stops=template.stops, constraint=constraint,
+                             schema_mode=schema_mode_from(body))
     return chat_request(template, conversation(body), policy, base,
                         system_prompt=svc.settings.system_prompt,
                         reasoning=svc.settings.reasoning_format != "none",
