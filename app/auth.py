@@ -1,4 +1,5 @@
-"""API keys: ``Authorization: Bearer <key>`` or ``X-Api-Key: <key>``.
+"""API keys: ``Authorization: Bearer <key>`` or ``X-Api-Key: <key>``; a websocket may also
+give it as ``?api_key=<key>`` (a browser cannot set headers on one).
 
 With no key configured every route is open. With keys, every route but the
 public ones needs one; keys are compared in constant time.
@@ -26,11 +27,11 @@ def presented_key(authorization: str | None, x_api_key: str | None) -> str | Non
 
 
 def check(path: str, method: str, keys: tuple[str, ...], authorization: str | None,
-          x_api_key: str | None) -> None:
+          x_api_key: str | None, query_key: str | None = None) -> None:
     """Raise :class:`Unauthorized` unless the request may pass."""
     if not keys or method == "OPTIONS" or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
         return
-    key = presented_key(authorization, x_api_key)
+    key = presented_key(authorization, x_api_key) or (query_key or None)
     if key is None:
         raise Unauthorized("Invalid API Key")
     given = key.encode()

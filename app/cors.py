@@ -23,10 +23,26 @@ def _is_localhost(origin: str) -> bool:
     return host in ("localhost", "127.0.0.1", "::1")
 
 
+def allowed_origin(origin: str, allowed: tuple[str, ...]) -> bool:
+    return origin in allowed or "*" in allowed or ("localhost" in allowed and _is_localhost(origin))
+
+
+def websocket_origin_ok(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """May a websocket from ``origin`` connect? Browsers always send ``Origin`` (and cannot be
+    stopped by CORS on a websocket, so the server must check): the server's own page (the
+    same host), or an origin of the CORS allow-list. Clients that are not browsers send none."""
+    if not origin:
+        return True
+    try:
+        same = bool(host) and urllib.parse.urlsplit(origin).netloc == host
+    except ValueError:
+        return False
+    return same or allowed_origin(origin, allowed)
+
+
 def headers(origin: str | None, allowed: tuple[str, ...], *, preflight: bool) -> dict[str, str]:
     """The CORS headers for a request from ``origin`` (none when it is not allowed)."""
-    if not origin or not (origin in allowed or "*" in allowed
-                          or ("localhost" in allowed and _is_localhost(origin))):
+    if not origin or not allowed_origin(origin, allowed):
         return {}
     out = {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
            "Access-Control-Expose-Headers": EXPOSE_HEADERS}

@@ -10,7 +10,7 @@ import signal
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
-from quart import Response, has_request_context, request
+from quart import Response, has_request_context, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -113,6 +113,27 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
             with contextlib.suppress(HTTPException):
                 await request.get_data(cache=False)
             raise
+
+    @app.before_websocket
+    async def guard_websocket() -> str | None:
+        """The key and an Origin allow-list for websockets, which before_request hooks never
+        see: a refusal is a close with code 1008 and the reason."""
+        reason = None
+        if not cors.websocket_origin_ok(websocket.headers.get("Origin"),
+                                        websocket.headers.get("Host"), settings.origins):
+            reason = "origin not allowed (--cors-origins)"
+        else:
+            try:
+                auth.check(websocket.path, "GET", settings.api_keys,
+                           websocket.headers.get("Authorization"),
+                           websocket.headers.get("X-Api-Key"), websocket.args.get("api_key"))
+            except ApiError as exc:
+                reason = exc.message
+        if reason is None:
+            return None
+        await websocket.accept()
+        await websocket.close(1008, reason)
+        return ""  # the handler does not run
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:

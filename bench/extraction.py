@@ -17,12 +17,14 @@ converter it prints:
 
 Run on a quiet machine (check ``top``; never beside the test suite)::
 
-    .venv/bin/python bench/extraction.py [--limit 400] [--spec] [--tasks person-1,people-3]
+    .venv/bin/python bench/extraction.py [--limit 200] [--concurrency 2] [--spec]
+        [--tasks person-1,people-3] [--models gemma3-270m]
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
 import sys
@@ -141,29 +143,37 @@ def judge(task: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_model(model: str, converters: list[str], tasks: list[dict[str, Any]], limit: int,
-              verbose: bool) -> dict[tuple[str, str], list[dict[str, Any]]]:
+              verbose: bool, concurrency: int) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Every (route, converter, task) once; ``concurrency`` requests at a time (each
+    converter's requests decode beside the same mix of others, so the columns stay fair)."""
     out: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    with running_server("-m", model, "--parallel", "1", "-c", "4096") as server, \
-            httpx.Client(base_url=server.base_url, timeout=600) as client:
-        for route in ROUTES:
-            for converter in converters:
-                rows = out.setdefault((route, converter), [])
-                for task in tasks:
-                    row = judge(task, ask(client, route, task, converter, limit))
-                    rows.append(row)
-                    if verbose:
-                        print(f"  {model} {route} {converter} {task['name']}: "
-                              f"valid={row['valid']} {row['right']}/{row['counted']} "
-                              f"{row['tokens']} tok {row['text'][:100]!r}", flush=True)
+    jobs = [(route, converter, task) for route in ROUTES for task in tasks
+            for converter in converters]
+    with running_server("-m", model, "--parallel", str(concurrency),
+                        "-c", str(4096 * concurrency)) as server, \
+            httpx.Client(base_url=server.base_url, timeout=900) as client, \
+            concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        def one(job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+            route, converter, task = job
+            return judge(task, ask(client, route, task, converter, limit))
+
+        for (route, converter, task), row in zip(jobs, pool.map(one, jobs), strict=True):
+            out.setdefault((route, converter), []).append(row)
+            if verbose:
+                print(f"  {model} {route} {converter} {task['name']}: "
+                      f"valid={row['valid']} {row['right']}/{row['counted']} "
+                      f"{row['tokens']} tok {row['text'][:100]!r}", flush=True)
     return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--limit", type=int, default=400, help="max tokens per reply")
+    parser.add_argument("--limit", type=int, default=200, help="max tokens per reply")
     parser.add_argument("--spec", action="store_true", help="also the spec-faithful shape")
     parser.add_argument("--tasks", default="", help="comma-separated task names (default all)")
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--concurrency", type=int, default=2,
+                        help="requests at a time (slots of the server)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     names = {n for n in args.tasks.split(",") if n}
@@ -174,7 +184,8 @@ def main() -> int:
     print(f"{'model':24} {'route':7} {'converter':10} {'valid':>7} {'gold':>7} "
           f"{'tok/obj':>8} {'tok/s':>7}")
     for model in args.models.split(","):
-        results = run_model(model, converters, tasks, args.limit, args.verbose)
+        results = run_model(model, converters, tasks, args.limit, args.verbose,
+                            args.concurrency)
         for (route, converter), rows in results.items():
             valid = sum(r["valid"] for r in rows) / len(rows)
             gold = sum(r["right"] for r in rows) / sum(r["counted"] for r in rows)

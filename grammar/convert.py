@@ -57,7 +57,7 @@ from grammar.keywords import (
     VALIDATED_ONLY,
 )
 from grammar.merge import constraining, merge
-from grammar.primitives import FORMATS, PRIMITIVE_DEPS, PRIMITIVES
+from grammar.primitives import FORMATS, PRIMITIVE_DEPS, PRIMITIVES, SPACE_COMPACT
 from grammar.ranges import int_range, number_range
 from grammar.regex import pattern_to_gbnf
 from grammar.validate import checked_formats, validator_class
@@ -309,8 +309,9 @@ class _Converter(ContainerRules):
 
     def primitive(self, name: str) -> str:
         if name not in self.rules:
-            self.rules[name] = PRIMITIVES[name]
-            self.bodies.setdefault(PRIMITIVES[name], name)
+            body = SPACE_COMPACT if name == "space" and not self.spec else PRIMITIVES[name]
+            self.rules[name] = body
+            self.bodies.setdefault(body, name)
             for dep in PRIMITIVE_DEPS.get(name, ()):
                 self.primitive(dep)
         return name
@@ -767,6 +768,8 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
     if conv.compact:
         conv.enforced.append("/ (over the size limit: properties in declared order, objects "
                              "without additionalProperties closed)")
+    if not spec:
+        conv.enforced.append(_COMPACT_NOTE)
     result = Conversion(gbnf=gbnf,
                         enforced=tuple(dict.fromkeys(conv.enforced)),
                         validated_only=tuple(dict.fromkeys(conv.validated_only)),
@@ -778,6 +781,9 @@ def convert(schema: JSON, *, prop_order: Sequence[str] | None = None, dotall: bo
             while len(_CACHE) > _CACHE_SIZE:
                 _CACHE.popitem(last=False)
     return result
+
+
+_COMPACT_NOTE = "/ (whitespace between tokens: none or one space, the generation default)"
 
 
 def _root_default(schema: JSON, spec: bool, enforced: list[str]) -> JSON:
@@ -851,6 +857,8 @@ def _convert_many(schemas: Sequence[JSON], names: Sequence[str], flags: list[boo
             exc.index = index
             raise
         exprs.append(expr)
+        if not spec:
+            conv.enforced.append(_COMPACT_NOTE)
         reports.append(Conversion(gbnf=expr, enforced=tuple(dict.fromkeys(conv.enforced)),
                                   validated_only=tuple(dict.fromkeys(conv.validated_only)),
                                   ignored=tuple(dict.fromkeys(conv.ignored)),

@@ -461,7 +461,12 @@ class Engine:
             self._decode_failed(plan, rc)
             return True
         for slot, _first, rows in plan:
-            self._advance(slot, rows, logit_rows.get(slot.id))
+            try:
+                self._advance(slot, rows, logit_rows.get(slot.id))
+            except Exception as exc:  # one request's sampler or stop logic: that request fails
+                log.exception("request %s failed in its step", slot.job.id if slot.job else "?")
+                if slot.job is not None:
+                    self._fail(slot, f"internal error: {type(exc).__name__}")
         self._flush()
         return True
 

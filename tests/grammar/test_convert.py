@@ -123,7 +123,12 @@ def test_bounds_beyond_llama_cpp_cap_still_parse(bound: int) -> None:
 
 
 def test_whitespace_between_tokens_is_bounded() -> None:
-    gbnf = convert({"type": "array", "items": {"type": "integer"}}).gbnf
+    compact = convert({"type": "array", "items": {"type": "integer"}}).gbnf
+    assert accepts(compact, "[1, 2]")
+    assert accepts(compact, "[1,2]")
+    assert not accepts(compact, "[1,\n  2]")  # the generation shape: one space at most
+    assert not accepts(compact, "[1,  2]")
+    gbnf = convert({"type": "array", "items": {"type": "integer"}}, spec=True).gbnf
     assert accepts(gbnf, "[1,\n  2]")
     assert not accepts(gbnf, "[1,\n\n2]")
     assert not accepts(gbnf, "[1," + " " * 2 + "2]")

@@ -245,8 +245,10 @@ def test_strict_tools_close_their_arguments_and_others_stay_open() -> None:
     assert [t.strict for t in anthropic_policy.tools] == [True]
     constraint = openai_policy.constraint()
     assert constraint is not None
-    gbnf = tools_grammar(constraint)
     call = '<tool_call>\n{"name": "%s", "arguments": {"q": "x", "extra": 1}}\n</tool_call>'
+    # the generation default closes both; the spec shape leaves the non-strict one open
+    assert not accepts(tools_grammar(constraint), call % "open")
+    gbnf = tools_grammar(constraint, spec=True)
     assert accepts(gbnf, call % "open")
     assert not accepts(gbnf, call % "shut")
-    assert not accepts(tools_grammar(constraint, schema_strict=True), call % "open")
+    assert not accepts(tools_grammar(constraint, schema_strict=True, spec=True), call % "open")
