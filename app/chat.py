@@ -59,8 +59,9 @@ class Builtin:
 
 _GEMMA = (
     "{%- set ns = namespace(system='', first=true) -%}"
-    "{%- for m in messages if m.role == 'system' -%}"
-    "{%- set ns.system = ns.system + m.content + '\n\n' -%}{%- endfor -%}"
+    "{%- set sys = messages | selectattr('role', 'equalto', 'system') "
+    "| map(attribute='content') | list -%}"
+    "{%- set ns.system = (sys | join('\n\n') + '\n\n') if sys else '' -%}"
     "{{ bos_token }}"
     "{%- for m in messages if m.role != 'system' -%}"
     "{{ '<start_of_turn>' + ('model' if m.role == 'assistant' else 'user') + '\n' }}"
@@ -78,8 +79,8 @@ _CHATML = (
 )
 _LLAMA2 = (
     "{%- set ns = namespace(system='') -%}"
-    "{%- for m in messages if m.role == 'system' -%}"
-    "{%- set ns.system = ns.system + m.content -%}{%- endfor -%}"
+    "{%- set ns.system = messages | selectattr('role', 'equalto', 'system') "
+    "| map(attribute='content') | join -%}"
     "{%- set ns.first = true -%}"
     "{%- for m in messages if m.role != 'system' -%}"
     "{%- if m.role == 'user' -%}"
@@ -92,8 +93,8 @@ _LLAMA2 = (
 )
 _VICUNA = (
     "{%- set ns = namespace(system='') -%}"
-    "{%- for m in messages if m.role == 'system' -%}"
-    "{%- set ns.system = ns.system + m.content -%}{%- endfor -%}"
+    "{%- set ns.system = messages | selectattr('role', 'equalto', 'system') "
+    "| map(attribute='content') | join -%}"
     "{%- if ns.system %}{{ ns.system + '\n\n' }}{% endif -%}"
     "{%- for m in messages if m.role != 'system' -%}"
     "{%- if m.role == 'user' %}{{ 'USER: ' + m.content + '\n' }}"
@@ -118,8 +119,9 @@ _ZEPHYR = (
 _MISTRAL = (
     "{{ bos_token }}"
     "{%- set ns = namespace(system='') -%}"
-    "{%- for m in messages if m.role == 'system' -%}"
-    "{%- set ns.system = ns.system + m.content + '\n\n' -%}{%- endfor -%}"
+    "{%- set sys = messages | selectattr('role', 'equalto', 'system') "
+    "| map(attribute='content') | list -%}"
+    "{%- set ns.system = (sys | join('\n\n') + '\n\n') if sys else '' -%}"
     "{%- set ns.first = true -%}"
     "{%- for m in messages if m.role != 'system' -%}"
     "{%- if m.role == 'user' -%}"

@@ -32,6 +32,10 @@ from grammar.gbnf_ast import token_refs
 from grammar.linear_regex import UnsupportedPattern, check_schema_patterns
 from grammar.tools import ToolSchema, tool_calls_gbnf
 
+#: More bytes than any token of a real vocabulary spells (they stay under 128): a prompt
+#: longer than this many bytes per context token cannot fit, and is refused untokenized.
+MAX_TOKEN_BYTES = 256
+
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
@@ -108,8 +112,13 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest, *,
         InvalidRequest: and its subclasses (``ContextOverflow``), naming the field.
     """
     model = runtime.model
-    tokens = tokenize_prompt(model, request.prompt)
     n_ctx = runtime.engine.slot_ctx
+    text_bytes = sum(len(p) for p in request.prompt if isinstance(p, str))  # chars <= bytes
+    if text_bytes > n_ctx * MAX_TOKEN_BYTES:  # refused before a tokenization of seconds
+        raise InvalidRequest(f"the prompt is {text_bytes} characters: at {MAX_TOKEN_BYTES} "
+                             f"bytes per token at most, it cannot fit in the context of "
+                             f"{n_ctx} tokens", param="prompt")
+    tokens = tokenize_prompt(model, request.prompt)
     if len(tokens) >= n_ctx:
         raise ContextOverflow(len(tokens), n_ctx)
     n_slots = len(runtime.engine.slots)

@@ -179,6 +179,16 @@ def schema_mode_from(body: Mapping[str, Any]) -> SchemaMode | None:
     return mode if mode in SCHEMA_MODES else None
 
 
+def with_server_defaults(request: CompletionRequest, defaults: Defaults) -> CompletionRequest:
+    """``request`` of a family whose wire has no fields for them, given the server's defaults:
+    ``--keep``, ``--no-cache-prompt``, ``--cache-reuse`` and the default constraint
+    (``--grammar``, ``-j``) when it has none of its own. The native and OpenAI families read
+    the same defaults through :func:`native_options` and :func:`native_request`."""
+    return replace(request, n_keep=defaults.n_keep, cache_prompt=defaults.cache_prompt,
+                   n_cache_reuse=defaults.n_cache_reuse,
+                   constraint=request.constraint or defaults.constraint)
+
+
 def native_request(body: Mapping[str, Any], defaults: Defaults, *,
                    prompt: tuple[str | int, ...] | None = None) -> CompletionRequest:
     """A body checked by ``schemas/completion.json`` (llama.cpp's ``/completion``)."""

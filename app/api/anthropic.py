@@ -24,6 +24,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import trio
 from quart import Blueprint, Response
 
 from app import sse
@@ -43,7 +44,7 @@ from app.completion import (
 )
 from app.errors import JSON, InvalidRequest, ServerError, anthropic_body
 from app.prepare import tokenize_prompt
-from app.requests import sampling_from, schema_mode_from, stops_from
+from app.requests import sampling_from, schema_mode_from, stops_from, with_server_defaults
 from app.running import Completion
 from app.service import Bound
 from app.tools import (
@@ -141,6 +142,7 @@ def turn_of(svc: Bound, body: JSON) -> Turn:
                              stops=tuple(dict.fromkeys([*template.stops, *stops])),
                              constraint=SchemaConstraint(fmt["schema"], field="output_config.format")
                              if fmt else None, schema_mode=schema_mode_from(body))
+    base = with_server_defaults(base, svc.defaults)
     thinking = (body.get("thinking") or {}).get("type", "enabled") != "disabled"
     return chat_request(template, conversation(body), policy(body), base,
                         system_prompt=svc.settings.system_prompt,
@@ -186,7 +188,7 @@ def content_blocks(reply: Reply) -> list[JSON]:
 @anthropic.route("/v1/messages", methods=["POST"])
 @with_model("anthropic_messages")
 async def messages(m: Bound, body: JSON) -> Response:
-    turn = turn_of(m, body)
+    turn = await trio.to_thread.run_sync(turn_of, m, body)  # templates: proportional work
     user_stops = tuple(body.get("stop_sequences") or ())
     completion = await m.submit(turn.request)
     ident = f"msg_{completion.id:08d}{new_call_id('')[:16]}"
@@ -289,7 +291,7 @@ async def _events(completion: Completion, splitter: ReplySplitter, turn: Turn, h
 @with_model("anthropic_count_tokens", sse_stream=False)
 async def count_tokens(svc: Bound, body: JSON) -> Response:
     """The templated prompt's token count, as the request would be evaluated."""
-    turn = turn_of(svc, {**body, "max_tokens": 1})
+    turn = await trio.to_thread.run_sync(turn_of, svc, {**body, "max_tokens": 1})
     prompt = turn.request.prompt
     n = await svc.with_model(lambda rt: len(tokenize_prompt(rt.model, prompt)))
     return json_response({"input_tokens": n})

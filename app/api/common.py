@@ -11,7 +11,7 @@ import trio
 from quart import Response, current_app, request, stream_with_context
 
 from app import sse
-from app.errors import JSON, ApiError, anthropic_body
+from app.errors import JSON, ApiError, ContextOverflow, anthropic_body
 from app.registry import ModelStatus
 from app.service import ModelChanged
 from app.validation import parse_json_body, validate
@@ -37,9 +37,45 @@ def json_response(body: JSON | list[Any], status: int = 200,
     return resp
 
 
+#: bodies up to this size are decoded and checked on the Trio thread (well under a
+#: millisecond); larger ones in a worker, so a big body never stalls other requests
+INLINE_BODY_BYTES = 16 * 1024
+
+
 async def read_json() -> JSON:
     raw = await request.get_data(cache=False, as_text=False)
-    return parse_json_body(raw if isinstance(raw, bytes) else raw.encode())
+    data = raw if isinstance(raw, bytes) else raw.encode()
+    if len(data) <= INLINE_BODY_BYTES:
+        return parse_json_body(data)
+    return await trio.to_thread.run_sync(parse_json_body, data)
+
+
+async def read_valid(schema: str) -> JSON:
+    """The body, decoded and checked against ``schemas/<schema>.json`` (in a worker when it
+    is large: schema validation is linear in the body and slow in Python). A prompt of token
+    ids longer than the whole context is refused first, without the validation's seconds."""
+    raw = await request.get_data(cache=False, as_text=False)
+    data = raw if isinstance(raw, bytes) else raw.encode()
+    cells = service().settings.ctx_size
+
+    def check() -> JSON:
+        body = parse_json_body(data)
+        _bound_prompt(body.get("prompt"), cells)
+        return validate(schema, body)
+
+    if len(data) <= INLINE_BODY_BYTES:
+        return check()
+    return await trio.to_thread.run_sync(check)
+
+
+def _bound_prompt(prompt: Any, cells: int) -> None:
+    """A token-id prompt (or one of a list of them) longer than the KV cells of the whole
+    server cannot be evaluated: refused before the body's schema check."""
+    if not isinstance(prompt, list):
+        return
+    for part in [prompt, *prompt]:
+        if isinstance(part, list) and len(part) > cells:
+            raise ContextOverflow(len(part), cells)
 
 
 def streamed(body: AsyncIterator[bytes], job_id: int, *, text: bool = False,
@@ -88,7 +124,7 @@ def with_model(schema: str, *, field: str = "model", sse_stream: bool = True,
         @functools.wraps(handler)
         async def route(*args: Any, **kwargs: Any) -> Response:
             svc = service()
-            body = validate(schema, await read_json())
+            body = await read_valid(schema)
             name = model_name_in(body, field)
             given, seconds = keep_alive(body) if keep_alive is not None else (False, None)
             options = {"field": field, "keep_alive_s": seconds, "set_keep_alive": given}

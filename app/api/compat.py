@@ -39,7 +39,7 @@ from app.api.common import json_response, service, streamed, with_model
 from app.chat import ALIASES, BUILTINS, ChatTemplate, Message
 from app.completion import CompletionRequest, Delta, Final, Outcome, StopType
 from app.errors import JSON, ApiError, InvalidRequest, SlotBusy, SlotFileError
-from app.requests import Defaults, renamed, sampling_from
+from app.requests import Defaults, renamed, sampling_from, with_server_defaults
 from app.service import Bound
 from grammar.linear_regex import UnsupportedPattern, compile_linear
 
@@ -50,8 +50,9 @@ def _request(values: JSON, defaults: Defaults, *, n_predict: int | None = None,
              stops: tuple[str, ...] = ()) -> CompletionRequest:
     """A request from fields already under llama.cpp's names."""
     limit = values.get("n_predict", defaults.n_predict if n_predict is None else n_predict)
-    return CompletionRequest(prompt=(values["prompt"],), sampling=sampling_from(values, defaults),
-                             n_predict=int(limit), stops=stops)
+    return with_server_defaults(CompletionRequest(
+        prompt=(values["prompt"],), sampling=sampling_from(values, defaults),
+        n_predict=int(limit), stops=stops), defaults)
 
 
 # --- llama-go ----------------------------------------------------------------------------------

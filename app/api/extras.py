@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import trio
 from quart import Blueprint, Response, request
 
 from app.api.common import json_response, query_model, read_json, streamed, with_model
@@ -80,10 +81,13 @@ async def detokenize(m: Bound, body: JSON) -> Response:
 async def apply_template(svc: Bound, body: JSON) -> Response:
     from app.api.openai import messages, tools_from
 
-    policy = tools_from(body)
-    return json_response({"prompt": svc.chat.prompt(
-        messages(body), svc.settings.system_prompt, tools=policy.tools if policy.active else (),
-        variables=svc.template_variables(body))})
+    def render() -> str:  # proportional to the messages: in a worker
+        policy = tools_from(body)
+        return svc.chat.prompt(messages(body), svc.settings.system_prompt,
+                               tools=policy.tools if policy.active else (),
+                               variables=svc.template_variables(body))
+
+    return json_response({"prompt": await trio.to_thread.run_sync(render)})
 
 
 # --- embeddings --------------------------------------------------------------------------------

@@ -42,13 +42,12 @@ import trio
 from quart import Blueprint, Response, current_app, websocket
 
 from app import sse
-from app.api.common import json_response, read_json, service, streamed, with_model
+from app.api.common import json_response, read_valid, service, streamed, with_model
 from app.completion import CompletionRequest, Delta, Failure, Final, Outcome
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported, ServerError
-from app.requests import renamed, sampling_from, stops_from
+from app.requests import renamed, sampling_from, stops_from, with_server_defaults
 from app.running import Completion
 from app.service import Bound, Service
-from app.validation import validate
 
 goinfer = Blueprint("goinfer", __name__)
 
@@ -130,7 +129,7 @@ async def model_state() -> Response:
 @goinfer.route("/model/load", methods=["POST"])
 async def model_load() -> Response:
     svc = service()
-    body = validate("goinfer_load", await read_json())
+    body = await read_valid("goinfer_load")
     field = "model" if "model" in body else "name"
     name: str = body[field]
     directory = _models_dir(svc)
@@ -199,11 +198,20 @@ def infer_request(body: JSON, svc: Bound) -> CompletionRequest:
     values = renamed(body, _NAMES)
     prompt = body["prompt"]
     if "template" in body:
-        prompt = body["template"].replace("{prompt}", prompt)
+        template = body["template"]
+        # the size is known before the expansion: a template repeating {prompt} would
+        # otherwise multiply a large prompt first and be refused (by the context) only later
+        size = len(template) + template.count("{prompt}") * (len(prompt) - len("{prompt}"))
+        if size > svc.service.settings.max_body_bytes:
+            raise InvalidRequest(f"invalid value for 'template': the expanded prompt would be "
+                                 f"{size} characters, over the body limit of "
+                                 f"{svc.service.settings.max_body_bytes}", param="template")
+        prompt = template.replace("{prompt}", prompt)
     defaults = svc.defaults
-    return CompletionRequest(prompt=(prompt,), sampling=sampling_from(values, defaults),
-                             n_predict=int(values.get("n_predict", defaults.n_predict)),
-                             stops=stops_from(body.get("stop")))
+    return with_server_defaults(CompletionRequest(
+        prompt=(prompt,), sampling=sampling_from(values, defaults),
+        n_predict=int(values.get("n_predict", defaults.n_predict)),
+        stops=stops_from(body.get("stop"))), defaults)
 
 
 async def _infer_steps(completion: Completion, state: GoinferState

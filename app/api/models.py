@@ -12,10 +12,9 @@ from typing import Any
 
 from quart import Blueprint, Response
 
-from app.api.common import json_response, read_json, service
+from app.api.common import json_response, read_valid, service
 from app.errors import JSON
 from app.registry import Hosted, ModelStatus
-from app.validation import validate
 
 models = Blueprint("models", __name__)
 
@@ -62,7 +61,7 @@ async def one_model(name: str) -> Response:
 
 
 async def _name() -> tuple[str, dict[str, Any]]:
-    body = validate("models_load", await read_json())
+    body = await read_valid("models_load")
     return body["model"], body
 
 

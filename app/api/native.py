@@ -24,7 +24,7 @@ from app.api.common import (
     fan_in,
     json_response,
     query_model,
-    read_json,
+    read_valid,
     run_all,
     service,
     streamed,
@@ -51,7 +51,6 @@ from app.registry import ModelStatus
 from app.requests import choices_wanted, native_request, prompt_list, sampling_report
 from app.running import Completion
 from app.service import Bound
-from app.validation import validate
 
 native = Blueprint("native", __name__)
 
@@ -378,7 +377,7 @@ async def change_props() -> Response:
 @native.route("/grammar", methods=["POST"])
 async def grammar_route() -> Response:
     """Convert a JSON Schema to GBNF: ``{"schema": ...}`` -> ``{"gbnf", "enforced", ...}``."""
-    body = validate("grammar", await read_json())
+    body = await read_valid("grammar")
     conversion = await trio.to_thread.run_sync(lambda: convert_schema(
         body["schema"], field="schema", prop_order=body.get("prop_order"),
         strict=bool(body.get("strict", False) or service().settings.schema_strict),

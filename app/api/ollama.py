@@ -30,9 +30,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import trio
 from quart import Blueprint, Response
 
-from app.api.common import json_response, read_json, service
+from app.api.common import json_response, read_valid, service
 from app.api.models import model_meta
 from app.api.openai import messages, openai_request, tools_from
 from app.chat import Message
@@ -168,7 +169,7 @@ def _trio_now() -> float:
 
 @ollama.route("/api/show", methods=["POST"])
 async def show() -> Response:
-    body = validate("ollama_show", await read_json())
+    body = await read_valid("ollama_show")
     name = body.get("model") or body.get("name")
     if not name:
         raise InvalidRequest("'model' is required", param="model")
@@ -254,7 +255,7 @@ def _ndjson(body: AsyncIterator[bytes], job_id: int) -> Response:
 
 @ollama.route("/api/generate", methods=["POST"])
 async def generate() -> Response:
-    body = validate("ollama_generate", await read_json())
+    body = await read_valid("ollama_generate")
     _refuse_unsupported(body, images_in="images")
     given, seconds = keep_alive_of(body)
     prompt, suffix = body.get("prompt", ""), body.get("suffix", "")
@@ -280,7 +281,8 @@ async def generate() -> Response:
             stops = template.stops
         if stops:
             native["stop"] = list(dict.fromkeys([*stops, *native.get("stop", [])]))
-        request = native_request(validate("completion", native), m.defaults, prompt=tokens)
+        checked = await trio.to_thread.run_sync(validate, "completion", native)
+        request = native_request(checked, m.defaults, prompt=tokens)
         if schema is not None:  # errors in the schema name Ollama's field
             request = replace(request, constraint=SchemaConstraint(schema, field="format"))
         completion = await m.submit(request)
@@ -352,7 +354,7 @@ def _openai_messages(body: JSON) -> list[JSON]:
 
 @ollama.route("/api/chat", methods=["POST"])
 async def chat() -> Response:
-    body = validate("ollama_chat", await read_json())
+    body = await read_valid("ollama_chat")
     given, seconds = keep_alive_of(body)
     if not body.get("messages"):
         return await _load_or_unload({**body, "messages": []}, given, seconds)
@@ -364,7 +366,7 @@ async def chat() -> Response:
     if body.get("tools"):
         wire["tools"] = body["tools"]
     schema = _format_schema(body)
-    wire = validate("chat_completion", wire)
+    wire = await trio.to_thread.run_sync(validate, "chat_completion", wire)
     started = time.perf_counter()
     svc = service()
     async with svc.use(body["model"], keep_alive_s=seconds, set_keep_alive=True) as m:
@@ -374,9 +376,10 @@ async def chat() -> Response:
         if schema is not None:  # errors in the schema name Ollama's field
             base = replace(base, constraint=SchemaConstraint(schema, field="format"))
         reasoning = bool(body.get("think", m.settings.reasoning_format != "none"))
-        turn = chat_request(template, messages(wire), tools_from(wire), base,
-                            system_prompt=m.settings.system_prompt, reasoning=reasoning,
-                            variables=m.template_variables())
+        turn = await trio.to_thread.run_sync(lambda: chat_request(
+            template, messages(wire), tools_from(wire), base,
+            system_prompt=m.settings.system_prompt, reasoning=reasoning,
+            variables=m.template_variables()))
         completion = await m.submit(turn.request)
     name = m.name
     splitter = turn.splitter()

@@ -248,10 +248,10 @@ async def chat_completions(m: Bound, body: JSON) -> Response:
     logprobs = bool(body.get("logprobs"))
     base = openai_request(body, m.defaults, prompt="", n_probs=max(top, 1) if logprobs else 0,
                           extra_stops=template.stops)
-    turn = chat_request(template, messages(body), tools_from(body), base,
-                        system_prompt=m.settings.system_prompt,
-                        reasoning=reasoning_from(body, m.settings.reasoning_format),
-                        variables=m.template_variables(body))
+    turn = await trio.to_thread.run_sync(lambda: chat_request(  # proportional work: a worker
+        template, messages(body), tools_from(body), base, system_prompt=m.settings.system_prompt,
+        reasoning=reasoning_from(body, m.settings.reasoning_format),
+        variables=m.template_variables(body)))
     n = choices_wanted(body, 1, len(m.engine.slots), field="n")
     if body.get("stream"):
         several = await submit_all(m, [turn.request] * n)

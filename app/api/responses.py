@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import trio
 from quart import Blueprint, Response
 
 from app import sse
@@ -41,7 +42,7 @@ from app.completion import (
     StopType,
 )
 from app.errors import JSON, InvalidRequest, ServerError
-from app.requests import sampling_from, schema_mode_from
+from app.requests import sampling_from, schema_mode_from, with_server_defaults
 from app.running import Completion
 from app.service import Bound
 from app.tools import (
@@ -147,6 +148,7 @@ def turn_of(svc: Bound, body: JSON) -> Turn:
                              n_predict=int(limit) if limit is not None else svc.defaults.n_predict,
                              stops=template.stops, constraint=constraint,
                              schema_mode=schema_mode_from(body))
+    base = with_server_defaults(base, svc.defaults)
     return chat_request(template, conversation(body), policy, base,
                         system_prompt=svc.settings.system_prompt,
                         reasoning=svc.settings.reasoning_format != "none",
@@ -220,7 +222,7 @@ def response_object(body: JSON, ident: str, created: int, model: str, *, status:
 @responses.route("/v1/responses", methods=["POST"])
 @with_model("responses")
 async def create(m: Bound, body: JSON) -> Response:
-    turn = turn_of(m, body)
+    turn = await trio.to_thread.run_sync(turn_of, m, body)  # templates: proportional work
     completion = await m.submit(turn.request)
     base = f"{completion.id:08d}{new_call_id('')[:16]}"
     ident, ids, created = f"resp_{base}", _Ids(base), int(time.time())
