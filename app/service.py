@@ -31,7 +31,7 @@ from app import chat
 from app.completion import CompletionRequest, Interruption, SamplingParams
 from app.engine import ports, scheduler
 from app.engine.embedding import Embedder, EmbeddingError
-from app.engine.model import ModelLoadError, check_model_file
+from app.engine.model import ModelLoadError, check_model_file, fingerprint
 from app.engine.slots import SlotInfo
 from app.errors import (
     InvalidRequest,
@@ -86,6 +86,7 @@ class Service:
         self._running: weakref.WeakValueDictionary[int, Completion] = weakref.WeakValueDictionary()
         self._preparing = 0
         self._token = trio.lowlevel.current_trio_token()
+        self._fingerprints: dict[Path, str] = {}
         self.shutting_down = False
 
     @property
@@ -274,6 +275,14 @@ class Service:
         self._running[job_id] = completion
         return completion
 
+    async def fingerprint(self, path: Path) -> str:
+        """The model file's identity (:func:`app.engine.model.fingerprint`), read once per file
+        in a worker."""
+        known = self._fingerprints.get(path)
+        if known is None:
+            known = self._fingerprints[path] = await trio.to_thread.run_sync(fingerprint, path)
+        return known
+
     def _ended(self, job_id: int, hosted: Hosted, runtime: RuntimeLike) -> None:
         # also called by a completion's finalizer, possibly on another thread
         self._running.pop(job_id, None)
@@ -439,7 +448,8 @@ class Bound:
         engine = self.runtime.engine
         if not engine.alive:
             raise Unavailable("the engine is not running")
-        future = engine.slot_action(kind, slot_id, path)
+        identity = await self.service.fingerprint(self.model.info.path) if kind != "erase" else ""
+        future = engine.slot_action(kind, slot_id, path, identity)
         try:
             return await trio.to_thread.run_sync(future.result, SLOT_ACTION_TIMEOUT_S)
         except ports.SlotBusy as exc:

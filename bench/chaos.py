@@ -1,6 +1,6 @@
 """Chaos on loopback: what misbehaving clients and operators do to a real server. Prints figures.
 
-Four scenes, each against a fresh server with the default model:
+Five scenes, each against a fresh server with the default model:
 
 1. storm: 100 clients open streams (4 slots, the rest queued), then all leave at once;
    how long until every slot is idle and nothing waits.
@@ -12,8 +12,12 @@ Four scenes, each against a fresh server with the default model:
 4. hostile soak (``--soak-s``, default 600): 8 clients mixing normal, streamed, abandoned,
    malformed and hostile requests (NaN, deep bodies, huge and ambiguous grammars, bad
    patterns, slow readers, unload/load); requests served, 5xx count, RSS at start and end.
+5. surface: the classes of hostile request found on the newer routes, one line each: a schema
+   only the converter resolves (streamed, n_cmpl 2), /ws without the key or from a foreign
+   Origin, a 500,000-id prompt and 60,000 messages (time to answer and the slowest /health
+   meanwhile), an amplifying /infer template, a slot file of another model.
 
-    .venv/bin/python bench/chaos.py [--soak-s 600] [--only storm,slow,sigterm,soak]
+    .venv/bin/python bench/chaos.py [--soak-s 600] [--only storm,slow,sigterm,surface,soak]
 """
 
 from __future__ import annotations
@@ -179,6 +183,75 @@ async def sigterm() -> None:
         server.terminate()
 
 
+# --- 5. the newer surface: each class of hostile request, against one server ----------------------
+async def _health_during(c: httpx.AsyncClient, work: Any) -> tuple[Any, float, float]:
+    """(work's result, its seconds, the slowest /health answer meanwhile in ms)."""
+    worst = 0.0
+    out: list[Any] = []
+    t0 = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        async def run() -> None:
+            out.append(await work())
+            nursery.cancel_scope.cancel()
+        nursery.start_soon(run)
+        while True:
+            s = time.monotonic()
+            await c.get("/health")
+            worst = max(worst, (time.monotonic() - s) * 1000)
+            await trio.sleep(0.02)
+    return out[0], time.monotonic() - t0, worst
+
+
+async def surface() -> None:
+    from trio_websocket import ConnectionClosed, open_websocket_url
+
+    server = start("--parallel", "2", "--api-key", "k", "--slot-save-path",
+                   str(ROOT / "test-artifacts" / "chaos-slots"))
+    auth = {"Authorization": "Bearer k"}
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=300, headers=auth) as c, \
+                httpx.AsyncClient(base_url=server.base_url, timeout=300, headers=auth) as probe:
+            anchor = {"$ref": "#n", "$defs": {"n": {"id": "#n", "const": 1}}}
+            r = await c.post("/completion", json={"prompt": "x", "json_schema": anchor,
+                                                  "stream": True, "n_cmpl": 2})
+            alive = (await c.get("/health")).status_code
+            print(f"surface: a schema only the converter resolves, streamed with n_cmpl 2: "
+                  f"{r.status_code}; /health afterwards {alive}")
+            ws = server.base_url.replace("http://", "ws://") + "/ws"
+            codes = []
+            for url, headers in ((ws, []), (ws + "?api_key=k", [("Origin", "http://evil.example")])):
+                async with open_websocket_url(url, extra_headers=headers) as conn:
+                    try:
+                        await conn.get_message()
+                    except ConnectionClosed as exc:
+                        codes.append(exc.reason.code)
+            print(f"surface: /ws without the key, and with it from a foreign Origin: close codes "
+                  f"{codes}")
+            ids = json.dumps({"prompt": list(range(500_000)), "n_predict": 1})
+            res, took, worst = await _health_during(probe, lambda: c.post(
+                "/completion", content=ids, headers={"Content-Type": "application/json"}))
+            print(f"surface: a 3.9 MB prompt of 500,000 token ids: {res.status_code} after "
+                  f"{took:.2f} s; slowest /health meanwhile {worst:.0f} ms")
+            msgs = [{"role": "system", "content": f"rule {i}"} for i in range(60_000)]
+            res, took, worst = await _health_during(probe, lambda: c.post(
+                "/apply-template", json={"messages": [*msgs, {"role": "user", "content": "hi"}]}))
+            print(f"surface: /apply-template with 60,000 system messages: {res.status_code} after "
+                  f"{took:.2f} s; slowest /health meanwhile {worst:.0f} ms")
+            res, took, worst = await _health_during(probe, lambda: c.post("/infer", json={
+                "prompt": "x" * (1 << 20), "template": "{prompt}" * 64, "tokens": 4}))
+            print(f"surface: /infer with a 1 MiB prompt and {{prompt}} 64 times in its template: "
+                  f"{res.status_code} after {took:.2f} s; slowest /health meanwhile {worst:.0f} ms")
+            await c.post("/completion", json={"prompt": "state " * 20, "n_predict": 1,
+                                              "id_slot": 0})
+            await c.post("/slots/0?action=save", json={"filename": "s.bin"})
+            meta = ROOT / "test-artifacts" / "chaos-slots" / "s.bin.meta.json"
+            meta.write_text(json.dumps({"model": "0" * 64, "lora": []}))
+            r = await c.post("/slots/0?action=restore", json={"filename": "s.bin"})
+            print(f"surface: restoring a slot file another model computed: {r.status_code}")
+    finally:
+        print(f"surface: server exit status {server.terminate()}")
+
+
 # --- 4. hostile soak -----------------------------------------------------------------------------
 HOSTILE: list[tuple[str, bytes]] = [
     ("/completion", b'{"prompt": "x", "temperature": NaN}'),
@@ -193,6 +266,11 @@ HOSTILE: list[tuple[str, bytes]] = [
     ("/completion", b'{"prompt": [1e3, 2.5]}'),
     ("/v1/chat/completions", b'{"messages": "hi"}'),
     ("/tokenize", b'{"content": 5}'),
+    # the newer surface (scene 5 measures each)
+    ("/completion", json.dumps({"prompt": "x", "stream": True, "n_cmpl": 2, "json_schema": {
+        "$ref": "#n", "$defs": {"n": {"id": "#n", "const": 1}}}}).encode()),
+    ("/completion", json.dumps({"prompt": list(range(300_000))}).encode()),
+    ("/infer", json.dumps({"prompt": "x" * 100_000, "template": "{prompt}" * 64}).encode()),
 ]
 
 
@@ -290,7 +368,7 @@ async def soak(seconds: float) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    scenes = {"storm": storm, "slow": slow, "sigterm": sigterm}
+    scenes = {"storm": storm, "slow": slow, "sigterm": sigterm, "surface": surface}
     for name in args.only.split(","):
         if name == "soak":
             await soak(args.soak_s)
@@ -301,5 +379,5 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--soak-s", type=float, default=600.0)
-    parser.add_argument("--only", default="storm,slow,sigterm,soak")
+    parser.add_argument("--only", default="storm,slow,sigterm,surface,soak")
     trio.run(main, parser.parse_args())

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -132,7 +133,12 @@ async def _restore_cache(svc: Bound, path: Path) -> int:
 @with_model("llm_stream")
 async def llm_stream(m: Bound, body: JSON) -> Response:
     values = renamed(body, _LLM_STREAM)
-    cache_file = cache_dir(m) / f"{body['cache']}.bin" if "cache" in body else None
+    # one folder per model: a state is only ever restored into the model that computed it
+    # (the restore checks its fingerprint too)
+    folder = cache_dir(m) / hashlib.sha256(m.name.encode()).hexdigest()[:16]
+    if "cache" in body:
+        folder.mkdir(exist_ok=True)
+    cache_file = folder / f"{body['cache']}.bin" if "cache" in body else None
     request_ = _request(values, m.defaults, n_predict=32)
     if cache_file is not None and cache_file.is_file():
         slot = await _restore_cache(m, cache_file)

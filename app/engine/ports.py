@@ -101,6 +101,7 @@ class SlotOp:
     slot_id: int
     path: str
     future: concurrent.futures.Future[dict[str, int]]
+    identity: str = ""  # the model's fingerprint, written beside a saved file and checked
 
 
 class EngineStopped(Exception):

@@ -111,15 +111,16 @@ class Engine:
     def cancel(self, job_id: int) -> None:
         self._commands.put(Cancel(job_id))
 
-    def slot_action(self, kind: str, slot_id: int, path: str = ""
+    def slot_action(self, kind: str, slot_id: int, path: str = "", identity: str = ""
                     ) -> concurrent.futures.Future[dict[str, int]]:
         """Save, restore or erase an idle slot's KV between two steps.
 
         The future fails with :class:`SlotBusy` when the slot is processing and
-        with :class:`SlotFileError` when the file cannot be written or read.
+        with :class:`SlotFileError` when the file cannot be written or read, or was
+        computed by another model (``identity``, see :mod:`app.engine.slot_files`).
         """
         future: concurrent.futures.Future[dict[str, int]] = concurrent.futures.Future()
-        self._commands.put(SlotOp(kind, slot_id, path, future))
+        self._commands.put(SlotOp(kind, slot_id, path, future, identity))
         if not self.alive and self._thread.ident is not None:
             self._fail_commands()  # nobody will take it
         return future

@@ -98,6 +98,25 @@ def test_slot_save_erase_restore(http: httpx.Client) -> None:
     assert again["tokens_cached"] == first["tokens_evaluated"] - 1
 
 
+def test_a_slot_file_restores_only_into_the_model_that_computed_it(http: httpx.Client) -> None:
+    http.post("/completion", json={"prompt": "Some state to keep. " * 4, "n_predict": 1,
+                                   "id_slot": 0})
+    assert http.post("/slots/0?action=save", json={"filename": "mine.bin"}).status_code == 200
+    meta_file = SAVE_DIR / "mine.bin.meta.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["lora"] == []
+    assert len(meta["model"]) == 64
+    assert http.post("/slots/0?action=restore", json={"filename": "mine.bin"}).status_code == 200
+    meta_file.write_text(json.dumps({**meta, "model": "0" * 64}))  # another model's KV
+    foreign = http.post("/slots/0?action=restore", json={"filename": "mine.bin"})
+    assert foreign.status_code == 400
+    assert "another model" in foreign.json()["error"]["message"]
+    meta_file.unlink()  # a file from elsewhere, which says nothing of its model
+    unknown = http.post("/slots/0?action=restore", json={"filename": "mine.bin"})
+    assert unknown.status_code == 400
+    assert "identity" in unknown.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(("query", "body", "status"), [
     ("action=save", {"filename": "../escape.bin"}, 400),
     ("action=save", {"filename": "/etc/passwd"}, 400),

@@ -53,24 +53,29 @@ def _admits(model: Model, gbnf: str, text: str) -> bool:
         C.llama_sampler_free(grammar)
 
 
-def _instances() -> Iterator[tuple[str, Any, str]]:
+def _instances() -> Iterator[tuple[str, Any, str, bool]]:
+    """(case, schema, text, spec): the cases' texts in both shapes (``spec_only`` ones in the
+    spec-faithful shape), the real-world instances in the spec-faithful shape."""
     for path in CASES:
         case = json.loads(path.read_text(encoding="utf-8"))
         for text in case["accept"][:4]:
-            yield path.stem, case["schema"], text
+            yield path.stem, case["schema"], text, False
+            yield path.stem, case["schema"], text, True
+        for text in case.get("spec_only", [])[:2]:
+            yield path.stem, case["schema"], text, True
     for name, schema, valid, _invalid in REAL_WORLD:
         for value in valid[:3]:
-            yield name, schema, json.dumps(value)
+            yield name, schema, json.dumps(value), True
 
 
 INSTANCES = list(_instances())
 
 
-@pytest.mark.parametrize(("name", "schema", "text"), INSTANCES,
-                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(INSTANCES)])
+@pytest.mark.parametrize(("name", "schema", "text", "spec"), INSTANCES,
+                         ids=[f"{n}-{i}" for i, (n, _, _, _) in enumerate(INSTANCES)])
 def test_llama_cpp_loads_the_grammar_and_admits_valid_instances(
-        model: Model, name: str, schema: Any, text: str) -> None:
-    gbnf = convert(schema).gbnf
+        model: Model, name: str, schema: Any, text: str, spec: bool) -> None:
+    gbnf = convert(schema, spec=spec).gbnf
     parse_gbnf(gbnf)
     assert _admits(model, gbnf, text), f"llama.cpp's matcher refused {text[:120]!r}"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.engine.text import Detokenizer, StopMatcher
 
@@ -73,3 +75,34 @@ def test_stop_found_whatever_the_chunking(chunks: list[str]) -> None:
         if word:
             break
     assert (out, word) == ("a", "bc")
+
+
+def _naive(stops: tuple[str, ...], pieces: list[str]) -> tuple[str, str | None]:
+    """The released text and the stop found, by searching the whole text each time."""
+    text = ""
+    for piece in pieces:
+        text += piece
+        hits = [(text.find(s), s) for s in stops if s and s in text]
+        if hits:
+            at, stop = min(hits, key=lambda h: h[0])
+            return text[:at], stop
+    return text, None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.text("ab", min_size=1, max_size=6), min_size=1, max_size=4),
+       st.lists(st.text("abc", max_size=5), min_size=1, max_size=12))
+def test_the_stop_automaton_agrees_with_a_full_search(stops: list[str], pieces: list[str]) -> None:
+    matcher = StopMatcher(tuple(stops))
+    released, found = "", None
+    for piece in pieces:
+        result = matcher.feed(piece)
+        released += result.text
+        if result.stop_word is not None:
+            found = result.stop_word
+            break
+    else:
+        released += matcher.flush()
+    want_text, want_stop = _naive(tuple(stops), pieces)
+    assert (released, found) == (want_text, want_stop)
+
