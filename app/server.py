@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -214,6 +215,10 @@ async def serve(settings: Settings, registry: Registry,
         model, template = preloaded
         registry.adopt(default, Runtime.start(default.spec.settings(settings), model, template))
     service = Service(settings, registry)
+    # what start-up made lives as long as the server: out of the collector's full scans, which
+    # otherwise walk it all, holding the GIL, whenever a large request allocates much
+    gc.collect()
+    gc.freeze()
     app = create_app(settings, service)
     stop = trio.Event()
 
