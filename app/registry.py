@@ -549,7 +549,29 @@ def specs_from_settings(settings: Settings, embedded: dict[str, Path]
         if path.resolve() not in by_path:
             add(ModelSpec(name, path, (path.name,)))
     specs.extend(directory_specs(settings.models_dir, by_path, {s.name for s in specs}))
-    return specs, default, router
+    return linked_names(settings.models_dir, specs), default, router
+
+
+def linked_names(directory: Path | None, specs: list[ModelSpec]) -> list[ModelSpec]:
+    """A file of ``directory`` that is a known model's file (a link to it, or the file a
+    config model names) gives that model its names as aliases, rather than being dropped
+    (its name used to answer 404)."""
+    if directory is None:
+        return specs
+    try:
+        files = sorted(p for p in directory.iterdir() if p.suffix == ".gguf" and p.is_file())
+    except OSError:
+        return specs
+    taken = {n for s in specs for n in s.names}
+    index = {s.path.resolve(): i for i, s in enumerate(specs)}
+    out = list(specs)
+    for path in files:
+        i = index.get(path.resolve())
+        new = tuple(n for n in dict.fromkeys((path.name, path.stem)) if n not in taken)
+        if i is not None and new:
+            out[i] = replace(out[i], aliases=(*out[i].aliases, *new))
+            taken.update(new)
+    return out
 
 
 def directory_specs(directory: Path | None, known_paths: set[Path] | None = None,
@@ -558,13 +580,15 @@ def directory_specs(directory: Path | None, known_paths: set[Path] | None = None
     if directory is None:
         return []
     out = []
-    try:
-        files = sorted(p for p in directory.iterdir() if p.suffix == ".gguf" and p.is_file())
+    try:  # files before links to them: a model is named by its file, links are aliases
+        files = sorted((p for p in directory.iterdir() if p.suffix == ".gguf" and p.is_file()),
+                       key=lambda p: (p.is_symlink(), p.name))
     except OSError:
         return []
+    seen = set(known_paths or ())
     for path in files:
-        if (known_paths is not None and path.resolve() in known_paths) or (
-                known_names is not None and path.name in known_names):
+        if path.resolve() in seen or (known_names is not None and path.name in known_names):
             continue
+        seen.add(path.resolve())
         out.append(ModelSpec(path.name, path, (path.stem,)))
     return out

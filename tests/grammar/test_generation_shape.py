@@ -192,3 +192,27 @@ def test_nested_objects_and_arrays_close_too() -> None:
     r = Recognizer(parse_gbnf(convert(schema).gbnf))
     assert r.accepts('[{"name": "a", "city": "b", "age": 1}, {"name": "c"}]')
     assert not r.accepts('[{"name": "a", "city": "b", "city_fax_1": "x"}]')
+
+
+def test_validation_gives_a_verdict_where_it_cannot_check() -> None:
+    """9e9999 is JSON that json.loads reads as inf; multipleOf then raised OverflowError out of
+    the validation (after the compute, or out of a fan-in task: the process ended)."""
+    result = validate("9e9999", {"type": "number", "multipleOf": 0.5})
+    assert not result.valid
+    assert "could not be checked" in result.errors[0].message
+
+
+def test_plain_name_anchors_resolve_only_as_the_schemas_draft_names_them() -> None:
+    from grammar import InvalidSchemaError
+
+    with pytest.raises(InvalidSchemaError, match="#n"):  # 2020-12 knows no id anchors
+        convert({"$ref": "#n", "$defs": {"n": {"id": "#n", "const": 1}}})
+    for schema in ({"$ref": "#n", "$defs": {"n": {"$anchor": "n", "const": 1}}},
+                   {"$schema": "http://json-schema.org/draft-07/schema#", "$ref": "#/definitions/m",
+                    "definitions": {"m": {"$ref": "#n"}, "n": {"$id": "#n", "const": 1}}},
+                   {"$schema": "http://json-schema.org/draft-04/schema#", "allOf": [{"$ref": "#n"}],
+                    "definitions": {"n": {"id": "#n", "enum": [1]}}}):
+        r = Recognizer(parse_gbnf(convert(schema).gbnf))
+        assert r.accepts("1")
+        assert validate("1", schema).valid
+        assert not validate("2", schema).valid

@@ -152,14 +152,17 @@ async def test_a_text_prompt_that_cannot_fit_is_refused_untokenized(
 
 
 # --- 5: the server's default constraint on every family --------------------------------------
-def integer(text: str) -> int:
-    value = json.loads(text)
-    assert isinstance(value, int), text
-    return value
+@pytest.mark.parametrize("flag", [("-j", '{"type": "integer"}'),
+                                  ("--grammar", 'root ::= "4" | "7"')])
+def test_every_family_follows_the_servers_default_constraint(flag: tuple[str, str]) -> None:
+    def integer(text: str) -> int:
+        value = json.loads(text)
+        assert isinstance(value, int), text
+        if flag[0] == "--grammar":
+            assert value in (4, 7), text
+        return value
 
-
-def test_every_family_follows_the_servers_json_schema() -> None:
-    with running_server("--parallel", "1", "-j", '{"type": "integer"}') as srv:
+    with running_server("--parallel", "1", *flag) as srv:
         def post(path: str, body: dict[str, Any]) -> Any:
             r = httpx.post(srv.base_url + path, json=body, timeout=TIMEOUT,
                            headers={"anthropic-version": "2023-06-01"})

@@ -307,9 +307,10 @@ def test_specs_from_settings(tmp_path: Path) -> None:
     found, default, router = specs_from_settings(settings, embedded)
     assert (default, router) == (None, True)
     names = [s.name for s in found]
-    # x.gguf is "long" already: the directory adds only y.gguf
+    # x.gguf is "long" already: the directory adds only y.gguf, and x.gguf names "long" too
     assert names == ["long", "gemma3-270m", "smollm2-135m-instruct", "y.gguf"]
     long = found[0]
+    assert long.aliases == ("x-long", "x.gguf", "x")
     assert long.path == models / "x.gguf"
     assert long.settings(settings).ctx_size == 32768
     # --model by an embedded model's short name, with --alias
@@ -319,6 +320,12 @@ def test_specs_from_settings(tmp_path: Path) -> None:
     assert found[0].path == smol
     assert "smollm2-135m-instruct" in found[0].aliases
     assert [s.name for s in found] == ["chat", "gemma3-270m"]
+    # a link in the models directory to a model known by another name is an alias of it
+    (models / "linked.gguf").symlink_to(models / "y.gguf")
+    found, _, _ = specs_from_settings(Settings(models_dir=models), embedded)
+    by_name = {s.name: s for s in found}
+    assert "linked.gguf" not in by_name
+    assert {"linked.gguf", "linked"} <= set(by_name["y.gguf"].aliases)
 
 
 async def test_a_request_for_the_default_follows_a_new_default(
