@@ -471,6 +471,16 @@ class Registry:
         if result[0] is not None:
             raise Conflict(result[0])
 
+    async def unload_when_idle(self, hosted: Hosted) -> None:
+        """Ollama's ``keep_alive: 0``: unload now if nothing uses the model, else as soon as its
+        last request ends. Never waits on running requests: a busy model's queue goes on (an
+        unload that drained for 10 s stalled it at each such call)."""
+        hosted.keep_alive_s = 0.0
+        if hosted.status is ModelStatus.LOADED:
+            self._touch(hosted)
+            if not hosted.busy:
+                await self.unload(hosted, stop=False)
+
     async def unload_all(self) -> None:
         for hosted in list(self._hosted.values()):
             await self.unload(hosted)

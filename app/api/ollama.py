@@ -219,7 +219,7 @@ async def _load_or_unload(body: JSON, given: bool, seconds: float | None) -> Res
     svc = service()
     hosted = svc.registry.find(body["model"])
     if given and seconds == 0:
-        await svc.registry.unload(hosted, stop=False)
+        await svc.registry.unload_when_idle(hosted)
         reason = "unload"
     else:
         async with svc.use(body["model"], keep_alive_s=seconds, set_keep_alive=True):

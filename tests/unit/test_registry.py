@@ -193,6 +193,25 @@ async def test_keep_alive_zero_unloads_after_the_request(
         assert loads.closed == ["a"]
 
 
+async def test_keep_alive_zero_on_a_busy_model_never_stalls_its_queue(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Ollama's unload (empty prompt, keep_alive 0) while requests run: it answers at once,
+    later requests are served without waiting, and the model goes once the last one ends."""
+    async with registry("a") as (reg, loads):
+        hosted = reg.find("a")
+        runtime = await reg.acquire(hosted)  # a running request
+        for _ in range(3):
+            with trio.fail_after(0.1):
+                await reg.unload_when_idle(hosted)
+        assert status(reg, "a") is ModelStatus.LOADED
+        with trio.fail_after(0.1):  # the queue goes on
+            await use(reg, "a")
+        assert status(reg, "a") is ModelStatus.LOADED  # the first request still holds it
+        reg.release(hosted, runtime)
+        assert await settled(reg, "a") is ModelStatus.UNLOADED
+        assert loads.closed == ["a"]
+
+
 async def test_a_negative_keep_alive_outlasts_the_idle_limit(
         autojump_clock: trio.testing.MockClock) -> None:
     async with registry("a", idle_s=1.0) as (reg, _loads):
