@@ -5,7 +5,9 @@ Each task of ``bench/extraction_tasks.py`` (a text, a schema as users write it, 
 values) is sent greedily through one server per model, once with the schema itself
 (Sluice's converter, the default generation shape) and once as the GBNF of llama.cpp's own
 converter (``llama_cpp.llama_grammar.json_schema_to_gbnf``, shipped with llama-cpp-python)
-on the same engine, prompts and limits: the anchor. ``--spec`` adds a third column, the
+on the same engine, prompts and limits: the anchor. Prompts are never cached
+(``cache_prompt: false``): a cached prompt's logits differ slightly from a fresh one's, and the
+second converter's request would otherwise reuse the first's. ``--spec`` adds a third column, the
 schema with ``schema_mode: "spec"`` (the spec-faithful shape). Per model, route and
 converter it prints:
 
@@ -72,7 +74,7 @@ def ask(client: httpx.Client, route: str, task: dict[str, Any], converter: str,
     if route == "native":
         r = client.post("/completion", json={
             "prompt": native_prompt(task["text"]), "n_predict": limit, "temperature": 0,
-            **constraint})
+            "cache_prompt": False, **constraint})
         r.raise_for_status()
         body = r.json()
         text, finished = body["content"], body["stop_type"] == "eos"
@@ -85,7 +87,7 @@ def ask(client: httpx.Client, route: str, task: dict[str, Any], converter: str,
         r = client.post("/v1/chat/completions", json={
             "messages": [{"role": "system", "content": SYSTEM},
                          {"role": "user", "content": task["text"]}],
-            "max_tokens": limit, "temperature": 0, **constraint})
+            "max_tokens": limit, "temperature": 0, "cache_prompt": False, **constraint})
         r.raise_for_status()
         body = r.json()
         choice = body["choices"][0]

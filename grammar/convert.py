@@ -21,12 +21,16 @@ returns a grammar that silently accepts more than the schema allows:
 * refused: remote ``$ref`` (unless its document is passed in ``remote_refs``),
   ``false`` schemas, regex features no grammar can express.
 
-Deliberate narrowings (the grammar accepts a subset, never a superset): an
-object schema with ``properties`` and no ``additionalProperties`` allows no
-extra keys (as llama.cpp's converter); properties come in declared order
-(``prop_order`` first); integers have at most 16 digits; whitespace between
-tokens is at most one newline and 20 spaces or tabs; strings produced by a
-negated character class never contain quotes, backslashes or control characters.
+Deliberate narrowings (the grammar accepts a subset, never a superset). In the
+generation shape (the default, see :func:`convert`): an object schema with
+``properties`` and no ``additionalProperties`` allows no extra keys (as
+llama.cpp's converter), properties come in declared order (``prop_order``
+first), whitespace between tokens is none or one space, unbounded strings hold
+at most :data:`DEFAULT_MAX_LENGTH` characters, an empty root schema is an object.
+In both shapes: integers have at most 16 digits, exponents two (every number is a
+finite double); whitespace between tokens is at most one newline and 20 spaces
+or tabs; strings produced by a negated character class never contain quotes,
+backslashes or control characters.
 """
 
 from __future__ import annotations

@@ -136,6 +136,34 @@ async def test_many_messages_render_in_a_worker(client: httpx.AsyncClient) -> No
     assert p99(latencies) < 100, sorted(latencies)[-5:]
 
 
+_MANY = [{"role": "system", "content": f"rule {i}"} for i in range(60_000)] + [
+    {"role": "user", "content": "hi"}]
+# the largest legal body of each route that takes one (under the 4 MiB limit)
+LARGEST: list[tuple[str, dict[str, Any]]] = [
+    ("/v1/chat/completions", {"messages": _MANY, "max_tokens": 1}),
+    ("/v1/messages", {"model": "m", "max_tokens": 1, "system": "s", "messages": [
+        {"role": "user", "content": f"part {i}"} for i in range(60_000)]}),
+    ("/v1/responses", {"input": [{"role": "user", "content": f"part {i}"}
+                                 for i in range(60_000)], "max_output_tokens": 1}),
+    ("/api/chat", {"model": "m", "messages": _MANY, "stream": False}),
+    ("/v1/completions", {"prompt": ["word " * 100] * 6_000, "max_tokens": 1}),
+    ("/tokenize", {"content": "word " * 700_000}),
+    ("/infer", {"prompt": "word " * 700_000, "tokens": 1}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), LARGEST, ids=[p for p, _ in LARGEST])
+async def test_the_largest_legal_body_of_each_route_leaves_health_responsive(
+        client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> None:
+    raw = json.dumps(body)
+    assert len(raw) < 4 * 1024 * 1024
+    resp, latencies = await health_while(client, lambda: client.post(
+        path, content=raw, headers={"Content-Type": "application/json",
+                                    "anthropic-version": "2023-06-01"}))
+    assert resp.status_code < 500, resp.text[:300]
+    assert p99(latencies) < 100, sorted(latencies)[-5:]
+
+
 async def test_an_amplifying_template_is_refused_before_it_expands(
         client: httpx.AsyncClient) -> None:
     start = time.perf_counter()
