@@ -165,6 +165,12 @@ class Registry:
         self.refresh()
         return list(self._hosted.values())
 
+    def largest_ctx_size(self, base: Settings) -> int:
+        """The most KV cells a known model is given (its own ``ctx_size``, else ``base``'s);
+        no look at the models directory (new files there take ``base``'s)."""
+        return max([base.ctx_size, *(h.spec.settings(base).ctx_size
+                                     for h in self._hosted.values())])
+
     def get(self, name: str) -> Hosted | None:
         hosted = self._names.get(name)
         if hosted is None and self.rescan is not None:

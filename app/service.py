@@ -90,6 +90,12 @@ class Service:
         self.shutting_down = False
 
     @property
+    def max_ctx_size(self) -> int:
+        """The most KV cells any of the models holds (``-c``, or a model's own ``ctx_size``):
+        no prompt longer than this can be evaluated anywhere here."""
+        return self.registry.largest_ctx_size(self.settings)
+
+    @property
     def drain_s(self) -> float:
         return self.registry.drain_s
 

@@ -56,7 +56,7 @@ async def read_valid(schema: str) -> JSON:
     ids longer than the whole context is refused first, without the validation's seconds."""
     raw = await request.get_data(cache=False, as_text=False)
     data = raw if isinstance(raw, bytes) else raw.encode()
-    cells = service().settings.ctx_size
+    cells = service().max_ctx_size
 
     def check() -> JSON:
         body = parse_json_body(data)

@@ -363,3 +363,15 @@ async def test_a_request_for_the_default_follows_a_new_default(
             reg.default = "b"  # goinfer's load switches the default meanwhile
         assert got == ["b"]
         assert loads.started[-1] == "b"
+
+
+async def test_the_largest_context_counts_each_models_own_ctx_size(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Token prompts are bounded by it before their body is checked: a model of its own larger
+    context must not be cut to the server's -c."""
+    spec = ModelSpec("big", Path("/models/big.gguf"), (), (("ctx_size", 32768),))
+    reg = Registry([*specs("a"), spec], load=Loads.load, close=Loads.close,  # type: ignore[arg-type]
+                   router=True)
+    assert reg.largest_ctx_size(Settings(ctx_size=8192)) == 32768
+    assert Registry(specs("a"), load=Loads.load, close=Loads.close,  # type: ignore[arg-type]
+                    router=True).largest_ctx_size(Settings(ctx_size=8192)) == 8192
