@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import struct
 import time
 from dataclasses import replace
@@ -44,7 +45,10 @@ extras = Blueprint("extras", __name__)
 async def tokenize(m: Bound, body: JSON) -> Response:
     with_pieces = bool(body.get("with_pieces"))
 
-    def work(rt: RuntimeLike) -> list[Any]:
+    def work(rt: RuntimeLike) -> str:  # the reply's JSON too: a million ids take 0.1 s to write
+        return json.dumps({"tokens": listed(rt)}, ensure_ascii=False)
+
+    def listed(rt: RuntimeLike) -> list[Any]:
         tokens = rt.model.tokenize(body["content"], add_special=bool(body.get("add_special", False)),
                                    parse_special=bool(body.get("parse_special", True)))
         if not with_pieces:
@@ -59,7 +63,7 @@ async def tokenize(m: Bound, body: JSON) -> Response:
             pieces.append({"id": t, "piece": piece})
         return pieces
 
-    return json_response({"tokens": await m.with_model(work)})
+    return Response(await m.with_model(work), content_type="application/json")
 
 
 @extras.route("/detokenize", methods=["POST"])
