@@ -252,8 +252,7 @@ class Service:
 
         def work() -> Prepared:
             prepared = prepare(runtime, request, schema_strict=self.settings.schema_strict,
-                               schema_mode="spec" if self.settings.schema_mode == "spec"
-                               else "generation")
+                               schema_mode=self.settings.schema_mode)
             built.append(prepared)
             return prepared
 

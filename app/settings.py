@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.completion import SchemaMode
+
 #: the Settings fields a model in the config file (or goinfer's load) may set for itself
 MODEL_FIELDS = ("ctx_size", "parallel", "chat_template", "chat_template_file", "embedding",
                 "n_gpu_layers", "batch_size", "cache_ram_mib")
@@ -101,8 +103,7 @@ class Settings:
     grammar: str | None = None
     json_schema: str | None = None  # JSON text
     schema_strict: bool = False  # close objects without additionalProperties in every schema
-    #: how schemas become grammars when a request does not say (app.completion.SchemaMode)
-    schema_mode: str = "generation"
+    schema_mode: SchemaMode = "generation"  # how schemas become grammars when a request does not say
 
     @property
     def alias_names(self) -> tuple[str, ...]:

@@ -42,9 +42,13 @@ def json_response(body: JSON | list[Any], status: int = 200,
 INLINE_BODY_BYTES = 16 * 1024
 
 
-async def read_json() -> JSON:
+async def _body() -> bytes:
     raw = await request.get_data(cache=False, as_text=False)
-    data = raw if isinstance(raw, bytes) else raw.encode()
+    return raw if isinstance(raw, bytes) else raw.encode()
+
+
+async def read_json() -> JSON:
+    data = await _body()
     if len(data) <= INLINE_BODY_BYTES:
         return parse_json_body(data)
     return await trio.to_thread.run_sync(parse_json_body, data)
@@ -54,8 +58,7 @@ async def read_valid(schema: str) -> JSON:
     """The body, decoded and checked against ``schemas/<schema>.json`` (in a worker when it
     is large: schema validation is linear in the body and slow in Python). A prompt of token
     ids longer than the whole context is refused first, without the validation's seconds."""
-    raw = await request.get_data(cache=False, as_text=False)
-    data = raw if isinstance(raw, bytes) else raw.encode()
+    data = await _body()
     cells = service().max_ctx_size
 
     def check() -> JSON:
