@@ -201,7 +201,10 @@ class Model:
             n = C.llama_tokenize(self.vocab, data, len(data), tokens, cap, add_special, parse_special)
             if n < 0:
                 raise ValueError("tokenization failed")
-        return list(tokens[:n])
+        out: list[int] = []
+        for start in range(0, n, 65536):  # one big slice holds the GIL (700k ids: 38 ms)
+            out += tokens[start:min(n, start + 65536)]
+        return out
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token as generated text (control tokens render empty)."""
