@@ -74,6 +74,9 @@ class FakeContext:
         self.saved: list[int] = []  # sequences whose state was copied out
         self.restored: list[tuple[int, str]] = []  # (sequence, which state) copied in
         self.raw = None
+        #: positions each sequence holds (None: unknown, after a state was copied in); as
+        #: llama.cpp's memory does, a batch must continue a sequence where it ends
+        self.held: dict[int, int | None] = {}
 
     @property
     def n_rows(self) -> int:
@@ -89,22 +92,37 @@ class FakeContext:
 
     def decode(self) -> int:
         self.batches.append(list(self.rows))
+        held = dict(self.held)
+        for _token, pos, seq, _logits in self.rows:
+            end = held.get(seq, 0)
+            if end is not None and pos != end:
+                return -1  # llama.cpp: "inconsistent sequence positions"
+            held[seq] = pos + 1
+        self.held = held
         return 0
 
     def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:
         self.removed.append((seq, p0))
+        end = self.held.get(seq, 0)
+        if p1 < 0 and end is not None:
+            self.held[seq] = min(end, max(p0, 0))
+        elif p1 >= 0:
+            self.held[seq] = None  # a hole: shifted back by a seq_add, or not
         return True
 
     def seq_clear(self, seq: int) -> None:
         self.removed.append((seq, 0))
+        self.held[seq] = 0
 
     def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
         self.shifted.append((seq, p0, p1, delta))
+        self.held[seq] = None
 
     def save_seq(self, seq: int, path: str, tokens: list[int]) -> int:
         return 0
 
     def load_seq(self, seq: int, path: str, capacity: int) -> list[int] | None:
+        self.held[seq] = None
         return None
 
     def set_threads(self, n: int) -> None:
@@ -116,6 +134,7 @@ class FakeContext:
 
     def set_seq_state(self, seq: int, data: bytearray) -> bool:
         self.restored.append((seq, bytes(data).strip().decode()))
+        self.held[seq] = None
         return True
 
 

@@ -466,6 +466,10 @@ class Engine:
                 self._advance(slot, rows, logit_rows.get(slot.id))
             except Exception as exc:  # one request's sampler or stop logic: that request fails
                 log.exception("request %s failed in its step", slot.job.id if slot.job else "?")
+                # the step may have stopped between the decode and the bookkeeping: what the
+                # sequence holds is unknown, and a stale tail makes the next decode fail
+                self.ctx.seq_clear(slot.id)
+                slot.cache.clear()
                 if slot.job is not None:
                     self._fail(slot, f"internal error: {type(exc).__name__}")
         self._flush()

@@ -16,6 +16,7 @@ import trio.testing
 
 from app import running as running_mod
 from app import service as service_mod
+from app.engine import scheduler as scheduler_mod
 from app.completion import CompletionRequest, Failure, Final, Item, SchemaConstraint
 from app.running import Completion, FanIn
 from tests.fakes import FakeRuntime, FakeSampler, text_script
@@ -61,6 +62,10 @@ STAGES = {
     "outcome": (running_mod, "Outcome"),
     # the engine's own step (a sampler that raises inside the scheduler)
     "engine": None,
+    # the scheduler's bookkeeping after a decode, before it records what was decoded (the
+    # sequence then holds positions the slot does not know: the next decode of that slot
+    # failed, "inconsistent sequence positions", until the sequence was cleared)
+    "step": (scheduler_mod.Engine, "_advance"),
 }
 
 
