@@ -43,7 +43,8 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None,
+                 module: str = "app") -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -51,7 +52,7 @@ class ServerProcess:
         self.log_path.parent.mkdir(exist_ok=True)
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(self.port), *args],
+            [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(self.port), *args],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self) -> None:
@@ -83,8 +84,11 @@ class ServerProcess:
 
 
 @contextmanager
-def running_server(*args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    server = ServerProcess(list(args), env)
+def running_server(*args: str, env: dict[str, str] | None = None,
+                   module: str = "app") -> Iterator[ServerProcess]:
+    """``module`` is what ``python -m`` runs: the server, or a test's wrapper of it
+    (``tests.faultserver``)."""
+    server = ServerProcess(list(args), env, module)
     try:
         server.wait_ready()
         yield server

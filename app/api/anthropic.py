@@ -185,6 +185,12 @@ def content_blocks(reply: Reply) -> list[JSON]:
     return blocks
 
 
+def _failure(message: str) -> bytes:
+    """Anthropic's ``error`` event, framed by hand (the failure may be in the encoder)."""
+    return b"event: error\ndata: " + json.dumps({"type": "error", "error": {
+        "type": "api_error", "message": message}}).encode() + b"\n\n"
+
+
 @anthropic.route("/v1/messages", methods=["POST"])
 @with_model("anthropic_messages")
 async def messages(m: Bound, body: JSON) -> Response:
@@ -196,7 +202,8 @@ async def messages(m: Bound, body: JSON) -> Response:
     head: JSON = {"id": ident, "type": "message", "role": "assistant", "model": m.model_name}
     if body.get("stream"):
         return streamed(_events(completion, splitter, turn, head, user_stops,
-                                m.settings.queue_ping_interval_s), completion.id)
+                                m.settings.queue_ping_interval_s), completion.id,
+                        failure=_failure)
     outcome = await completion.result()
     splitter.feed(outcome.text)
     splitter.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
     from app.service import Bound, Service
 
 Handler = Callable[..., Awaitable[Response]]
+#: the last event of a stream that failed after its 200, given the message
+FailureFrame = Callable[[str], bytes]
+
+log = logging.getLogger("sluice")
 
 
 def service() -> Service:
@@ -82,17 +87,47 @@ def _bound_prompt(prompt: Any, cells: int) -> None:
 
 
 def streamed(body: AsyncIterator[bytes], job_id: int, *, text: bool = False,
-             headers: dict[str, str] | None = None) -> Response:
+             headers: dict[str, str] | None = None,
+             failure: FailureFrame | None = None) -> Response:
     """A 200 whose body is ``body``: Server-Sent Events, or plain text with ``text``.
 
-    Only call this once the request was submitted: the status is final.
+    Only call this once the request was submitted: the status is final. Should ``body``
+    raise, the stream ends with ``failure(message)`` (default: an SSE ``error`` object, as
+    OpenAI's and llama.cpp's streams end); a plain-text stream has no such event and is cut
+    instead, so that its client sees an incomplete body rather than a short answer.
     """
     base = ({"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache",
              "X-Accel-Buffering": "no"} if text else dict(sse.HEADERS))
-    resp = Response(body, status=200, headers={**base, "X-Request-Id": str(job_id),
-                                               **(headers or {})})
+    frame = failure if failure is not None else (None if text else sse_failure)
+    resp = Response(guarded(body, frame), status=200,
+                    headers={**base, "X-Request-Id": str(job_id), **(headers or {})})
     resp.timeout = None
     return resp
+
+
+def sse_failure(message: str) -> bytes:
+    """``data: {"error": …}``, framed by hand: the failure may be in the usual encoder."""
+    return b"data: " + json.dumps({"error": {"code": 500, "message": message,
+                                             "type": "server_error"}}).encode() + b"\n\n"
+
+
+async def guarded(body: AsyncIterator[bytes], failure: FailureFrame | None
+                  ) -> AsyncIterator[bytes]:
+    """``body``, but an exception it raises (a bug, after the 200) ends the stream with
+    ``failure``'s frame instead of leaving the server's log with a traceback and the client
+    with a cut connection. Cancellation passes through; ``body`` is closed either way."""
+    try:
+        async for chunk in body:
+            yield chunk
+    except Exception as exc:
+        log.exception("a stream failed after its first byte")
+        if failure is None:
+            raise
+        yield failure(f"internal error: {type(exc).__name__}")
+    finally:
+        close = getattr(body, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def model_name_in(body: JSON, field: str = "model") -> str | None:

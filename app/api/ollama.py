@@ -33,7 +33,7 @@ from typing import Any
 import trio
 from quart import Blueprint, Response
 
-from app.api.common import json_response, read_valid, service
+from app.api.common import guarded, json_response, read_valid, service
 from app.api.models import model_meta
 from app.api.openai import messages, openai_request, tools_from
 from app.chat import Message
@@ -245,8 +245,15 @@ def _line(obj: JSON) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
 
 
+def _failure(message: str) -> bytes:
+    """The ``{"error": …}`` line that ends a failed stream (not by ``_line``: the failure may
+    be in it)."""
+    return json.dumps({"error": message}).encode() + b"\n"
+
+
 def _ndjson(body: AsyncIterator[bytes], job_id: int) -> Response:
-    resp = Response(body, status=200, headers={"Content-Type": NDJSON, "Cache-Control": "no-cache",
+    resp = Response(guarded(body, _failure), status=200,
+                    headers={"Content-Type": NDJSON, "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no",
                                                "X-Request-Id": str(job_id)})
     resp.timeout = None

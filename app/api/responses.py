@@ -19,6 +19,7 @@ a 400 (no projector).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -219,6 +220,13 @@ def response_object(body: JSON, ident: str, created: int, model: str, *, status:
     }
 
 
+def _failure(message: str) -> bytes:
+    """The Responses stream's ``error`` event, framed by hand (the failure may be in the
+    encoder)."""
+    return b"event: error\ndata: " + json.dumps({"type": "error", "code": "server_error",
+                                                 "message": message, "param": None}).encode() + b"\n\n"
+
+
 @responses.route("/v1/responses", methods=["POST"])
 @with_model("responses")
 async def create(m: Bound, body: JSON) -> Response:
@@ -230,7 +238,7 @@ async def create(m: Bound, body: JSON) -> Response:
     if body.get("stream"):
         return streamed(_events(completion, splitter, turn, body, ident, ids, created,
                                 m.model_name, m.settings.queue_ping_interval_s),
-                        completion.id)
+                        completion.id, failure=_failure)
     outcome = await completion.result()
     splitter.feed(outcome.text)
     splitter.close()

@@ -16,8 +16,8 @@ import trio.testing
 
 from app import running as running_mod
 from app import service as service_mod
-from app.engine import scheduler as scheduler_mod
 from app.completion import CompletionRequest, Failure, Final, Item, SchemaConstraint
+from app.engine import scheduler as scheduler_mod
 from app.running import Completion, FanIn
 from tests.fakes import FakeRuntime, FakeSampler, text_script
 from tests.unit.test_core import collect, running
