@@ -149,6 +149,16 @@ LARGEST: list[tuple[str, dict[str, Any]]] = [
     ("/v1/completions", {"prompt": ["word " * 100] * 6_000, "max_tokens": 1}),
     ("/tokenize", {"content": "word " * 700_000}),
     ("/infer", {"prompt": "word " * 700_000, "tokens": 1}),
+    ("/completion", {"prompt": "word " * 700_000, "n_predict": 1}),
+    ("/detokenize", {"tokens": [i % 200 for i in range(500_000)]}),
+    ("/apply-template", {"messages": _MANY}),
+    ("/v1/messages/count_tokens", {"model": "m", "messages": [
+        {"role": "user", "content": f"part {i}"} for i in range(60_000)]}),
+    ("/api/generate", {"model": "m", "prompt": "word " * 700_000, "stream": False}),
+    ("/api/completion", {"prompt": "word " * 700_000, "tokens": 1}),
+    ("/stream", {"prompt": "word " * 700_000}),
+    ("/grammar", {"schema": {"type": "object", "properties": {
+        f"p{i}": {"type": "string"} for i in range(40_000)}}}),
 ]
 
 
@@ -160,6 +170,26 @@ async def test_the_largest_legal_body_of_each_route_leaves_health_responsive(
     resp, latencies = await health_while(client, lambda: client.post(
         path, content=raw, headers={"Content-Type": "application/json",
                                     "anthropic-version": "2023-06-01"}))
+    assert resp.status_code < 500, resp.text[:300]
+    assert p99(latencies) < 100, sorted(latencies)[-5:]
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/embeddings", {"input": "word " * 700_000}),
+    ("/embedding", {"content": "word " * 700_000}),
+    ("/v1/embeddings", {"input": ["word " * 100] * 6_000}),
+], ids=["one-text", "native", "many-texts"])
+async def test_the_largest_embedding_body_leaves_health_responsive(
+        path: str, body: dict[str, Any]) -> None:
+    """On a server with ``--embedding`` (the routes answer 501 without it). /infill and
+    /rerank read their bodies as /completion and /v1/embeddings do; the embedded models have
+    neither fill-in-the-middle tokens nor a reranking head to run them for real."""
+    raw = json.dumps(body)
+    assert len(raw) < 4 * 1024 * 1024
+    with running_server("--embedding") as srv:
+        async with httpx.AsyncClient(base_url=srv.base_url, timeout=TIMEOUT) as c:
+            resp, latencies = await health_while(c, lambda: c.post(
+                path, content=raw, headers={"Content-Type": "application/json"}))
     assert resp.status_code < 500, resp.text[:300]
     assert p99(latencies) < 100, sorted(latencies)[-5:]
 
