@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
       "additionalProperties, keeps declared order and bounds strings, so a model writes the "
       "object described; spec is the spec-faithful shape (open objects, small ones in any "
       "order, unbounded strings)")
+    s("--schema-dry", dest="schema_dry", type=float, metavar="F",
+      help="the loop guard: a request constrained by a JSON Schema or tools that sets no dry_* "
+      "field samples with DRY at this multiplier (base 1.75, allowed length 2; default 0.8, "
+      "0 = off). Small models otherwise repeat a value or the same array items until the "
+      "token limit")
     a("-fa", "--flash-attn", nargs="?", const="on", choices=["on", "off", "auto"],
       help="flash attention: on, off (the default) or auto (llama.cpp decides for the device); "
       "-fa alone is on")
@@ -340,6 +345,7 @@ def _check(s: Settings) -> None:
         (s.reasoning_format in ("none", "deepseek", "auto"),
          "--reasoning-format must be none, deepseek or auto"),
         (s.max_ws >= 0, "--max-ws must not be negative"),
+        (math.isfinite(s.schema_dry) and 0 <= s.schema_dry <= 100, "--schema-dry must be 0..100"),
         (s.cache_ram_mib >= -1, "--cache-ram must be -1 (no limit), 0 (off) or a size in MiB"),
         (s.threads is None or s.threads >= 1, "--threads must be at least 1"),
         (s.threads_batch is None or s.threads_batch >= 1, "--threads-batch must be at least 1"),

@@ -52,6 +52,9 @@ class SamplingParams:
     dry_allowed_length: int = 2
     dry_penalty_last_n: int = -1  # -1: the slot's context
     dry_sequence_breakers: tuple[str, ...] = DRY_BREAKERS
+    #: a dry_* field was set, by the request or a server flag: the schema loop guard
+    #: (``--schema-dry``) leaves DRY as it is
+    dry_given: bool = False
     xtc_probability: float = 0.0  # XTC ("exclude top choices"): 0 = off
     xtc_threshold: float = 0.1
     top_n_sigma: float = -1.0  # -1 = off

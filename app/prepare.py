@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from app.completion import (
+    DRY_BREAKERS,
     CompletionRequest,
     GrammarConstraint,
     SchemaConstraint,
@@ -98,8 +99,14 @@ def tools_grammar(constraint: ToolsConstraint, *, schema_strict: bool = False,
                              f"{exc.message}", param=tool.field, pointer=where) from None
 
 
+#: DRY's other settings under the schema loop guard: llama.cpp's usual ones (``--dry-base``
+#: 1.75, ``--dry-allowed-length`` 2, its default sequence breakers, the whole context)
+SCHEMA_DRY_BASE = 1.75
+
+
 def prepare(runtime: RuntimeLike, request: CompletionRequest, *,
-            schema_strict: bool = False, schema_mode: SchemaMode = "generation") -> Prepared:
+            schema_strict: bool = False, schema_mode: SchemaMode = "generation",
+            schema_dry: float = 0.0) -> Prepared:
     """Tokenize, check and compile ``request`` for ``runtime``. Blocking: call in a worker.
 
     ``schema_strict`` (``--schema-strict``) closes every schema's objects that do not say
@@ -107,6 +114,11 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest, *,
     ``schema_mode`` (``--schema-mode``) is how schemas become grammars unless the request
     says (its ``schema_mode``): every schema of the request (its own, the server's
     ``--json-schema``, its tools') takes the same shape.
+    ``schema_dry`` (``--schema-dry``) is the loop guard: a request constrained by a JSON
+    Schema or tools that sets no ``dry_*`` field samples with DRY at that multiplier. A
+    grammar keeps every reply valid but cannot stop a small model from writing
+    ``"1st floor, 1st floor, …"`` or the same array items again until the token limit; DRY
+    penalises a token that would repeat a sequence the reply already holds.
 
     Raises:
         InvalidRequest: and its subclasses (``ContextOverflow``), naming the field.
@@ -159,6 +171,11 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest, *,
     sampling = replace(request.sampling, seed=seed if seed >= 0 else secrets.randbelow(0xFFFFFFFF),
                        repeat_last_n=n_ctx if last_n < 0 else min(last_n, n_ctx),
                        logit_bias=bias)
+    if schema_dry > 0 and not sampling.dry_given and \
+            isinstance(request.constraint, SchemaConstraint | ToolsConstraint):
+        sampling = replace(sampling, dry_multiplier=schema_dry, dry_base=SCHEMA_DRY_BASE,
+                           dry_allowed_length=2, dry_penalty_last_n=-1,
+                           dry_sequence_breakers=DRY_BREAKERS)
     try:
         sampler = runtime.new_sampler(sampling, grammar, parsed)
     except SamplerInitError as exc:

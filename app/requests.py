@@ -74,6 +74,8 @@ def sampling_from(body: Mapping[str, Any], defaults: Defaults) -> SamplingParams
         raise InvalidRequest("invalid value for 'dry_sequence_breakers': a breaker may not hold "
                              "a NUL character", param="dry_sequence_breakers")
     changes.setdefault("seed", defaults.seed)
+    if any(name.startswith("dry_") for name in changes):
+        changes["dry_given"] = True
     return replace(defaults.sampling, **changes)
 
 

@@ -231,7 +231,9 @@ class Service:
                         n_keep=self.settings.keep, cache_prompt=self.settings.cache_prompt,
                         n_cache_reuse=self.settings.cache_reuse,
                         sampling=replace(SamplingParams(seed=self.settings.seed),
-                                         **dict[str, Any](self.settings.sampling)))
+                                         **dict[str, Any](self.settings.sampling),
+                                         dry_given=any(name.startswith("dry_") for name, _
+                                                       in self.settings.sampling)))
 
     # --- submitting ----------------------------------------------------------------
     async def _submit(self, bound: Bound, request: CompletionRequest) -> Completion:
@@ -252,7 +254,8 @@ class Service:
 
         def work() -> Prepared:
             prepared = prepare(runtime, request, schema_strict=self.settings.schema_strict,
-                               schema_mode=self.settings.schema_mode)
+                               schema_mode=self.settings.schema_mode,
+                               schema_dry=self.settings.schema_dry)
             built.append(prepared)
             return prepared
 

@@ -104,6 +104,8 @@ class Settings:
     json_schema: str | None = None  # JSON text
     schema_strict: bool = False  # close objects without additionalProperties in every schema
     schema_mode: SchemaMode = "generation"  # how schemas become grammars when a request does not say
+    #: DRY multiplier of a JSON-schema or tools request that sets no dry_* field (0: off)
+    schema_dry: float = 0.8
 
     @property
     def alias_names(self) -> tuple[str, ...]:

@@ -7,9 +7,10 @@ values) is sent greedily through one server per model, once with the schema itse
 converter (``llama_cpp.llama_grammar.json_schema_to_gbnf``, shipped with llama-cpp-python)
 on the same engine, prompts and limits: the anchor. Prompts are never cached
 (``cache_prompt: false``): a cached prompt's logits differ slightly from a fresh one's, and the
-second converter's request would otherwise reuse the first's. ``--spec`` adds a third column, the
-schema with ``schema_mode: "spec"`` (the spec-faithful shape). Per model, route and
-converter it prints:
+second converter's request would otherwise reuse the first's. ``--spec`` adds a column, the
+schema with ``schema_mode: "spec"`` (the spec-faithful shape); ``--unguarded`` one with the
+default shape but without the loop guard (``dry_multiplier: 0``; the llama.cpp column has no
+guard either, as llama.cpp's server has none). Per model, route and converter it prints:
 
 * valid: the reply is JSON that validates against the schema *and* ended because the grammar
   was complete (``stop_type`` eos / ``finish_reason`` stop), not at the token limit;
@@ -20,7 +21,7 @@ converter it prints:
 Run on a quiet machine (check ``top``; never beside the test suite)::
 
     .venv/bin/python bench/extraction.py [--limit 200] [--concurrency 2] [--spec]
-        [--tasks person-1,people-3] [--models gemma3-270m]
+        [--unguarded] [--tasks person-1,people-3] [--models gemma3-270m]
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def ask(client: httpx.Client, route: str, task: dict[str, Any], converter: str,
         constraint = {"grammar": llama_cpp_gbnf(task["schema"])}
     elif converter == "sluice":
         constraint = {"json_schema": task["schema"]}
+    elif converter == "unguarded":  # the default shape without the loop guard (DRY off)
+        constraint = {"json_schema": task["schema"], "dry_multiplier": 0}
     else:
         constraint = {"json_schema": task["schema"], "schema_mode": "spec"}
     started = time.perf_counter()
@@ -172,6 +175,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit", type=int, default=200, help="max tokens per reply")
     parser.add_argument("--spec", action="store_true", help="also the spec-faithful shape")
+    parser.add_argument("--unguarded", action="store_true",
+                        help="also the default shape without the loop guard")
     parser.add_argument("--tasks", default="", help="comma-separated task names (default all)")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--concurrency", type=int, default=2,
@@ -180,7 +185,8 @@ def main() -> int:
     args = parser.parse_args()
     names = {n for n in args.tasks.split(",") if n}
     tasks = [t for t in TASKS if not names or t["name"] in names]
-    converters = ["sluice", "llama.cpp"] + (["spec"] if args.spec else [])
+    converters = ["sluice", "llama.cpp"] + (["unguarded"] if args.unguarded else []) + \
+        (["spec"] if args.spec else [])
     print(f"{len(tasks)} tasks, greedy, at most {args.limit} tokens each; "
           f"converters: {', '.join(converters)}")
     print(f"{'model':24} {'route':7} {'converter':10} {'valid':>7} {'gold':>7} "

@@ -154,3 +154,50 @@ def test_server_json_schema_and_schema_mode_flags() -> None:
         closed = post(srv, "/grammar", {"schema": SCHEMA, "schema_mode": "generation"})
         assert "/additionalProperties (absent: closed, the generation default)" \
             in closed["enforced"]
+
+
+# --- the loop guard: DRY for schema requests that do not set it ----------------------------------
+EVENT_TEXT = "Team meeting on 2025-03-14 at 09:30 in Room 4."
+EVENT = {"type": "object", "properties": {
+    "title": {"type": "string"},
+    "date": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+    "start_time": {"type": "string", "pattern": "^[0-9]{2}:[0-9]{2}$"},
+    "location": {"type": "string"}}, "required": ["title", "date", "start_time"]}
+EVENT_PROMPT = f"Text: {EVENT_TEXT}\nThe facts of the text as JSON:\n"  # bench/extraction.py's
+
+
+def test_the_loop_guard_lets_a_looping_reply_finish(server: ServerProcess) -> None:
+    """Greedy, the embedded model writes "location": "Room 4, 1st floor, 1st floor, …" to the
+    token limit; under the default guard it closes the object. A request that sets DRY itself
+    (here: off) gets what it asked for."""
+    base = {"prompt": EVENT_PROMPT, "json_schema": EVENT, "n_predict": 200, "temperature": 0,
+            "cache_prompt": False}  # a cached prompt's logits differ a little from a fresh one's
+    guarded = post(server, "/completion", base)
+    assert guarded["stop_type"] == "eos", guarded["content"]
+    assert guarded["schema_valid"] is True
+    assert guarded["generation_settings"]["dry_multiplier"] == 0.8
+    off = post(server, "/completion", {**base, "dry_multiplier": 0})
+    assert off["stop_type"] == "limit"
+    assert "1st floor, 1st floor, 1st floor" in off["content"]
+    assert off["generation_settings"]["dry_multiplier"] == 0.0
+    # a grammar written by hand is the caller's own: no guard
+    plain = post(server, "/completion", {"prompt": "x", "n_predict": 1, "grammar": 'root ::= "a"'})
+    assert plain["generation_settings"]["dry_multiplier"] == 0.0
+
+
+def test_the_loop_guard_on_another_family(server: ServerProcess) -> None:
+    base = {"prompt": EVENT_PROMPT, "json_schema": EVENT, "max_tokens": 200, "temperature": 0,
+            "cache_prompt": False}
+    guarded = post(server, "/v1/completions", base)["choices"][0]
+    assert guarded["finish_reason"] == "stop", guarded["text"]
+    json.loads(guarded["text"])
+    off = post(server, "/v1/completions", {**base, "dry_multiplier": 0})["choices"][0]
+    assert off["finish_reason"] == "length"
+
+
+def test_the_loop_guard_flag_turns_it_off() -> None:
+    with running_server("--schema-dry", "0") as srv:
+        out = post(srv, "/completion", {"prompt": EVENT_PROMPT, "json_schema": EVENT,
+                                        "n_predict": 200, "temperature": 0})
+    assert out["stop_type"] == "limit"
+    assert out["generation_settings"]["dry_multiplier"] == 0.0

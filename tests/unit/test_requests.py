@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from app.api.compat import _request
 from app.api.goinfer import infer_request
 from app.completion import CompletionRequest, GrammarConstraint, SchemaConstraint
-from app.requests import Defaults, with_server_defaults
+from app.requests import Defaults, sampling_from, with_server_defaults
 from app.settings import Settings
 
 DEFAULTS = Defaults(n_keep=7, cache_prompt=False, n_cache_reuse=32,
@@ -32,3 +32,9 @@ def test_goinfer_and_the_compat_routes_take_the_server_defaults() -> None:
                             service=SimpleNamespace(settings=settings))
     _check(infer_request({"prompt": "x"}, bound))  # type: ignore[arg-type]
     _check(_request({"prompt": "x"}, DEFAULTS))
+
+
+def test_any_dry_field_marks_dry_as_the_callers() -> None:
+    assert not sampling_from({"temperature": 0}, Defaults()).dry_given
+    assert sampling_from({"dry_base": 2}, Defaults()).dry_given
+    assert sampling_from({"dry_multiplier": 0}, Defaults()).dry_given
