@@ -17,13 +17,15 @@ from werkzeug.exceptions import HTTPException
 
 from app import auth, cors
 from app.api.anthropic import anthropic
+from app.api.common import error_body
 from app.api.compat import compat
 from app.api.extras import extras
 from app.api.goinfer import goinfer
 from app.api.metrics import metrics
 from app.api.models import models
 from app.api.native import native
-from app.api.ollama import OLLAMA_ROUTES, ollama
+from app.api.ollama import ollama
+from app.api.ollama_models import ollama_models
 from app.api.openai import openai
 from app.api.openapi import openapi
 from app.api.responses import responses
@@ -37,8 +39,6 @@ from app.errors import (
     NotFound,
     PayloadTooLarge,
     ServerError,
-    anthropic_body,
-    ollama_body,
 )
 from app.registry import Hosted, ModelSpec, Registry, directory_specs
 from app.runtime import Runtime, RuntimeLike, load_runtime, return_memory
@@ -53,16 +53,9 @@ _HTTP_ERRORS: dict[int, type[ApiError]] = {
 
 
 def _error_response(exc: ApiError) -> Response:
-    """The one place errors become responses: Anthropic's shape on its routes, else llama.cpp's
-    and OpenAI's."""
-    path = request.path if has_request_context() else ""
-    if path.startswith("/v1/messages"):
-        body = anthropic_body(exc)
-    elif path in OLLAMA_ROUTES:
-        body = ollama_body(exc)
-    else:
-        body = exc.body()
-    resp = Response(json.dumps(body), status=exc.status, content_type="application/json")
+    """The one place errors become responses, in the shape of the family whose route raised
+    (each family's blueprint owns it: ``app.api.common.Family``)."""
+    resp = Response(json.dumps(error_body(exc)), status=exc.status, content_type="application/json")
     for key, value in exc.headers.items():
         resp.headers[key] = value
     return resp
@@ -83,6 +76,7 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
     app.register_blueprint(openai)
     app.register_blueprint(models)
     app.register_blueprint(ollama)
+    app.register_blueprint(ollama_models)
     app.register_blueprint(anthropic)
     app.register_blueprint(responses)
     app.register_blueprint(extras)

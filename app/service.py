@@ -32,7 +32,8 @@ from app.completion import CompletionRequest, Interruption, SamplingParams
 from app.engine import ports, scheduler
 from app.engine.embedding import Embedder, EmbeddingError
 from app.engine.model import ModelLoadError, check_model_file, fingerprint
-from app.engine.slots import SlotInfo
+from app.engine.rerank import RerankError
+from app.engine.slots import SlotInfo as SlotInfo  # what /slots reports, for the routes
 from app.errors import (
     InvalidRequest,
     NotSupported,
@@ -422,6 +423,27 @@ class Bound:
     async def with_model(self, work: Callable[[RuntimeLike], T]) -> T:
         """Run ``work(runtime)`` in a worker thread (tokenizing, embedding...)."""
         return await trio.to_thread.run_sync(work, self.runtime)
+
+    async def rerank(self, query: str, document: str, *, field: str) -> tuple[float, int]:
+        """The relevance score of one pair and its tokens, in a worker thread.
+
+        Raises:
+            NotSupported: reranking is off.
+            InvalidRequest: the pair is empty or does not fit, naming ``field``.
+        """
+        reranker = self.runtime.reranker
+        if reranker is None:
+            raise NotSupported("This server does not support reranking. Start it with "
+                               "`--reranking`")
+
+        def one() -> tuple[float, int]:
+            tokens = reranker.tokens(query, document)
+            return reranker.score(tokens), len(tokens)
+
+        try:
+            return await trio.to_thread.run_sync(one)
+        except RerankError as exc:
+            raise InvalidRequest(f"invalid value for '{field}': {exc}", param=field) from None
 
     async def embed(self, token_lists: list[list[int]]) -> list[list[float]]:
         """Embed each token list in a worker thread.

@@ -21,24 +21,22 @@ counts the prompt tokens reused from the slot's cache.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
-from quart import Blueprint, Response
+from quart import Response
 
 from app import sse
-from app.api.common import json_response, streamed, with_model
-from app.api.openai import call_checks, extras
+from app.api.common import Family, json_response, streamed, with_model
+from app.api.drive import drive
+from app.api.report import call_checks, extras
 from app.chat import Message
 from app.completion import (
     CompletionRequest,
     Delta,
-    Failure,
-    Final,
     FunctionTool,
     Outcome,
-    Ping,
+    PromptProgress,
     SchemaConstraint,
     StopType,
 )
@@ -61,7 +59,8 @@ from app.tools import (
 )
 from app.turns import Choice, ToolPolicy, Turn, chat_request, tool_policy
 
-anthropic = Blueprint("anthropic", __name__)
+anthropic = Family("anthropic", __name__, error_body=anthropic_body,
+                   error_event=lambda exc: sse.named("error", anthropic_body(exc)))
 
 
 # --- body -> typed values ------------------------------------------------------------------------
@@ -201,9 +200,9 @@ async def messages(m: Bound, body: JSON) -> Response:
     splitter = turn.splitter(new_id=lambda: new_call_id("toolu_"))
     head: JSON = {"id": ident, "type": "message", "role": "assistant", "model": m.model_name}
     if body.get("stream"):
-        return streamed(_events(completion, splitter, turn, head, user_stops,
-                                m.settings.queue_ping_interval_s), completion.id,
-                        failure=_failure)
+        wire = MessageStream(completion, splitter, turn, head, user_stops)
+        return streamed(drive(m, [completion], wire, m.settings.queue_ping_interval_s),
+                        completion.id, failure=_failure)
     outcome = await completion.result()
     splitter.feed(outcome.text)
     splitter.close()
@@ -262,36 +261,50 @@ class _Blocks:
         return out
 
 
-async def _events(completion: Completion, splitter: ReplySplitter, turn: Turn, head: JSON,
-                  user_stops: tuple[str, ...], ping_s: float) -> AsyncIterator[bytes]:
-    yield sse.named("message_start", {"type": "message_start", "message": {
-        **head, "content": [], "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": completion.n_prompt, "output_tokens": 0}}})
-    blocks = _Blocks()
-    async for item in completion.items(ping_s):
-        if isinstance(item, Ping):
-            yield sse.PING
-        elif isinstance(item, Failure):
-            yield sse.named("error", anthropic_body(ServerError(item.message)))
-            return
-        elif isinstance(item, Delta):
-            for chunk in blocks.pieces(splitter.feed(item.text)):
-                yield chunk
-        elif isinstance(item, Final):
-            outcome = item.outcome
-            for chunk in blocks.pieces(splitter.close()):
-                yield chunk
-            if blocks.index < 0:
-                for chunk in blocks.open({"type": "text", "text": ""}):
-                    yield chunk
-            for chunk in blocks.close():
-                yield chunk
-            reason, sequence = stop_reason(outcome, splitter.reply, user_stops)
-            yield sse.named("message_delta", {
-                "type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                "usage": {"output_tokens": outcome.n_predicted}, **extras(outcome),
-                **await call_checks(splitter.reply, turn)})
-            yield sse.named("message_stop", {"type": "message_stop"})
+class MessageStream:
+    """Anthropic's message stream (a :class:`~app.api.drive.StreamWire`): ``message_start``,
+    content blocks as the reply splits into thinking, text and tool uses, ``message_delta``
+    with the stop reason, ``message_stop``; a failure is an ``error`` event."""
+
+    def __init__(self, completion: Completion, splitter: ReplySplitter, turn: Turn,
+                 head: JSON, user_stops: tuple[str, ...]) -> None:
+        self.completion, self.splitter, self.turn = completion, splitter, turn
+        self.head, self.user_stops = head, user_stops
+        self.blocks = _Blocks()
+
+    def begin(self) -> list[bytes]:
+        return [sse.named("message_start", {"type": "message_start", "message": {
+            **self.head, "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": self.completion.n_prompt, "output_tokens": 0}}})]
+
+    def ping(self) -> list[bytes]:
+        return [sse.PING]
+
+    def delta(self, index: int, item: Delta) -> list[bytes]:
+        return self.blocks.pieces(self.splitter.feed(item.text))
+
+    def progress(self, index: int, item: PromptProgress) -> list[bytes]:
+        return []
+
+    async def final(self, index: int, outcome: Outcome) -> list[bytes]:
+        blocks, splitter = self.blocks, self.splitter
+        out = blocks.pieces(splitter.close())
+        if blocks.index < 0:
+            out += blocks.open({"type": "text", "text": ""})
+        out += blocks.close()
+        reason, sequence = stop_reason(outcome, splitter.reply, self.user_stops)
+        out.append(sse.named("message_delta", {
+            "type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
+            "usage": {"output_tokens": outcome.n_predicted}, **extras(outcome),
+            **await call_checks(splitter.reply, self.turn)}))
+        out.append(sse.named("message_stop", {"type": "message_stop"}))
+        return out
+
+    def failure(self, index: int, message: str) -> list[bytes]:
+        return [sse.named("error", anthropic_body(ServerError(message)))]
+
+    def end(self) -> list[bytes]:
+        return []
 
 
 @anthropic.route("/v1/messages/count_tokens", methods=["POST"])

@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
-from quart import Response, current_app, request, stream_with_context
+from quart import Blueprint, Response, current_app, has_request_context, request, stream_with_context
 
 from app import sse
-from app.errors import JSON, ApiError, ContextOverflow, anthropic_body
+from app.errors import JSON, ApiError, ContextOverflow
 from app.registry import ModelStatus
 from app.service import ModelChanged
 from app.validation import parse_json_body, validate
@@ -23,6 +23,48 @@ if TYPE_CHECKING:
     from app.service import Bound, Service
 
 Handler = Callable[..., Awaitable[Response]]
+#: a family's error body for an error (llama.cpp's and OpenAI's ``{"error": {...}}`` by default)
+ErrorBody = Callable[[ApiError], JSON]
+
+
+def _default_body(exc: ApiError) -> JSON:
+    return exc.body()
+
+
+def _default_event(exc: ApiError) -> bytes:
+    return sse.event(exc.body())
+
+
+class Family(Blueprint):
+    """The blueprint of one API family, owning its error shape: ``error_body`` for an HTTP
+    error of its routes, ``error_event`` for one sent as the last event of a stream whose 200
+    has gone out (a model that failed to load under a streamed request)."""
+
+    def __init__(self, name: str, import_name: str, *, error_body: ErrorBody = _default_body,
+                 error_event: Callable[[ApiError], bytes] = _default_event) -> None:
+        super().__init__(name, import_name)
+        self.error_body = error_body
+        self.error_event = error_event
+
+
+def family() -> Family | None:
+    """The family of the request being handled: its route's blueprint or, for a path no route
+    took with this method (404, 405), the blueprint of a route with that exact path."""
+    if not has_request_context():
+        return None
+    name = request.blueprint
+    if name is None:
+        path = request.path
+        name = next((rule.endpoint.partition(".")[0] for rule in current_app.url_map.iter_rules()
+                     if rule.rule == path), None)
+    found = current_app.blueprints.get(name or "")
+    return found if isinstance(found, Family) else None
+
+
+def error_body(exc: ApiError) -> JSON:
+    """``exc`` in the shape of the family whose route it came from."""
+    owner = family()
+    return owner.error_body(exc) if owner is not None else exc.body()
 #: the last event of a stream that failed after its 200, given the message
 FailureFrame = Callable[[str], bytes]
 
@@ -232,9 +274,8 @@ async def _after_load(svc: Service, handler: Handler, body: JSON, name: str | No
 def _error_event(exc: BaseException) -> bytes:
     if not isinstance(exc, ApiError):
         return b""
-    if request.path.startswith("/v1/messages"):
-        return sse.named("error", anthropic_body(exc))
-    return sse.event(exc.body())
+    owner = family()
+    return owner.error_event(exc) if owner is not None else sse.event(exc.body())
 
 
 async def submit_all(m: Bound, requests: list[CompletionRequest]) -> list[Completion]:
@@ -250,8 +291,8 @@ async def submit_all(m: Bound, requests: list[CompletionRequest]) -> list[Comple
     return completions
 
 
-async def fan_in(m: Bound, completions: list[Completion], ping_s: float
-                 ) -> AsyncIterator[tuple[int, Item]]:
+async def fan_in(m: Bound, completions: list[Completion], ping_s: float | None
+                 ) -> AsyncGenerator[tuple[int, Item]]:
     """Several completions' items as they come, ``(index, item)``: read by tasks of the
     service's nursery (:class:`app.running.FanIn`), ended when this generator ends."""
     from app.running import FanIn

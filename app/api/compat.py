@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from quart import Blueprint, Response, current_app, request
+from quart import Response, current_app, request
 
-from app.api.common import json_response, service, streamed, with_model
+from app.api.common import Family, json_response, service, streamed, with_model
 from app.chat import ALIASES, BUILTINS, ChatTemplate, Message
 from app.completion import CompletionRequest, Delta, Final, Outcome, StopType
 from app.errors import JSON, ApiError, InvalidRequest, SlotBusy, SlotFileError
@@ -44,7 +44,7 @@ from app.requests import Defaults, renamed, sampling_from, with_server_defaults
 from app.service import Bound
 from grammar.linear_regex import UnsupportedPattern, compile_linear
 
-compat = Blueprint("compat", __name__)
+compat = Family("compat", __name__)
 
 
 def _request(values: JSON, defaults: Defaults, *, n_predict: int | None = None,

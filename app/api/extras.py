@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
-from quart import Blueprint, Response, request
+from quart import Response, request
 
-from app.api.common import json_response, query_model, read_json, streamed, with_model
+from app.api.chatbody import messages, tools_from
+from app.api.common import Family, json_response, query_model, read_json, streamed, with_model
 from app.api.native import events, final_object
-from app.engine.rerank import RerankError
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported
 from app.prepare import fim_prompt
 from app.requests import native_request
@@ -37,7 +37,7 @@ from app.validation import parse_json_list, validate
 if TYPE_CHECKING:
     from app.runtime import RuntimeLike
 
-extras = Blueprint("extras", __name__)
+extras = Family("extras", __name__)
 
 
 @extras.route("/tokenize", methods=["POST"])
@@ -95,8 +95,6 @@ async def detokenize(m: Bound, body: JSON) -> Response:
 @extras.route("/apply-template", methods=["POST"])
 @with_model("apply_template", sse_stream=False)
 async def apply_template(svc: Bound, body: JSON) -> Response:
-    from app.api.openai import messages, tools_from
-
     def render() -> str:  # proportional to the messages: in a worker
         policy = tools_from(body)
         return svc.chat.prompt(messages(body), svc.settings.system_prompt,
@@ -164,8 +162,7 @@ async def infill(svc: Bound, body: JSON) -> Response:
 
     completion = await svc.submit(replace(request, prompt=tuple(await svc.with_model(tokens))))
     if body.get("stream"):
-        return streamed(events(completion, svc.settings.queue_ping_interval_s,
-                               body.get("response_fields")), completion.id)
+        return streamed(events(svc, [completion], body.get("response_fields")), completion.id)
     return json_response(final_object(await completion.result()))
 
 
@@ -245,8 +242,7 @@ async def set_lora_adapters(m: Bound) -> Response:
 async def rerank(m: Bound, body: JSON) -> Response:
     """llama.cpp's reranking: Jina's shape (``documents`` -> ``results`` with
     ``relevance_score``), or TEI's (``texts`` -> a list with ``score``), best first."""
-    reranker = m.runtime.reranker
-    if reranker is None:
+    if m.runtime.reranker is None:
         raise NotSupported("This server does not support reranking. Start it with `--reranking`")
     tei = "texts" in body
     if tei == ("documents" in body):
@@ -258,15 +254,7 @@ async def rerank(m: Bound, body: JSON) -> Response:
 
     scored: list[tuple[int, float, int]] = []
     for i, doc in enumerate(documents):  # one pair per worker call: a client that leaves
-        def one(_rt: RuntimeLike, doc: str = doc) -> tuple[float, int]:  # ends it between them
-            tokens = reranker.tokens(query, doc)
-            return reranker.score(tokens), len(tokens)
-
-        try:
-            score, n = await m.with_model(one)
-        except RerankError as exc:
-            raise InvalidRequest(f"invalid value for 'documents[{i}]': {exc}",
-                                 param=f"documents[{i}]") from None
+        score, n = await m.rerank(query, doc, field=f"documents[{i}]")  # ends it between them
         scored.append((i, score, n))
     n_tokens = sum(n for _i, _s, n in scored)
     ranked = sorted(scored, key=lambda r: -r[1])[:top_n]

@@ -39,17 +39,17 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from quart import Blueprint, Response, current_app, websocket
+from quart import Response, current_app, websocket
 
 from app import sse
-from app.api.common import json_response, read_valid, service, streamed, with_model
+from app.api.common import Family, json_response, read_valid, service, streamed, with_model
 from app.completion import CompletionRequest, Delta, Failure, Final, Outcome
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported, ServerError
 from app.requests import renamed, sampling_from, stops_from, with_server_defaults
 from app.running import Completion
 from app.service import Bound, Service
 
-goinfer = Blueprint("goinfer", __name__)
+goinfer = Family("goinfer", __name__)
 
 WS_BACKLOG = 256
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 
-from quart import Blueprint, Response, request
+from quart import Response, request
 
-from app.api.common import service
-from app.engine.scheduler import Engine
+from app.api.common import Family, service
 from app.errors import NotSupported
 from app.registry import ModelStatus
+from app.runtime import RuntimeLike
 
-metrics = Blueprint("metrics", __name__)
+metrics = Family("metrics", __name__)
 
 #: when this process started, for llama.cpp's ``Process-Start-Time-Unix`` header
 PROCESS_START = time.time()
@@ -25,8 +25,9 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
 
 
-def _engine_rows(engine: Engine) -> list[tuple[str, str, str, str, float]]:
+def _engine_rows(runtime: RuntimeLike) -> list[tuple[str, str, str, str, float]]:
     """(kind, prefix, name, help, value) for one loaded model's engine."""
+    engine = runtime.engine
     c = engine.counters
     busy = sum(1 for s in engine.slots if s.job is not None)
     cells = sum(len(s.cache) for s in engine.slots)
@@ -124,7 +125,7 @@ async def prometheus() -> Response:
             round(hosted.load_s, 3))
         runtime = hosted.runtime
         if hosted.status is ModelStatus.LOADED and runtime is not None:
-            for kind, prefix, name, help_text, value in _engine_rows(runtime.engine):
+            for kind, prefix, name, help_text, value in _engine_rows(runtime):
                 add(kind, f"{prefix}:{name}", help_text, hosted.name, value)
     lines: list[str] = []
     for name, (kind, help_text, samples) in families.items():

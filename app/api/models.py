@@ -10,23 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint, Response
+from quart import Response
 
-from app.api.common import json_response, read_valid, service
+from app.api.common import Family, json_response, read_valid, service
+from app.api.report import model_meta
 from app.errors import JSON
 from app.registry import Hosted, ModelStatus
 
-models = Blueprint("models", __name__)
-
-
-def model_meta(hosted: Hosted) -> JSON:
-    runtime = hosted.runtime
-    if runtime is None:
-        return {}
-    info = runtime.model.info
-    return {"n_vocab": info.n_vocab, "n_ctx_train": info.n_ctx_train,
-            "n_params": info.n_params, "size": info.size_bytes,
-            "architecture": info.architecture}
+models = Family("models", __name__)
 
 
 def model_entry(hosted: Hosted) -> JSON:

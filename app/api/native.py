@@ -14,14 +14,14 @@ give 404.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import trio
-from quart import Blueprint, Response, request
+from quart import Response, request
 
 from app import sse
 from app.api.common import (
-    fan_in,
+    Family,
     json_response,
     query_model,
     read_valid,
@@ -31,28 +31,26 @@ from app.api.common import (
     submit_all,
     with_model,
 )
+from app.api.drive import drive
+from app.api.report import progress_fields, timing_fields, timings
 from app.completion import (
     CompletionRequest,
     Delta,
-    Failure,
-    Final,
     Outcome,
-    Ping,
     PromptProgress,
     StopType,
     Timings,
     TokenLogprobs,
     TokenProb,
 )
-from app.engine.slots import SlotInfo
 from app.errors import JSON, NotFound, NotSupported, ServerError, Unavailable
 from app.prepare import convert_schema
 from app.registry import ModelStatus
 from app.requests import choices_wanted, native_request, prompt_list, sampling_report
 from app.running import Completion
-from app.service import Bound
+from app.service import Bound, SlotInfo
 
-native = Blueprint("native", __name__)
+native = Family("native", __name__)
 
 
 # --- llama.cpp's wire shape ----------------------------------------------------------------------
@@ -85,10 +83,6 @@ def partial(delta: Delta, completion: Completion) -> JSON:
     return out
 
 
-def progress_fields(p: PromptProgress) -> JSON:
-    return {"total": p.total, "cache": p.cache, "processed": p.processed, "time_ms": p.time_ms}
-
-
 def progress_event(p: PromptProgress, completion: Completion) -> JSON:
     """A stream event of prompt progress (``return_progress``), as llama.cpp's."""
     out: JSON = {"index": 0, "content": "", "tokens": [], "stop": False, "id_slot": -1,
@@ -119,23 +113,6 @@ def request_params(req: CompletionRequest, grammar: str | None) -> JSON:
             # llama.cpp's: -inf (a ban, ignore_eos's end-of-generation tokens) as null
             "logit_bias": [{"token": t, "bias": b if math.isfinite(b) else None}
                            for t, b in req.sampling.logit_bias]}
-
-
-def timings(outcome: Outcome) -> JSON:
-    return timing_fields(outcome.timings)
-
-
-def timing_fields(t: Timings) -> JSON:
-    """llama.cpp's ``timings``. The first token comes from the prompt's last batch, so the
-    generation rate is over the decode steps after it (``predicted_n - 1``), as llama.cpp's."""
-    steps = max(0, t.predicted_n - 1)
-    timed = steps > 0 and t.predicted_ms > 0
-    return {"cache_n": t.cache_n, "prompt_n": t.prompt_n, "prompt_ms": t.prompt_ms,
-            "prompt_per_token_ms": t.prompt_ms / t.prompt_n if t.prompt_n else 0.0,
-            "prompt_per_second": t.prompt_n * 1000.0 / t.prompt_ms if t.prompt_ms else 0.0,
-            "predicted_n": t.predicted_n, "predicted_ms": t.predicted_ms,
-            "predicted_per_token_ms": t.predicted_ms / steps if timed else 0.0,
-            "predicted_per_second": steps * 1000.0 / t.predicted_ms if timed else 0.0}
 
 
 def final_object(outcome: Outcome, *, streamed: bool = False) -> JSON:
@@ -188,56 +165,50 @@ def nested_fields(paths: list[str], obj: JSON) -> JSON:
     return out
 
 
-async def events(completion: Completion, ping_interval_s: float,
-                 response_fields: list[str] | None = None) -> AsyncIterator[bytes]:
-    """The SSE body of a native stream: a ping, partials, then the final object or an error."""
-    yield sse.PING  # headers and a first byte leave at once, even while queued
-    async for item in completion.items(ping_interval_s):
-        match item:
-            case Ping():
-                yield sse.PING
-            case Delta():
-                yield sse.event(partial(item, completion))
-            case PromptProgress():
-                yield sse.event(progress_event(item, completion))
-            case Final(outcome=outcome):
-                final = final_object(outcome, streamed=True)
-                yield sse.event(nested_fields(response_fields, final) if response_fields
-                                else final)
-            case Failure(message=message):
-                yield sse.event(ServerError(message).body())
+class NativeStream:
+    """llama.cpp's stream (a :class:`~app.api.drive.StreamWire`): partials, then the final
+    object. Several completions share one stream as llama.cpp's do: each event carries its
+    ``index``, each completion ends with its own final event."""
+
+    def __init__(self, completions: Sequence[Completion],
+                 response_fields: list[str] | None = None) -> None:
+        self.completions = completions
+        self.fields = response_fields
+        self.indexed = len(completions) > 1
+
+    def _event(self, index: int, obj: JSON) -> list[bytes]:
+        return [sse.event({**obj, "index": index} if self.indexed else obj)]
+
+    def begin(self) -> list[bytes]:
+        return [sse.PING]  # headers and a first byte leave at once, even while queued
+
+    def ping(self) -> list[bytes]:
+        return [sse.PING]
+
+    def delta(self, index: int, item: Delta) -> list[bytes]:
+        return self._event(index, partial(item, self.completions[index]))
+
+    def progress(self, index: int, item: PromptProgress) -> list[bytes]:
+        return self._event(index, progress_event(item, self.completions[index]))
+
+    async def final(self, index: int, outcome: Outcome) -> list[bytes]:
+        final = final_object(outcome, streamed=True)
+        if self.indexed:
+            final = {**final, "index": index}
+        return [sse.event(nested_fields(self.fields, final) if self.fields else final)]
+
+    def failure(self, index: int, message: str) -> list[bytes]:
+        return [sse.event(ServerError(message).body())]
+
+    def end(self) -> list[bytes]:
+        return []
 
 
-async def events_many(m: Bound, completions: list[Completion], ping_interval_s: float,
-                      response_fields: list[str] | None = None) -> AsyncIterator[bytes]:
-    """Several completions in one stream, as llama.cpp's: each event carries its ``index``,
-    each completion ends with its own final event; the stream ends after the last."""
-    yield sse.PING
-    quiet_since = trio.current_time()
-    finished = 0
-    async for i, item in fan_in(m, completions, ping_interval_s):
-        completion = completions[i]
-        match item:
-            case Ping():
-                if trio.current_time() - quiet_since >= ping_interval_s:
-                    quiet_since = trio.current_time()
-                    yield sse.PING
-                continue
-            case Delta():
-                yield sse.event({**partial(item, completion), "index": i})
-            case PromptProgress():
-                yield sse.event({**progress_event(item, completion), "index": i})
-            case Final(outcome=outcome):
-                final = {**final_object(outcome, streamed=True), "index": i}
-                yield sse.event(nested_fields(response_fields, final) if response_fields
-                                else final)
-                finished += 1
-                if finished == len(completions):
-                    return
-            case Failure(message=message):
-                yield sse.event(ServerError(message).body())
-                return
-        quiet_since = trio.current_time()
+def events(m: Bound, completions: Sequence[Completion],
+           response_fields: list[str] | None = None) -> AsyncIterator[bytes]:
+    """The SSE body of a native stream of one completion or several."""
+    return drive(m, completions, NativeStream(completions, response_fields),
+                 m.settings.queue_ping_interval_s)
 
 
 # --- routes ---------------------------------------------------------------------------------------
@@ -253,8 +224,7 @@ async def completion(m: Bound, body: JSON) -> Response:
         requests = [native_request(body, m.defaults, prompt=p) for p in prompts for _ in range(n)]
         if body.get("stream"):
             several = await submit_all(m, requests)
-            return streamed(events_many(m, several, m.settings.queue_ping_interval_s, fields),
-                            several[0].id)
+            return streamed(events(m, several, fields), several[0].id)
         completions, outcomes = await run_all(m, requests)
         replies = []
         for i, outcome in enumerate(outcomes):
@@ -263,8 +233,7 @@ async def completion(m: Bound, body: JSON) -> Response:
         return json_response(replies, headers={"X-Request-Id": str(completions[0].id)})
     completion = await m.submit(native_request(body, m.defaults, prompt=prompts[0]))
     if body.get("stream"):
-        return streamed(events(completion, m.settings.queue_ping_interval_s, fields),
-                        completion.id)
+        return streamed(events(m, [completion], fields), completion.id)
     outcome = await completion.result()
     out = final_object(outcome)
     return json_response(nested_fields(fields, out) if fields else out,

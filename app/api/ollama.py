@@ -1,6 +1,6 @@
-"""Ollama's routes and wire shapes, so Ollama clients work unchanged: ``GET /api/tags``,
-``GET /api/ps``, ``POST /api/show``, ``GET /api/version``, ``POST /api/generate``,
-``POST /api/chat``.
+"""Ollama's generating routes and wire shapes, so Ollama clients work unchanged:
+``POST /api/generate``, ``POST /api/chat`` (the listing routes, ``/api/tags``, ``/api/ps``,
+``/api/show`` and ``/api/version``, are :mod:`app.api.ollama_models`).
 
 Replies stream as NDJSON lines (``application/x-ndjson``) unless ``"stream": false``;
 errors are Ollama's ``{"error": "..."}`` (mapped in the one error handler; after the
@@ -27,30 +27,26 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import trio
-from quart import Blueprint, Response
+from quart import Response
 
-from app.api.common import guarded, json_response, read_valid, service
-from app.api.models import model_meta
-from app.api.openai import messages, openai_request, tools_from
+from app.api.chatbody import messages, openai_request, tools_from
+from app.api.common import Family, guarded, json_response, read_valid, service
+from app.api.drive import drive
+from app.api.ollama_models import now as _now
 from app.chat import Message
-from app.completion import Delta, Failure, Final, Outcome, SchemaConstraint, StopType
-from app.errors import JSON, InvalidRequest, NotSupported
-from app.registry import Hosted
+from app.completion import Delta, Outcome, PromptProgress, SchemaConstraint, StopType
+from app.errors import JSON, InvalidRequest, NotSupported, ollama_body
 from app.requests import native_request
 from app.tools import CallEnd, Piece, ReasoningPiece, ReplySplitter, TextPiece
 from app.turns import chat_request
 from app.validation import validate
 
-ollama = Blueprint("ollama", __name__)
+ollama = Family("ollama", __name__, error_body=ollama_body,
+                error_event=lambda exc: json.dumps(ollama_body(exc)).encode() + b"\n")
 
-#: the paths whose errors take Ollama's shape
-OLLAMA_ROUTES = frozenset({"/api/generate", "/api/chat", "/api/tags", "/api/ps", "/api/show",
-                           "/api/version"})
-VERSION = "0.6.3"  # the Ollama API version these routes follow
 NDJSON = "application/x-ndjson"
 
 #: Ollama option -> llama.cpp's name (sampling); the other options are accepted, not applied
@@ -89,98 +85,8 @@ def keep_alive_of(body: JSON) -> tuple[bool, float | None]:
     return True, -1.0 if seconds < 0 else seconds
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
-
-
-def _details(hosted: Hosted) -> JSON:
-    meta = model_meta(hosted)
-    name = hosted.spec.path.name.lower()
-    quant = next((q for q in ("q4_k_m", "q4_k_s", "q4_0", "q4_1", "q5_k_m", "q5_0", "q6_k",
-                              "q8_0", "f16", "bf16", "f32") if q in name), "unknown")
-    arch = meta.get("architecture", "")
-    params = meta.get("n_params")
-    return {"parent_model": "", "format": "gguf", "family": arch,
-            "families": [arch] if arch else None,
-            "parameter_size": f"{params / 1e6:.0f}M" if isinstance(params, int) else "",
-            "quantization_level": quant.upper()}
-
-
-def _size(hosted: Hosted) -> int:
-    try:
-        return hosted.spec.path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _modified(hosted: Hosted) -> str:
-    try:
-        mtime = hosted.spec.path.stat().st_mtime
-    except OSError:
-        mtime = 0.0
-    return datetime.fromtimestamp(mtime, UTC).isoformat().replace("+00:00", "Z")
-
-
-def _digest(hosted: Hosted) -> str:
-    import hashlib
-
-    return hashlib.sha256(str(hosted.spec.path.resolve()).encode()).hexdigest()
-
-
-# --- listing -------------------------------------------------------------------------------------
-@ollama.route("/api/version", methods=["GET"])
-async def version() -> Response:
-    return json_response({"version": VERSION})
-
-
-@ollama.route("/api/tags", methods=["GET"])
-async def tags() -> Response:
-    """Every model the server knows (Ollama lists what is installed)."""
-    return json_response({"models": [
-        {"name": h.name, "model": h.name, "modified_at": _modified(h), "size": _size(h),
-         "digest": _digest(h), "details": _details(h)}
-        for h in service().registry.all()]})
-
-
-@ollama.route("/api/ps", methods=["GET"])
-async def ps() -> Response:
-    """The loaded models, with when they will be unloaded if left idle."""
-    out = []
-    now_wall, now = time.time(), _trio_now()
-    for h in service().registry.loaded():
-        left = h.expires_at - now
-        expires = (datetime.fromtimestamp(now_wall + left, UTC).isoformat().replace("+00:00", "Z")
-                   if math.isfinite(left) else "9999-12-31T23:59:59Z")
-        out.append({"name": h.name, "model": h.name, "size": _size(h), "digest": _digest(h),
-                    "details": _details(h), "expires_at": expires, "size_vram": 0,
-                    "context_length": h.spec.settings(service().settings).slot_ctx})
-    return json_response({"models": out})
-
-
-def _trio_now() -> float:
-    import trio
-
-    return trio.current_time()
-
-
-@ollama.route("/api/show", methods=["POST"])
-async def show() -> Response:
-    body = await read_valid("ollama_show")
-    name = body.get("model") or body.get("name")
-    if not name:
-        raise InvalidRequest("'model' is required", param="model")
-    svc = service()
-    hosted = svc.registry.find(name)
-    info: JSON = {"general.architecture": model_meta(hosted).get("architecture", "")}
-    template = hosted.runtime.chat.source if hosted.runtime is not None else ""
-    return json_response({"modelfile": f"FROM {hosted.spec.path}\n", "parameters": "",
-                          "template": template, "details": _details(hosted),
-                          "model_info": info, "capabilities": ["completion", "tools"],
-                          "modified_at": _modified(hosted)})
 
 
 # --- generating ----------------------------------------------------------------------------------
@@ -251,6 +157,33 @@ def _failure(message: str) -> bytes:
     return json.dumps({"error": message}).encode() + b"\n"
 
 
+class _Lines:
+    """Ollama's NDJSON stream (a :class:`~app.api.drive.StreamWire`): no first byte, no
+    pings, one ``{"error": ...}`` line for a failure; the routes write the deltas and the
+    final line."""
+
+    def begin(self) -> list[bytes]:
+        return []
+
+    def ping(self) -> list[bytes]:
+        return []
+
+    def delta(self, index: int, item: Delta) -> list[bytes]:
+        raise NotImplementedError
+
+    def progress(self, index: int, item: PromptProgress) -> list[bytes]:
+        return []
+
+    async def final(self, index: int, outcome: Outcome) -> list[bytes]:
+        raise NotImplementedError
+
+    def failure(self, index: int, message: str) -> list[bytes]:
+        return [_line({"error": message})]
+
+    def end(self) -> list[bytes]:
+        return []
+
+
 def _ndjson(body: AsyncIterator[bytes], job_id: int) -> Response:
     resp = Response(guarded(body, _failure), status=200,
                     headers={"Content-Type": NDJSON, "Cache-Control": "no-cache",
@@ -299,17 +232,16 @@ async def generate() -> Response:
         return {"model": name, "created_at": _now()}
 
     if body.get("stream", True):
-        async def lines() -> AsyncIterator[bytes]:
-            async for item in completion.items():
-                match item:
-                    case Delta(text=text) if text:
-                        yield _line({**head(), "response": text, "done": False})
-                    case Final(outcome=outcome):
-                        yield _line({**head(), "response": "",
-                                     **_final_fields(outcome, started, load_s)})
-                    case Failure(message=message):
-                        yield _line({"error": message})
-        return _ndjson(lines(), completion.id)
+        class Lines(_Lines):
+            def delta(self, index: int, item: Delta) -> list[bytes]:
+                return [_line({**head(), "response": item.text, "done": False})] if item.text \
+                    else []
+
+            async def final(self, index: int, outcome: Outcome) -> list[bytes]:
+                return [_line({**head(), "response": "",
+                               **_final_fields(outcome, started, load_s)})]
+
+        return _ndjson(drive(m, [completion], Lines(), None), completion.id)
     outcome = await completion.result()
     return json_response({**head(), "response": outcome.text,
                           **_final_fields(outcome, started, load_s)})
@@ -395,20 +327,18 @@ async def chat() -> Response:
         return {"model": name, "created_at": _now()}
 
     if body.get("stream", True):
-        async def lines() -> AsyncIterator[bytes]:
-            async for item in completion.items():
-                match item:
-                    case Delta(text=text):
-                        for msg in _chat_messages(splitter.feed(text), splitter):
-                            yield _line({**head(), "message": msg, "done": False})
-                    case Final(outcome=outcome):
-                        for msg in _chat_messages(splitter.close(), splitter):
-                            yield _line({**head(), "message": msg, "done": False})
-                        yield _line({**head(), "message": {"role": "assistant", "content": ""},
-                                     **_final_fields(outcome, started, load_s)})
-                    case Failure(message=message):
-                        yield _line({"error": message})
-        return _ndjson(lines(), completion.id)
+        class Lines(_Lines):
+            def delta(self, index: int, item: Delta) -> list[bytes]:
+                return [_line({**head(), "message": msg, "done": False})
+                        for msg in _chat_messages(splitter.feed(item.text), splitter)]
+
+            async def final(self, index: int, outcome: Outcome) -> list[bytes]:
+                return [*(_line({**head(), "message": msg, "done": False})
+                          for msg in _chat_messages(splitter.close(), splitter)),
+                        _line({**head(), "message": {"role": "assistant", "content": ""},
+                               **_final_fields(outcome, started, load_s)})]
+
+        return _ndjson(drive(m, [completion], Lines(), None), completion.id)
     outcome = await completion.result()
     splitter.feed(outcome.text)
     splitter.close()

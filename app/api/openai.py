@@ -15,43 +15,28 @@ top-level ``"aborted"`` / ``"timeout"`` / ``"shutdown"`` / ``"model_changed": tr
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import trio
-from quart import Blueprint, Response
+from quart import Response
 
 from app import sse
-from app.api.common import fan_in, json_response, run_all, streamed, submit_all, with_model
-from app.api.native import progress_fields, timing_fields, timings
-from app.chat import Message
+from app.api.chatbody import messages, openai_request, reasoning_from, tools_from
+from app.api.common import Family, json_response, run_all, streamed, submit_all, with_model
+from app.api.drive import drive
+from app.api.report import call_checks, extras, progress_fields, timing_fields
 from app.completion import (
-    CompletionRequest,
-    Constraint,
     Delta,
-    Failure,
-    Final,
-    FunctionTool,
-    Item,
     Outcome,
-    Ping,
     PromptProgress,
-    SchemaConstraint,
     StopType,
     TokenLogprobs,
 )
-from app.errors import JSON, InvalidRequest, ServerError
+from app.errors import JSON, ServerError
 from app.requests import (
-    Defaults,
     choices_wanted,
-    constraint_from,
-    logit_bias_from,
-    native_options,
     prompt_list,
-    sampling_from,
-    stops_from,
 )
 from app.running import Completion
 from app.service import Bound
@@ -61,114 +46,12 @@ from app.tools import (
     CallStart,
     Piece,
     ReasoningPiece,
-    Reply,
     TextPiece,
     ToolCall,
 )
-from app.turns import Choice, ToolPolicy, Turn, chat_request, check_calls, parse_arguments, tool_policy
+from app.turns import Turn, chat_request
 
-openai = Blueprint("openai", __name__)
-
-
-# --- body -> typed request ---------------------------------------------------------------------
-def _constraint(body: JSON) -> Constraint | None:
-    native = constraint_from(body)
-    fmt = body.get("response_format")
-    if fmt is None or fmt["type"] == "text":
-        return native
-    if native is not None:
-        raise InvalidRequest("'response_format' cannot be combined with 'json_schema' or "
-                             "'grammar'", param="response_format")
-    if fmt["type"] == "json_object":
-        return SchemaConstraint(fmt.get("schema", {"type": "object"}), field="response_format")
-    return SchemaConstraint(fmt["json_schema"]["schema"], field="response_format",
-                            strict=fmt["json_schema"].get("strict") is True)
-
-
-def openai_request(body: JSON, defaults: Defaults, *, prompt: str | list[str | int],
-                   n_probs: int, extra_stops: tuple[str, ...] = ()) -> CompletionRequest:
-    """A chat or text completion body checked by its schema, as a typed request."""
-    limit = body.get("max_completion_tokens")
-    if limit is None:
-        limit = body.get("max_tokens")
-    if limit is None:  # llama.cpp's own name, which its OpenAI routes take too
-        limit = body.get("n_predict")
-    stops = tuple(dict.fromkeys([*extra_stops, *stops_from(body.get("stop"))]))
-    sampling = sampling_from(body, defaults)
-    return CompletionRequest(
-        prompt=(prompt,) if isinstance(prompt, str) else tuple(prompt),
-        sampling=replace(sampling, n_probs=n_probs),
-        logit_bias=logit_bias_from(body.get("logit_bias")),
-        n_predict=int(limit) if limit is not None else defaults.n_predict,
-        stops=stops, constraint=_constraint(body) or defaults.constraint,
-        **native_options(body, defaults))
-
-
-def _text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, list):
-        return "".join(part["text"] for part in content)
-    return str(content)
-
-
-#: llama.cpp's words for a media part the model has no projector for
-_MEDIA = {"image_url": "image", "input_audio": "audio", "input_video": "video",
-          "video_url": "video"}
-
-
-def messages(body: JSON) -> list[Message]:
-    """The conversation, tool calls and tool results included (checked; 400 naming the field)."""
-    out = []
-    for i, m in enumerate(body["messages"]):
-        role = m["role"]
-        for j, part in enumerate(m.get("content") if isinstance(m.get("content"), list) else ()):
-            if part["type"] in _MEDIA:  # no model here has a multimodal projector (mmproj)
-                where = f"messages[{i}].content[{j}]"
-                raise InvalidRequest(
-                    f"{_MEDIA[part['type']]} input is not supported - hint: if this is "
-                    f"unexpected, you may need to provide the mmproj ('{where}')", param=where)
-        calls = []
-        for j, c in enumerate(m.get("tool_calls") or ()):
-            if role != "assistant":
-                raise InvalidRequest(f"'messages[{i}].tool_calls': only assistant messages carry "
-                                     "tool calls", param=f"messages[{i}].tool_calls")
-            parse_arguments(c["function"]["arguments"],
-                            field=f"messages[{i}].tool_calls[{j}].function.arguments")
-            calls.append(ToolCall(c["id"], c["function"]["name"], c["function"]["arguments"]))
-        if role == "tool" and not m.get("tool_call_id"):
-            raise InvalidRequest(f"'messages[{i}].tool_call_id' is required in a tool message",
-                                 param=f"messages[{i}].tool_call_id")
-        if m.get("content") is None and not calls:
-            raise InvalidRequest(f"'messages[{i}].content' is required unless the message has "
-                                 "'tool_calls'", param=f"messages[{i}].content")
-        out.append(Message(role, _text(m.get("content")), tuple(calls),
-                           tool_call_id=m.get("tool_call_id") or "", name=m.get("name") or ""))
-    return out
-
-
-def tools_from(body: JSON) -> ToolPolicy:
-    tools = tuple(
-        FunctionTool(t["function"]["name"], t["function"].get("description") or "",
-                     t["function"].get("parameters", {"type": "object", "properties": {}}),
-                     field=f"tools[{i}].function.parameters",
-                     strict=t["function"].get("strict") is True)
-        for i, t in enumerate(body.get("tools") or ()))
-    wire = body.get("tool_choice")
-    named = ""
-    choice: Choice = "auto" if tools else "none"
-    if isinstance(wire, dict):
-        named, choice = wire["function"]["name"], "required"
-    elif wire is not None:
-        choice = wire
-    parallel = body.get("parallel_tool_calls")
-    return tool_policy(tools, choice, named, True if parallel is None else parallel,
-                       choice_field="tool_choice")
-
-
-def reasoning_from(body: JSON, default: str) -> bool:
-    fmt = body.get("reasoning_format") or default
-    return fmt != "none"
+openai = Family("openai", __name__)
 
 
 # --- typed outcome -> OpenAI's shape -------------------------------------------------------------
@@ -190,17 +73,6 @@ def usage(outcome: Outcome) -> JSON:
     prompt, completion = outcome.n_prompt, outcome.n_predicted
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
-
-
-def extras(outcome: Outcome) -> JSON:
-    """Sluice's additions at the top level: timings, the interruption, the schema verdict."""
-    out: JSON = {"timings": timings(outcome)}
-    if outcome.interruption is not None:
-        out[outcome.interruption.value] = True
-    if outcome.schema is not None:
-        out["schema_valid"] = outcome.schema.valid
-        out["schema_errors"] = [e.as_dict() for e in outcome.schema.errors]
-    return out
 
 
 def _logprob_entries(logprobs: tuple[TokenLogprobs, ...], top: int) -> list[JSON]:
@@ -225,18 +97,6 @@ def _text_logprobs(logprobs: tuple[TokenLogprobs, ...], top: int, offset: int) -
 def _wire_call(call: ToolCall) -> JSON:
     return {"id": call.id, "type": "function",
             "function": {"name": call.name, "arguments": call.arguments}}
-
-
-async def call_checks(reply: Reply, turn: Turn) -> JSON:
-    """Sluice's report on the calls' arguments (``tool_calls_valid``, ``tool_call_errors``)."""
-    if not reply.calls:
-        return {}
-    checks = await trio.to_thread.run_sync(check_calls, reply, turn.policy)
-    out: JSON = {"tool_calls_valid": all(c.valid for c in checks)}
-    errors = {c.call.id: list(c.errors) for c in checks if c.errors}
-    if errors:
-        out["tool_call_errors"] = errors
-    return out
 
 
 @openai.route("/v1/chat/completions", methods=["POST"])
@@ -295,7 +155,7 @@ async def chat_completions(m: Bound, body: JSON) -> Response:
                     "choices": [], "usage": _usage_of(outcomes)}
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return streamed(_stream(_items(m, several), [chat_choice(i) for i in range(n)],
+        return streamed(_stream(m, several, [chat_choice(i) for i in range(n)],
                                 usage_chunk if include_usage else None), several[0].id)
     if n > 1:
         completions, outcomes = await run_all(m, [turn.request] * n)
@@ -364,71 +224,68 @@ class ChoiceStream:
     finish: Callable[[Outcome], Awaitable[Sequence[JSON]]]
 
 
-async def _items(m: Bound, completions: list[Completion]) -> AsyncGenerator[tuple[int, Item]]:
-    """The items of one completion (read here), or of several (read side by side)."""
-    ping_s = m.settings.queue_ping_interval_s
-    if len(completions) > 1:
-        async for pair in fan_in(m, completions, ping_s):
-            yield pair
-        return
-    async with aclosing(completions[0].items(ping_s)) as items:
-        async for item in items:
-            yield 0, item
-
-
-async def _stream(source: AsyncGenerator[tuple[int, Item]], choices: list[ChoiceStream],
-                  usage_chunk: Callable[[list[Outcome]], JSON] | None) -> AsyncIterator[bytes]:
-    """An OpenAI stream: pings, each choice's role chunk, delta chunks and finish chunks (by
-    ``index``, as they come), usage, [DONE].
+class OpenAIStream:
+    """An OpenAI stream (a :class:`~app.api.drive.StreamWire`): each choice's role chunk, delta
+    chunks and finish chunks (by ``index``, as they come), usage, ``[DONE]``.
 
     llama.cpp's additions: ``prompt_progress`` on the role chunk (or an ``empty`` one) while
     the prompt is read (``return_progress``), ``timings`` on a delta's last chunk
     (``timings_per_token``). An engine failure after the first byte is one error event, and
     the stream ends.
     """
-    yield sse.PING
-    roles: list[JSON | None] = [c.role for c in choices]
-    outcomes: dict[int, Outcome] = {}
-    quiet_since = trio.current_time()
-    async with aclosing(source) as items:
-        async for i, item in items:
-            out = choices[i]
-            if isinstance(item, Ping):
-                if len(choices) == 1 or trio.current_time() - quiet_since >= 1.0:
-                    quiet_since = trio.current_time()
-                    yield sse.PING
-                continue
-            quiet_since = trio.current_time()
-            if isinstance(item, Failure):
-                yield sse.event(ServerError(item.message).body())
-                return
-            if isinstance(item, PromptProgress):
-                role = roles[i]
-                yield sse.event({**(role if role is not None else out.empty),
-                                 "prompt_progress": progress_fields(item)})
-                roles[i] = None
-                continue
-            role = roles[i]
-            if role is not None:
-                yield sse.event(role)
-                roles[i] = None
-            if isinstance(item, Delta):
-                chunks = list(out.delta(item))
-                if item.timings is not None:
-                    if not chunks:
-                        chunks = [out.empty]
-                    chunks[-1] = {**chunks[-1], "timings": timing_fields(item.timings)}
-                for chunk in chunks:
-                    yield sse.event(chunk)
-            elif isinstance(item, Final):
-                for chunk in await out.finish(item.outcome):
-                    yield sse.event(chunk)
-                outcomes[i] = item.outcome
-                if len(outcomes) == len(choices):
-                    if usage_chunk is not None:
-                        yield sse.event(usage_chunk([outcomes[k] for k in range(len(choices))]))
-                    yield sse.DONE
-                    return
+
+    def __init__(self, choices: list[ChoiceStream],
+                 usage_chunk: Callable[[list[Outcome]], JSON] | None) -> None:
+        self.choices = choices
+        self.roles: list[JSON | None] = [c.role for c in choices]
+        self.outcomes: dict[int, Outcome] = {}
+        self.usage_chunk = usage_chunk
+
+    def _role(self, index: int) -> list[bytes]:
+        role, self.roles[index] = self.roles[index], None
+        return [sse.event(role)] if role is not None else []
+
+    def begin(self) -> list[bytes]:
+        return [sse.PING]
+
+    def ping(self) -> list[bytes]:
+        return [sse.PING]
+
+    def progress(self, index: int, item: PromptProgress) -> list[bytes]:
+        role, self.roles[index] = self.roles[index], None
+        return [sse.event({**(role if role is not None else self.choices[index].empty),
+                           "prompt_progress": progress_fields(item)})]
+
+    def delta(self, index: int, item: Delta) -> list[bytes]:
+        out = self._role(index)
+        chunks = list(self.choices[index].delta(item))
+        if item.timings is not None:
+            if not chunks:
+                chunks = [self.choices[index].empty]
+            chunks[-1] = {**chunks[-1], "timings": timing_fields(item.timings)}
+        return out + [sse.event(chunk) for chunk in chunks]
+
+    async def final(self, index: int, outcome: Outcome) -> list[bytes]:
+        out = self._role(index)
+        out += [sse.event(chunk) for chunk in await self.choices[index].finish(outcome)]
+        self.outcomes[index] = outcome
+        return out
+
+    def failure(self, index: int, message: str) -> list[bytes]:
+        return [sse.event(ServerError(message).body())]
+
+    def end(self) -> list[bytes]:
+        out = []
+        if self.usage_chunk is not None:
+            out.append(sse.event(self.usage_chunk([self.outcomes[k]
+                                                   for k in range(len(self.choices))])))
+        return [*out, sse.DONE]
+
+
+def _stream(m: Bound, completions: list[Completion], choices: list[ChoiceStream],
+            usage_chunk: Callable[[list[Outcome]], JSON] | None) -> AsyncIterator[bytes]:
+    return drive(m, completions, OpenAIStream(choices, usage_chunk),
+                 m.settings.queue_ping_interval_s)
 
 
 # --- text completions -------------------------------------------------------------------------
@@ -466,7 +323,7 @@ async def completions(m: Bound, body: JSON) -> Response:
             return ChoiceStream(None, choice("", None, None), on_delta, finish)
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return streamed(_stream(_items(m, several), [text_choice(i) for i in range(len(several))],
+        return streamed(_stream(m, several, [text_choice(i) for i in range(len(several))],
                                 (lambda o: {**head, "choices": [], "usage": _usage_of(o)})
                                 if include_usage else None), several[0].id)
     if len(requests) > 1:

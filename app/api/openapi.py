@@ -12,11 +12,12 @@ import functools
 import json
 from typing import Any
 
-from quart import Blueprint, Response
+from quart import Response
 
+from app.api.common import Family
 from app.validation import SCHEMA_DIR
 
-openapi = Blueprint("openapi", __name__)
+openapi = Family("openapi", __name__)
 
 _ERROR = {
     "type": "object", "required": ["error"],

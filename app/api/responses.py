@@ -21,30 +21,27 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
-from quart import Blueprint, Response
+from quart import Response
 
 from app import sse
-from app.api.common import json_response, streamed, with_model
-from app.api.openai import call_checks, extras
+from app.api.common import Family, json_response, streamed, with_model
+from app.api.drive import drive
+from app.api.report import call_checks, extras
 from app.chat import Message
 from app.completion import (
     CompletionRequest,
     Delta,
-    Failure,
-    Final,
     FunctionTool,
     Outcome,
-    Ping,
+    PromptProgress,
     SchemaConstraint,
     StopType,
 )
 from app.errors import JSON, InvalidRequest, ServerError
 from app.requests import sampling_from, schema_mode_from, with_server_defaults
-from app.running import Completion
 from app.service import Bound
 from app.tools import (
     CallArguments,
@@ -60,7 +57,7 @@ from app.tools import (
 )
 from app.turns import Choice, Turn, chat_request, parse_arguments, tool_policy
 
-responses = Blueprint("responses", __name__)
+responses = Family("responses", __name__)
 
 _STATEFUL = ("previous_response_id", "conversation", "prompt", "background")
 
@@ -236,8 +233,8 @@ async def create(m: Bound, body: JSON) -> Response:
     ident, ids, created = f"resp_{base}", _Ids(base), int(time.time())
     splitter = turn.splitter()
     if body.get("stream"):
-        return streamed(_events(completion, splitter, turn, body, ident, ids, created,
-                                m.model_name, m.settings.queue_ping_interval_s),
+        wire = ResponseStream(splitter, turn, body, ident, ids, created, m.model_name)
+        return streamed(drive(m, [completion], wire, m.settings.queue_ping_interval_s),
                         completion.id, failure=_failure)
     outcome = await completion.result()
     splitter.feed(outcome.text)
@@ -333,35 +330,50 @@ class _Stream:
         return out
 
 
-async def _events(completion: Completion, splitter: ReplySplitter, turn: Turn, body: JSON,
-                  ident: str, ids: _Ids, created: int, model: str,
-                  ping_s: float) -> AsyncIterator[bytes]:
-    stream = _Stream(ids)
-    start = response_object(body, ident, created, model, status="in_progress", output=[],
-                            outcome=None)
-    yield stream.ev("response.created", response=start)
-    yield stream.ev("response.in_progress", response=start)
-    async for item in completion.items(ping_s):
-        if isinstance(item, Ping):
-            yield sse.PING
-        elif isinstance(item, Failure):
-            err = ServerError(item.message)
-            yield stream.ev("error", code=err.type, message=err.message, param=None)
-            return
-        elif isinstance(item, Delta):
-            for chunk in stream.pieces(splitter.feed(item.text)):
-                yield chunk
-        elif isinstance(item, Final):
-            outcome = item.outcome
-            for chunk in stream.pieces(splitter.close()):
-                yield chunk
-            if stream.index < 0:
-                for chunk in stream.open("message", _message_item(ids.message, "", "in_progress")):
-                    yield chunk
-            for chunk in stream.close():
-                yield chunk
-            final = response_object(body, ident, created, model, status="completed",
-                                    output=output_items(splitter.reply, ids), outcome=outcome)
-            kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
-            yield stream.ev(kind, response={**final, **extras(outcome),
-                                            **await call_checks(splitter.reply, turn)})
+class ResponseStream:
+    """The Responses stream (a :class:`~app.api.drive.StreamWire`): ``response.created`` and
+    ``in_progress``, output items opened and closed as the reply splits into reasoning,
+    message and function calls, then ``response.completed`` (or ``incomplete``); a failure is
+    an ``error`` event. Every event is numbered."""
+
+    def __init__(self, splitter: ReplySplitter, turn: Turn, body: JSON, ident: str, ids: _Ids,
+                 created: int, model: str) -> None:
+        self.splitter, self.turn, self.body = splitter, turn, body
+        self.ident, self.ids, self.created, self.model = ident, ids, created, model
+        self.stream = _Stream(ids)
+
+    def begin(self) -> list[bytes]:
+        start = response_object(self.body, self.ident, self.created, self.model,
+                                status="in_progress", output=[], outcome=None)
+        return [self.stream.ev("response.created", response=start),
+                self.stream.ev("response.in_progress", response=start)]
+
+    def ping(self) -> list[bytes]:
+        return [sse.PING]
+
+    def delta(self, index: int, item: Delta) -> list[bytes]:
+        return self.stream.pieces(self.splitter.feed(item.text))
+
+    def progress(self, index: int, item: PromptProgress) -> list[bytes]:
+        return []
+
+    async def final(self, index: int, outcome: Outcome) -> list[bytes]:
+        stream, splitter, ids = self.stream, self.splitter, self.ids
+        out = stream.pieces(splitter.close())
+        if stream.index < 0:
+            out += stream.open("message", _message_item(ids.message, "", "in_progress"))
+        out += stream.close()
+        final = response_object(self.body, self.ident, self.created, self.model,
+                                status="completed", output=output_items(splitter.reply, ids),
+                                outcome=outcome)
+        kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+        out.append(stream.ev(kind, response={**final, **extras(outcome),
+                                             **await call_checks(splitter.reply, self.turn)}))
+        return out
+
+    def failure(self, index: int, message: str) -> list[bytes]:
+        err = ServerError(message)
+        return [self.stream.ev("error", code=err.type, message=err.message, param=None)]
+
+    def end(self) -> list[bytes]:
+        return []

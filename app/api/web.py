@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quart import Blueprint, Response, send_from_directory
+from quart import Response, send_from_directory
 
-from app.api.common import service
+from app.api.common import Family, service
 from app.errors import NotFound
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 
-web = Blueprint("web", __name__)
+web = Family("web", __name__)
 
 
 @web.route("/", methods=["GET"])

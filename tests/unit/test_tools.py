@@ -230,7 +230,7 @@ def test_a_plain_template_gets_instructions_calls_and_results_as_text() -> None:
 
 def test_strict_tools_close_their_arguments_and_others_stay_open() -> None:
     from app.api.anthropic import policy
-    from app.api.openai import tools_from
+    from app.api.chatbody import tools_from
     from app.prepare import tools_grammar
 
     params = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
