@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import fields, replace
@@ -157,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
       help="load the adapters at scale 0: requests or POST /lora-adapters turn them on")
     a("--api-key", dest="api_keys", action="append", help="accepted API key (repeatable)")
     a("--api-key-file", type=Path, help="file with one API key per line")
+    a("--ssl-key-file", type=Path, help="PEM private key: serve HTTPS (with --ssl-cert-file)")
+    a("--ssl-cert-file", type=Path, help="PEM certificate (chain): serve HTTPS (with "
+      "--ssl-key-file)")
+    a("--api-prefix", help="serve every route under this path (e.g. /llama; no trailing /); "
+      "other paths answer 404")
     a("--timeout", dest="request_timeout_s", type=float,
       help="seconds a request may run before it is ended")
     a("--send-timeout", dest="send_timeout_s", type=float,
@@ -192,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="no web page: / and /web/ answer 404")
     a("--cors-origins", help="origins allowed by CORS, comma-separated; * for any, localhost for "
       "any localhost origin (default: none; llama.cpp's is *)")
+    a("--cors-methods", help="methods a CORS preflight allows, comma-separated (default: GET, "
+      "POST, OPTIONS)")
+    a("--cors-headers", help="request headers a CORS preflight allows, comma-separated "
+      "(default: Authorization, Content-Type, X-Api-Key)")
     a("--offline", action="store_true",
       help="accepted for llama.cpp's command lines: Sluice never downloads anything")
     a("--no-ws", dest="websocket", action="store_const", const=False,
@@ -317,6 +327,31 @@ def _from_file(path: Path) -> dict[str, Any]:
 _KV_TYPES = tuple(KV_CACHE_TYPES)
 
 
+_HEADER_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(, *[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")
+_PREFIX = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+")
+
+
+def _check_operator(s: Settings) -> None:
+    """TLS files that load, a prefix that is a path, CORS lists of tokens (a header value with a
+    newline would split the response)."""
+    if (s.ssl_key_file is None) != (s.ssl_cert_file is None):
+        raise ConfigError("--ssl-key-file and --ssl-cert-file go together")
+    if s.ssl_key_file is not None and s.ssl_cert_file is not None:
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                s.ssl_cert_file, s.ssl_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"--ssl-cert-file/--ssl-key-file do not load: {exc}") from None
+    if s.api_prefix and not _PREFIX.fullmatch(s.api_prefix):
+        raise ConfigError(f"--api-prefix {s.api_prefix!r} must be a path like /llama (no "
+                          "trailing /)")
+    for flag, value in (("--cors-methods", s.cors_methods), ("--cors-headers", s.cors_headers)):
+        if not _HEADER_LIST.fullmatch(value):
+            raise ConfigError(f"{flag} must be a comma-separated list of names")
+
+
 def _check(s: Settings) -> None:
     checks = [
         (1 <= s.port <= 65535 or s.port == 0, "--port must be 0..65535"),
@@ -368,6 +403,7 @@ def _check(s: Settings) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _check_operator(s)
     if s.chat_template_kwargs:
         from app.chat import RESERVED_VARIABLES
 
@@ -461,6 +497,8 @@ ENV_VALUES: dict[str, str] = {
     "LLAMA_ARG_FREQUENCY_PENALTY": "--frequency-penalty", "LLAMA_ARG_FLASH_ATTN": "--flash-attn",
     "LLAMA_ARG_CACHE_TYPE_K": "--cache-type-k", "LLAMA_ARG_CACHE_TYPE_V": "--cache-type-v",
     "LLAMA_API_KEY": "--api-key", "LLAMA_ARG_API_KEY_FILE": "--api-key-file",
+    "LLAMA_ARG_SSL_KEY_FILE": "--ssl-key-file", "LLAMA_ARG_SSL_CERT_FILE": "--ssl-cert-file",
+    "LLAMA_ARG_API_PREFIX": "--api-prefix",
     "LLAMA_ARG_TIMEOUT": "--timeout", "LLAMA_ARG_THREADS_HTTP": "--threads-http",
     "LLAMA_ARG_CACHE_RAM": "--cache-ram", "LLAMA_ARG_CACHE_REUSE": "--cache-reuse",
     "LLAMA_ARG_CHAT_TEMPLATE": "--chat-template",
@@ -756,7 +794,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     what = (f"{hosted.name} ({settings.parallel} slots x {settings.slot_ctx} tokens)"
             if hosted is not None else "no model loaded yet")
-    where = ", ".join(b if b.startswith("unix:") else f"http://{b}" for b in settings.binds)
+    scheme = "https" if settings.ssl_cert_file is not None else "http"
+    where = ", ".join(b if b.startswith("unix:") else f"{scheme}://{b}{settings.api_prefix}"
+                      for b in settings.binds)
     print(f"sluice: serving {what} on {where}; "
           f"{len(specs)} models known (--models-max {settings.models_max})",
           file=sys.stderr, flush=True)

@@ -40,14 +40,17 @@ def websocket_origin_ok(origin: str | None, host: str | None, allowed: tuple[str
     return same or allowed_origin(origin, allowed)
 
 
-def headers(origin: str | None, allowed: tuple[str, ...], *, preflight: bool) -> dict[str, str]:
-    """The CORS headers for a request from ``origin`` (none when it is not allowed)."""
+def headers(origin: str | None, allowed: tuple[str, ...], *, preflight: bool,
+            methods: str = ALLOW_METHODS, allow_headers: str = ALLOW_HEADERS) -> dict[str, str]:
+    """The CORS headers for a request from ``origin`` (none when it is not allowed); a
+    preflight's allowed ``methods`` and ``allow_headers`` are ``--cors-methods`` and
+    ``--cors-headers``."""
     if not origin or not allowed_origin(origin, allowed):
         return {}
     out = {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
            "Access-Control-Expose-Headers": EXPOSE_HEADERS}
     if preflight:
-        out.update({"Access-Control-Allow-Methods": ALLOW_METHODS,
-                    "Access-Control-Allow-Headers": ALLOW_HEADERS,
+        out.update({"Access-Control-Allow-Methods": methods,
+                    "Access-Control-Allow-Headers": allow_headers,
                     "Access-Control-Max-Age": "600"})
     return out

@@ -7,6 +7,8 @@ import gc
 import json
 import logging
 import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 from hypercorn.config import Config
@@ -93,7 +95,8 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
         preflight = (request.method == "OPTIONS"
                      and "Access-Control-Request-Method" in request.headers)
         for key, value in cors.headers(request.headers.get("Origin"), settings.origins,
-                                       preflight=preflight).items():
+                                       preflight=preflight, methods=settings.cors_methods,
+                                       allow_headers=settings.cors_headers).items():
             response.headers[key] = value
         return response
 
@@ -160,6 +163,35 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
     return app
 
 
+def under_prefix(app: QuartTrio, prefix: str) -> Callable[..., Awaitable[None]]:
+    """``app`` served under ``prefix`` (``--api-prefix``): ``/llama/v1/models`` reaches
+    ``/v1/models``; any path outside it is a 404 in the error shape (a websocket outside it
+    is refused)."""
+    raw_prefix = prefix.encode()
+
+    async def prefixed(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path: str = scope["path"]
+            if path != prefix and not path.startswith(prefix + "/"):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                body = json.dumps(NotFound(f"no such route (the server is under {prefix})"
+                                           ).body()).encode()
+                await send({"type": "http.response.start", "status": 404, "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+            raw: bytes = scope.get("raw_path") or path.encode()
+            scope = {**scope, "path": path[len(prefix):] or "/",
+                     "raw_path": (raw[len(raw_prefix):] if raw.startswith(raw_prefix) else raw)
+                     or b"/"}
+        await app(scope, receive, send)  # type: ignore[arg-type]
+
+    return prefixed
+
+
 def hypercorn_config(settings: Settings) -> Config:
     config = Config()
     config.bind = list(settings.binds)
@@ -169,6 +201,9 @@ def hypercorn_config(settings: Settings) -> Config:
     config.keep_alive_timeout = 30
     config.accesslog = logging.getLogger("hypercorn.access") if settings.verbose else None
     config.errorlog = logging.getLogger("hypercorn.error")
+    if settings.ssl_cert_file is not None and settings.ssl_key_file is not None:
+        config.certfile = str(settings.ssl_cert_file)
+        config.keyfile = str(settings.ssl_key_file)
     return config
 
 
@@ -229,8 +264,8 @@ async def serve(settings: Settings, registry: Registry,
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals)
             await nursery.start(service.run)
-            await hypercorn_serve(app, hypercorn_config(settings),
-                                  shutdown_trigger=stop.wait)
+            asgi: Any = under_prefix(app, settings.api_prefix) if settings.api_prefix else app
+            await hypercorn_serve(asgi, hypercorn_config(settings), shutdown_trigger=stop.wait)
             nursery.cancel_scope.cancel(reason="server stopped")
     finally:
         registry.close_all_now()

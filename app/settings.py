@@ -68,6 +68,14 @@ class Settings:
     keep: int = 0  # default n_keep of a request: prompt tokens a context shift keeps (--keep)
     api_keys: tuple[str, ...] = ()
     origins: tuple[str, ...] = ()
+    #: CORS preflight answers (--cors-methods, --cors-headers): comma-separated
+    cors_methods: str = "GET, POST, OPTIONS"
+    cors_headers: str = "Authorization, Content-Type, X-Api-Key"
+    #: TLS (--ssl-key-file, --ssl-cert-file: PEM files, both or neither)
+    ssl_key_file: Path | None = None
+    ssl_cert_file: Path | None = None
+    #: a path every route is served under (--api-prefix, llama.cpp's: "/llama", no trailing /)
+    api_prefix: str = ""
     verbose: bool = False
     metrics: bool = False  # serve /metrics
     chat_template: str | None = None  # a built-in's name

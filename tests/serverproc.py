@@ -46,7 +46,11 @@ class ServerProcess:
     def __init__(self, args: list[str], env: dict[str, str] | None = None,
                  module: str = "app") -> None:
         self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        # the server's own root: https with --ssl-cert-file, under --api-prefix when given
+        tls = "--ssl-cert-file" in args
+        prefix = args[args.index("--api-prefix") + 1] if "--api-prefix" in args else ""
+        self.base_url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}{prefix}"
+        self.verify = not tls  # the tests' certificates are self-signed
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log_path = ROOT / "test-artifacts" / f"server-{self.port}.log"
         self.log_path.parent.mkdir(exist_ok=True)
@@ -61,7 +65,8 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()}")
             try:
-                if httpx.get(self.base_url + "/health", timeout=1.0).status_code == 200:
+                if httpx.get(self.base_url + "/health", timeout=1.0,
+                             verify=self.verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

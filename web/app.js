@@ -64,8 +64,12 @@ function headers() {
   return h;
 }
 
+// the API's root: where this script is served from, less "/web/app.js" (the server may run
+// under --api-prefix)
+const BASE = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+
 async function request(method, path, body, signal) {
-  const response = await fetch(path, {
+  const response = await fetch(BASE + path, {
     method, headers: headers(), signal, body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (!response.ok) {

@@ -249,6 +249,7 @@ async def abort(job_id: int) -> Response:
 
 
 @native.route("/health", methods=["GET"])
+@native.route("/v1/health", methods=["GET"])
 async def health() -> Response:
     """200 while the server can serve: 503 while the default model loads, when a loaded
     model's engine died, or while shutting down. A model that is merely unloaded (idle,

@@ -55,6 +55,7 @@ ROUTES: tuple[tuple[str, str, str | None, str, str], ...] = (
     ("/predict", "post", "llm_api_predict", "form", "llm-api: complete a prompt"),
     ("/chat", "post", "llm_api_chat", "form", "llm-api: chat"),
     ("/health", "get", None, "", "200 when serving, 503 otherwise"),
+    ("/v1/health", "get", None, "", "as /health (llama.cpp's alias)"),
     ("/props", "get", None, "", "server properties"),
     ("/props", "post", None, "", "change server properties: accepted with --props, else 501"),
     ("/lora-adapters", "get", None, "", "the LoRA adapters and their server-wide scales"),

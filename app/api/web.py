@@ -17,9 +17,15 @@ web = Family("web", __name__)
 @web.route("/", methods=["GET"])
 @web.route("/index.html", methods=["GET"])
 async def index() -> Response:
-    if not service().settings.webui:
+    settings = service().settings
+    if not settings.webui:
         raise NotFound("the web page is off (--no-webui)")
-    return await send_from_directory(WEB_DIR, "index.html")
+    if not settings.api_prefix:
+        return await send_from_directory(WEB_DIR, "index.html")
+    # under --api-prefix the page's own files are there too (app.js finds the API from its URL)
+    page = (WEB_DIR / "index.html").read_text(encoding="utf-8")
+    page = page.replace('"/web/', f'"{settings.api_prefix}/web/')
+    return Response(page, content_type="text/html; charset=utf-8")
 
 
 @web.route("/web/<path:name>", methods=["GET"])

@@ -318,3 +318,33 @@ def test_alias_takes_llama_cpps_list_and_the_slot_save_path_is_made(tmp_path: Pa
                           str(tmp_path / "a" / "b")])
     assert s.alias_names == ("code", "fim", "tinyllama-2")  # the first is the model's name
     assert (tmp_path / "a" / "b").is_dir()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--ssl-key-file", "k.pem"], "go together"),
+    (["--api-prefix", "/llama/"], "--api-prefix"),
+    (["--api-prefix", "llama"], "--api-prefix"),
+    (["--cors-headers", "X-A\r\nSet-Cookie: a=b"], "--cors-headers"),
+    (["--cors-methods", ""], "--cors-methods"),
+    (["--schema-dry", "nan"], "--schema-dry"),
+])
+def test_operator_flags_are_checked_at_start(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(argv)
+
+
+def test_tls_files_that_do_not_load_end_startup(tmp_path: Path) -> None:
+    (tmp_path / "k.pem").write_text("not a key")
+    (tmp_path / "c.pem").write_text("not a certificate")
+    with pytest.raises(ConfigError, match="do not load"):
+        load_settings(["--ssl-key-file", str(tmp_path / "k.pem"),
+                       "--ssl-cert-file", str(tmp_path / "c.pem")])
+
+
+def test_operator_flags_by_llama_cpp_names_and_variables() -> None:
+    settings, _ = load_settings(["--api-prefix", "/llama", "--cors-methods", "GET, POST",
+                                 "--cors-headers", "Authorization, X-Trace"])
+    assert settings.api_prefix == "/llama"
+    assert (settings.cors_methods, settings.cors_headers) == ("GET, POST", "Authorization, X-Trace")
+    from_env, _ = load_settings([], {"LLAMA_ARG_API_PREFIX": "/v2"})
+    assert from_env.api_prefix == "/v2"
