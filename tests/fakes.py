@@ -77,6 +77,10 @@ class FakeContext:
         #: positions each sequence holds (None: unknown, after a state was copied in); as
         #: llama.cpp's memory does, a batch must continue a sequence where it ends
         self.held: dict[int, int | None] = {}
+        #: called in the middle of each decode (a test's other thread, cancelling a job)
+        self.during_decode: Callable[[], None] | None = None
+        self.aborting = False
+        self.aborted = 0  # decodes that returned 2
 
     @property
     def n_rows(self) -> int:
@@ -92,6 +96,12 @@ class FakeContext:
 
     def decode(self) -> int:
         self.batches.append(list(self.rows))
+        if self.during_decode is not None:
+            self.during_decode()
+        if self.aborting:  # as llama.cpp: stopped at a graph node, nothing of the batch kept
+            self.aborting = False
+            self.aborted += 1
+            return 2
         held = dict(self.held)
         for _token, pos, seq, _logits in self.rows:
             end = held.get(seq, 0)
@@ -100,6 +110,9 @@ class FakeContext:
             held[seq] = pos + 1
         self.held = held
         return 0
+
+    def abort_decode(self) -> None:
+        self.aborting = True
 
     def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:
         self.removed.append((seq, p0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import os
 from dataclasses import dataclass
 
@@ -25,6 +26,26 @@ class ContextConfig:
     kv_unified: bool = False
     n_ubatch: int | None = None  # physical micro-batch (llama.cpp's -ub); None: n_batch
 
+
+
+def _native_abort_check() -> object | None:
+    """A C function ggml can call as its abort callback without Python: libc's ``strlen``, on
+    a two-byte flag (``"\\0"``: go on, ``"x"``: abort). A Python callback would take the GIL
+    at every graph node (see the engine notes); ``strlen`` of the flag is a plain read, from
+    whichever compute thread checks it. ``bool`` is returned in the low byte of the return
+    register on the ABIs llama.cpp runs on here, and ``strlen`` of the flag is 0 or 1. None
+    when libc cannot be found: then a decode is not interrupted and cancellation waits for it
+    to end."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.cast(ctypes.CDLL(name).strlen, C.ggml_abort_callback)
+    except (OSError, AttributeError):
+        return None
+
+
+_ABORT_CHECK = _native_abort_check()
 
 
 class ContextError(RuntimeError):
@@ -76,6 +97,13 @@ share, so a slot never runs out of cells because of another.
         self.threads_batch = params.n_threads_batch
         self._batch = C.llama_batch_init(cfg.n_batch, 0, 1)
         self.n_rows = 0
+        # set from any thread (abort_decode), read by ggml between graph nodes; the context
+        # holds the buffer as long as llama.cpp may read it (until llama_free)
+        self._abort_flag = ctypes.create_string_buffer(2)
+        self.can_abort = _ABORT_CHECK is not None
+        if _ABORT_CHECK is not None:
+            C.llama_set_abort_callback(ptr, _ABORT_CHECK,
+                                       ctypes.cast(self._abort_flag, ctypes.c_void_p))
 
     # --- batch -------------------------------------------------------------
     def clear_batch(self) -> None:
@@ -96,8 +124,17 @@ share, so a slot never runs out of cells because of another.
         return i
 
     def decode(self) -> int:
+        """llama_decode of the batch: 0, 1 (no KV room), 2 (aborted by :meth:`abort_decode`:
+        llama.cpp has removed the positions of the micro-batch it stopped in, the earlier
+        ones of this batch stay), < 0 an error."""
         self._batch.n_tokens = self.n_rows
-        return int(C.llama_decode(self.ptr, self._batch))
+        rc = int(C.llama_decode(self.ptr, self._batch))
+        self._abort_flag[0] = b"\0"  # an abort asked after this decode ended is void
+        return rc
+
+    def abort_decode(self) -> None:
+        """Ask the decode now running (if any) to stop at its next graph node. Any thread."""
+        self._abort_flag[0] = b"x"
 
     def set_threads(self, n: int) -> None:
         """Decode with ``n`` threads (the configured counts when ``n`` is ``threads``)."""

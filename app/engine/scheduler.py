@@ -98,6 +98,8 @@ class Engine:
         self.can_shift = can_shift
         #: LoRA adapters: a step decodes only slots that use the scales it set (app.engine.lora)
         self.lora = lora
+        #: the jobs of the decode now running (replaced, never mutated: read by other threads)
+        self._decoding: frozenset[int] = frozenset()
         self._lora_set: tuple[float, ...] = ()
         self._lora_turn = 0
 
@@ -109,7 +111,12 @@ class Engine:
         self._commands.put(Submit(job))
 
     def cancel(self, job_id: int) -> None:
+        """End a job. One in the decode now running stops it at its next graph node (a long
+        prompt chunk takes a second on a CPU); the other rows of that batch are decoded again
+        in the next step."""
         self._commands.put(Cancel(job_id))
+        if job_id in self._decoding:
+            self.ctx.abort_decode()
 
     def slot_action(self, kind: str, slot_id: int, path: str = "", identity: str = ""
                     ) -> concurrent.futures.Future[dict[str, int]]:
@@ -449,7 +456,11 @@ class Engine:
         if not plan:
             return False
         started = time.perf_counter()
-        rc = ctx.decode()
+        self._decoding = frozenset(s.job.id for s, _f, _r in plan if s.job is not None)
+        try:
+            rc = ctx.decode()
+        finally:
+            self._decoding = frozenset()
         if self.tuner is not None and rc == 0 and len(plan) == len(logit_rows) == ctx.n_rows:
             # only generated tokens in this batch: a measure of decode speed
             now = time.perf_counter()
@@ -458,6 +469,9 @@ class Engine:
                 ctx.set_threads(threads)
         self.counters.decode_calls_total += 1
         self.counters.busy_slots_total += len(plan)
+        if rc == 2:  # aborted for a cancelled job: the others go again in the next step
+            self._decode_aborted(plan)
+            return True
         if rc != 0:
             self._decode_failed(plan, rc)
             return True
@@ -488,6 +502,18 @@ class Engine:
             self.lora.apply(self.ctx.raw, chosen)
             self._lora_set = chosen
         return chosen
+
+    def _decode_aborted(self, plan: list[tuple[Slot, int, int]]) -> None:
+        """Undo an aborted batch: each slot's rows of it leave its sequence (llama.cpp kept
+        the micro-batches it finished), and nothing advances, so the next step adds the same
+        rows again; the cancelled job is dropped by then (its command was queued first)."""
+        for slot, _first, _rows in plan:
+            start = slot.next_prompt if slot.state is SlotState.PROMPT else slot.n_past
+            if not self.ctx.seq_rm(slot.id, start, -1):  # cannot happen for attention KV
+                self.ctx.seq_clear(slot.id)
+                slot.cache.clear()
+                if slot.job is not None:
+                    self._fail(slot, "decoding failed: an aborted batch could not be undone")
 
     def _decode_failed(self, plan: list[tuple[Slot, int, int]], rc: int) -> None:
         reason = "no room left in the KV cache" if rc == 1 else f"llama_decode returned {rc}"

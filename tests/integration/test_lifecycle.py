@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import signal
 import time
+from typing import Any
 
 import httpx
 import trio
 
 from tests.integration.helpers import TIMEOUT, wait_until
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, running_server
 
 
 async def test_sigterm_ends_running_stream_with_final_event_and_exits_zero() -> None:
@@ -122,3 +123,36 @@ async def test_generation_reaching_the_slot_context_is_truncated() -> None:
             assert out["tokens_evaluated"] + out["tokens_predicted"] == 256
     finally:
         assert server.terminate() == 0
+
+
+async def test_a_client_leaving_during_a_long_prompt_frees_the_slot_at_once() -> None:
+    """A 2,000-token prompt takes about a second to read in one chunk here; the decode is
+    aborted (llama.cpp stops at its next graph node) instead of run to its end. A request
+    decoding in the same batches is decoded again and finishes whole."""
+    long_prompt = " ".join(f"word{i}" for i in range(700))
+    with running_server("--parallel", "2") as srv:
+        async with httpx.AsyncClient(base_url=srv.base_url, timeout=TIMEOUT) as client:
+            result: dict[str, Any] = {}
+
+            async def beside() -> None:
+                result["other"] = (await client.post("/completion", json={
+                    "prompt": "Once upon a time", "n_predict": 40, "ignore_eos": True})).json()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(beside)
+                await trio.sleep(0.2)
+                with trio.move_on_after(0.3):
+                    await client.post("/completion", json={"prompt": long_prompt,
+                                                           "n_predict": 8, "cache_prompt": False})
+                left = time.perf_counter()
+                while True:
+                    slots = (await client.get("/slots")).json()
+                    if sum(s["is_processing"] for s in slots) <= 1 and not any(
+                            s["n_prompt_tokens"] > 1000 for s in slots if s["is_processing"]):
+                        break
+                    await trio.sleep(0.005)
+                freed_ms = (time.perf_counter() - left) * 1000
+            other = result["other"]
+    assert freed_ms < 300, freed_ms  # a second without the abort
+    assert other["tokens_predicted"] == 40
+    assert other["stop_type"] == "limit"

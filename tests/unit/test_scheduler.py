@@ -629,3 +629,44 @@ def test_cache_reuse_scan_is_bounded_on_a_hostile_prompt() -> None:
     engine.run_once()
     assert time.perf_counter() - started < 3.0  # quadratic: ~18 million comparisons in Python
     assert next(e for e in box.events[1] if isinstance(e, Started)).tokens_cached == 1
+
+
+def test_a_job_cancelled_in_the_middle_of_a_decode_stops_it_and_the_others_go_again() -> None:
+    """The prompt chunk of A is decoding beside B's token when A's client leaves: the decode
+    is aborted (llama.cpp stops at a graph node), A's slot is free after that step, and B's
+    rows are decoded again at the same positions (the fake context refuses any other), so B's
+    reply is the one it would have had."""
+    engine, ctx, box = make(n_slots=2, n_batch=8)
+    b = job(2, [1, 2], n_predict=6)
+    engine.submit(b)
+    engine.run_once()  # B reads its prompt and starts generating
+    a = job(1, list(range(10, 40)), n_predict=4)
+    engine.submit(a)
+
+    def client_leaves() -> None:
+        if any(tok == 14 for tok, _pos, _seq, _l in ctx.rows):  # a chunk of A's prompt
+            ctx.during_decode = None
+            engine.cancel(a.id)
+
+    ctx.during_decode = client_leaves
+    steps = 0
+    while box.done(b.id) is None and steps < 50:
+        engine.run_once()
+        steps += 1
+    assert ctx.aborted == 1
+    assert all(s.job is None or s.job.id != a.id for s in engine.slots)  # A's slot, free
+    assert box.done(a.id) is None  # a cancelled job gets no final event
+    done = box.done(b.id)
+    assert done is not None
+    alone_engine, _ctx, alone = make(n_slots=2, n_batch=8)
+    alone_engine.submit(job(2, [1, 2], n_predict=6))
+    for _ in range(20):
+        alone_engine.run_once()
+    assert box.text(b.id) == alone.text(2)
+
+
+def test_cancel_asks_for_an_abort_only_while_the_job_is_decoding() -> None:
+    engine, ctx, _box = make()
+    engine.submit(job(1, [1, 2, 3]))
+    engine.cancel(1)  # queued, not decoding: no abort
+    assert ctx.aborting is False

@@ -1,0 +1,135 @@
+"""Cancellation: how long after a client leaves its request stops holding the engine, in each
+phase a request can be in, beside the time of one decode step.
+
+One server (default model, ``--parallel 1 --ctx-size 4096 --metrics``). Per phase, ``--tries``
+times: the client leaves, and ``/slots`` (or ``/metrics`` for a queued request) is polled every
+2 ms until the request is gone. Phases:
+
+* ``queued``: the slot is busy with another request; ours waits, streaming pings, and leaves;
+  gone when ``llamacpp:requests_deferred`` is 0;
+* ``prompt``: a 2,000-token prompt is being read (one ``--batch-size`` chunk takes about a
+  second here) when the client leaves (non-streamed, 0.3 s in);
+* ``decode-stream``: a streamed generation, after its fifth event;
+* ``decode-plain``: a non-streamed generation, 0.4 s in.
+
+Not measured: a request waiting for a grammar worker (no prompt forces one reliably), and
+through nginx.
+
+Prints median and max per phase in ms, and the decode step (ms per generated token, from a
+plain run's ``timings``). Run on a quiet machine (check ``top``)::
+
+    .venv/bin/python bench/cancel.py [--tries 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.serverproc import running_server
+
+ENDLESS = {"prompt": "Once upon a time", "n_predict": -1, "ignore_eos": True,
+           "cache_prompt": False}
+LONG = " ".join(f"word{i}" for i in range(700))  # ~2,000 tokens
+
+
+async def slot_free(probe: httpx.AsyncClient) -> None:
+    while any(s["is_processing"] for s in (await probe.get("/slots")).json()):  # noqa: ASYNC110
+        await trio.sleep(0.002)
+
+
+async def queue_empty(probe: httpx.AsyncClient) -> None:
+    while True:
+        text = (await probe.get("/metrics")).text
+        line = next(x for x in text.splitlines() if x.startswith("llamacpp:requests_deferred"))
+        if float(line.split()[-1]) == 0:
+            return
+        await trio.sleep(0.002)
+
+
+async def read_events(c: httpx.AsyncClient, body: dict[str, object], n: int) -> None:
+    async with c.stream("POST", "/completion", json={**body, "stream": True}) as resp:
+        seen = 0
+        async for line in resp.aiter_lines():
+            if line.startswith("data: "):
+                seen += 1
+                if seen == n:
+                    return
+
+
+async def phase(base: str, tries: int, leave: Callable[[httpx.AsyncClient], Awaitable[None]],
+                gone: Callable[[httpx.AsyncClient], Awaitable[None]]) -> list[float]:
+    waits = []
+    async with httpx.AsyncClient(base_url=base, timeout=120) as probe:
+        for _ in range(tries):
+            async with httpx.AsyncClient(base_url=base, timeout=120) as c:
+                await leave(c)
+            left = time.perf_counter()
+            await gone(probe)
+            waits.append((time.perf_counter() - left) * 1000)
+            await slot_free(probe)
+            await trio.sleep(0.1)
+    return waits
+
+
+async def main(base: str, tries: int) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=120) as c:
+        timed = (await c.post("/completion", json={"prompt": "Once upon a time",
+                                                  "n_predict": 64, "ignore_eos": True})).json()
+    step_ms = timed["timings"]["predicted_per_token_ms"]
+
+    async def prompt(c: httpx.AsyncClient) -> None:
+        with trio.move_on_after(0.3):
+            await c.post("/completion", json={**ENDLESS, "prompt": LONG})
+
+    async def plain(c: httpx.AsyncClient) -> None:
+        with trio.move_on_after(0.4):
+            await c.post("/completion", json=ENDLESS)
+
+    phases: dict[str, tuple[Callable[[httpx.AsyncClient], Awaitable[None]],
+                            Callable[[httpx.AsyncClient], Awaitable[None]]]] = {
+        "prompt": (prompt, slot_free),
+        "decode-stream": (lambda c: read_events(c, ENDLESS, 5), slot_free),
+        "decode-plain": (plain, slot_free),
+    }
+    print(f"decode step: {step_ms:.1f} ms per token; {tries} tries per phase")
+    for name, (leave, gone) in phases.items():
+        waits = await phase(base, tries, leave, gone)
+        print(f"{name:14} leave -> free: median {statistics.median(waits):6.1f} ms, "
+              f"max {max(waits):6.1f} ms", flush=True)
+    waits = []
+    async with httpx.AsyncClient(base_url=base, timeout=120) as probe:
+        for _ in range(tries):
+            async with httpx.AsyncClient(base_url=base, timeout=120) as c, \
+                    trio.open_nursery() as nursery:
+                async def block() -> None:
+                    async with httpx.AsyncClient(base_url=base, timeout=120) as b:
+                        await b.post("/completion", json={**ENDLESS, "n_predict": 2000})
+                nursery.start_soon(block)
+                await trio.sleep(0.3)
+                with trio.move_on_after(0.3):
+                    await read_events(c, ENDLESS, 1000)
+                left = time.perf_counter()
+                await queue_empty(probe)
+                waits.append((time.perf_counter() - left) * 1000)
+                nursery.cancel_scope.cancel()
+            await slot_free(probe)
+    print(f"{'queued':14} leave -> out of the queue: median {statistics.median(waits):6.1f} ms, "
+          f"max {max(waits):6.1f} ms")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tries", type=int, default=20)
+    args = parser.parse_args()
+    with running_server("--parallel", "1", "--ctx-size", "4096", "--metrics") as srv:
+        trio.run(main, srv.base_url, args.tries)
