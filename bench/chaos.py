@@ -248,6 +248,54 @@ async def surface() -> None:
             meta.write_text(json.dumps({"model": "0" * 64, "lora": []}))
             r = await c.post("/slots/0?action=restore", json={"filename": "s.bin"})
             print(f"surface: restoring a slot file another model computed: {r.status_code}")
+            # stop strings: 16 of 1,000 characters each cost no more per token than none
+            rates = []
+            for stops in ([], ["never " * 166 + f"{i}" for i in range(16)]):
+                out = (await c.post("/completion", json={
+                    "prompt": "Once upon a time", "n_predict": 200, "ignore_eos": True,
+                    "temperature": 0, "stop": stops})).json()
+                rates.append(out["timings"]["predicted_per_second"])
+            print(f"surface: 200 tokens with 16 stop strings of 1,000 characters: "
+                  f"{rates[1]:.1f} tok/s, without stops {rates[0]:.1f} tok/s")
+            # Ollama keep_alive 0 on a busy model: the running request is not stalled
+            started = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                async def busy() -> None:
+                    await c.post("/completion", json={"prompt": "x", "n_predict": 64,
+                                                      "ignore_eos": True})
+                nursery.start_soon(busy)
+                await trio.sleep(0.2)
+                for _ in range(3):
+                    await c.post("/api/generate", json={"model": "default", "prompt": "",
+                                                        "keep_alive": 0})
+            print(f"surface: three Ollama keep_alive 0 calls beside a 64-token request: all done "
+                  f"after {time.perf_counter() - started:.1f} s")
+    finally:
+        print(f"surface: server exit status {server.terminate()}")
+    # a server default on every family: -j integer, through each family's route
+    server = start("-j", '{"type": "integer"}')
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as c:
+            chat = [{"role": "user", "content": "How many legs has a cat?"}]
+            replies = {
+                "native": (await c.post("/completion", json={
+                    "prompt": "Legs of a cat:", "n_predict": 8})).json()["content"],
+                "openai": (await c.post("/v1/chat/completions", json={
+                    "messages": chat, "max_tokens": 8})).json()["choices"][0]["message"]["content"],
+                "anthropic": (await c.post("/v1/messages", headers={
+                    "anthropic-version": "2023-06-01"}, json={
+                    "model": "m", "max_tokens": 8, "messages": chat})).json()["content"][0]["text"],
+                "responses": (await c.post("/v1/responses", json={
+                    "input": "How many legs has a cat?", "max_output_tokens": 16})).json()[
+                    "output"][0]["content"][0]["text"],
+                "ollama": (await c.post("/api/generate", json={
+                    "model": "m", "prompt": "Legs of a cat:", "stream": False,
+                    "options": {"num_predict": 8}})).json()["response"],
+                "goinfer": (await c.post("/infer", json={
+                    "prompt": "Legs of a cat:", "tokens": 8})).json()["text"],
+            }
+            ints = {name: text.strip().lstrip("-").isdigit() for name, text in replies.items()}
+            print(f"surface: -j integer, every family answers an integer: {ints}")
     finally:
         print(f"surface: server exit status {server.terminate()}")
 
