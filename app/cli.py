@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--ssl-key-file", type=Path, help="PEM private key: serve HTTPS (with --ssl-cert-file)")
     a("--ssl-cert-file", type=Path, help="PEM certificate (chain): serve HTTPS (with "
       "--ssl-key-file)")
+    a("--sse-ping-interval", dest="queue_ping_interval_s", type=float, metavar="S",
+      help="seconds between keep-alive comments (': ping') of a stream with nothing to send, "
+      "queued or loading (default 5)")
     a("--api-prefix", help="serve every route under this path (e.g. /llama; no trailing /); "
       "other paths answer 404")
     a("--timeout", dest="request_timeout_s", type=float,
@@ -394,6 +397,8 @@ def _check(s: Settings) -> None:
         (s.request_timeout_s is None or s.request_timeout_s > 0, "--timeout must be positive"),
         (s.shutdown_grace_s >= 0, "--shutdown-grace must not be negative"),
         (s.send_timeout_s > 0, "--send-timeout must be positive"),
+        (math.isfinite(s.queue_ping_interval_s) and 0.1 <= s.queue_ping_interval_s <= 3600,
+         "--sse-ping-interval must be 0.1..3600 seconds"),
         (s.max_body_bytes >= 1024, "--max-body-bytes must be at least 1024"),
         (1 <= s.models_max <= 64, "--models-max must be 1..64"),
         (0 < s.models_wait_s <= 86400, "--models-wait must be more than 0 and at most 86400"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import ssl
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,3 +79,25 @@ def test_the_preflight_answers_with_the_configured_lists(server: ServerProcess) 
                                   "Access-Control-Request-Headers": "X-Trace"})
     assert resp.headers["Access-Control-Allow-Methods"] == "GET, POST"
     assert resp.headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type, X-Trace"
+
+
+def test_a_queued_stream_is_pinged_at_the_configured_interval() -> None:
+    with running_server("--parallel", "1", "--sse-ping-interval", "0.2") as srv, \
+            httpx.Client(base_url=srv.base_url, timeout=60) as client:
+        blocker = threading.Thread(target=lambda: client.post("/completion", json={
+            "prompt": "x", "n_predict": 60, "ignore_eos": True}))
+        blocker.start()
+        time.sleep(0.3)
+        pings = 0
+        started = time.perf_counter()
+        with client.stream("POST", "/completion", json={"prompt": "y", "n_predict": 2,
+                                                        "stream": True}) as resp:
+            for line in resp.iter_lines():
+                if line == ": ping":
+                    pings += 1
+                if line.startswith("data: "):
+                    break
+        waited = time.perf_counter() - started
+        blocker.join()
+    assert waited > 0.6, waited  # it did wait in the queue
+    assert pings >= int(waited / 0.2) - 1, (pings, waited)

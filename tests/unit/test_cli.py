@@ -327,6 +327,7 @@ def test_alias_takes_llama_cpps_list_and_the_slot_save_path_is_made(tmp_path: Pa
     (["--cors-headers", "X-A\r\nSet-Cookie: a=b"], "--cors-headers"),
     (["--cors-methods", ""], "--cors-methods"),
     (["--schema-dry", "nan"], "--schema-dry"),
+    (["--sse-ping-interval", "0"], "--sse-ping-interval"),
 ])
 def test_operator_flags_are_checked_at_start(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
