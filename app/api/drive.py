@@ -11,7 +11,7 @@ leaves, a cancelled scope).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Protocol
 
@@ -61,7 +61,7 @@ async def _single(completion: Completion, ping_s: float | None
 
 
 async def drive(m: Bound, completions: Sequence[Completion], wire: StreamWire,
-                ping_s: float | None) -> AsyncIterator[bytes]:
+                ping_s: float | None) -> AsyncGenerator[bytes]:
     """The bytes of one stream over ``completions`` (one, or several fanned in)."""
     for chunk in wire.begin():
         yield chunk

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,10 +43,10 @@ from quart import Response, current_app, websocket
 
 from app import sse
 from app.api.common import Family, json_response, read_valid, service, streamed, with_model
-from app.completion import CompletionRequest, Delta, Failure, Final, Outcome
+from app.api.drive import drive
+from app.completion import CompletionRequest, Delta, Outcome, PromptProgress
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported, ServerError
 from app.requests import renamed, sampling_from, stops_from, with_server_defaults
-from app.running import Completion
 from app.service import Bound, Service
 
 goinfer = Family("goinfer", __name__)
@@ -214,57 +214,72 @@ def infer_request(body: JSON, svc: Bound) -> CompletionRequest:
         stops=stops_from(body.get("stop"))), defaults)
 
 
-async def _infer_steps(completion: Completion, state: GoinferState
-                       ) -> AsyncGenerator[tuple[str, int] | JSON]:
-    """``(piece, n)`` per token (also published to /ws), then goinfer's reply.
+class InferStream:
+    """goinfer's ``/infer`` (a :class:`~app.api.drive.StreamWire`): a ``token`` event per
+    token, each also published to the ``/ws`` feed, then the ``system`` ``result`` event with
+    goinfer's reply; a failure is one error event. The non-streamed route runs the same wire
+    and answers with :attr:`reply` (the feed gets the tokens either way)."""
 
-    Raises:
-        ServerError: the engine failed the request after it started.
-    """
-    started, first = time.perf_counter(), None
-    n = 0
-    state.infer_jobs.add(completion.id)
-    try:
-        async with aclosing(completion.items()) as items:
-            async for item in items:
-                match item:
-                    case Delta(text=text) if text:
-                        first = first or time.perf_counter()
-                        state.feed.publish(text, n)
-                        yield text, n
-                        n += 1
-                    case Final(outcome=outcome):
-                        yield _reply(outcome, started, first, time.perf_counter())
-                    case Failure(message=message):
-                        raise ServerError(message)
-    finally:
-        state.infer_jobs.discard(completion.id)
+    def __init__(self, state: GoinferState) -> None:
+        self.state = state
+        self.started, self.first = time.perf_counter(), 0.0
+        self.n = 0
+        self.reply: JSON | None = None
+        self.failed: str | None = None
+
+    def begin(self) -> list[bytes]:
+        return []
+
+    def ping(self) -> list[bytes]:
+        return []
+
+    def delta(self, index: int, item: Delta) -> list[bytes]:
+        if not item.text:
+            return []
+        self.first = self.first or time.perf_counter()
+        self.state.feed.publish(item.text, self.n)
+        self.n += 1
+        return [sse.event({"msgType": "token", "content": item.text, "num": self.n - 1})]
+
+    def progress(self, index: int, item: PromptProgress) -> list[bytes]:
+        return []
+
+    async def final(self, index: int, outcome: Outcome) -> list[bytes]:
+        self.reply = _reply(outcome, self.started, self.first or None, time.perf_counter())
+        return [sse.event({"msgType": "system", "content": "result", "data": self.reply})]
+
+    def failure(self, index: int, message: str) -> list[bytes]:
+        self.failed = message  # after the 200: one error event, then the end
+        return [sse.event(ServerError(message).body())]
+
+    def end(self) -> list[bytes]:
+        return []
 
 
 @goinfer.route("/infer", methods=["POST"])
 @with_model("goinfer_infer")
 async def infer(m: Bound, body: JSON) -> Response:
     completion = await m.submit(infer_request(body, m))
-    steps = _infer_steps(completion, _state())
-    if not body.get("stream"):
-        async with aclosing(steps):
-            async for step in steps:
-                if isinstance(step, dict):
-                    return json_response(step, headers={"X-Request-Id": str(completion.id)})
-        raise ServerError("the completion ended without a result")  # pragma: no cover
+    state = _state()
+    wire = InferStream(state)
 
-    async def events() -> AsyncIterator[bytes]:
+    async def events() -> AsyncGenerator[bytes]:
+        state.infer_jobs.add(completion.id)  # what /infer/abort ends
         try:
-            async with aclosing(steps):
-                async for step in steps:
-                    if isinstance(step, dict):
-                        yield sse.event({"msgType": "system", "content": "result", "data": step})
-                    else:
-                        yield sse.event({"msgType": "token", "content": step[0], "num": step[1]})
-        except ServerError as exc:  # after the 200: one error event, then the end
-            yield sse.event(exc.body())
+            async with aclosing(drive(m, [completion], wire, None)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            state.infer_jobs.discard(completion.id)
 
-    return streamed(events(), completion.id)
+    if body.get("stream"):
+        return streamed(events(), completion.id)
+    async with aclosing(events()) as chunks:
+        async for _chunk in chunks:
+            pass
+    if wire.reply is None:
+        raise ServerError(wire.failed or "the completion ended without a result")
+    return json_response(wire.reply, headers={"X-Request-Id": str(completion.id)})
 
 
 @goinfer.route("/infer/abort", methods=["POST", "GET"])  # GET: goinfer's own method
