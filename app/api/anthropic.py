@@ -28,7 +28,7 @@ from quart import Response
 
 from app import sse
 from app.api.common import Family, json_response, streamed, with_model
-from app.api.drive import drive
+from app.api.drive import Wire, drive
 from app.api.report import call_checks, extras
 from app.chat import Message
 from app.completion import (
@@ -261,7 +261,7 @@ class _Blocks:
         return out
 
 
-class MessageStream:
+class MessageStream(Wire):
     """Anthropic's message stream (a :class:`~app.api.drive.StreamWire`): ``message_start``,
     content blocks as the reply splits into thinking, text and tool uses, ``message_delta``
     with the stop reason, ``message_stop``; a failure is an ``error`` event."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import replace
 from functools import wraps
@@ -37,9 +37,10 @@ import trio
 from quart import Response, current_app, request
 
 from app.api.common import Family, json_response, service, streamed, with_model
+from app.api.drive import Wire, drive
 from app.chat import ALIASES, BUILTINS, ChatTemplate, Message
-from app.completion import CompletionRequest, Delta, Final, Outcome, StopType
-from app.errors import JSON, ApiError, InvalidRequest, SlotBusy, SlotFileError
+from app.completion import CompletionRequest, Delta, Outcome, StopType
+from app.errors import JSON, ApiError, InvalidRequest, ServerError, SlotBusy, SlotFileError
 from app.requests import Defaults, renamed, sampling_from, with_server_defaults
 from app.service import Bound
 from grammar.linear_regex import UnsupportedPattern, compile_linear
@@ -129,6 +130,38 @@ async def _restore_cache(svc: Bound, path: Path) -> int:
     return -1
 
 
+class TextStream(Wire):
+    """A plain-text stream (the Rust ``llm`` server's ``/stream``, llm-api's routes): the
+    text as it comes, nothing else. ``stop`` (llm-api's ``stopRegex``) ends it before the
+    first match, and the generation with it. A failure has no in-band form in plain text:
+    it raises, and the stream is cut (see :func:`app.api.common.streamed`)."""
+
+    def __init__(self, stop: Any = None) -> None:
+        self.stop = stop
+        self.produced = ""
+        self.sent = 0
+        self.id_slot = -1
+
+    def delta(self, index: int, item: Delta) -> list[bytes]:
+        self.id_slot = item.id_slot
+        if self.stop is None:
+            return [item.text.encode()] if item.text else []
+        self.produced += item.text
+        match = self.stop.search(self.produced)
+        end = match.start() if match is not None else len(self.produced)
+        out = [self.produced[self.sent:end].encode()] if end > self.sent else []
+        self.sent = max(self.sent, end)
+        self.finished = match is not None
+        return out
+
+    async def final(self, index: int, outcome: Outcome) -> list[bytes]:
+        self.id_slot = outcome.id_slot
+        return []
+
+    def failure(self, index: int, message: str) -> list[bytes]:
+        raise ServerError(message)
+
+
 @compat.route("/stream", methods=["POST"])
 @with_model("llm_stream")
 async def llm_stream(m: Bound, body: JSON) -> Response:
@@ -146,16 +179,13 @@ async def llm_stream(m: Bound, body: JSON) -> Response:
             request_ = replace(request_, id_slot=slot)
     completion = await m.submit(request_)
 
-    async def text() -> AsyncIterator[bytes]:
-        id_slot = -1
-        async with aclosing(completion.items()) as items:
-            async for item in items:
-                if isinstance(item, Delta):
-                    id_slot = item.id_slot
-                    if item.text:
-                        yield item.text.encode()
-                elif isinstance(item, Final):
-                    id_slot = item.outcome.id_slot
+    wire = TextStream()
+
+    async def text() -> AsyncGenerator[bytes]:
+        async with aclosing(drive(m, [completion], wire, None)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+        id_slot = wire.id_slot
         if cache_file is not None and id_slot >= 0:
             # a short, bounded clean-up step; if it fails, the next request with this id
             # evaluates its prompt in full
@@ -246,23 +276,8 @@ async def _text_reply(svc: Bound, form: Any, prompt: str, stops: tuple[str, ...]
     pattern = _stop_regex(form)
     completion = await svc.submit(_request(values, svc.defaults, stops=stops))
 
-    async def text() -> AsyncIterator[bytes]:
-        sent = 0
-        produced = ""
-        async with aclosing(completion.items()) as items:
-            async for item in items:
-                if not isinstance(item, Delta):
-                    continue
-                produced += item.text
-                match = pattern.search(produced) if pattern is not None else None
-                end = match.start() if match is not None else len(produced)
-                if end > sent:
-                    yield produced[sent:end].encode()
-                    sent = end
-                if match is not None:
-                    return  # leaving the items ends the generation
-
-    return streamed(text(), completion.id, text=True)
+    return streamed(drive(svc, [completion], TextStream(pattern), None), completion.id,
+                    text=True)
 
 
 @compat.route("/predict", methods=["POST"])

@@ -26,7 +26,11 @@ if TYPE_CHECKING:
 
 
 class StreamWire(Protocol):
-    """How one family writes a stream. Each method returns the chunks to send, maybe none."""
+    """How one family writes a stream. Each method returns the chunks to send, maybe none.
+    ``finished`` set by a method ends the stream after its chunks (llm-api's stop regex): the
+    completion is then ended as a client that left would be."""
+
+    finished: bool
 
     def begin(self) -> Sequence[bytes]:
         """Before any item (a first byte, so headers leave while the request queues)."""
@@ -51,6 +55,33 @@ class StreamWire(Protocol):
     def end(self) -> Sequence[bytes]:
         """After every completion's final chunks (OpenAI's ``[DONE]``)."""
         ...
+
+
+class Wire:
+    """A :class:`StreamWire` that writes nothing: families override what their format has."""
+
+    finished = False
+
+    def begin(self) -> Sequence[bytes]:
+        return ()
+
+    def ping(self) -> Sequence[bytes]:
+        return ()
+
+    def delta(self, index: int, item: Delta) -> Sequence[bytes]:
+        return ()
+
+    def progress(self, index: int, item: PromptProgress) -> Sequence[bytes]:
+        return ()
+
+    async def final(self, index: int, outcome: Outcome) -> Sequence[bytes]:
+        return ()
+
+    def failure(self, index: int, message: str) -> Sequence[bytes]:
+        return ()
+
+    def end(self) -> Sequence[bytes]:
+        return ()
 
 
 async def _single(completion: Completion, ping_s: float | None
@@ -94,7 +125,7 @@ async def drive(m: Bound, completions: Sequence[Completion], wire: StreamWire,
             for chunk in chunks:
                 yield chunk
             quiet_since = trio.current_time()
-            if finished == len(completions):
+            if finished == len(completions) or wire.finished:
                 break
     for chunk in wire.end():
         yield chunk

@@ -43,7 +43,7 @@ from quart import Response, current_app, websocket
 
 from app import sse
 from app.api.common import Family, json_response, read_valid, service, streamed, with_model
-from app.api.drive import drive
+from app.api.drive import Wire, drive
 from app.completion import CompletionRequest, Delta, Outcome, PromptProgress
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported, ServerError
 from app.requests import renamed, sampling_from, stops_from, with_server_defaults
@@ -214,7 +214,7 @@ def infer_request(body: JSON, svc: Bound) -> CompletionRequest:
         stops=stops_from(body.get("stop"))), defaults)
 
 
-class InferStream:
+class InferStream(Wire):
     """goinfer's ``/infer`` (a :class:`~app.api.drive.StreamWire`): a ``token`` event per
     token, each also published to the ``/ws`` feed, then the ``system`` ``result`` event with
     goinfer's reply; a failure is one error event. The non-streamed route runs the same wire

@@ -31,7 +31,7 @@ from app.api.common import (
     submit_all,
     with_model,
 )
-from app.api.drive import drive
+from app.api.drive import Wire, drive
 from app.api.report import progress_fields, timing_fields, timings
 from app.completion import (
     CompletionRequest,
@@ -165,7 +165,7 @@ def nested_fields(paths: list[str], obj: JSON) -> JSON:
     return out
 
 
-class NativeStream:
+class NativeStream(Wire):
     """llama.cpp's stream (a :class:`~app.api.drive.StreamWire`): partials, then the final
     object. Several completions share one stream as llama.cpp's do: each event carries its
     ``index``, each completion ends with its own final event."""

@@ -34,7 +34,7 @@ from quart import Response
 
 from app.api.chatbody import messages, openai_request, tools_from
 from app.api.common import Family, guarded, json_response, read_valid, service
-from app.api.drive import drive
+from app.api.drive import Wire, drive
 from app.api.ollama_models import now as _now
 from app.chat import Message
 from app.completion import Delta, Outcome, PromptProgress, SchemaConstraint, StopType
@@ -157,7 +157,7 @@ def _failure(message: str) -> bytes:
     return json.dumps({"error": message}).encode() + b"\n"
 
 
-class _Lines:
+class _Lines(Wire):
     """Ollama's NDJSON stream (a :class:`~app.api.drive.StreamWire`): no first byte, no
     pings, one ``{"error": ...}`` line for a failure; the routes write the deltas and the
     final line."""

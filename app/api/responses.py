@@ -28,7 +28,7 @@ from quart import Response
 
 from app import sse
 from app.api.common import Family, json_response, streamed, with_model
-from app.api.drive import drive
+from app.api.drive import Wire, drive
 from app.api.report import call_checks, extras
 from app.chat import Message
 from app.completion import (
@@ -330,7 +330,7 @@ class _Stream:
         return out
 
 
-class ResponseStream:
+class ResponseStream(Wire):
     """The Responses stream (a :class:`~app.api.drive.StreamWire`): ``response.created`` and
     ``in_progress``, output items opened and closed as the reply splits into reasoning,
     message and function calls, then ``response.completed`` (or ``incomplete``); a failure is

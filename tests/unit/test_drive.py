@@ -20,7 +20,13 @@ from tests.unit.test_core import running
 
 
 class Recorder:
-    """A wire that writes what it was asked, as text lines."""
+    """A wire that writes what it was asked, as text lines; ``stop_after`` deltas, it asks
+    for the end."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.finished = False
+        self.stop_after = stop_after
+        self.deltas = 0
 
     def begin(self) -> Sequence[bytes]:
         return [b"begin"]
@@ -29,6 +35,8 @@ class Recorder:
         return [b"ping"]
 
     def delta(self, index: int, item: Delta) -> Sequence[bytes]:
+        self.deltas += 1
+        self.finished = self.stop_after is not None and self.deltas >= self.stop_after
         return [f"delta {index} {item.text}".encode()]
 
     def progress(self, index: int, item: PromptProgress) -> Sequence[bytes]:
@@ -118,3 +126,18 @@ async def test_pings_while_quiet(many: bool, autojump_clock: trio.testing.MockCl
             b.abandon()
     pings = lines.count("ping")
     assert 9 <= pings <= 11, lines
+
+
+async def test_a_wire_that_is_finished_ends_the_stream_and_the_request(
+        autojump_clock: trio.testing.MockClock) -> None:
+    rt = FakeRuntime(sampler_factory=lambda p, g: FakeSampler(length=100_000),
+                     slot_ctx=200_000)
+    async with running(rt) as (svc, rt):
+        completion = await svc.submit(CompletionRequest(prompt=("hi",)))
+        bound: Any = SimpleNamespace(service=svc)
+        lines = [c.decode() async for c in drive(bound, [completion], Recorder(stop_after=3),
+                                                  None)]
+        assert lines[0] == "begin"
+        assert [line.split()[0] for line in lines[1:]] == ["delta", "delta", "delta", "end"]
+        await trio.sleep(1)
+        assert all(slot.job is None for slot in rt.engine.slots)  # the generation ended too
