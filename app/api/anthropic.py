@@ -28,7 +28,7 @@ from quart import Response
 
 from app import sse
 from app.api.common import Family, json_response, streamed, with_model
-from app.api.drive import Wire, drive
+from app.api.drive import SseWire, drive
 from app.api.report import call_checks, extras
 from app.chat import Message
 from app.completion import (
@@ -36,7 +36,6 @@ from app.completion import (
     Delta,
     FunctionTool,
     Outcome,
-    PromptProgress,
     SchemaConstraint,
     StopType,
 )
@@ -261,7 +260,7 @@ class _Blocks:
         return out
 
 
-class MessageStream(Wire):
+class MessageStream(SseWire):
     """Anthropic's message stream (a :class:`~app.api.drive.StreamWire`): ``message_start``,
     content blocks as the reply splits into thinking, text and tool uses, ``message_delta``
     with the stop reason, ``message_stop``; a failure is an ``error`` event."""
@@ -277,14 +276,8 @@ class MessageStream(Wire):
             **self.head, "content": [], "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": self.completion.n_prompt, "output_tokens": 0}}})]
 
-    def ping(self) -> list[bytes]:
-        return [sse.PING]
-
     def delta(self, index: int, item: Delta) -> list[bytes]:
         return self.blocks.pieces(self.splitter.feed(item.text))
-
-    def progress(self, index: int, item: PromptProgress) -> list[bytes]:
-        return []
 
     async def final(self, index: int, outcome: Outcome) -> list[bytes]:
         blocks, splitter = self.blocks, self.splitter
@@ -302,9 +295,6 @@ class MessageStream(Wire):
 
     def failure(self, index: int, message: str) -> list[bytes]:
         return [sse.named("error", anthropic_body(ServerError(message)))]
-
-    def end(self) -> list[bytes]:
-        return []
 
 
 @anthropic.route("/v1/messages/count_tokens", methods=["POST"])

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from app import sse
 from app.api.common import fan_in
 from app.completion import Delta, Failure, Final, Item, Outcome, Ping, PromptProgress
 
@@ -82,6 +83,13 @@ class Wire:
 
     def end(self) -> Sequence[bytes]:
         return ()
+
+
+class SseWire(Wire):
+    """A Server-Sent Events stream: a ``: ping`` comment keeps it alive while quiet."""
+
+    def ping(self) -> Sequence[bytes]:
+        return [sse.PING]
 
 
 async def _single(completion: Completion, ping_s: float | None

@@ -44,7 +44,7 @@ from quart import Response, current_app, websocket
 from app import sse
 from app.api.common import Family, json_response, read_valid, service, streamed, with_model
 from app.api.drive import Wire, drive
-from app.completion import CompletionRequest, Delta, Outcome, PromptProgress
+from app.completion import CompletionRequest, Delta, Outcome
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported, ServerError
 from app.requests import renamed, sampling_from, stops_from, with_server_defaults
 from app.service import Bound, Service
@@ -227,12 +227,6 @@ class InferStream(Wire):
         self.reply: JSON | None = None
         self.failed: str | None = None
 
-    def begin(self) -> list[bytes]:
-        return []
-
-    def ping(self) -> list[bytes]:
-        return []
-
     def delta(self, index: int, item: Delta) -> list[bytes]:
         if not item.text:
             return []
@@ -241,9 +235,6 @@ class InferStream(Wire):
         self.n += 1
         return [sse.event({"msgType": "token", "content": item.text, "num": self.n - 1})]
 
-    def progress(self, index: int, item: PromptProgress) -> list[bytes]:
-        return []
-
     async def final(self, index: int, outcome: Outcome) -> list[bytes]:
         self.reply = _reply(outcome, self.started, self.first or None, time.perf_counter())
         return [sse.event({"msgType": "system", "content": "result", "data": self.reply})]
@@ -251,9 +242,6 @@ class InferStream(Wire):
     def failure(self, index: int, message: str) -> list[bytes]:
         self.failed = message  # after the 200: one error event, then the end
         return [sse.event(ServerError(message).body())]
-
-    def end(self) -> list[bytes]:
-        return []
 
 
 @goinfer.route("/infer", methods=["POST"])

@@ -31,7 +31,7 @@ from app.api.common import (
     submit_all,
     with_model,
 )
-from app.api.drive import Wire, drive
+from app.api.drive import SseWire, drive
 from app.api.report import progress_fields, timing_fields, timings
 from app.completion import (
     CompletionRequest,
@@ -165,7 +165,7 @@ def nested_fields(paths: list[str], obj: JSON) -> JSON:
     return out
 
 
-class NativeStream(Wire):
+class NativeStream(SseWire):
     """llama.cpp's stream (a :class:`~app.api.drive.StreamWire`): partials, then the final
     object. Several completions share one stream as llama.cpp's do: each event carries its
     ``index``, each completion ends with its own final event."""
@@ -182,9 +182,6 @@ class NativeStream(Wire):
     def begin(self) -> list[bytes]:
         return [sse.PING]  # headers and a first byte leave at once, even while queued
 
-    def ping(self) -> list[bytes]:
-        return [sse.PING]
-
     def delta(self, index: int, item: Delta) -> list[bytes]:
         return self._event(index, partial(item, self.completions[index]))
 
@@ -199,9 +196,6 @@ class NativeStream(Wire):
 
     def failure(self, index: int, message: str) -> list[bytes]:
         return [sse.event(ServerError(message).body())]
-
-    def end(self) -> list[bytes]:
-        return []
 
 
 def events(m: Bound, completions: Sequence[Completion],

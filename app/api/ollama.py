@@ -37,7 +37,7 @@ from app.api.common import Family, guarded, json_response, read_valid, service
 from app.api.drive import Wire, drive
 from app.api.ollama_models import now as _now
 from app.chat import Message
-from app.completion import Delta, Outcome, PromptProgress, SchemaConstraint, StopType
+from app.completion import Delta, Outcome, SchemaConstraint, StopType
 from app.errors import JSON, InvalidRequest, NotSupported, ollama_body
 from app.requests import native_request
 from app.tools import CallEnd, Piece, ReasoningPiece, ReplySplitter, TextPiece
@@ -162,26 +162,8 @@ class _Lines(Wire):
     pings, one ``{"error": ...}`` line for a failure; the routes write the deltas and the
     final line."""
 
-    def begin(self) -> list[bytes]:
-        return []
-
-    def ping(self) -> list[bytes]:
-        return []
-
-    def delta(self, index: int, item: Delta) -> list[bytes]:
-        raise NotImplementedError
-
-    def progress(self, index: int, item: PromptProgress) -> list[bytes]:
-        return []
-
-    async def final(self, index: int, outcome: Outcome) -> list[bytes]:
-        raise NotImplementedError
-
     def failure(self, index: int, message: str) -> list[bytes]:
         return [_line({"error": message})]
-
-    def end(self) -> list[bytes]:
-        return []
 
 
 def _ndjson(body: AsyncIterator[bytes], job_id: int) -> Response:

@@ -24,7 +24,7 @@ from quart import Response
 from app import sse
 from app.api.chatbody import messages, openai_request, reasoning_from, tools_from
 from app.api.common import Family, json_response, run_all, streamed, submit_all, with_model
-from app.api.drive import Wire, drive
+from app.api.drive import SseWire, drive
 from app.api.report import call_checks, extras, progress_fields, timing_fields
 from app.completion import (
     Delta,
@@ -224,7 +224,7 @@ class ChoiceStream:
     finish: Callable[[Outcome], Awaitable[Sequence[JSON]]]
 
 
-class OpenAIStream(Wire):
+class OpenAIStream(SseWire):
     """An OpenAI stream (a :class:`~app.api.drive.StreamWire`): each choice's role chunk, delta
     chunks and finish chunks (by ``index``, as they come), usage, ``[DONE]``.
 
@@ -246,9 +246,6 @@ class OpenAIStream(Wire):
         return [sse.event(role)] if role is not None else []
 
     def begin(self) -> list[bytes]:
-        return [sse.PING]
-
-    def ping(self) -> list[bytes]:
         return [sse.PING]
 
     def progress(self, index: int, item: PromptProgress) -> list[bytes]:

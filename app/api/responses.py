@@ -28,7 +28,7 @@ from quart import Response
 
 from app import sse
 from app.api.common import Family, json_response, streamed, with_model
-from app.api.drive import Wire, drive
+from app.api.drive import SseWire, drive
 from app.api.report import call_checks, extras
 from app.chat import Message
 from app.completion import (
@@ -36,7 +36,6 @@ from app.completion import (
     Delta,
     FunctionTool,
     Outcome,
-    PromptProgress,
     SchemaConstraint,
     StopType,
 )
@@ -330,7 +329,7 @@ class _Stream:
         return out
 
 
-class ResponseStream(Wire):
+class ResponseStream(SseWire):
     """The Responses stream (a :class:`~app.api.drive.StreamWire`): ``response.created`` and
     ``in_progress``, output items opened and closed as the reply splits into reasoning,
     message and function calls, then ``response.completed`` (or ``incomplete``); a failure is
@@ -348,14 +347,8 @@ class ResponseStream(Wire):
         return [self.stream.ev("response.created", response=start),
                 self.stream.ev("response.in_progress", response=start)]
 
-    def ping(self) -> list[bytes]:
-        return [sse.PING]
-
     def delta(self, index: int, item: Delta) -> list[bytes]:
         return self.stream.pieces(self.splitter.feed(item.text))
-
-    def progress(self, index: int, item: PromptProgress) -> list[bytes]:
-        return []
 
     async def final(self, index: int, outcome: Outcome) -> list[bytes]:
         stream, splitter, ids = self.stream, self.splitter, self.ids
@@ -374,6 +367,3 @@ class ResponseStream(Wire):
     def failure(self, index: int, message: str) -> list[bytes]:
         err = ServerError(message)
         return [self.stream.ev("error", code=err.type, message=err.message, param=None)]
-
-    def end(self) -> list[bytes]:
-        return []
