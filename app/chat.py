@@ -12,19 +12,29 @@ A trailing assistant message is a prefill: the history before it is rendered
 with the generation prompt, and the assistant text is appended unclosed, so
 the model continues it.
 
-Tools: a template that reads ``tools`` and writes calls in Hermes' ``<tool_call>``
-format (Qwen 2.5/3, Hermes, SmolLM3) gets them, and the messages, as Hugging
-Face's ``apply_chat_template`` passes them (``tools`` as OpenAI function
-objects, assistant ``tool_calls`` with ``arguments`` parsed into objects, tool
-results as ``role: "tool"`` with ``tool_call_id``). Any other template gets the
+Tools: a template that reads ``tools`` and teaches one of the call formats of
+:mod:`app.toolformat` (Hermes' ``<tool_call>``, Llama 3's, Mistral's, Granite's,
+DeepSeek's, FireFunction's) gets them, and the messages, as Hugging Face's
+``apply_chat_template`` passes them (``tools`` as OpenAI function objects,
+assistant ``tool_calls`` with ``arguments`` parsed into objects, tool results as
+``role: "tool"`` with ``tool_call_id``); a template that does not render
+``tool_calls`` itself (Granite 3's) gets each call written into the assistant
+text in its format. Mistral's templates accept only nine-letter call ids: other
+ids are mapped to such ones, the same id to the same one. Any other template
+(or a format forced by ``--tool-call-format`` that it does not teach) gets the
 tool instructions of :func:`app.tools.tools_prompt` in its system message, the
 calls written into the assistant text, and each result as a user turn inside
 ``<tool_response>`` tags.
+
+``tojson`` is Hugging Face's (and llama.cpp's): keys in their order, no HTML
+escaping (Jinja's own sorts keys and writes ``<`` as ``\\u003c``, which no model
+was trained on).
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +47,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from app.completion import FunctionTool
 from app.errors import InvalidRequest
-from app.tools import THINK_OPEN, ToolCall, render_call, tools_prompt
+from app.toolformat import BY_NAME, FALLBACK, ToolFormat, detect
+from app.tools import THINK_OPEN, ToolCall, render_calls, tools_prompt
+from grammar.tools import CallSyntax
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -160,26 +172,50 @@ def _strftime_now(fmt: str) -> str:
     return datetime.datetime.now().strftime(fmt)
 
 
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+def short_id(ident: str) -> str:
+    """A nine-letter id for ``ident`` (itself when it is one): Mistral's templates need them."""
+    if len(ident) == 9 and ident.isascii() and ident.isalnum():
+        return ident
+    return hashlib.sha256(ident.encode()).hexdigest()[:9]
+
+
 class ChatTemplate:
     """A compiled chat template."""
 
     def __init__(self, name: str, source: str, *, stops: tuple[str, ...] = (),
-                 bos_token: str = "", eos_token: str = "", tools: bool = True) -> None:
+                 bos_token: str = "", eos_token: str = "", tools: bool = True,
+                 tool_format: str = "auto") -> None:
         # as Hugging Face's apply_chat_template: real templates test ``message.tool_calls``
         # on messages without it, which a strict Undefined would refuse
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                             extensions=["jinja2.ext.loopcontrols"])
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = _strftime_now
+        env.filters["tojson"] = _tojson
         try:
             self._template = env.from_string(source)
             names = jinja2.meta.find_undeclared_variables(env.parse(source))
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f"chat template {name!r} does not compile: {exc}") from None
-        # a template renders tools itself only if it asks for Sluice's (Hermes') call format;
-        # one that teaches another format (Llama 3's, Mistral's) gets the generic instructions,
-        # so the prompt and the grammar agree
-        self.renders_tools = "tools" in names and "<tool_call>" in source
+        # a template renders tools itself only if it teaches a format the grammar can force
+        # (and --tool-call-format, if given, names that one); any other gets the
+        # instructions of the format used, so the prompt and the grammar agree
+        taught = detect(source)
+        chosen = taught if tool_format == "auto" else BY_NAME[tool_format]
+        self.format: ToolFormat = chosen or FALLBACK
+        #: the template knows the format in use: it gets the messages as Hugging Face passes
+        #: them (else roles and text, with the calls written in)
+        self.knows_format = taught is not None and taught == self.format
+        #: it describes ``tools`` itself (else the instructions go into its system message)
+        self.renders_tools = self.knows_format and "tools" in names
+        #: it writes an assistant's calls itself (else they go into the assistant's text)
+        self.renders_calls = self.knows_format and "tool_calls" in source
         #: the generation prompt opens a thinking block (the model starts inside it)
         self.opens_thinking = False
         self.name = name
@@ -200,14 +236,16 @@ class ChatTemplate:
             InvalidRequest: the template refused the messages.
         """
         extra: dict[str, Any] = dict(variables or {})
-        if self.renders_tools:
-            wire = [_hf_message(m) for m in messages]
-            if tools:
+        if self.knows_format:
+            wire = [_hf_message(m, self.format, calls=self.renders_calls) for m in messages]
+            if tools and not self.renders_tools:
+                _instruct(wire, tools_prompt(tools, self.format.syntax))
+            elif tools:
                 extra["tools"] = [{"type": "function", "function": {
                     "name": t.name, "description": t.description, "parameters": t.parameters}}
                     for t in tools]
         else:
-            wire = _plain_messages(messages, tools)
+            wire = _plain_messages(messages, tools, self.format.syntax)
         try:
             return self._template.render(messages=wire, add_generation_prompt=add_generation_prompt,
                                          bos_token=self.bos_token, eos_token=self.eos_token,
@@ -235,14 +273,19 @@ class ChatTemplate:
         return prompt.rstrip().endswith(THINK_OPEN)
 
 
-def _hf_message(m: Message) -> dict[str, Any]:
+def _hf_message(m: Message, fmt: ToolFormat, *, calls: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role,
                            "content": m.content}
-    if m.tool_calls:
-        out["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+    ident = short_id if fmt.short_ids else str
+    if m.tool_calls and calls:
+        out["tool_calls"] = [{"id": ident(c.id), "type": "function", "function": {
             "name": c.name, "arguments": _arguments(c)}} for c in m.tool_calls]
+    elif m.tool_calls:
+        for c in m.tool_calls:
+            _arguments(c)
+        out["content"] = (m.content + render_calls(m.tool_calls, fmt.syntax)).lstrip("\n")
     if m.role == "tool":
-        out["tool_call_id"] = m.tool_call_id
+        out["tool_call_id"] = ident(m.tool_call_id)
         if m.name:
             out["name"] = m.name
     return out
@@ -256,24 +299,29 @@ def _arguments(call: ToolCall) -> Any:
                              param="messages") from None
 
 
-def _plain_messages(messages: Sequence[Message], tools: Sequence[FunctionTool]) -> list[dict[str, str]]:
+def _plain_messages(messages: Sequence[Message], tools: Sequence[FunctionTool],
+                    syntax: CallSyntax) -> list[dict[str, str]]:
     """Messages for a template that knows only roles and text."""
     out: list[dict[str, str]] = []
     for m in messages:
         role = "system" if m.role == "developer" else m.role
         content = m.content
         if m.tool_calls:
-            content = "\n".join([content, *(render_call(c) for c in m.tool_calls)]).lstrip("\n")
+            content = "\n".join([content, render_calls(m.tool_calls, syntax)]).lstrip("\n")
         if role == "tool":
             role, content = "user", f"<tool_response>\n{content}\n</tool_response>"
         out.append({"role": role, "content": content})
     if tools:
-        block = tools_prompt(tools)
-        if out and out[0]["role"] == "system":
-            out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + block}
-        else:
-            out.insert(0, {"role": "system", "content": block})
+        _instruct(out, tools_prompt(tools, syntax))
     return out
+
+
+def _instruct(messages: list[Any], block: str) -> None:
+    """Put the tool instructions into the system message (a new one if there is none)."""
+    if messages and messages[0]["role"] == "system":
+        messages[0] = {**messages[0], "content": messages[0]["content"] + "\n\n" + block}
+    else:
+        messages.insert(0, {"role": "system", "content": block})
 
 
 def builtin_names() -> list[str]:
@@ -301,7 +349,8 @@ def detect_builtin(source: str) -> str | None:
 
 
 def select(*, file: Path | None, name: str | None, gguf_template: str | None, architecture: str,
-           bos_token: str, eos_token: str, jinja: bool = True) -> ChatTemplate:
+           bos_token: str, eos_token: str, jinja: bool = True,
+           tool_format: str = "auto") -> ChatTemplate:
     """Pick the chat template by the precedence in the module docstring.
 
     ``jinja=False`` is llama.cpp's ``--no-jinja``: no template file or model template is run;
@@ -324,19 +373,22 @@ def select(*, file: Path | None, name: str | None, gguf_template: str | None, ar
                             eos_token=eos_token, tools=False)
     if file is not None:
         return ChatTemplate(f"file:{file.name}", file.read_text(encoding="utf-8"),
-                            bos_token=bos_token, eos_token=eos_token)
+                            bos_token=bos_token, eos_token=eos_token, tool_format=tool_format)
     if name is not None:
         key = ALIASES.get(name, name)
         if key not in BUILTINS:
             raise ValueError(f"unknown chat template {name!r}; built-ins: "
                              f"{', '.join(builtin_names())}")
         b = BUILTINS[key]
-        return ChatTemplate(key, b.source, stops=b.stops, bos_token=bos_token, eos_token=eos_token)
+        return ChatTemplate(key, b.source, stops=b.stops, bos_token=bos_token, eos_token=eos_token,
+                            tool_format=tool_format)
     if gguf_template:
-        return ChatTemplate("gguf", gguf_template, bos_token=bos_token, eos_token=eos_token)
+        return ChatTemplate("gguf", gguf_template, bos_token=bos_token, eos_token=eos_token,
+                            tool_format=tool_format)
     key = BY_ARCHITECTURE.get(architecture, "chatml")
     b = BUILTINS[key]
-    return ChatTemplate(key, b.source, stops=b.stops, bos_token=bos_token, eos_token=eos_token)
+    return ChatTemplate(key, b.source, stops=b.stops, bos_token=bos_token, eos_token=eos_token,
+                        tool_format=tool_format)
 
 
 #: names the renderer sets itself: ``chat_template_kwargs`` may not replace them

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from app.settings import KV_CACHE_TYPES, MODEL_FIELDS, ModelConfig, Settings
+from app.toolformat import NAMES as TOOL_FORMATS
 
 
 class ConfigError(Exception):
@@ -227,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--reasoning-format", choices=["none", "deepseek", "auto"],
       help="deepseek (or auto, the default): a reply's <think> block becomes reasoning_content, "
       "Anthropic thinking blocks and Responses reasoning items; none: it stays in the text")
+    a("--tool-call-format", choices=["auto", *TOOL_FORMATS],
+      help="how the model writes tool calls: auto (the default) reads it from the chat "
+      "template, else Hermes'; or one of the formats by name (the README's table)")
     a("-v", "--verbose", action="store_const", const=True, help="log requests and llama.cpp")
     a("--assemble-model", action="store_true",
       help="write the embedded default model to the cache and exit")
@@ -382,6 +386,8 @@ def _check(s: Settings) -> None:
          f"-ctv {s.cache_type_v}: a quantized V cache needs flash attention (-fa on or auto)"),
         (s.reasoning_format in ("none", "deepseek", "auto"),
          "--reasoning-format must be none, deepseek or auto"),
+        (s.tool_call_format in ("auto", *TOOL_FORMATS),
+         f"--tool-call-format must be auto or one of {', '.join(TOOL_FORMATS)}"),
         (s.max_ws >= 0, "--max-ws must not be negative"),
         (math.isfinite(s.schema_dry) and 0 <= s.schema_dry <= 100, "--schema-dry must be 0..100"),
         (s.cache_ram_mib >= -1, "--cache-ram must be -1 (no limit), 0 (off) or a size in MiB"),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from grammar import Violation
+from grammar.tools import HERMES, CallSyntax
 
 #: sampler names accepted in a request's ``samplers`` list (llama.cpp's names).
 KNOWN_SAMPLERS = ("penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc",
@@ -137,6 +138,7 @@ class ToolsConstraint:
     tools: tuple[FunctionTool, ...]
     required: bool
     parallel: bool
+    syntax: CallSyntax = HERMES  # how the model writes calls (its template's format)
 
 
 Constraint = GrammarConstraint | SchemaConstraint | ToolsConstraint

@@ -26,7 +26,6 @@ from app.engine.events import GenerationRequest, SamplerLike
 from app.engine.sampling import SamplerInitError
 from app.errors import ContextOverflow, InvalidRequest, NotSupported
 from app.runtime import ModelLike, RuntimeLike
-from app.tools import CALL_CLOSE, CALL_OPEN
 from grammar import Conversion, GbnfSyntaxError, SchemaError, UnsupportedSchemaError, convert, parse_gbnf
 from grammar.gbnf import Grammar
 from grammar.gbnf_ast import token_refs
@@ -87,7 +86,7 @@ def tools_grammar(constraint: ToolsConstraint, *, schema_strict: bool = False,
             [ToolSchema(t.name, t.parameters, t.strict or schema_strict)
              for t in constraint.tools],
             mode="required" if constraint.required else "auto", parallel=constraint.parallel,
-            open_tag=CALL_OPEN, close_tag=CALL_CLOSE, spec=spec).gbnf
+            syntax=constraint.syntax, spec=spec).gbnf
     except RecursionError:
         raise InvalidRequest("unsupported schema in 'tools': nested too deeply to convert",
                              param="tools", pointer="/") from None

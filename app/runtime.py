@@ -139,7 +139,8 @@ def chat_template_for(settings: Settings, model: Model) -> ChatTemplate:
         file=settings.chat_template_file, name=settings.chat_template,
         gguf_template=info.chat_template, architecture=info.architecture,
         bos_token=model.token_text(info.bos) if info.bos >= 0 else "",
-        eos_token=model.token_text(info.eos) if info.eos >= 0 else "", jinja=settings.jinja)
+        eos_token=model.token_text(info.eos) if info.eos >= 0 else "", jinja=settings.jinja,
+        tool_format=settings.tool_call_format)
 
 
 @dataclass(eq=False)

@@ -85,6 +85,7 @@ class Settings:
     chat_template_kwargs: str = ""  # a JSON object: more variables for every chat template
     system_prompt: str | None = None
     reasoning_format: str = "deepseek"  # "none": leave <think> blocks in the content
+    tool_call_format: str = "auto"  # "auto": the chat template's (app/toolformat.py), or a name
     embedding: bool = False  # serve /embedding and /v1/embeddings
     reranking: bool = False  # serve /rerank (a reranking model only: llama.cpp's --reranking)
     websocket: bool = True  # goinfer's /ws token feed

@@ -1,18 +1,23 @@
 """Tool calls and thinking in a chat reply: the text format, and splitting a reply as it streams.
 
-The format (Hermes', which Qwen 2.5/3, Hermes and SmolLM3 templates use; Sluice
-uses it for every model, and writes the instructions into the system prompt of
-templates that do not render ``tools`` themselves)::
+How a model writes calls is its format's :class:`grammar.tools.CallSyntax` (the table is
+:mod:`app.toolformat`; Hermes' is the fallback)::
 
     <tool_call>
     {"name": "get_weather", "arguments": {"city": "Paris"}}
     </tool_call>
 
-Several calls are separated by a newline. The grammar of :mod:`grammar.tools`
-fixes the layout byte for byte, so :class:`ReplySplitter` can split a reply as
-it streams: text, then each call's name as soon as it is complete and its
-arguments in pieces. ``}`` + newline + ``</tool_call>`` cannot occur inside
-JSON (a newline in a JSON string is escaped), so it ends the arguments.
+The grammar of :mod:`grammar.tools` fixes the text around the arguments byte for byte, so
+:class:`ReplySplitter` can split a reply as it streams: text, then each call's name as soon as
+it is complete and its arguments in pieces. The arguments end where their JSON object
+closes (a scanner follows strings and nesting), so they are exactly the call's own JSON: a
+reply cut by the token limit gives a JSON prefix, never the tail of the call's wrapper.
+
+A call that repeats an earlier call of the same reply (same name, same arguments text) is
+dropped, and the reply ends there: a model repeating itself is looping, and no client wants
+the same call twice. While a call could still turn out to be such a repeat (its name and
+arguments so far match an earlier call's), its pieces are held back; they go out as soon as
+it differs.
 
 Thinking (``reasoning_format: deepseek``): a reply that starts with
 ``<think>`` (or a prompt whose template opened one) has everything up to
@@ -24,16 +29,14 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from app.completion import FunctionTool
+from grammar.tools import HERMES, ID_SLOT, CallSyntax
 
-CALL_OPEN = "<tool_call>\n"
-CALL_CLOSE = "\n</tool_call>"
-CALL_SEPARATOR = "\n"
-_CALL_END = "}" + CALL_CLOSE
-_HEAD = re.compile(r'\{"name": ("(?:[^"\\]|\\.)*"), "arguments": ')
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _HEAD_MAX = 200  # a head longer than this without matching is not a call
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -50,24 +53,45 @@ def new_call_id(prefix: str = "call_") -> str:
     return prefix + secrets.token_hex(12)
 
 
-def tools_prompt(tools: Sequence[FunctionTool]) -> str:
+_ALNUM = string.ascii_letters + string.digits
+
+
+def short_call_id(length: int = 9) -> str:
+    """An id of letters and digits only (Mistral's templates refuse any other)."""
+    return "".join(secrets.choice(_ALNUM) for _ in range(length))
+
+
+def tools_prompt(tools: Sequence[FunctionTool], syntax: CallSyntax = HERMES) -> str:
     """The instructions for a template that does not render ``tools`` itself."""
     lines = [json.dumps({"name": t.name, "description": t.description,
                          "parameters": t.parameters}, ensure_ascii=False) for t in tools]
+    example = render_calls([ToolCall("abcdefghi", "<function-name>", "{}")], syntax).replace(
+        '"<function-name>"', "<function-name>").replace("{}", "<args-json-object>")
     return ("You can call functions. Their signatures, as JSON Schema, are inside <tools></tools>:\n"
             "<tools>\n" + "\n".join(lines) + "\n</tools>\n"
-            "To call a function, reply with a JSON object with its name and arguments inside "
-            "<tool_call></tool_call> tags:\n"
-            '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+            + (HERMES_HOW if syntax == HERMES else "To call a function, reply with its name "
+               "and arguments in this format:\n") + example)
 
 
-def render_call(call: ToolCall) -> str:
-    """A call from the history, as the model would have written it."""
-    try:
-        args = json.dumps(json.loads(call.arguments), ensure_ascii=False)
-    except ValueError:
-        args = call.arguments
-    return f'{CALL_OPEN}{{"name": {json.dumps(call.name)}, "arguments": {args}}}{CALL_CLOSE}'
+HERMES_HOW = ("To call a function, reply with a JSON object with its name and arguments inside "
+              "<tool_call></tool_call> tags:\n")
+
+
+def render_calls(calls: Sequence[ToolCall], syntax: CallSyntax = HERMES) -> str:
+    """Calls from the history, as the model would have written them."""
+    parts = []
+    for call in calls:
+        try:
+            args = json.dumps(json.loads(call.arguments), ensure_ascii=False)
+        except ValueError:
+            args = call.arguments
+        name = json.dumps(call.name, ensure_ascii=False) if syntax.quoted else call.name
+        ident = call.id if len(call.id) == 9 and call.id.isalnum() else short_call_id()
+        parts.append(syntax.call_open + name + syntax.name_to_args + args +
+                     syntax.call_close.replace(ID_SLOT, ident))
+    if not syntax.parallel:
+        parts = parts[:1]
+    return syntax.block_open + syntax.separator.join(parts) + syntax.block_close
 
 
 # --- splitting a reply ---------------------------------------------------------------------------
@@ -120,6 +144,51 @@ def _held(buffer: str, marker: str) -> int:
     return 0
 
 
+def _begins(text: str, buf: str) -> bool:
+    """Whether ``buf`` may be the start of ``text``: a reply cut inside a character ends in
+    U+FFFD (the detokenizer's mark for the bytes it was left with)."""
+    return text.startswith(buf) or (buf.endswith("\ufffd") and
+                                    text.startswith(buf.rstrip("\ufffd")))
+
+
+def _close_pattern(close: str) -> re.Pattern[str]:
+    """The call's tail, after the whitespace the arguments' grammar may end with."""
+    head, slot, tail = close.partition(ID_SLOT)
+    return re.compile(r"[ \t\n]*" + re.escape(head) +
+                      ("[A-Za-z0-9]{9}" + re.escape(tail) if slot else ""))
+
+
+class _JsonEnd:
+    """Where a JSON value that streams in ends: follows strings and nesting."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False
+        self.started = False
+
+    def feed(self, text: str) -> int:
+        """How much of ``text`` belongs to the value; ``-1``: all of it, and it goes on."""
+        for i, ch in enumerate(text):
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif ch == "\\":
+                    self.escaped = True
+                elif ch == '"':
+                    self.in_string = False
+            elif ch == '"':
+                self.in_string = True
+            elif ch in "{[":
+                self.depth += 1
+                self.started = True
+            elif ch in "}]":
+                self.depth -= 1
+                if self.started and self.depth <= 0:
+                    return i + 1
+        return -1
+
+
 class ReplySplitter:
     """Feed a reply's text as it arrives; get :data:`Piece` values back.
 
@@ -128,16 +197,26 @@ class ReplySplitter:
         reasoning: split ``<think>`` blocks off.
         thinking_open: the prompt ended inside a ``<think>`` block.
         new_id: makes each call's id.
+        syntax: how the model writes its calls.
+        required: the grammar forced calls: the answer (after any thinking) is calls only.
     """
 
     def __init__(self, *, tools: bool, reasoning: bool, thinking_open: bool = False,
-                 new_id: Callable[[], str] = new_call_id) -> None:
+                 new_id: Callable[[], str] = new_call_id, syntax: CallSyntax = HERMES,
+                 required: bool = False) -> None:
         self._tools = tools
+        self._required = tools and required
+        self._syntax = syntax
+        self._close = _close_pattern(syntax.call_close)
         self._state = "think" if reasoning and thinking_open else (
             "think_start" if reasoning else "text")
         self._buf = ""
         self._new_id = new_id
-        self._args: list[str] = []  # the current call's arguments given out so far
+        self._args: list[str] = []  # the current call's arguments so far
+        self._scan = _JsonEnd()
+        self._held: list[Piece] | None = None  # a call that may repeat an earlier one
+        #: a call repeated an earlier one: it was dropped, and the reply ends there
+        self.repeated = False
         self.reply = Reply()
 
     # each step consumes from the buffer and returns whether to go on
@@ -156,8 +235,8 @@ class ReplySplitter:
         if self._state == "args":  # cut off inside a call (length limit or interruption)
             self._emit_args(out, self._buf)
             self._finish_call(out, complete=False)
-        elif self._state == "head" and self._buf:
-            self._text(out, self._buf)  # never became a call
+        # cut inside a call's wrapper before its name was whole: under the grammar only a
+        # call writes the trigger, so this is no text; there is no call to report either
         self._buf = ""
         return out
 
@@ -171,20 +250,49 @@ class ReplySplitter:
             self.reply.reasoning += text
             out.append(ReasoningPiece(text))
 
+    def _put(self, out: list[Piece], piece: Piece) -> None:
+        (self._held if self._held is not None else out).append(piece)
+
+    def _may_repeat(self) -> bool:
+        current = self.reply.calls[-1]
+        so_far = "".join(self._args)
+        return any(c.name == current.name and c.arguments.startswith(so_far)
+                   for c in self.reply.calls[:-1])
+
     def _emit_args(self, out: list[Piece], piece: str) -> None:
         if piece:
             self._args.append(piece)
-            out.append(CallArguments(len(self.reply.calls) - 1, piece))
+            self._put(out, CallArguments(len(self.reply.calls) - 1, piece))
+            if self._held is not None and not self._may_repeat():
+                out.extend(self._held)
+                self._held = None
+
+    def _start_call(self, out: list[Piece], name: str) -> None:
+        call = ToolCall(self._new_id(), name, "")
+        self.reply.calls.append(call)
+        self._args, self._scan = [], _JsonEnd()
+        self._held = [] if any(c.name == name for c in self.reply.calls[:-1]) else None
+        self._put(out, CallStart(len(self.reply.calls) - 1, call.id, call.name))
 
     def _finish_call(self, out: list[Piece], *, complete: bool) -> None:
         last = self.reply.calls[-1]
-        self.reply.calls[-1] = ToolCall(last.id, last.name, "".join(self._args))
+        args = "".join(self._args)
+        if complete and self._held is not None and any(
+                c.name == last.name and c.arguments == args for c in self.reply.calls[:-1]):
+            self.reply.calls.pop()  # a repeat: dropped, and nothing more is read
+            self._held, self.repeated, self._state = None, True, "done"
+            return
+        self.reply.calls[-1] = ToolCall(last.id, last.name, args)
         self.reply.complete.append(complete)
+        if self._held is not None:
+            out.extend(self._held)
+            self._held = None
         out.append(CallEnd(len(self.reply.calls) - 1))
         self._args = []
 
     def _step(self, out: list[Piece], *, final: bool) -> bool:
         buf = self._buf
+        syntax = self._syntax
         match self._state:
             case "think_start":
                 stripped = buf.lstrip()
@@ -218,50 +326,87 @@ class ReplySplitter:
                     self._text(out, buf)
                     self._buf = ""
                     return False
-                at = buf.find(CALL_OPEN)
+                at = 0 if self._required else buf.find(syntax.trigger)
                 if at >= 0:
                     self._text(out, buf[:at])
-                    self._buf = buf[at + len(CALL_OPEN):]
-                    self._state = "head"
+                    self._buf = buf[at:]
+                    self._state = "open"
                     return True
-                keep = 0 if final else _held(buf, CALL_OPEN)
+                keep = 0 if final else _held(buf, syntax.trigger)
                 self._text(out, buf[:len(buf) - keep])
                 self._buf = buf[len(buf) - keep:]
                 return False
+            case "open":  # the block's and the first call's opening
+                opening = syntax.block_open + syntax.call_open
+                if buf.startswith(opening):
+                    self._buf, self._state = buf[len(opening):], "head"
+                    return True
+                if _begins(opening, buf):
+                    if final:
+                        self._buf = ""  # cut inside the opening: no call, and no text
+                    return False
+                self._text(out, buf)  # the trigger without a call (not under the grammar)
+                self._buf, self._state = "", "text"
+                return False
             case "head":
-                m = _HEAD.match(buf)
-                if m is None:
+                name: str | None = None
+                if syntax.quoted:
+                    m = _QUOTED.match(buf)
+                    if m is not None and buf[m.end():].startswith(syntax.name_to_args):
+                        name, rest = json.loads(m.group()), buf[m.end() + len(syntax.name_to_args):]
+                else:
+                    at = buf.find(syntax.name_to_args)
+                    if at >= 0:
+                        name, rest = buf[:at], buf[at + len(syntax.name_to_args):]
+                if name is None:
                     if len(buf) > _HEAD_MAX:
-                        self._text(out, CALL_OPEN + buf)
+                        self._text(out, syntax.call_open + buf)
                         self._buf, self._state = "", "text"
                     return False
-                call = ToolCall(self._new_id(), json.loads(m.group(1)), "")
-                self.reply.calls.append(call)
-                out.append(CallStart(len(self.reply.calls) - 1, call.id, call.name))
-                self._buf = buf[m.end():]
-                self._state = "args"
+                self._start_call(out, name)
+                self._buf, self._state = rest, "args"
                 return True
             case "args":  # the buffer holds only what is not given out yet
-                at = buf.find(_CALL_END)
-                if at >= 0:
-                    self._emit_args(out, buf[:at].rstrip())
-                    self._finish_call(out, complete=True)
-                    self._buf = buf[at + len(_CALL_END):]
-                    self._state = "between"
+                end = self._scan.feed(buf)
+                if end < 0:
+                    self._emit_args(out, buf)
+                    self._buf = ""
+                    return False
+                self._emit_args(out, buf[:end])
+                self._buf, self._state = buf[end:], "close"
+                self._finish_call(out, complete=True)
+                return self._state != "done"
+            case "close":  # the call's tail (its closing tag, Mistral's id)
+                m = self._close.match(buf)
+                if m is not None:
+                    self._buf, self._state = buf[m.end():], "between"
                     return True
-                keep = len(buf) - _held(buf, _CALL_END)
-                body = buf[:keep].rstrip()  # trailing whitespace may precede the end
-                self._emit_args(out, body)
-                self._buf = buf[len(body):]
-                return False
-            case _:  # between calls
-                nxt = CALL_SEPARATOR + CALL_OPEN
+                if len(buf.lstrip(" \t\n")) < len(syntax.call_close) + 9:
+                    if final:
+                        self._buf = ""  # cut inside the tail
+                    return False
+                self._state = "between"  # not under the grammar: read on
+                return True
+            case "between":
+                nxt = syntax.separator + syntax.call_open
                 if buf.startswith(nxt):
                     self._buf = buf[len(nxt):]
                     self._state = "head"
                     return True
-                if not final and nxt.startswith(buf):
+                if syntax.block_close and buf.startswith(syntax.block_close):
+                    self._buf, self._state = buf[len(syntax.block_close):], "after"
+                    return True
+                if _begins(nxt, buf) or _begins(syntax.block_close, buf):
+                    if final:
+                        self._buf = ""  # cut inside the next call's opening or the block's end
                     return False
-                self._state = "text"  # only whitespace or end of generation can follow
+                self._state = "after"
+                return True
+            case "after":  # only whitespace or the end of generation can follow
                 self._buf = buf.strip() if not buf.strip() else buf
+                if self._buf:
+                    self._state = "text"
                 return bool(self._buf)
+            case _:  # done: a repeated call ended the reply
+                self._buf = ""
+                return False

@@ -17,8 +17,9 @@ from typing import Any, Literal
 from app.chat import ChatTemplate, Message
 from app.completion import SERVER_FIELDS, CompletionRequest, FunctionTool, ToolsConstraint
 from app.errors import InvalidRequest
-from app.tools import Reply, ReplySplitter, ToolCall, new_call_id
+from app.tools import Reply, ReplySplitter, ToolCall, new_call_id, short_call_id
 from grammar import validate
+from grammar.tools import HERMES, CallSyntax
 
 Choice = Literal["none", "auto", "required"]
 
@@ -34,11 +35,12 @@ class ToolPolicy:
     def active(self) -> bool:
         return bool(self.tools) and self.choice != "none"
 
-    def constraint(self) -> ToolsConstraint | None:
+    def constraint(self, syntax: CallSyntax = HERMES) -> ToolsConstraint | None:
         if not self.active:
             return None
         chosen = tuple(t for t in self.tools if not self.named or t.name == self.named)
-        return ToolsConstraint(chosen, required=self.choice == "required", parallel=self.parallel)
+        return ToolsConstraint(chosen, required=self.choice == "required", parallel=self.parallel,
+                               syntax=syntax)
 
 
 def tool_policy(tools: Sequence[FunctionTool], choice: Choice, named: str, parallel: bool, *,
@@ -78,10 +80,15 @@ class Turn:
     policy: ToolPolicy
     reasoning: bool
     thinking_open: bool
+    syntax: CallSyntax = HERMES
+    #: call ids must be nine letters and digits (Mistral's templates refuse others)
+    short_ids: bool = False
 
     def splitter(self, *, new_id: Callable[[], str] = new_call_id) -> ReplySplitter:
         return ReplySplitter(tools=self.policy.active, reasoning=self.reasoning,
-                             thinking_open=self.thinking_open, new_id=new_id)
+                             thinking_open=self.thinking_open, syntax=self.syntax,
+                             required=self.policy.choice == "required",
+                             new_id=short_call_id if self.short_ids else new_id)
 
 
 def chat_request(template: ChatTemplate, messages: Sequence[Message], policy: ToolPolicy,
@@ -98,7 +105,7 @@ def chat_request(template: ChatTemplate, messages: Sequence[Message], policy: To
         raise InvalidRequest("tools param requires --jinja flag (this server runs with "
                              "--no-jinja)", param="tools")
     prompt = template.prompt(messages, system_prompt, tools=tools, variables=variables)
-    constraint = policy.constraint()
+    constraint = policy.constraint(template.format.syntax)
     # the server's default (--grammar / --json-schema) gives way to a tool call
     server_default = getattr(base.constraint, "field", None) in SERVER_FIELDS
     if constraint is not None and base.constraint is not None and not server_default:
@@ -107,7 +114,8 @@ def chat_request(template: ChatTemplate, messages: Sequence[Message], policy: To
                              param="tool_choice")
     request = replace(base, prompt=(prompt,),
                       constraint=constraint if constraint is not None else base.constraint)
-    return Turn(request, policy, reasoning, reasoning and template.thinking_open(prompt))
+    return Turn(request, policy, reasoning, reasoning and template.thinking_open(prompt),
+                template.format.syntax, template.format.short_ids)
 
 
 @dataclass(frozen=True, slots=True)

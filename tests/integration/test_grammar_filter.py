@@ -25,7 +25,7 @@ TOOL = tool_calls_gbnf([
         "origin": {"type": "string", "pattern": "^[A-Z]{3}$"},
         "passengers": {"type": "integer", "minimum": 1, "maximum": 9}},
         "required": ["origin", "passengers"]})],
-    mode="required", parallel=False, open_tag="<tool_call>\n", close_tag="\n</tool_call>").gbnf
+    mode="required", parallel=False).gbnf
 RECORD = convert({"type": "object", "properties": {
     "id": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{6}$"},
     "phone": {"type": "string", "pattern": "^\\+[0-9]{1,3} [0-9]{3} [0-9]{4}$"},

@@ -13,8 +13,6 @@ from app.chat import ChatTemplate, Message
 from app.completion import FunctionTool
 from app.errors import InvalidRequest
 from app.tools import (
-    CALL_CLOSE,
-    CALL_OPEN,
     CallArguments,
     CallEnd,
     CallStart,
@@ -36,13 +34,16 @@ ADD = ToolSchema("add", {"type": "object", "properties": {"a": {"type": "integer
                          "required": ["a", "b"]})
 
 
+CALL_OPEN = "<tool_call>\n"
+
+
 def call_text(name: str, args: str) -> str:
-    return f'{CALL_OPEN}{{"name": "{name}", "arguments": {args}}}{CALL_CLOSE}'
+    return f'{CALL_OPEN}{{"name": "{name}", "arguments": {args}}}\n</tool_call>'
 
 
 def grammar(mode: str, parallel: bool = True) -> str:
-    return tool_calls_gbnf([WEATHER, ADD], mode=mode, parallel=parallel,  # type: ignore[arg-type]
-                           open_tag=CALL_OPEN, close_tag=CALL_CLOSE).gbnf
+    return tool_calls_gbnf([WEATHER, ADD], mode=mode,  # type: ignore[arg-type]
+                           parallel=parallel).gbnf
 
 
 def test_required_grammar_admits_calls_and_nothing_else() -> None:
@@ -84,8 +85,7 @@ def test_tools_with_refs_keep_their_own_documents() -> None:
                          "properties": {"v": {"$ref": "#/$defs/x"}}, "required": ["v"]})
     b = ToolSchema("b", {"$defs": {"x": {"type": "string"}}, "type": "object",
                          "properties": {"v": {"$ref": "#/$defs/x"}}, "required": ["v"]})
-    g = parse_gbnf(tool_calls_gbnf([a, b], mode="required", parallel=False, open_tag=CALL_OPEN,
-                                   close_tag=CALL_CLOSE).gbnf)
+    g = parse_gbnf(tool_calls_gbnf([a, b], mode="required", parallel=False).gbnf)
     assert accepts(g, call_text("a", '{"v": 1}'))
     assert accepts(g, call_text("b", '{"v": "s"}'))
     assert not accepts(g, call_text("a", '{"v": "s"}'))
@@ -95,8 +95,7 @@ def test_tools_with_refs_keep_their_own_documents() -> None:
 def test_a_bad_tool_schema_names_its_tool() -> None:
     bad = ToolSchema("broken", {"type": "object", "properties": {"a": {"type": "strin"}}})
     with pytest.raises(SchemaError) as info:
-        tool_calls_gbnf([ADD, bad], mode="auto", parallel=True, open_tag=CALL_OPEN,
-                        close_tag=CALL_CLOSE)
+        tool_calls_gbnf([ADD, bad], mode="auto", parallel=True)
     assert info.value.index == 1
     assert info.value.pointer == "/properties/a/type"
 
