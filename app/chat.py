@@ -34,7 +34,6 @@ was trained on).
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from app.completion import FunctionTool
 from app.errors import InvalidRequest
 from app.toolformat import BY_NAME, FALLBACK, ToolFormat, detect
-from app.tools import THINK_OPEN, ToolCall, render_calls, tools_prompt
+from app.tools import THINK_OPEN, ToolCall, render_calls, short_id, tools_prompt
 from grammar.tools import CallSyntax
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -176,13 +175,6 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
             separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                       sort_keys=sort_keys)
-
-
-def short_id(ident: str) -> str:
-    """A nine-letter id for ``ident`` (itself when it is one): Mistral's templates need them."""
-    if len(ident) == 9 and ident.isascii() and ident.isalnum():
-        return ident
-    return hashlib.sha256(ident.encode()).hexdigest()[:9]
 
 
 class ChatTemplate:

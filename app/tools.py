@@ -26,6 +26,7 @@ Thinking (``reasoning_format: deepseek``): a reply that starts with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -61,6 +62,13 @@ def short_call_id(length: int = 9) -> str:
     return "".join(secrets.choice(_ALNUM) for _ in range(length))
 
 
+def short_id(ident: str) -> str:
+    """A nine-letter id for ``ident`` (itself when it is one): Mistral's templates need them."""
+    if len(ident) == 9 and ident.isascii() and ident.isalnum():
+        return ident
+    return hashlib.sha256(ident.encode()).hexdigest()[:9]
+
+
 def tools_prompt(tools: Sequence[FunctionTool], syntax: CallSyntax = HERMES) -> str:
     """The instructions for a template that does not render ``tools`` itself."""
     lines = [json.dumps({"name": t.name, "description": t.description,
@@ -86,9 +94,8 @@ def render_calls(calls: Sequence[ToolCall], syntax: CallSyntax = HERMES) -> str:
         except ValueError:
             args = call.arguments
         name = json.dumps(call.name, ensure_ascii=False) if syntax.quoted else call.name
-        ident = call.id if len(call.id) == 9 and call.id.isalnum() else short_call_id()
         parts.append(syntax.call_open + name + syntax.name_to_args + args +
-                     syntax.call_close.replace(ID_SLOT, ident))
+                     syntax.call_close.replace(ID_SLOT, short_id(call.id)))
     if not syntax.parallel:
         parts = parts[:1]
     return syntax.block_open + syntax.separator.join(parts) + syntax.block_close
