@@ -47,8 +47,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from app.completion import FunctionTool
 from app.errors import InvalidRequest
 from app.toolformat import BY_NAME, FALLBACK, ToolFormat, detect
-from app.tools import THINK_OPEN, ToolCall, render_calls, short_id, tools_prompt
-from grammar.tools import CallSyntax
+from app.tools import ToolCall, render_calls, short_id, tools_prompt
+from grammar.tools import THINK_OPEN, CallSyntax
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -210,6 +210,8 @@ class ChatTemplate:
         self.renders_calls = self.knows_format and "tool_calls" in source
         #: the generation prompt opens a thinking block (the model starts inside it)
         self.opens_thinking = False
+        #: the template knows thinking blocks (its model may write one)
+        self.thinks = THINK_OPEN in source
         self.name = name
         self.source = source
         #: tools may be used (False under --no-jinja, as llama.cpp's built-in templates)

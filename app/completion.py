@@ -168,6 +168,9 @@ class CompletionRequest:
     return_tokens: bool = False  # llama.cpp's final reply lists the generated token ids
     timings_per_token: bool = False  # every stream event carries the timings so far
     schema_mode: SchemaMode | None = None  # how schemas become grammars; None: the server's
+    #: a reasoning chat turn: the schema or tool grammar lets a thinking block come first
+    #: ("open": the prompt opened it; "optional": the model may open one); "" none
+    thinking: Literal["", "open", "optional"] = ""
 
     @property
     def prompt_text(self) -> str:

@@ -26,11 +26,12 @@ from app.engine.events import GenerationRequest, SamplerLike
 from app.engine.sampling import SamplerInitError
 from app.errors import ContextOverflow, InvalidRequest, NotSupported
 from app.runtime import ModelLike, RuntimeLike
+from app.tools import RepeatWatch
 from grammar import Conversion, GbnfSyntaxError, SchemaError, UnsupportedSchemaError, convert, parse_gbnf
 from grammar.gbnf import Grammar
 from grammar.gbnf_ast import token_refs
 from grammar.linear_regex import UnsupportedPattern, check_schema_patterns
-from grammar.tools import ToolSchema, tool_calls_gbnf
+from grammar.tools import ToolSchema, after_thinking, raw_params, tool_calls_gbnf
 
 #: More bytes than any token of a real vocabulary spells (they stay under 128): a prompt
 #: longer than this many bytes per context token cannot fit, and is refused untokenized.
@@ -159,6 +160,10 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest, *,
             field = "tools"
             grammar = tools_grammar(tools, schema_strict=schema_strict, spec=spec)
             parsed = _parse(grammar, field, model)
+    if request.thinking and grammar is not None and \
+            isinstance(request.constraint, SchemaConstraint | ToolsConstraint):
+        grammar = after_thinking(grammar, opened=request.thinking == "open")
+        parsed = _parse(grammar, field, model)
     # the penalty window cannot reach past the slot's context (-1 means all of it); the
     # schemas bound the value itself, so the penalties buffer stays small
     last_n = request.sampling.repeat_last_n
@@ -192,7 +197,13 @@ def prepare(runtime: RuntimeLike, request: CompletionRequest, *,
     # llama.cpp counts n_keep after the BOS it adds
     bos = 1 if model.info.add_bos and tokens and tokens[0] == model.info.bos else 0
     n_keep = len(tokens) if request.n_keep < 0 else min(len(tokens), request.n_keep + bos)
-    generation = GenerationRequest(prompt=tuple(tokens), n_predict=request.n_predict,
+    ends = None
+    if isinstance(request.constraint, ToolsConstraint) and request.constraint.parallel and \
+            request.constraint.syntax.parallel:
+        ends = RepeatWatch(request.constraint.syntax, required=request.constraint.required,
+                           thinking=request.thinking,
+                           raw={t.name: raw_params(t.parameters) for t in request.constraint.tools})
+    generation = GenerationRequest(prompt=tuple(tokens), n_predict=request.n_predict, ends=ends,
                                    stops=request.stops, cache_prompt=request.cache_prompt,
                                    id_slot=request.id_slot, n_keep=n_keep,
                                    n_discard=request.n_discard, n_indent=request.n_indent,

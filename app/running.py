@@ -58,6 +58,7 @@ from app.engine.events import (
 from app.errors import ServerError
 from app.prepare import Prepared
 from app.runtime import ModelLike, RuntimeLike
+from app.tools import answer_part
 from grammar import validate
 
 log = logging.getLogger(__name__)
@@ -284,7 +285,9 @@ class _Builder:
         verdict = None
         if prepared.schema is not None:
             # user-written patterns run in jsonschema: keep them off the event loop
-            result = await trio.to_thread.run_sync(validate, text, prepared.schema)
+            answer = answer_part(text, opened=prepared.request.thinking == "open") \
+                if prepared.request.thinking else text
+            result = await trio.to_thread.run_sync(validate, answer, prepared.schema)
             verdict = SchemaVerdict(result.valid, result.errors)
         return Outcome(
             id=self.completion.id, text=text, token_ids=tuple(self.ids),

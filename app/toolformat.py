@@ -4,7 +4,7 @@ Each format is a :class:`~grammar.tools.CallSyntax` (the grammar forces it, the 
 it, history calls are written in it). A model's format is read from its chat template by the
 markers below (the ones llama.cpp's and vLLM's parsers key on), first match wins;
 ``--tool-call-format`` overrides it. A template with no known format (or one whose calls are
-not JSON, such as Qwen3-Coder's ``<function=…>`` XML, GLM's ``<arg_key>`` pairs, Command-R's
+not JSON objects or Qwen3-Coder's XML parameters, such as GLM's ``<arg_key>`` pairs, Command-R's
 actions, Functionary's; FireFunction's, whose template needs variables only llama.cpp
 knows) gets Hermes' format and its instructions in the system message, so the
 prompt and the grammar always agree.
@@ -24,6 +24,9 @@ granite        ``<|tool_call|>[{"name": "f", "arguments": {…}}, {…}]``  Gran
 deepseek-r1    ``<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f``  DeepSeek R1
                ``\\n```json\\n{…}\\n```<｜tool▁call▁end｜>``, ``\\n`` and     and its distills
                the next, ``<｜tool▁calls▁end｜>``
+qwen3-coder    ``<tool_call>\n<function=f>\n<parameter=city>\nParis\n``    Qwen3-Coder, Qwen3.5,
+               ``</parameter>\n</function>\n</tool_call>``, ``\n`` and the   Nemotron 3 Nano
+               next (a string as raw text, other values as JSON)
 =============  ======================================================  =====================
 """
 
@@ -50,6 +53,10 @@ class ToolFormat:
 
 FORMATS: tuple[ToolFormat, ...] = (
     # calls that are not JSON objects: none of the formats here (Hermes' instructions instead)
+    ToolFormat("qwen3-coder", CallSyntax(
+        block_open="", call_open="<tool_call>\n<function=", quoted=False, name_to_args=">\n",
+        call_close="</function>\n</tool_call>", separator="\n", marker="<tool_call>",
+        args="xml"), ("<tool_call>", "<function=", "<parameter=")),
     ToolFormat("hermes", HERMES, ("<tool_call>",), ("<function=", "<arg_key>")),
     ToolFormat("mistral", CallSyntax(block_open="", call_open="[TOOL_CALLS]", quoted=False,
                                      name_to_args="[ARGS]", call_close=""),

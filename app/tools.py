@@ -31,16 +31,29 @@ import json
 import re
 import secrets
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from app.completion import FunctionTool
-from grammar.tools import HERMES, ID_SLOT, CallSyntax
+from grammar.tools import (
+    HERMES,
+    ID_SLOT,
+    PARAM_CLOSE,
+    PARAM_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+    CallSyntax,
+)
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _HEAD_MAX = 200  # a head longer than this without matching is not a call
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
+def answer_part(text: str, *, opened: bool) -> str:
+    """The answer of a reply that may begin with a thinking block (all of it when the
+    prompt ``opened`` one): what a schema-constrained reply's schema applies to."""
+    if not opened and not text.lstrip().startswith(THINK_OPEN):
+        return text
+    at = text.find(THINK_CLOSE)
+    return text[at + len(THINK_CLOSE):].lstrip() if at >= 0 else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +107,35 @@ def render_calls(calls: Sequence[ToolCall], syntax: CallSyntax = HERMES) -> str:
         except ValueError:
             args = call.arguments
         name = json.dumps(call.name, ensure_ascii=False) if syntax.quoted else call.name
+        if syntax.args == "xml":
+            try:
+                values = json.loads(call.arguments)
+            except ValueError:
+                values = {}
+            args = "".join(f"{PARAM_OPEN}{k}>\n"
+                           f"{v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"
+                           f"{PARAM_CLOSE}" for k, v in (values.items() if isinstance(
+                               values, dict) else ()))
         parts.append(syntax.call_open + name + syntax.name_to_args + args +
                      syntax.call_close.replace(ID_SLOT, short_id(call.id)))
     if not syntax.parallel:
         parts = parts[:1]
     return syntax.block_open + syntax.separator.join(parts) + syntax.block_close
+
+
+class RepeatWatch:
+    """Ends a tool-call reply at a call that repeats an earlier one (the engine's ``ends``):
+    the splitter drops such a call anyway, and generating on would only spend tokens."""
+
+    def __init__(self, syntax: CallSyntax, *, required: bool, thinking: str,
+                 raw: Mapping[str, frozenset[str]] | None = None) -> None:
+        self._splitter = ReplySplitter(tools=True, reasoning=bool(thinking),
+                                       thinking_open=thinking == "open", syntax=syntax,
+                                       required=required, raw=raw)
+
+    def __call__(self, text: str) -> bool:
+        self._splitter.feed(text)
+        return self._splitter.repeated
 
 
 # --- splitting a reply ---------------------------------------------------------------------------
@@ -149,6 +186,9 @@ def _held(buffer: str, marker: str) -> int:
         if buffer.endswith(marker[:k]):
             return k
     return 0
+
+
+_FUNCTION_END = "</function>"
 
 
 def _begins(text: str, buf: str) -> bool:
@@ -206,11 +246,14 @@ class ReplySplitter:
         new_id: makes each call's id.
         syntax: how the model writes its calls.
         required: the grammar forced calls: the answer (after any thinking) is calls only.
+        raw: for XML arguments, per tool name the parameters written as raw text
+            (:func:`grammar.tools.raw_params`).
     """
 
     def __init__(self, *, tools: bool, reasoning: bool, thinking_open: bool = False,
                  new_id: Callable[[], str] = new_call_id, syntax: CallSyntax = HERMES,
-                 required: bool = False) -> None:
+                 required: bool = False,
+                 raw: Mapping[str, frozenset[str]] | None = None) -> None:
         self._tools = tools
         self._required = tools and required
         self._syntax = syntax
@@ -222,6 +265,9 @@ class ReplySplitter:
         self._args: list[str] = []  # the current call's arguments so far
         self._scan = _JsonEnd()
         self._held: list[Piece] | None = None  # a call that may repeat an earlier one
+        self._raw = dict(raw or {})  # XML arguments: per tool, the parameters written as raw text
+        self._xml_value: str | None = None  # the XML parameter being read
+        self._xml_raw = False
         #: a call repeated an earlier one: it was dropped, and the reply ends there
         self.repeated = False
         self.reply = Reply()
@@ -240,7 +286,8 @@ class ReplySplitter:
         while self._step(out, final=True):
             pass
         if self._state == "args":  # cut off inside a call (length limit or interruption)
-            self._emit_args(out, self._buf)
+            if self._syntax.args == "json":  # (XML: all that can be given is given)
+                self._emit_args(out, self._buf)
             self._finish_call(out, complete=False)
         # cut inside a call's wrapper before its name was whole: under the grammar only a
         # call writes the trigger, so this is no text; there is no call to report either
@@ -278,6 +325,7 @@ class ReplySplitter:
         call = ToolCall(self._new_id(), name, "")
         self.reply.calls.append(call)
         self._args, self._scan = [], _JsonEnd()
+        self._xml_value, self._xml_raw = None, False
         self._held = [] if any(c.name == name for c in self.reply.calls[:-1]) else None
         self._put(out, CallStart(len(self.reply.calls) - 1, call.id, call.name))
 
@@ -296,6 +344,47 @@ class ReplySplitter:
             self._held = None
         out.append(CallEnd(len(self.reply.calls) - 1))
         self._args = []
+
+    def _xml_step(self, out: list[Piece], *, final: bool) -> bool:
+        """XML parameters in, the arguments' JSON out: ``{"k": `` at each parameter, a raw
+        string's text JSON-escaped inside quotes, any other value as written, ``}`` at the
+        end; a cut gives a prefix of that JSON."""
+        buf = self._buf
+        call = self.reply.calls[-1]
+        first = not self._args
+        if self._xml_value is None:  # between parameters
+            if buf.startswith(PARAM_OPEN):
+                at = buf.find(">\n")
+                if at < 0:
+                    if len(buf) > _HEAD_MAX:
+                        self._xml_value = ""  # not under the grammar: take it as text
+                    return False
+                key = buf[len(PARAM_OPEN):at]
+                raw = key in self._raw.get(call.name, frozenset())
+                self._emit_args(out, ("{" if first else ", ") + json.dumps(key, ensure_ascii=False)
+                                + ": " + ('"' if raw else ""))
+                self._xml_value, self._xml_raw = key, raw
+                self._buf = buf[at + 2:]
+                return True
+            end = self._syntax.call_close
+            if not buf.startswith(_FUNCTION_END) and (
+                    _begins(PARAM_OPEN, buf) or _begins(end, buf)):
+                return False  # more to come; at the end, a cut call (close() finishes it)
+            self._emit_args(out, ("{" if first else "") + "}")  # the function's end
+            self._state = "close"
+            self._finish_call(out, complete=True)
+            return self._state != "done"
+        at = buf.find(PARAM_CLOSE)
+        # a partial closing tag is held back (at a cut too: the grammar wrote it, not the value)
+        text = buf[:len(buf) - _held(buf, PARAM_CLOSE)] if at < 0 else buf[:at]
+        piece = json.dumps(text, ensure_ascii=False)[1:-1] if self._xml_raw else text
+        self._emit_args(out, piece)
+        if at < 0:
+            self._buf = buf[len(text):]
+            return False
+        self._emit_args(out, '"' if self._xml_raw else "")
+        self._xml_value, self._buf = None, buf[at + len(PARAM_CLOSE):]
+        return True
 
     def _step(self, out: list[Piece], *, final: bool) -> bool:
         buf = self._buf
@@ -373,6 +462,8 @@ class ReplySplitter:
                 self._start_call(out, name)
                 self._buf, self._state = rest, "args"
                 return True
+            case "args" if syntax.args == "xml":
+                return self._xml_step(out, final=final)
             case "args":  # the buffer holds only what is not given out yet
                 end = self._scan.feed(buf)
                 if end < 0:

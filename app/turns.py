@@ -15,11 +15,17 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from app.chat import ChatTemplate, Message
-from app.completion import SERVER_FIELDS, CompletionRequest, FunctionTool, ToolsConstraint
+from app.completion import (
+    SERVER_FIELDS,
+    CompletionRequest,
+    FunctionTool,
+    SchemaConstraint,
+    ToolsConstraint,
+)
 from app.errors import InvalidRequest
 from app.tools import Reply, ReplySplitter, ToolCall, new_call_id, short_call_id
 from grammar import validate
-from grammar.tools import HERMES, CallSyntax
+from grammar.tools import HERMES, CallSyntax, raw_params
 
 Choice = Literal["none", "auto", "required"]
 
@@ -88,6 +94,7 @@ class Turn:
         return ReplySplitter(tools=self.policy.active, reasoning=self.reasoning,
                              thinking_open=self.thinking_open, syntax=self.syntax,
                              required=self.policy.choice == "required",
+                             raw={t.name: raw_params(t.parameters) for t in self.policy.tools},
                              new_id=short_call_id if self.short_ids else new_id)
 
 
@@ -112,9 +119,15 @@ def chat_request(template: ChatTemplate, messages: Sequence[Message], policy: To
         raise InvalidRequest("a tool call cannot be combined with 'response_format', 'grammar' or "
                              "'json_schema'; set 'tool_choice' to 'none' to use them",
                              param="tool_choice")
-    request = replace(base, prompt=(prompt,),
-                      constraint=constraint if constraint is not None else base.constraint)
-    return Turn(request, policy, reasoning, reasoning and template.thinking_open(prompt),
+    chosen = constraint if constraint is not None else base.constraint
+    opened = reasoning and template.thinking_open(prompt)
+    # a thinking model thinks before a forced call or a schema-constrained answer: the
+    # grammar lets the block come first (a grammar written by the client stays as written)
+    thinking: Literal["", "open", "optional"] = ""
+    if reasoning and isinstance(chosen, SchemaConstraint | ToolsConstraint):
+        thinking = "open" if opened else "optional" if template.thinks else ""
+    request = replace(base, prompt=(prompt,), constraint=chosen, thinking=thinking)
+    return Turn(request, policy, reasoning, opened,
                 template.format.syntax, template.format.short_ids)
 
 

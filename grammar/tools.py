@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from grammar.convert import Conversion, convert_many
-from grammar.gbnf_text import char_class, literal
+from grammar.gbnf_text import char_class, literal, repeat
 
 MAX_CALLS = 8
 #: the placeholder of a model-written call id in :attr:`CallSyntax.call_close` (Mistral's
@@ -55,11 +55,59 @@ class CallSyntax:
     #: the text that only a call may write (a prefix of the block's or the first call's
     #: opening; that opening where empty)
     marker: str = ""
+    #: how the arguments are written: a JSON object, or Qwen3-Coder's XML parameters
+    #: (``<parameter=k>\nvalue\n</parameter>\n`` each, a string value as raw text)
+    args: Literal["json", "xml"] = "json"
 
     @property
     def trigger(self) -> str:
         """The text that starts the calls: free text never holds it."""
         return self.marker or self.block_open or self.call_open
+
+
+#: an XML parameter's opening and closing (Qwen3-Coder's format)
+PARAM_OPEN = "<parameter="
+PARAM_CLOSE = "\n</parameter>\n"
+
+
+def raw_params(parameters: Any) -> frozenset[str]:
+    """The properties an XML-arguments format writes as raw text, as Qwen3-Coder's template
+    does: strings (a ``const`` or an ``enum`` of strings too). Every other value is JSON."""
+    props = parameters.get("properties") if isinstance(parameters, dict) else None
+    if not isinstance(props, dict):
+        return frozenset()
+    return frozenset(k for k, v in props.items() if _raw_string(v))
+
+
+def _raw_string(schema: Any) -> bool:
+    if not isinstance(schema, dict) or any(k in schema for k in ("$ref", "anyOf", "oneOf",
+                                                                 "allOf", "not")):
+        return False
+    if "const" in schema:
+        return isinstance(schema["const"], str)
+    if "enum" in schema:
+        return isinstance(schema["enum"], list) and bool(schema["enum"]) and all(
+            isinstance(v, str) for v in schema["enum"])
+    return schema.get("type") == "string"
+
+
+#: a raw string with a ``maxLength`` up to this is forced to it, as text without ``<`` or a
+#: newline (a longer or unbounded one is any text without the closing tag)
+RAW_BOUNDED = 256
+
+
+def _raw_value(schema: dict[str, Any], text_rule: str) -> str:
+    """A raw string's grammar: its ``const`` or ``enum`` texts; with a small ``maxLength``
+    that many characters but no ``<`` or newline; else any text without ``</parameter>``
+    (``pattern`` and ``format`` are checked after generation)."""
+    if "const" in schema:
+        return literal(schema["const"])
+    if "enum" in schema:
+        return "( " + " | ".join(literal(v) for v in schema["enum"]) + " )"
+    hi, lo = schema.get("maxLength"), schema.get("minLength", 0)
+    if isinstance(hi, int) and isinstance(lo, int) and 0 <= lo <= hi <= RAW_BOUNDED:
+        return repeat("[^<\\n]", lo, hi)
+    return text_rule
 
 
 HERMES = CallSyntax(block_open="", call_open='<tool_call>\n{"name": ',
@@ -133,9 +181,12 @@ def tool_calls_gbnf(tools: Sequence[ToolSchema], *, mode: Literal["auto", "requi
     """
     if not tools:
         raise ValueError("no tools")
-    exprs, rules, conversions = convert_many([t.parameters for t in tools],
-                                             [f"tool-{i}" for i in range(len(tools))],
-                                             strict=[t.strict for t in tools], spec=spec)
+    if syntax.args == "xml":
+        exprs, rules, conversions = _xml_arguments(tools, spec)
+    else:
+        exprs, rules, conversions = convert_many([t.parameters for t in tools],
+                                                 [f"tool-{i}" for i in range(len(tools))],
+                                                 strict=[t.strict for t in tools], spec=spec)
     alts = [f"{literal((json.dumps(t.name) if syntax.quoted else t.name) + syntax.name_to_args)}"
             f" {e}" for t, e in zip(tools, exprs, strict=True)]
     lines = [
@@ -157,3 +208,72 @@ def tool_calls_gbnf(tools: Sequence[ToolSchema], *, mode: Literal["auto", "requi
         lines += [f"{name} ::= {body}" for name, body in text_rules.items()]
     lines += [f"{name} ::= {body}" for name, body in rules.items()]
     return ToolGrammar(gbnf="\n".join(lines) + "\n", conversions=tuple(conversions))
+
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+def _xml_arguments(tools: Sequence[ToolSchema], spec: bool
+                   ) -> tuple[list[str], dict[str, str], list[Conversion]]:
+    """Per tool, its parameters as XML: each declared property in declared order, the
+    required ones present, a plain string as raw text without the closing tag, any other
+    value as the JSON its schema admits (converted with the tool's ``$defs``)."""
+    values: list[Any] = []
+    names: list[str] = []
+    strict: list[bool] = []
+    plans: list[list[tuple[str, int | None, bool]]] = []
+    raws: dict[tuple[int, str], Any] = {}
+    for i, t in enumerate(tools):
+        params = t.parameters if isinstance(t.parameters, dict) else {}
+        props = params.get("properties")
+        props = props if isinstance(props, dict) else {}
+        required = params.get("required")
+        required = set(required) if isinstance(required, list) else set()
+        raw = raw_params(params)
+        plan: list[tuple[str, int | None, bool]] = []
+        for key, schema in props.items():
+            if key in raw:
+                plan.append((key, None, key in required))
+                raws[(i, key)] = schema
+                continue
+            if isinstance(schema, dict) and "$defs" in params:
+                schema = {**schema, "$defs": params["$defs"]}
+            values.append(schema)
+            names.append(f"xml-{i}-{len(values)}")
+            strict.append(t.strict)
+            plan.append((key, len(values) - 1, key in required))
+        plans.append(plan)
+    exprs, rules, conversions = convert_many(values, names, strict=strict, spec=spec) \
+        if values else ([], {}, [])
+    start, text_rules = excluding(PARAM_CLOSE.strip(), "xml-raw")
+    rules = {**rules, **text_rules}
+    out = []
+    for i, plan in enumerate(plans):
+        items = []
+        for key, index, needed in plan:
+            value = _raw_value(raws[(i, key)], start) if index is None else exprs[index]
+            item = f"{literal(PARAM_OPEN + key + '>' + chr(10))} {value} {literal(PARAM_CLOSE)}"
+            items.append(item if needed else f"( {item} )?")
+        out.append(" ".join(items) or '""')
+    return out, rules, conversions
+
+
+def after_thinking(gbnf: str, *, opened: bool) -> str:
+    """``gbnf`` (a grammar of this package: its ``root`` rule is the first line and no other
+    rule refers to it) preceded by a thinking block: free text up to ``</think>`` when the
+    prompt ``opened`` one, else an optional ``<think>`` … ``</think>`` block. Whitespace
+    after the block is bounded; the answer after it is constrained as before."""
+    head, _, rest = gbnf.partition("\n")
+    if not head.startswith("root ::= "):
+        raise ValueError("the grammar does not start with its root rule")
+    if "sluice-think" in gbnf:
+        raise ValueError("the grammar already has thinking rules")
+    start, rules = excluding(THINK_CLOSE, "sluice-think")
+    block = f"{start} {literal(THINK_CLOSE)} [ \\n]{{0,4}}"
+    if not opened:
+        block = f"( {literal(THINK_OPEN)} {block} )?"
+    lines = [f"root ::= {block} sluice-think-answer",
+             "sluice-think-answer ::= " + head[len("root ::= "):]]
+    lines += [f"{name} ::= {body}" for name, body in rules.items()]
+    return "\n".join(lines) + "\n" + rest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -48,6 +49,9 @@ class GenerationRequest:
     lora: tuple[float, ...] = ()  # the LoRA adapters' scales (``()``: none in use)
     n_indent: int = 0  # end at a later line indented less than this (code completion)
     t_max_predict_ms: int = 0  # once a newline was generated, end after this long generating
+    #: fed each piece of the reply's text on the engine thread; True ends the reply there, as
+    #: the model's own end would (a tool-call reply that repeats a call: app/tools.py)
+    ends: Callable[[str], bool] | None = field(default=None, compare=False)
 
 
 #: events a request may have posted but not yet consumed; its slot pauses beyond this

@@ -610,6 +610,9 @@ class Engine:
             self._finish(slot, StopType.LIMIT, flush=False)
             return
         slot.outbox.append(Token(text=text, tokens=(info,)))
+        if req.ends is not None and text and req.ends(text):
+            self._finish(slot, StopType.EOS)
+            return
         over_time = (req.t_max_predict_ms > 0 and slot.new_line and
                      (time.perf_counter() - slot.t_prompt) * 1000.0 > req.t_max_predict_ms)
         slot.new_line = slot.new_line or "\n" in text

@@ -485,3 +485,35 @@ def test_thinking_blocks_and_reasoning_items(thinker: ServerProcess) -> None:
         assert item.type == "reasoning"
         assert item.content is not None
         assert item.content[0].text == thought
+
+
+def test_a_forced_call_and_a_schema_answer_come_after_the_thinking(thinker: ServerProcess) -> None:
+    """The template opens ``<think>``: the grammar lets the model think first, the reasoning
+    is split off, and the call or the object after it is still forced and valid. A bias on
+    the tokens of ``</think>`` makes the tiny model close its thought within the limit."""
+    url = thinker.base_url
+    ids = httpx.post(url + "/tokenize", json={"content": "</think>"},
+                     timeout=TIMEOUT).json()["tokens"]
+    bias = {str(t): 4 for t in ids}
+    base = {"messages": ASK, "max_tokens": 200, "temperature": 0, "logit_bias": bias}
+    r = httpx.post(url + "/v1/chat/completions", json={
+        **base, "tools": TOOLS, "tool_choice": "required"}, timeout=TIMEOUT).json()
+    message = r["choices"][0]["message"]
+    assert r["choices"][0]["finish_reason"] == "tool_calls"
+    assert message["reasoning_content"]
+    assert "<tool_call>" not in message["reasoning_content"]
+    for call in message["tool_calls"]:
+        check_call(call["function"]["name"], call["function"]["arguments"])
+    # the same for a schema: the tiny model may think past the limit, but the thought never
+    # leaks into the content, and an answer, once begun, is the schema's object
+    r = httpx.post(url + "/v1/chat/completions", json={**base, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER}}},
+        timeout=TIMEOUT).json()
+    message = r["choices"][0]["message"]
+    assert message["reasoning_content"]
+    assert "think>" not in (message["content"] or "")
+    if r["choices"][0]["finish_reason"] == "stop":
+        jsonschema.validate(json.loads(message["content"]), WEATHER)
+        assert r["schema_valid"] is True
+    else:
+        assert message["content"] in ("", None)

@@ -218,6 +218,26 @@ def test_stop_string_ends_generation_and_is_not_emitted() -> None:
     assert box.text(1) == "<100><101>"
 
 
+def test_an_ends_watch_ends_the_reply_where_it_says_and_frees_the_slot() -> None:
+    engine, _ctx, box = make()
+    seen: list[str] = []
+
+    def ends(text: str) -> bool:
+        seen.append(text)
+        return "".join(seen).endswith("<102>")
+
+    engine.submit(Job(id=1, request=GenerationRequest(prompt=(2, 5), ends=ends),
+                      sampler=FakeSampler(length=1000), sink=None))
+    for _ in range(8):
+        engine.run_once()
+    done = box.done(1)
+    assert done is not None
+    assert done.stop_type is StopType.EOS
+    assert box.text(1) == "<100><101><102>"  # the text that ended it is kept
+    assert done.tokens_predicted == 3
+    assert all(s.job is None for s in engine.slots)
+
+
 def test_context_end_truncates() -> None:
     engine, ctx, box = make(slot_ctx=6)
     engine.submit(job(1, [2, 5, 6]))

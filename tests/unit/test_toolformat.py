@@ -19,7 +19,7 @@ from app.completion import FunctionTool
 from app.toolformat import BY_NAME, detect
 from app.tools import CallArguments, CallEnd, CallStart, ReplySplitter, ToolCall, render_calls
 from grammar import accepts, parse_gbnf
-from grammar.tools import CallSyntax, ToolSchema, tool_calls_gbnf
+from grammar.tools import CallSyntax, ToolSchema, raw_params, tool_calls_gbnf
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "data" / "templates"
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"},
@@ -28,6 +28,7 @@ WEATHER = {"type": "object", "properties": {"city": {"type": "string"},
 TIME = {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}
 TOOLS = [FunctionTool("get_weather", "The weather in a city", WEATHER, "tools"),
          FunctionTool("get_time", "The time in a zone", TIME, "tools")]
+RAW = {t.name: raw_params(t.parameters) for t in TOOLS}
 CALLS = (ToolCall("abc123xyz", "get_weather", '{"city": "Paris <&> \\"Cité\\"", "unit": "c"}'),
          ToolCall("def456uvw", "get_time", '{"tz": "Europe/Paris"}'))
 
@@ -40,7 +41,8 @@ CASES = {  # template file: the format it teaches (None: none here, Hermes' inst
     "unsloth-mistral-Devstral-Small-2507.jinja": "mistral",
     "ibm-granite-granite-3.3-2B-Instruct.jinja": "granite",
     "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja": "deepseek-r1",
-    "Qwen3-Coder.jinja": None,
+    "Qwen3-Coder.jinja": "qwen3-coder",
+    "Qwen3.5-4B.jinja": "qwen3-coder",
     "GLM-4.6.jinja": None,
 }
 
@@ -63,7 +65,7 @@ def rendered(t: ChatTemplate, calls: tuple[ToolCall, ...]) -> str:
 
 def split(text: str, syntax: CallSyntax, step: int, *, required: bool = False
           ) -> tuple[ReplySplitter, list[object]]:
-    s = ReplySplitter(tools=True, reasoning=False, syntax=syntax, required=required)
+    s = ReplySplitter(tools=True, reasoning=False, syntax=syntax, required=required, raw=RAW)
     pieces: list[object] = []
     for i in range(0, len(text), step):
         pieces += s.feed(text[i:i + step])
@@ -155,7 +157,7 @@ def test_a_call_that_starts_like_an_earlier_one_streams_once_it_differs() -> Non
     syntax = BY_NAME["hermes"].syntax
     first = ToolCall("a", "get_time", '{"tz": "Europe/Paris"}')
     text = render_calls([first, ToolCall("b", "get_time", '{"tz": "Europe/Pisa"}')], syntax)
-    s = ReplySplitter(tools=True, reasoning=False, syntax=syntax)
+    s = ReplySplitter(tools=True, reasoning=False, syntax=syntax, raw=RAW)
     head = text[:text.rindex("Pisa")]
     pieces = s.feed(head)
     assert not any(isinstance(p, CallStart) and p.index == 1 for p in pieces)  # held back
@@ -208,3 +210,43 @@ def test_a_cut_inside_a_wrapper_character_is_no_text() -> None:
     s, _ = split(text[:-len(syntax.block_close) + 5] + "\ufffd", syntax, 4, required=True)
     assert s.reply.text == ""
     assert len(s.reply.calls) == 2
+
+
+@pytest.mark.parametrize("opened", [False, True])
+def test_a_thinking_block_may_come_before_a_forced_call_and_is_split_off(opened: bool) -> None:
+    from app.tools import answer_part
+    from grammar.tools import after_thinking
+
+    syntax = BY_NAME["hermes"].syntax
+    g = parse_gbnf(after_thinking(grammar(syntax), opened=opened))
+    call = render_calls(CALLS[:1], syntax)
+    thought = ("" if opened else "<think>") + "Paris, so the weather tool.</think>\n"
+    assert accepts(g, thought + call)
+    assert accepts(g, call) is not opened  # the opened block must be closed first
+    assert not accepts(g, thought + "Sure! " + call)  # after the block: the call, nothing else
+    assert not accepts(g, thought + thought + call)  # one block
+    s = ReplySplitter(tools=True, reasoning=True, thinking_open=opened, syntax=syntax,
+                      required=True)
+    pieces = []
+    for i in range(0, len(thought + call), 3):
+        pieces += s.feed((thought + call)[i:i + 3])
+    pieces += s.close()
+    assert s.reply.reasoning == "Paris, so the weather tool."
+    assert [c.name for c in s.reply.calls] == ["get_weather"]
+    assert s.reply.text == ""
+    assert answer_part(thought + '{"a": 1}', opened=opened) == '{"a": 1}'
+
+
+@pytest.mark.parametrize("fmt", [f for f in BY_NAME if BY_NAME[f].syntax.parallel])
+def test_the_engine_watch_ends_a_reply_at_its_first_repeated_call(fmt: str) -> None:
+    from app.tools import RepeatWatch
+
+    syntax = BY_NAME[fmt].syntax
+    first = ToolCall("a", "get_time", '{"tz": "Europe/Paris"}')
+    text = render_calls([first, CALLS[0], first], syntax)
+    watch = RepeatWatch(syntax, required=True, thinking="", raw=RAW)
+    ended = [i for i in range(len(text)) if watch(text[i])]
+    assert ended
+    seen = text[:ended[0] + 1]
+    assert seen.count(syntax.call_open) == 3  # not before the third call
+    assert seen.endswith(("}", "</function>"))  # at the end of its arguments
