@@ -445,6 +445,11 @@ class Engine:
             assert job is not None
             prompt = job.request.prompt
             take = min(budget, len(prompt) - slot.next_prompt)
+            if 1 < take == len(prompt) - slot.next_prompt:
+                # the last prompt token is decoded in a step of its own, as it is when the
+                # whole prompt is cached: the first token's logits, and so a seeded reply,
+                # are then the same with the prompt cache warm or cold
+                take -= 1
             first = ctx.n_rows
             for i in range(slot.next_prompt, slot.next_prompt + take):
                 last = i == len(prompt) - 1

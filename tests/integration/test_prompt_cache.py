@@ -86,3 +86,32 @@ def test_same_answer_from_a_restored_state(server: ServerProcess) -> None:
                        timeout=TIMEOUT).json()
     assert fresh["tokens_cached"] == 0
     assert restored["content"] == fresh["content"]
+
+
+def _streamed(base: str, body: dict[str, object]) -> str:
+    text = ""
+    with httpx.stream("POST", base + "/completion", json={**body, "stream": True},
+                      timeout=TIMEOUT) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                text += json.loads(line[6:]).get("content", "")
+    return text
+
+
+def test_a_seeded_reply_is_the_same_streamed_or_not_with_the_cache_warm_or_cold(
+        server: ServerProcess) -> None:
+    """llama.cpp's test_completion_stream_vs_non_stream, and more: the first of these requests
+    evaluates the prompt from the start (``cache_prompt: false``), the others find it cached;
+    streamed or not, the seeded reply is the same text."""
+    base = server.base_url
+    for prompt in ("I believe the meaning of life is",
+                   "Once upon a time, in a kingdom by the sea, there lived a"):
+        body = {"prompt": prompt, "n_predict": 16, "temperature": 0.8, "seed": 42,
+                "id_slot": 0}
+        texts = [httpx.post(base + "/completion", json={**body, "cache_prompt": False},
+                            timeout=TIMEOUT).json()["content"],
+                 _streamed(base, body),
+                 httpx.post(base + "/completion", json=body, timeout=TIMEOUT).json()["content"],
+                 _streamed(base, body)]
+        assert len(set(texts)) == 1, texts
+        assert texts[0]

@@ -82,8 +82,10 @@ def job(job_id: int, prompt: Sequence[int], *, n_predict: int = -1, length: int 
 def test_generating_slots_come_first_then_prompt_chunks_fill_the_batch() -> None:
     engine, ctx, _ = make(n_slots=3, n_batch=8)
     engine.submit(job(1, [2, 10, 11]))
-    engine.run_once()  # job 1's whole prompt in one batch
-    assert ctx.batches[-1] == [(2, 0, 0, False), (10, 1, 0, False), (11, 2, 0, True)]
+    engine.run_once()  # job 1's prompt but its last token in one batch
+    assert ctx.batches[-1] == [(2, 0, 0, False), (10, 1, 0, False)]
+    engine.run_once()  # the last token alone, with logits (as a cached prompt's is)
+    assert ctx.batches[-1] == [(11, 2, 0, True)]
     engine.submit(job(2, list(range(20, 32))))  # 12 tokens
     engine.run_once()
     # one generation row for job 1, then 7 prompt rows of job 2 (no logits yet)
@@ -95,8 +97,12 @@ def test_generating_slots_come_first_then_prompt_chunks_fill_the_batch() -> None
     engine.run_once()
     batch = ctx.batches[-1]
     assert batch[0] == (101, 4, 0, True)
-    assert [r[1] for r in batch[1:]] == list(range(7, 12))
-    assert batch[-1][3] is True  # last prompt token asks for logits
+    assert [r[1] for r in batch[1:]] == list(range(7, 11))  # all but the last
+    assert not any(r[3] for r in batch[1:])
+    engine.run_once()
+    batch = ctx.batches[-1]
+    assert batch[0] == (102, 5, 0, True)
+    assert batch[1:] == [(31, 11, 1, True)]  # the last prompt token asks for logits
 
 
 def test_requests_beyond_the_slots_wait_in_fifo_order() -> None:
@@ -169,8 +175,9 @@ def test_prompt_reuse_picks_longest_prefix_slot_and_evaluates_only_the_suffix() 
         engine.run_once()
     engine.submit(job(3, [2, 8, 8, 8, 9, 9], n_predict=1))
     engine.run_once()
-    batch = ctx.batches[-1]
-    assert [(r[0], r[1], r[2]) for r in batch] == [(9, 4, 1), (9, 5, 1)]
+    engine.run_once()  # the last prompt token in a step of its own
+    assert [[(r[0], r[1], r[2]) for r in b] for b in ctx.batches[-2:]] == [[(9, 4, 1)],
+                                                                        [(9, 5, 1)]]
     started = next(e for e in box.events[3] if isinstance(e, Started))
     assert (started.id_slot, started.tokens_cached) == (1, 4)
 
@@ -189,6 +196,7 @@ def test_identical_prompt_keeps_one_token_to_evaluate() -> None:
 def test_n_predict_zero_evaluates_the_prompt_only() -> None:
     engine, _ctx, box = make()
     engine.submit(job(1, [2, 5, 6], n_predict=0))
+    engine.run_once()
     engine.run_once()
     done = box.done(1)
     assert done is not None
@@ -515,7 +523,8 @@ def test_return_progress_reports_each_prompt_chunk() -> None:
     for _ in range(6):
         engine.run_once()
     progress = [(e.total, e.cache, e.processed) for e in box.events[1] if isinstance(e, Progress)]
-    assert progress == [(20, 0, 0), (20, 0, 8), (20, 0, 16), (20, 0, 20)]
+    # the last prompt token is a step of its own
+    assert progress == [(20, 0, 0), (20, 0, 8), (20, 0, 16), (20, 0, 19), (20, 0, 20)]
     assert box.done(1) is not None
 
 
