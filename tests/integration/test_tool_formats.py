@@ -199,8 +199,11 @@ def test_anthropic_tool_use_in_the_family_format(server: tuple[str, ServerProces
     with anthropic.Anthropic(base_url=server[1].base_url, api_key="unused", max_retries=0) as c:
         tools: Any = [{"name": t["function"]["name"], "description": t["function"]["description"],
                        "input_schema": t["function"]["parameters"]} for t in TOOLS]
+        # DeepSeek R1's opened thought: no thinking before the call here, as in client()
+        off: Any = {"thinking": {"type": "disabled"}} if server[0] == "deepseek-r1" else {}
         r = c.messages.create(model="m", max_tokens=300, messages=ASK, tools=tools,
-                              tool_choice={"type": "any", "disable_parallel_tool_use": True})
+                              tool_choice={"type": "any", "disable_parallel_tool_use": True},
+                              **off)
         uses = [b for b in r.content if b.type == "tool_use"]
         assert uses
         assert r.stop_reason == "tool_use"
