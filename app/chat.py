@@ -22,7 +22,7 @@ assistant ``tool_calls`` with ``arguments`` parsed into objects, tool results as
 text in its format. Mistral's templates accept only nine-letter call ids: other
 ids are mapped to such ones, the same id to the same one. Any other template
 (or a format forced by ``--tool-call-format`` that it does not teach) gets the
-tool instructions of :func:`app.tools.tools_prompt` in its system message, the
+tool instructions of :func:`app.toolprompt.tools_prompt` in its system message, the
 calls written into the assistant text, and each result as a user turn inside
 ``<tool_response>`` tags.
 
@@ -47,7 +47,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from app.completion import FunctionTool
 from app.errors import InvalidRequest
 from app.toolformat import BY_NAME, FALLBACK, ToolFormat, detect
-from app.tools import ToolCall, render_calls, short_id, tools_prompt
+from app.toolprompt import render_calls, short_id, tools_prompt
+from app.tools import ToolCall
 from grammar.tools import THINK_OPEN, CallSyntax
 
 ROLES = ("system", "developer", "user", "assistant", "tool")

@@ -1,12 +1,7 @@
-"""Tool calls and thinking in a chat reply: the text format, and splitting a reply as it streams.
+"""Tool calls and thinking in a chat reply: splitting a reply as it streams.
 
 How a model writes calls is its format's :class:`grammar.tools.CallSyntax` (the table is
-:mod:`app.toolformat`; Hermes' is the fallback)::
-
-    <tool_call>
-    {"name": "get_weather", "arguments": {"city": "Paris"}}
-    </tool_call>
-
+:mod:`app.toolformat`, Hermes' the fallback; what the model is shown: :mod:`app.toolprompt`).
 The grammar of :mod:`grammar.tools` fixes the text around the arguments byte for byte, so
 :class:`ReplySplitter` can split a reply as it streams: text, then each call's name as soon as
 it is complete and its arguments in pieces. The arguments end where their JSON object
@@ -19,22 +14,18 @@ the same call twice. While a call could still turn out to be such a repeat (its 
 arguments so far match an earlier call's), its pieces are held back; they go out as soon as
 it differs.
 
-Thinking (``reasoning_format: deepseek``): a reply that starts with
-``<think>`` (or a prompt whose template opened one) has everything up to
-``</think>`` split off as reasoning.
+Thinking (``reasoning_format: deepseek``): a reply that starts with ``<think>`` (or a prompt
+whose template opened one) has everything up to ``</think>`` split off as reasoning.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import secrets
-import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from app.completion import FunctionTool
 from grammar.tools import (
     HERMES,
     ID_SLOT,
@@ -47,6 +38,8 @@ from grammar.tools import (
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _HEAD_MAX = 200  # a head longer than this without matching is not a call
+
+
 def answer_part(text: str, *, opened: bool) -> str:
     """The answer of a reply that may begin with a thinking block (all of it when the
     prompt ``opened`` one): what a schema-constrained reply's schema applies to."""
@@ -65,62 +58,6 @@ class ToolCall:
 
 def new_call_id(prefix: str = "call_") -> str:
     return prefix + secrets.token_hex(12)
-
-
-_ALNUM = string.ascii_letters + string.digits
-
-
-def short_call_id(length: int = 9) -> str:
-    """An id of letters and digits only (Mistral's templates refuse any other)."""
-    return "".join(secrets.choice(_ALNUM) for _ in range(length))
-
-
-def short_id(ident: str) -> str:
-    """A nine-letter id for ``ident`` (itself when it is one): Mistral's templates need them."""
-    if len(ident) == 9 and ident.isascii() and ident.isalnum():
-        return ident
-    return hashlib.sha256(ident.encode()).hexdigest()[:9]
-
-
-def tools_prompt(tools: Sequence[FunctionTool], syntax: CallSyntax = HERMES) -> str:
-    """The instructions for a template that does not render ``tools`` itself."""
-    lines = [json.dumps({"name": t.name, "description": t.description,
-                         "parameters": t.parameters}, ensure_ascii=False) for t in tools]
-    example = render_calls([ToolCall("abcdefghi", "<function-name>", "{}")], syntax).replace(
-        '"<function-name>"', "<function-name>").replace("{}", "<args-json-object>")
-    return ("You can call functions. Their signatures, as JSON Schema, are inside <tools></tools>:\n"
-            "<tools>\n" + "\n".join(lines) + "\n</tools>\n"
-            + (HERMES_HOW if syntax == HERMES else "To call a function, reply with its name "
-               "and arguments in this format:\n") + example)
-
-
-HERMES_HOW = ("To call a function, reply with a JSON object with its name and arguments inside "
-              "<tool_call></tool_call> tags:\n")
-
-
-def render_calls(calls: Sequence[ToolCall], syntax: CallSyntax = HERMES) -> str:
-    """Calls from the history, as the model would have written them."""
-    parts = []
-    for call in calls:
-        try:
-            args = json.dumps(json.loads(call.arguments), ensure_ascii=False)
-        except ValueError:
-            args = call.arguments
-        name = json.dumps(call.name, ensure_ascii=False) if syntax.quoted else call.name
-        if syntax.args == "xml":
-            try:
-                values = json.loads(call.arguments)
-            except ValueError:
-                values = {}
-            args = "".join(f"{PARAM_OPEN}{k}>\n"
-                           f"{v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"
-                           f"{PARAM_CLOSE}" for k, v in (values.items() if isinstance(
-                               values, dict) else ()))
-        parts.append(syntax.call_open + name + syntax.name_to_args + args +
-                     syntax.call_close.replace(ID_SLOT, short_id(call.id)))
-    if not syntax.parallel:
-        parts = parts[:1]
-    return syntax.block_open + syntax.separator.join(parts) + syntax.block_close
 
 
 class RepeatWatch:

@@ -23,7 +23,8 @@ from app.completion import (
     ToolsConstraint,
 )
 from app.errors import InvalidRequest
-from app.tools import Reply, ReplySplitter, ToolCall, new_call_id, short_call_id
+from app.toolprompt import short_call_id
+from app.tools import Reply, ReplySplitter, ToolCall, new_call_id
 from grammar import validate
 from grammar.tools import HERMES, CallSyntax, raw_params
 

@@ -17,7 +17,8 @@ import pytest
 from app.chat import ChatTemplate, Message
 from app.completion import FunctionTool
 from app.toolformat import BY_NAME, detect
-from app.tools import CallArguments, CallEnd, CallStart, ReplySplitter, ToolCall, render_calls
+from app.toolprompt import render_calls
+from app.tools import CallArguments, CallEnd, CallStart, ReplySplitter, ToolCall
 from grammar import accepts, parse_gbnf
 from grammar.tools import CallSyntax, ToolSchema, raw_params, tool_calls_gbnf
 
