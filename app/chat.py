@@ -61,6 +61,7 @@ class Message:
     tool_calls: tuple[ToolCall, ...] = ()  # an assistant's calls
     tool_call_id: str = ""  # a tool result: the call it answers
     name: str = ""  # a tool result: the function's name, where known
+    reasoning: str = ""  # an assistant's thinking (``reasoning_content``), for templates that show it
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +272,8 @@ class ChatTemplate:
 def _hf_message(m: Message, fmt: ToolFormat, *, calls: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role,
                            "content": m.content}
+    if m.reasoning and m.role == "assistant":
+        out["reasoning_content"] = m.reasoning
     ident = short_id if fmt.short_ids else str
     if m.tool_calls and calls:
         out["tool_calls"] = [{"id": ident(c.id), "type": "function", "function": {

@@ -41,7 +41,7 @@ from typing import Any
 import trio
 
 from app.errors import Conflict, InvalidRequest, NotFound, Overloaded, ServerError, Unavailable
-from app.runtime import RuntimeLike
+from app.runtime import Facts, RuntimeLike, facts_of
 from app.settings import MODEL_FIELDS, Settings
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,12 @@ class ModelSpec:
     tags: tuple[str, ...] = ()  # informational (llama.cpp's --tags), listed by /v1/models
     #: LoRA adapters (file, scale): --lora's belong to the --model model alone
     lora: tuple[tuple[Path, float], ...] = ()
+    #: named in ``/v1/models`` (and Ollama's tags) even while unloaded; an embedded model
+    #: beside an explicit ``--model`` is not (a request may still name it, and it loads)
+    listed: bool = True
+    #: the ``aliases`` /v1/models shows, when not ``aliases`` (--alias: all its names, the
+    #: model's own included, as llama.cpp lists them; file names route but are not shown)
+    shown_aliases: tuple[str, ...] | None = None
 
     def settings(self, base: Settings) -> Settings:
         """The server's settings with this model's own."""
@@ -108,6 +114,7 @@ class Hosted:
     failures: int = 0
     load_s: float = 0.0  # how long the last load took
     expires_at: float = math.inf  # Trio clock: when the idle watcher unloads it
+    facts: Facts | None = None  # the latest runtime's, kept after an unload (sleeping)
 
     @property
     def name(self) -> str:
@@ -164,6 +171,10 @@ class Registry:
     def all(self) -> list[Hosted]:
         self.refresh()
         return list(self._hosted.values())
+
+    def listed(self) -> list[Hosted]:
+        """The models the listings show: the served ones, and any other that is loaded."""
+        return [h for h in self.all() if h.spec.listed or h.status is not ModelStatus.UNLOADED]
 
     def largest_ctx_size(self, base: Settings) -> int:
         """The most KV cells a known model is given (its own ``ctx_size``, else ``base``'s);
@@ -297,6 +308,7 @@ class Registry:
             log.error("could not load %s: %s", hosted.name, hosted.error)
         else:
             hosted.runtime = runtime
+            hosted.facts = facts_of(runtime)
             hosted.status = ModelStatus.LOADED
             hosted.loads += 1
             hosted.load_s = trio.current_time() - started
@@ -494,6 +506,7 @@ class Registry:
     def adopt(self, hosted: Hosted, runtime: RuntimeLike) -> None:
         """Mark ``hosted`` as loaded with ``runtime`` (loaded before the server started)."""
         hosted.runtime = runtime
+        hosted.facts = facts_of(runtime)
         hosted.status = ModelStatus.LOADED
         hosted.loads += 1
         self._touch(hosted)
@@ -523,7 +536,8 @@ def specs_from_settings(settings: Settings, embedded: dict[str, Path]
     installed). The started model (``--model``, else the embedded Gemma when no model
     option is given) comes first and is the default; its name is ``--alias``, else the
     short name it was given by, else its file name. Config-file models follow, then the
-    embedded ones under their short names, then every ``*.gguf`` in ``--models-dir``
+    embedded ones under their short names (listed only without ``--model`` or in router mode),
+    then every ``*.gguf`` in ``--models-dir``
     under its file name (alias: the name without ``.gguf``).
     """
     router = settings.models_dir is not None or bool(settings.models)
@@ -552,7 +566,8 @@ def specs_from_settings(settings: Settings, embedded: dict[str, Path]
         aliases = tuple(dict.fromkeys(
             a for a in (*settings.alias_names, path.name, path.stem, short.get(path.resolve(), ""))
             if a and a != name))
-        add(ModelSpec(name, path, aliases, tags=settings.tags, lora=settings.lora))
+        add(ModelSpec(name, path, aliases, tags=settings.tags, lora=settings.lora,
+                      shown_aliases=settings.alias_names or None))
         default = name
     for config in settings.models:
         path = config.path
@@ -561,9 +576,13 @@ def specs_from_settings(settings: Settings, embedded: dict[str, Path]
         elif not path.is_absolute() and not path.exists() and settings.models_dir is not None:
             path = settings.models_dir / path
         add(ModelSpec(config.name, path, config.aliases, config.overrides))
+    # the embedded models are always routable by name; they are listed out of the box (no
+    # --model) and in router mode, and not beside a model the operator chose, where a
+    # llama.cpp client expects one model in /v1/models
+    listed = router or settings.model_path is None
     for name, path in embedded.items():
         if path.resolve() not in by_path:
-            add(ModelSpec(name, path, (path.name,)))
+            add(ModelSpec(name, path, (path.name,), listed=listed))
     specs.extend(directory_specs(settings.models_dir, by_path, {s.name for s in specs}))
     return linked_names(settings.models_dir, specs), default, router
 

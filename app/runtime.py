@@ -143,6 +143,32 @@ def chat_template_for(settings: Settings, model: Model) -> ChatTemplate:
         tool_format=settings.tool_call_format)
 
 
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What ``/props`` shows of a loaded model, kept by the registry while it sleeps (is
+    unloaded for idleness), so that asking does not load it again (llama.cpp's
+    ``is_sleeping``)."""
+
+    info: ModelInfo
+    bos_text: str
+    eos_text: str
+    slot_ctx: int
+    total_slots: int
+    n_ctx: int
+    chat_source: str
+    chat_name: str
+
+
+def facts_of(runtime: RuntimeLike) -> Facts:
+    model, engine, info = runtime.model, runtime.engine, runtime.model.info
+    return Facts(info=info,
+                 bos_text=model.token_text(info.bos) if info.bos >= 0 else "",
+                 eos_text=model.token_text(info.eos) if info.eos >= 0 else "",
+                 slot_ctx=engine.slot_ctx, total_slots=len(engine.slots),
+                 n_ctx=engine.ctx.n_ctx, chat_source=runtime.chat.source,
+                 chat_name=runtime.chat.name)
+
+
 @dataclass(eq=False)
 class Runtime:
     model: Model

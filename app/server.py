@@ -163,6 +163,33 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
     return app
 
 
+def canonical_case(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """Response header names in their usual case (``Access-Control-Allow-Origin``) on
+    HTTP/1.1. ASGI frameworks lower-case them (Quart does), which HTTP allows, but clients
+    that keep headers in a plain dict (llama.cpp's own test suite does) look them up by the
+    usual name. HTTP/2 lower-cases them again, as it must (its ``h2`` normalises them)."""
+
+    async def cased(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+
+        async def send_cased(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [
+                    (_title(name), value)
+                    for name, value in message.get("headers", ())]}
+            await send(message)
+
+        await app(scope, receive, send_cased)
+
+    return cased
+
+
+def _title(name: bytes) -> bytes:
+    return b"-".join(part[:1].upper() + part[1:] for part in bytes(name).split(b"-"))
+
+
 def under_prefix(app: QuartTrio, prefix: str) -> Callable[..., Awaitable[None]]:
     """``app`` served under ``prefix`` (``--api-prefix``): ``/llama/v1/models`` reaches
     ``/v1/models``; any path outside it is a 404 in the error shape (a websocket outside it
@@ -265,6 +292,7 @@ async def serve(settings: Settings, registry: Registry,
             nursery.start_soon(watch_signals)
             await nursery.start(service.run)
             asgi: Any = under_prefix(app, settings.api_prefix) if settings.api_prefix else app
+            asgi = canonical_case(asgi)
             await hypercorn_serve(asgi, hypercorn_config(settings), shutdown_trigger=stop.wait)
             nursery.cancel_scope.cancel(reason="server stopped")
     finally:

@@ -43,7 +43,9 @@ for i, a in enumerate(args):
     out.append(a)
 if "--model" not in out and "-m" not in out and "--models-dir" not in out:
     out += ["--model", {model!r}]
-os.chdir({root!r})  # python -m app: this checkout's app, whatever the suite's folder
+# python -m app finds this checkout's app; the working folder stays the suite's, whose
+# relative paths (../../../models/templates/...) the tests pass as flags
+os.environ["PYTHONPATH"] = {root!r} + os.pathsep + os.environ.get("PYTHONPATH", "")
 os.execv({target0!r}, [{target0!r}, *{target_rest!r}, *out])
 '''
 
@@ -56,13 +58,31 @@ def wrapper(folder: Path, name: str, target: list[str], model: str) -> Path:
     return path
 
 
+def mirror(suite: Path, tree: Path) -> Path:
+    """A writable copy of the suite at the same depth of a llama.cpp tree whose other entries
+    are links to the real one, so that the tests' ``../../../models/templates`` and
+    ``../../../tools/mtmd`` resolve (from the copy's folder, as they do in llama.cpp)."""
+    if tree.exists():
+        shutil.rmtree(tree)
+    real, node = suite.resolve(), tree
+    for part in ("tools", "server"):
+        node.mkdir(parents=True, exist_ok=True)
+        for entry in real.parents[1 if part == "server" else 2].iterdir():
+            if entry.name != part:
+                (node / entry.name).symlink_to(entry)
+        node = node / part
+    node.mkdir(parents=True, exist_ok=True)
+    for entry in real.parent.iterdir():
+        if entry.name != "tests":
+            (node / entry.name).symlink_to(entry)
+    shutil.copytree(real, node / "tests")
+    return node / "tests"
+
+
 def run_suite(suite: Path, python: str, server: Path, work: Path, extra: list[str]
               ) -> dict[str, str]:
     """Each test's outcome (passed, failed, error, skipped) by its id."""
-    copy = work / "tests"
-    if copy.exists():
-        shutil.rmtree(copy)
-    shutil.copytree(suite, copy)
+    copy = mirror(suite, work / "llama.cpp")
     # its session fixture starts every preset once to download the models: nothing to download
     # here (and a preset such as the reranker's cannot start with the embedded model)
     conftest = copy / "conftest.py"

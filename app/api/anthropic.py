@@ -9,12 +9,15 @@ routes have Anthropic's shape (``app.errors.anthropic_body``). ``x-api-key``
 is one of the accepted key headers; ``anthropic-version`` and
 ``anthropic-beta`` are accepted and not checked.
 
-Decisions: image and document blocks are a 400 (no model here has a
-projector); ``output_config.format`` (structured output) constrains the text by its JSON Schema, as
-``response_format`` does on OpenAI's routes; ``thinking`` in the history is dropped (the template renders
-answers only); ``tool_choice: any`` is a required call; a stop on one of
-``stop_sequences`` is ``stop_reason: "stop_sequence"``, a stop on the
-template's own turn marker ``end_turn``. ``usage.cache_read_input_tokens``
+Decisions: image and document blocks are a 400 (no model here has a projector);
+``output_config.format`` (structured output) constrains the text by its JSON Schema, as
+``response_format`` does on OpenAI's routes; ``thinking`` blocks in the history become the
+assistant message's ``reasoning_content``, which templates that show past thinking (Qwen3's)
+render; ``tool_choice: any`` is a required call; an empty ``messages`` is rendered as it is
+(the template's generation prompt after the system text, as llama-server does); a stop on
+one of ``stop_sequences`` is ``stop_reason: "stop_sequence"``, a stop on the template's own
+turn marker ``end_turn``; the reply has no ``timings`` (llama-server leaves them out of this
+shape, and its suite checks it). ``usage.cache_read_input_tokens``
 counts the prompt tokens reused from the slot's cache.
 """
 
@@ -83,6 +86,7 @@ def conversation(body: JSON) -> list[Message]:
             continue
         texts: list[str] = []
         calls: list[ToolCall] = []
+        thoughts: list[str] = []
         for j, block in enumerate(content):
             kind = block["type"]
             where = f"messages[{i}].content[{j}]"
@@ -107,11 +111,12 @@ def conversation(body: JSON) -> list[Message]:
                     result = f"Error: {result}"
                 out.append(Message("tool", result, tool_call_id=block["tool_use_id"],
                                    name=names.get(block["tool_use_id"], "")))
-            # thinking blocks of earlier turns are not rendered
-        if texts or calls:
-            out.append(Message(m["role"], "".join(texts), tuple(calls)))
-    if not out or all(m.role == "system" for m in out):
-        raise InvalidRequest("'messages' must hold at least one message", param="messages")
+            elif kind == "thinking" and m["role"] == "assistant":
+                thoughts.append(block.get("thinking") or "")
+            # redacted thinking has nothing a template could show
+        if texts or calls or thoughts:
+            out.append(Message(m["role"], "".join(texts), tuple(calls),
+                               reasoning="\n\n".join(t for t in thoughts if t)))
     return out
 
 
@@ -207,7 +212,8 @@ async def messages(m: Bound, body: JSON) -> Response:
     splitter.close()
     reason, sequence = stop_reason(outcome, splitter.reply, user_stops)
     return json_response({**head, "content": content_blocks(splitter.reply), "stop_reason": reason,
-                          "stop_sequence": sequence, "usage": _usage(outcome), **extras(outcome),
+                          "stop_sequence": sequence, "usage": _usage(outcome),
+                          **extras(outcome, with_timings=False),
                           **await call_checks(splitter.reply, turn)},
                          headers={"X-Request-Id": str(completion.id)})
 
@@ -288,7 +294,7 @@ class MessageStream(SseWire):
         reason, sequence = stop_reason(outcome, splitter.reply, self.user_stops)
         out.append(sse.named("message_delta", {
             "type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
-            "usage": {"output_tokens": outcome.n_predicted}, **extras(outcome),
+            "usage": {"output_tokens": outcome.n_predicted}, **extras(outcome, with_timings=False),
             **await call_checks(splitter.reply, self.turn)}))
         out.append(sse.named("message_stop", {"type": "message_stop"}))
         return out

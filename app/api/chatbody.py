@@ -98,7 +98,8 @@ def messages(body: JSON) -> list[Message]:
             raise InvalidRequest(f"'messages[{i}].content' is required unless the message has "
                                  "'tool_calls'", param=f"messages[{i}].content")
         out.append(Message(role, _text(m.get("content")), tuple(calls),
-                           tool_call_id=m.get("tool_call_id") or "", name=m.get("name") or ""))
+                           tool_call_id=m.get("tool_call_id") or "", name=m.get("name") or "",
+                           reasoning=m.get("reasoning_content") or ""))
     return out
 
 

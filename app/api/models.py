@@ -28,8 +28,10 @@ def model_entry(hosted: Hosted) -> JSON:
         created = int(hosted.spec.path.stat().st_mtime)
     except OSError:
         created = 0
+    spec = hosted.spec
+    shown = spec.aliases if spec.shown_aliases is None else spec.shown_aliases
     entry: JSON = {"id": hosted.name, "object": "model", "created": created,
-                   "owned_by": "sluice", "aliases": list(hosted.spec.aliases),
+                   "owned_by": "sluice", "aliases": list(shown),
                    "tags": list(hosted.spec.tags),
                    "path": str(hosted.spec.path), "status": status}
     meta = model_meta(hosted)
@@ -42,7 +44,7 @@ def model_entry(hosted: Hosted) -> JSON:
 @models.route("/models", methods=["GET"])
 async def list_models() -> Response:
     registry = service().registry
-    return json_response({"object": "list", "data": [model_entry(h) for h in registry.all()]})
+    return json_response({"object": "list", "data": [model_entry(h) for h in registry.listed()]})
 
 
 @models.route("/v1/models/<path:name>", methods=["GET"])

@@ -46,9 +46,11 @@ from app.completion import (
 from app.errors import JSON, NotFound, NotSupported, ServerError, Unavailable
 from app.prepare import convert_schema
 from app.registry import ModelStatus
-from app.requests import choices_wanted, native_request, prompt_list, sampling_report
+from app.requests import Defaults, choices_wanted, native_request, prompt_list, sampling_report
 from app.running import Completion
+from app.runtime import Facts, facts_of
 from app.service import Bound, SlotInfo
+from app.settings import Settings
 
 native = Family("native", __name__)
 
@@ -292,40 +294,50 @@ def slot_object(i: SlotInfo) -> JSON:
 
 
 @native.route("/props", methods=["GET"])
-@query_model
-async def props(svc: Bound) -> Response:
-    info = svc.model.info
-    st = svc.settings
-    engine = svc.engine
-    defaults = svc.defaults
+async def props() -> Response:
+    """llama.cpp's ``GET /props``, from what was known of the model when it was loaded: asking
+    is not using it, so it neither keeps the model awake nor wakes one unloaded for idleness
+    (``--sleep-idle-seconds``), which shows ``is_sleeping: true``, as llama.cpp's does. Only
+    a model never loaded yet is loaded to answer."""
+    svc = service()
+    name = request.args.get("model") or None
+    hosted = svc.peek(name)
+    if hosted.facts is not None:
+        return json_response(_props_body(hosted.facts, hosted.spec.settings(svc.settings),
+                                         svc.defaults, hosted.name,
+                                         sleeping=hosted.status is not ModelStatus.LOADED))
+    async with svc.use(name) as bound:
+        return json_response(_props_body(facts_of(bound.runtime), bound.settings,
+                                         bound.defaults, bound.name, sleeping=False))
+
+
+def _props_body(facts: Facts, st: Settings, defaults: Defaults, name: str, *,
+                sleeping: bool) -> JSON:
     sampling = sampling_report(defaults.sampling)
     params = {**sampling, "max_tokens": st.n_predict, "n_predict": st.n_predict,
               "n_keep": defaults.n_keep, "n_discard": 0, "stream": False,
               "n_probs": defaults.sampling.n_probs, "min_keep": 0,
               "reasoning_format": st.reasoning_format, "timings_per_token": False,
               "post_sampling_probs": False, "lora": []}
-
-    def text(token: int) -> str:
-        return svc.model.token_text(token) if token >= 0 else ""
-
-    return json_response({
+    info = facts.info
+    return {
         # llama.cpp's shape (``params``), and the flat one of its earlier versions
-        "default_generation_settings": {"n_ctx": engine.slot_ctx, "params": params,
+        "default_generation_settings": {"n_ctx": facts.slot_ctx, "params": params,
                                         "n_predict": st.n_predict, **sampling},
-        "total_slots": len(engine.slots),
+        "total_slots": facts.total_slots,
         "model_path": str(info.path),
-        "model_alias": svc.model_name,
+        "model_alias": name,
         "modalities": {"vision": False, "video": False, "audio": False},
         "endpoint_slots": st.slots_endpoint, "endpoint_props": st.props_endpoint,
         "endpoint_metrics": st.metrics, "ui": st.webui,
-        "chat_template": svc.chat.source,
-        "chat_template_name": svc.chat.name,
-        "bos_token": text(info.bos), "eos_token": text(info.eos),
-        "is_sleeping": False,
-        "n_ctx": engine.ctx.n_ctx,
+        "chat_template": facts.chat_source,
+        "chat_template_name": facts.chat_name,
+        "bos_token": facts.bos_text, "eos_token": facts.eos_text,
+        "is_sleeping": sleeping,
+        "n_ctx": facts.n_ctx,
         "n_vocab": info.n_vocab,
         "build_info": "sluice 0.1.0 (llama-cpp-python 0.3.36)",
-    })
+    }
 
 
 @native.route("/props", methods=["POST"])

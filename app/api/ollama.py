@@ -251,6 +251,8 @@ def _openai_messages(body: JSON) -> list[JSON]:
             raise InvalidRequest(f"'messages[{i}].images': this model has no vision projector; "
                                  "images are not supported", param=f"messages[{i}].images")
         wire: JSON = {"role": msg["role"], "content": msg.get("content", "")}
+        if msg.get("thinking") and msg["role"] == "assistant":
+            wire["reasoning_content"] = msg["thinking"]
         if msg.get("tool_calls"):
             last_calls = []
             calls = []

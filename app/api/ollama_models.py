@@ -72,7 +72,7 @@ async def tags() -> Response:
     return json_response({"models": [
         {"name": h.name, "model": h.name, "modified_at": _modified(h), "size": _size(h),
          "digest": _digest(h), "details": _details(h)}
-        for h in service().registry.all()]})
+        for h in service().registry.listed()]})
 
 
 @ollama_models.route("/api/ps", methods=["GET"])

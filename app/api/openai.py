@@ -34,6 +34,7 @@ from app.completion import (
     TokenLogprobs,
 )
 from app.errors import JSON, ServerError
+from app.prepare import tokenize_prompt
 from app.requests import (
     choices_wanted,
     prompt_list,
@@ -286,6 +287,22 @@ def _stream(m: Bound, completions: list[Completion], choices: list[ChoiceStream]
 
 
 # --- text completions -------------------------------------------------------------------------
+@openai.route("/v1/chat/completions/input_tokens", methods=["POST"])
+@openai.route("/chat/completions/input_tokens", methods=["POST"])
+@with_model("chat_completion", sse_stream=False)
+async def chat_input_tokens(m: Bound, body: JSON) -> Response:
+    """llama.cpp's ``POST /v1/chat/completions/input_tokens``: the prompt's token count, as the
+    same body sent to ``/v1/chat/completions`` would be evaluated."""
+    base = openai_request(body, m.defaults, prompt="", n_probs=0, extra_stops=m.chat.stops)
+    turn = await trio.to_thread.run_sync(lambda: chat_request(
+        m.chat, messages(body), tools_from(body), base, system_prompt=m.settings.system_prompt,
+        reasoning=reasoning_from(body, m.settings.reasoning_format),
+        variables=m.template_variables(body)))
+    prompt = turn.request.prompt
+    n = await m.with_model(lambda rt: len(tokenize_prompt(rt.model, prompt)))
+    return json_response({"object": "response.input_tokens", "input_tokens": n})
+
+
 @openai.route("/v1/completions", methods=["POST"])
 @with_model("openai_completion")
 async def completions(m: Bound, body: JSON) -> Response:

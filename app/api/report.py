@@ -37,9 +37,11 @@ def timing_fields(t: Timings) -> JSON:
             "predicted_per_second": steps * 1000.0 / t.predicted_ms if timed else 0.0}
 
 
-def extras(outcome: Outcome) -> JSON:
-    """Sluice's additions at the top level: timings, the interruption, the schema verdict."""
-    out: JSON = {"timings": timings(outcome)}
+def extras(outcome: Outcome, *, with_timings: bool = True) -> JSON:
+    """Sluice's additions at the top level: timings, the interruption, the schema verdict.
+    Anthropic's shape goes without ``timings`` (llama-server leaves them out there too, and
+    its test suite checks that they are absent)."""
+    out: JSON = {"timings": timings(outcome)} if with_timings else {}
     if outcome.interruption is not None:
         out[outcome.interruption.value] = True
     if outcome.schema is not None:

@@ -40,6 +40,7 @@ from app.completion import (
     StopType,
 )
 from app.errors import JSON, InvalidRequest, ServerError
+from app.prepare import tokenize_prompt
 from app.requests import sampling_from, schema_mode_from, with_server_defaults
 from app.service import Bound
 from app.tools import (
@@ -82,28 +83,36 @@ def conversation(body: JSON) -> list[Message]:
     if isinstance(raw, str):
         return [*out, Message("user", raw)]
     names: dict[str, str] = {}
+    thought = ""  # a reasoning item's text, for the assistant turn that follows it
     for i, item in enumerate(raw):
         kind = item.get("type", "message")
         where = f"input[{i}]"
-        if kind == "message":
-            out.append(Message(item["role"], _text(item["content"], f"{where}.content")))
+        if kind == "reasoning":
+            parts = item.get("content") or item.get("summary") or ()
+            thought = "".join(p["text"] for p in parts)
+        elif kind == "message":
+            role = item["role"]
+            out.append(Message(role, _text(item["content"], f"{where}.content"),
+                               reasoning=thought if role == "assistant" else ""))
+            thought = ""
         elif kind == "function_call":
             parse_arguments(item["arguments"], field=f"{where}.arguments")
             call_id = item["call_id"]
             names[call_id] = item["name"]
             call = ToolCall(call_id, item["name"], item["arguments"])
-            if out and out[-1].role == "assistant":  # calls of one turn go together
+            if out and out[-1].role == "assistant" and not thought:  # one turn's calls
                 last = out[-1]
-                out[-1] = Message("assistant", last.content, (*last.tool_calls, call))
+                out[-1] = Message("assistant", last.content, (*last.tool_calls, call),
+                                  reasoning=last.reasoning)
             else:
-                out.append(Message("assistant", "", (call,)))
+                out.append(Message("assistant", "", (call,), reasoning=thought))
+            thought = ""
         elif kind == "function_call_output":
             out.append(Message("tool", _text(item["output"], f"{where}.output"),
                                tool_call_id=item["call_id"], name=names.get(item["call_id"], "")))
         elif kind == "item_reference":
             raise InvalidRequest(f"'{where}': item references need stored responses; this server "
                                  "is stateless: send the items themselves", param=where)
-        # reasoning items of earlier turns are not rendered
     if not any(m.role != "system" for m in out):
         raise InvalidRequest("'input' must hold at least one message", param="input")
     return out
@@ -367,3 +376,15 @@ class ResponseStream(SseWire):
     def failure(self, index: int, message: str) -> list[bytes]:
         err = ServerError(message)
         return [self.stream.ev("error", code=err.type, message=err.message, param=None)]
+
+
+@responses.route("/v1/responses/input_tokens", methods=["POST"])
+@responses.route("/responses/input_tokens", methods=["POST"])
+@with_model("responses", sse_stream=False)
+async def input_tokens(m: Bound, body: JSON) -> Response:
+    """OpenAI's ``POST /v1/responses/input_tokens``: the prompt's token count, as the same body
+    sent to ``/v1/responses`` would be evaluated (template, instructions and tools included)."""
+    turn = await trio.to_thread.run_sync(turn_of, m, body)
+    prompt = turn.request.prompt
+    n = await m.with_model(lambda rt: len(tokenize_prompt(rt.model, prompt)))
+    return json_response({"object": "response.input_tokens", "input_tokens": n})

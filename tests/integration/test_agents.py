@@ -280,6 +280,16 @@ def test_messages_errors_have_anthropics_shape(claude: anthropic.Anthropic,
     assert "messages[0].content[0]" in resp.json()["error"]["message"]
 
 
+def test_messages_may_be_empty(server: ServerProcess) -> None:
+    """As llama-server: the system text and the generation prompt, answered."""
+    resp = httpx.post(server.base_url + "/v1/messages", json={
+        "model": "m", "max_tokens": 4, "system": "You are terse.", "messages": []},
+        timeout=TIMEOUT)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["type"] == "message"
+    assert resp.json()["usage"]["input_tokens"] > 0
+
+
 def test_messages_stop_sequence(claude: anthropic.Anthropic) -> None:
     r = claude.messages.create(model="m", max_tokens=60, messages=ASK,  # type: ignore[arg-type]
                                stop_sequences=[" "], extra_body={"temperature": 0})

@@ -370,12 +370,22 @@ def test_an_idle_model_is_unloaded_and_the_next_request_reloads_it() -> None:
         assert status() == "loaded"  # --model: loaded at start, and the default
         import time
 
+        def sleeping() -> bool:
+            props = httpx.get(base + "/props", timeout=TIMEOUT).json()
+            assert props["model_alias"] == BASE
+            return bool(props["is_sleeping"])
+
+        assert not sleeping()
+        # asking /props every 0.1 s neither keeps the model awake nor wakes it (llama.cpp's)
         deadline = time.monotonic() + 15
-        while status() != "unloaded" and time.monotonic() < deadline:
-            time.sleep(0.2)
+        while not sleeping() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status() == "unloaded"
+        assert sleeping()
         assert status() == "unloaded"
         assert httpx.get(base + "/health", timeout=TIMEOUT).status_code == 200
         out = httpx.post(base + "/completion", json={"prompt": "Hi", "n_predict": 2},
                          timeout=TIMEOUT).json()  # no model named: the default, reloaded
         assert out["tokens_predicted"] == 2
         assert out["model"] == BASE
+        assert not sleeping()

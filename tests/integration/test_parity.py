@@ -1,0 +1,162 @@
+"""What llama.cpp's own server suite checks and clients rely on, in this project's suite: one
+model listed under ``--model``, ``--alias`` names, Anthropic replies without ``timings``,
+thinking history rendered by a template that shows it, the token-counting routes agreeing with
+what a request is charged, and response header names in their usual case."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.integration.helpers import TIMEOUT
+from tests.serverproc import ServerProcess, running_server
+
+QWEN3 = Path(__file__).resolve().parents[1] / "data" / "templates" / "Qwen-Qwen3-0.6B.jinja"
+TOOL = {"type": "function", "function": {
+    "name": "list_files", "description": "List files",
+    "parameters": {"type": "object", "properties": {"path": {"type": "string"}},
+                   "required": ["path"]}}}
+THOUGHT = "I should look at the project layout before anything else."
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with running_server("--model", "gemma3-270m", "--parallel", "1", "--chat-template-file",
+                        str(QWEN3), "--alias", "tiny-base,code", "--cors-origins",
+                        "localhost") as srv:
+        yield srv
+
+
+def post(server: ServerProcess, path: str, body: dict[str, Any]) -> Any:
+    resp = httpx.post(server.base_url + path, json=body, timeout=TIMEOUT)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def test_one_model_is_listed_under_its_sorted_first_alias(server: ServerProcess) -> None:
+    data = httpx.get(server.base_url + "/v1/models", timeout=TIMEOUT).json()["data"]
+    [model] = data  # the embedded chat model routes by name, but --model chose this one
+    assert model["id"] == "code"  # llama.cpp: the alphabetically first of --alias
+    assert set(model["aliases"]) == {"code", "tiny-base"}
+    assert post(server, "/completion", {"prompt": "Hi", "n_predict": 1,
+                                        "model": "tiny-base"})["model"] == "code"
+
+
+def test_anthropic_reply_has_usage_and_no_timings(server: ServerProcess) -> None:
+    with anthropic.Anthropic(base_url=server.base_url, api_key="unused", max_retries=0) as c:
+        r = c.messages.with_raw_response.create(
+            model="m", max_tokens=8, messages=[{"role": "user", "content": "Say hello"}],
+            extra_body={"temperature": 0})
+    body = json.loads(r.http_response.text)
+    assert "timings" not in body
+    assert body["usage"]["output_tokens"] > 0
+    assert isinstance(body["usage"]["cache_read_input_tokens"], int)
+    assert body["type"] == "message"
+    # llama.cpp's OpenAI shape keeps them
+    chat = post(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 4})
+    assert chat["timings"]["predicted_n"] == chat["usage"]["completion_tokens"]
+
+
+def test_anthropic_empty_messages_go_to_the_template(server: ServerProcess) -> None:
+    """Qwen3's template reads ``messages[0]``: it refuses an empty list, as Hugging Face's
+    renderer does (SmolLM2's renders it: ``test_agents``)."""
+    resp = httpx.post(server.base_url + "/v1/messages", json={
+        "model": "m", "max_tokens": 4, "messages": []}, timeout=TIMEOUT)
+    assert resp.status_code == 400
+    assert resp.json()["error"]["type"] == "invalid_request_error"
+    assert "chat template" in resp.json()["error"]["message"]
+
+
+def _history(thinking: bool) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = [
+        {"type": "tool_use", "id": "call_1", "name": "list_files", "input": {"path": "."}}]
+    if thinking:
+        blocks.insert(0, {"type": "thinking", "thinking": THOUGHT, "signature": ""})
+    return [{"role": "user", "content": "Fix the bug"},
+            {"role": "assistant", "content": blocks},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "call_1", "content": "main.py"}]}]
+
+
+def test_thinking_history_reaches_a_template_that_shows_it(server: ServerProcess) -> None:
+    tool = {"name": "list_files", "description": "List files",
+            "input_schema": TOOL["function"]["parameters"]}  # type: ignore[index]
+    counts = [post(server, "/v1/messages/count_tokens", {
+        "model": "m", "messages": _history(thinking), "tools": [tool]})["input_tokens"]
+        for thinking in (False, True)]
+    n_thought = len(post(server, "/tokenize", {"content": THOUGHT})["tokens"])
+    assert counts[1] >= counts[0] + n_thought  # the thought and its <think> tags
+    # OpenAI's reasoning_content, Ollama's thinking and a Responses reasoning item alike
+    openai_prompt = post(server, "/apply-template", {"tools": [TOOL], "messages": [
+        {"role": "user", "content": "Fix the bug"},
+        {"role": "assistant", "content": "", "reasoning_content": THOUGHT, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "list_files", "arguments": "{\"path\": \".\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "main.py"}]})["prompt"]
+    assert f"<think>\n{THOUGHT}\n</think>" in openai_prompt
+    answer = post(server, "/api/chat", {"model": "m", "stream": False, "options": {
+        "num_predict": 1}, "messages": [{"role": "user", "content": "Hi"},
+                                        {"role": "assistant", "content": "Hello",
+                                         "thinking": THOUGHT},
+                                        {"role": "user", "content": "Again"}]})
+    assert answer["done"] is True
+    with_item = post(server, "/v1/responses/input_tokens", {"input": [
+        {"role": "user", "content": "Fix the bug"},
+        {"type": "reasoning", "summary": [], "content": [
+            {"type": "reasoning_text", "text": THOUGHT}]},
+        {"type": "function_call", "call_id": "call_1", "name": "list_files",
+         "arguments": "{\"path\": \".\"}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "main.py"}],
+        "tools": [{"type": "function", **TOOL["function"]}]})  # type: ignore[dict-item]
+    without = post(server, "/v1/responses/input_tokens", {"input": [
+        {"role": "user", "content": "Fix the bug"},
+        {"type": "function_call", "call_id": "call_1", "name": "list_files",
+         "arguments": "{\"path\": \".\"}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "main.py"}],
+        "tools": [{"type": "function", **TOOL["function"]}]})  # type: ignore[dict-item]
+    assert with_item["object"] == "response.input_tokens"
+    assert with_item["input_tokens"] >= without["input_tokens"] + n_thought
+
+
+def test_counted_input_tokens_are_what_the_request_is_charged(server: ServerProcess) -> None:
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "What is the capital of France?"}]
+    with openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0) as c:
+        charged = c.chat.completions.create(model="m", messages=messages,  # type: ignore[arg-type]
+                                            max_tokens=2, tools=[TOOL])  # type: ignore[list-item]
+        counted = post(server, "/v1/chat/completions/input_tokens",
+                       {"messages": messages, "tools": [TOOL]})
+        assert counted == {"object": "response.input_tokens",
+                           "input_tokens": charged.usage.prompt_tokens}  # type: ignore[union-attr]
+        reply = c.responses.create(model="m", input="What is the capital of France?",
+                                   instructions="Be brief.", max_output_tokens=2)
+        counted = post(server, "/v1/responses/input_tokens",
+                       {"input": "What is the capital of France?", "instructions": "Be brief."})
+        assert counted["input_tokens"] == reply.usage.input_tokens  # type: ignore[union-attr]
+
+
+def test_response_header_names_keep_their_usual_case(server: ServerProcess) -> None:
+    host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("OPTIONS", "/completion", headers={
+            "Origin": "http://localhost:5173", "Access-Control-Request-Method": "POST"})
+        resp = conn.getresponse()
+        resp.read()
+        names = [name for name, _ in resp.getheaders()]
+    finally:
+        conn.close()
+    assert resp.status == 200
+    # a plain dict of the headers, as llama.cpp's suite and many scripts keep them
+    assert "Access-Control-Allow-Origin" in names
+    assert "Content-Type" in names
+    assert not any(n.startswith("access-control") for n in names)
