@@ -65,6 +65,20 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class Rendering:
+    """How a conversation's end is rendered (the chat body's ``add_generation_prompt`` and
+    vLLM's ``continue_final_message``; None: not given). By default a trailing assistant
+    message is continued in place (llama.cpp's assistant prefill) and any other conversation
+    ends with the generation prompt."""
+
+    add_generation_prompt: bool | None = None
+    continue_final: bool | None = None
+
+
+DEFAULT_RENDERING = Rendering()
+
+
+@dataclass(frozen=True, slots=True)
 class Builtin:
     source: str
     stops: tuple[str, ...]  # turn markers the model may write as plain text
@@ -149,6 +163,14 @@ _PHI3 = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif -%}"
 )
+_COMMAND_R = (  # Cohere's Command R (llama.cpp's built-in "command-r")
+    "{%- set roles = {'system': 'SYSTEM', 'user': 'USER', 'assistant': 'CHATBOT'} -%}"
+    "{%- for m in messages -%}"
+    "{{ '<|START_OF_TURN_TOKEN|><|' + roles.get(m.role, 'USER') + '_TOKEN|>' + m.content | trim"
+    " + '<|END_OF_TURN_TOKEN|>' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt %}{{ '<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>' }}{% endif -%}"
+)
 
 BUILTINS: dict[str, Builtin] = {
     "gemma": Builtin(_GEMMA, ("<end_of_turn>", "<start_of_turn>")),
@@ -159,6 +181,7 @@ BUILTINS: dict[str, Builtin] = {
     "zephyr": Builtin(_ZEPHYR, ("</s>", "<|user|>")),
     "mistral": Builtin(_MISTRAL, ("[INST]", "</s>")),
     "phi-3": Builtin(_PHI3, ("<|end|>", "<|user|>")),
+    "command-r": Builtin(_COMMAND_R, ("<|END_OF_TURN_TOKEN|>", "<|START_OF_TURN_TOKEN|>")),
 }
 ALIASES = {"vicuna": "vicuna_v1.1", "llama2": "llama-2", "llama3": "llama-3", "phi3": "phi-3"}
 BY_ARCHITECTURE = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3n": "gemma",
@@ -231,7 +254,11 @@ class ChatTemplate:
         Raises:
             InvalidRequest: the template refused the messages.
         """
-        extra: dict[str, Any] = dict(variables or {})
+        # llama.cpp gives every template today's date (Llama 3.x's read date_string, and
+        # firefunction's datetime); the request's own variables win
+        now = datetime.datetime.now()
+        extra: dict[str, Any] = {"date_string": now.strftime("%d %b %Y"),
+                                 "datetime": now.strftime("%b %d %Y"), **(variables or {})}
         if self.knows_format:
             wire = [_hf_message(m, self.format, calls=self.renders_calls) for m in messages]
             if tools and not self.renders_tools:
@@ -255,14 +282,37 @@ class ChatTemplate:
 
     def prompt(self, messages: Sequence[Message], system_prompt: str | None = None, *,
                tools: Sequence[FunctionTool] = (),
-               variables: Mapping[str, Any] | None = None) -> str:
-        """Render a conversation; a trailing assistant message is continued (prefill)."""
+               variables: Mapping[str, Any] | None = None,
+               rendering: Rendering = DEFAULT_RENDERING) -> str:
+        """Render a conversation; a trailing assistant message is continued (prefill) unless
+        ``rendering`` says otherwise (see :class:`Rendering`).
+
+        Raises:
+            InvalidRequest: the template refused the messages, or ``rendering`` does not fit
+                them (two assistant messages at the end to continue, a continued message
+                with tool calls, both switches true), as llama.cpp refuses them.
+        """
         if system_prompt and not any(m.role in ("system", "developer") for m in messages):
             messages = [Message("system", system_prompt), *messages]
-        if messages and messages[-1].role == "assistant" and not messages[-1].tool_calls:
-            return self.render(messages[:-1], tools=tools, variables=variables) + \
-                messages[-1].content
-        return self.render(messages, tools=tools, variables=variables)
+        last = messages[-1] if messages else None
+        trailing = last is not None and last.role == "assistant"
+        go_on, generation = rendering.continue_final, rendering.add_generation_prompt
+        if go_on is None:  # llama.cpp's assistant prefill
+            go_on = trailing and last is not None and not last.tool_calls
+            if go_on and len(messages) >= 2 and messages[-2].role == "assistant":
+                raise InvalidRequest("'messages': cannot have 2 or more assistant messages at "
+                                     "the end of the list", param="messages")
+        elif go_on:
+            if generation:
+                raise InvalidRequest("'add_generation_prompt' and 'continue_final_message' "
+                                     "cannot both be true", param="continue_final_message")
+            if not trailing or last is None or last.tool_calls:
+                raise InvalidRequest("'continue_final_message' needs a last assistant message "
+                                     "without tool calls", param="continue_final_message")
+        if go_on and last is not None:
+            return self.render(messages[:-1], tools=tools, variables=variables) + last.content
+        return self.render(messages, tools=tools, variables=variables,
+                           add_generation_prompt=generation is not False)
 
     def thinking_open(self, prompt: str) -> bool:
         """Whether ``prompt`` (rendered by this template) leaves the model inside ``<think>``."""

@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no-jinja", dest="jinja", action="store_const", const=False,
       help="use the built-in template the model's looks like instead (as llama.cpp); tools are "
       "refused")
+    a("-rea", "--reasoning", choices=["on", "off", "auto"],
+      help="thinking in chats: on or auto (the default) give chat templates enable_thinking "
+      "true, off gives them false (as llama.cpp); a request's chat_template_kwargs win")
     a("--reasoning-budget", type=int, help="-1: thinking unlimited (the default); 0: no "
       "thinking (templates get enable_thinking false)")
     a("--chat-template-kwargs", help="a JSON object of more variables for the chat template, "
@@ -515,7 +518,8 @@ ENV_VALUES: dict[str, str] = {
     "LLAMA_ARG_CHAT_TEMPLATE": "--chat-template",
     "LLAMA_ARG_CHAT_TEMPLATE_FILE": "--chat-template-file",
     "LLAMA_ARG_CHAT_TEMPLATE_KWARGS": "--chat-template-kwargs",
-    "LLAMA_ARG_THINK": "--reasoning-format", "LLAMA_ARG_THINK_BUDGET": "--reasoning-budget",
+    "LLAMA_ARG_REASONING": "--reasoning", "LLAMA_ARG_THINK": "--reasoning-format",
+    "LLAMA_ARG_THINK_BUDGET": "--reasoning-budget",
 }
 #: ... and for the on/off ones: (the flag, its negation or ""); ``LLAMA_ARG_NO_<X>`` negates
 ENV_SWITCHES: dict[str, tuple[str, str]] = {

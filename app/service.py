@@ -398,13 +398,17 @@ class Bound:
     def defaults(self) -> Defaults:
         return self.service.defaults
 
-    def template_variables(self, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The chat template's extra variables: ``--chat-template-kwargs``, then the request's
-        ``chat_template_kwargs``."""
+    def template_variables(self, body: Mapping[str, Any] | None = None, *,
+                           thinking: bool | None = None) -> dict[str, Any]:
+        """The chat template's extra variables: ``enable_thinking`` as llama.cpp sets it (true
+        unless ``--reasoning off`` or ``--reasoning-budget 0``; templates that close the
+        thinking block unless told otherwise read it), then ``--chat-template-kwargs``, then
+        the request's ``chat_template_kwargs``; ``thinking`` is a family's own switch
+        (Anthropic's ``thinking``, Ollama's ``think``), over the server's."""
         raw = self.settings.chat_template_kwargs
-        server = json.loads(raw) if raw else {}
-        if self.settings.reasoning_budget == 0:  # llama.cpp's --reasoning-budget 0
-            server = {"enable_thinking": False, **server}
+        off = self.settings.reasoning == "off" or self.settings.reasoning_budget == 0
+        server = {"enable_thinking": not off if thinking is None else thinking,
+                  **(json.loads(raw) if raw else {})}
         return chat.template_variables(server, (body or {}).get("chat_template_kwargs"))
 
     async def submit(self, request: CompletionRequest) -> Completion:

@@ -82,6 +82,7 @@ class Settings:
     chat_template_file: Path | None = None
     jinja: bool = True  # run Jinja chat templates (llama.cpp's --jinja / --no-jinja)
     reasoning_budget: int = -1  # -1: unlimited thinking; 0: none (enable_thinking false)
+    reasoning: str = "auto"  # llama.cpp's --reasoning: "off" gives templates enable_thinking false
     chat_template_kwargs: str = ""  # a JSON object: more variables for every chat template
     system_prompt: str | None = None
     reasoning_format: str = "deepseek"  # "none": leave <think> blocks in the content

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from app.chat import ChatTemplate, Message
+from app.chat import DEFAULT_RENDERING, ChatTemplate, Message, Rendering
 from app.completion import (
     SERVER_FIELDS,
     CompletionRequest,
@@ -101,7 +101,8 @@ class Turn:
 
 def chat_request(template: ChatTemplate, messages: Sequence[Message], policy: ToolPolicy,
                  base: CompletionRequest, *, system_prompt: str | None,
-                 reasoning: bool, variables: Mapping[str, Any] | None = None) -> Turn:
+                 reasoning: bool, variables: Mapping[str, Any] | None = None,
+                 rendering: Rendering = DEFAULT_RENDERING) -> Turn:
     """Render the prompt and attach the tool grammar to ``base`` (built from the sampling fields).
 
     Raises:
@@ -112,7 +113,8 @@ def chat_request(template: ChatTemplate, messages: Sequence[Message], policy: To
     if tools and not template.tools:
         raise InvalidRequest("tools param requires --jinja flag (this server runs with "
                              "--no-jinja)", param="tools")
-    prompt = template.prompt(messages, system_prompt, tools=tools, variables=variables)
+    prompt = template.prompt(messages, system_prompt, tools=tools, variables=variables,
+                             rendering=rendering)
     constraint = policy.constraint(template.format.syntax)
     # the server's default (--grammar / --json-schema) gives way to a tool call
     server_default = getattr(base.constraint, "field", None) in SERVER_FIELDS

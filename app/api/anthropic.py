@@ -150,7 +150,8 @@ def turn_of(svc: Bound, body: JSON) -> Turn:
     return chat_request(template, conversation(body), policy(body), base,
                         system_prompt=svc.settings.system_prompt,
                         reasoning=thinking and svc.settings.reasoning_format != "none",
-                        variables=svc.template_variables())
+                        variables=svc.template_variables(thinking=False if not thinking
+                                                         else None))
 
 
 # --- typed outcome -> Anthropic's shape ----------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from app.chat import Message
+from app.chat import Message, Rendering
 from app.completion import CompletionRequest, Constraint, FunctionTool, SchemaConstraint
 from app.errors import JSON, InvalidRequest
 from app.requests import (
@@ -125,3 +125,8 @@ def tools_from(body: JSON) -> ToolPolicy:
 def reasoning_from(body: JSON, default: str) -> bool:
     fmt = body.get("reasoning_format") or default
     return fmt != "none"
+
+
+def rendering_from(body: JSON) -> Rendering:
+    """``add_generation_prompt`` and ``continue_final_message`` (vLLM's, which llama.cpp takes)."""
+    return Rendering(body.get("add_generation_prompt"), body.get("continue_final_message"))

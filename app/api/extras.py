@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 from quart import Response, request
 
-from app.api.chatbody import messages, tools_from
+from app.api.chatbody import messages, rendering_from, tools_from
 from app.api.common import Family, json_response, query_model, read_json, streamed, with_model
-from app.api.native import events, final_object
+from app.api.native import events
+from app.api.report import final_object
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported
 from app.prepare import fim_prompt
 from app.requests import native_request
@@ -99,7 +100,8 @@ async def apply_template(svc: Bound, body: JSON) -> Response:
         policy = tools_from(body)
         return svc.chat.prompt(messages(body), svc.settings.system_prompt,
                                tools=policy.tools if policy.active else (),
-                               variables=svc.template_variables(body))
+                               variables=svc.template_variables(body),
+                               rendering=rendering_from(body))
 
     return json_response({"prompt": await trio.to_thread.run_sync(render)})
 

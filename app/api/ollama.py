@@ -302,7 +302,8 @@ async def chat() -> Response:
         turn = await trio.to_thread.run_sync(lambda: chat_request(
             template, messages(wire), tools_from(wire), base,
             system_prompt=m.settings.system_prompt, reasoning=reasoning,
-            variables=m.template_variables()))
+            variables=m.template_variables(thinking=False if body.get("think") is False
+                                           else None)))
         completion = await m.submit(turn.request)
     name = m.name
     splitter = turn.splitter()

@@ -22,10 +22,16 @@ import trio
 from quart import Response
 
 from app import sse
-from app.api.chatbody import messages, openai_request, reasoning_from, tools_from
+from app.api.chatbody import (
+    messages,
+    openai_request,
+    reasoning_from,
+    rendering_from,
+    tools_from,
+)
 from app.api.common import Family, json_response, run_all, streamed, submit_all, with_model
 from app.api.drive import SseWire, drive
-from app.api.report import call_checks, extras, progress_fields, timing_fields
+from app.api.report import call_checks, extras, progress_fields, timing_fields, verbose
 from app.completion import (
     Delta,
     Outcome,
@@ -112,8 +118,9 @@ async def chat_completions(m: Bound, body: JSON) -> Response:
     turn = await trio.to_thread.run_sync(lambda: chat_request(  # proportional work: a worker
         template, messages(body), tools_from(body), base, system_prompt=m.settings.system_prompt,
         reasoning=reasoning_from(body, m.settings.reasoning_format),
-        variables=m.template_variables(body)))
+        variables=m.template_variables(body), rendering=rendering_from(body)))
     n = choices_wanted(body, 1, len(m.engine.slots), field="n")
+    debug = bool(body.get("verbose", m.settings.verbose))
     if body.get("stream"):
         several = await submit_all(m, [turn.request] * n)
         head: JSON = {"id": f"chatcmpl-{several[0].id}", "object": "chat.completion.chunk",
@@ -145,15 +152,19 @@ async def chat_completions(m: Bound, body: JSON) -> Response:
             async def finish(o: Outcome) -> list[JSON]:
                 out = chunks(splitter.close())
                 checks = await call_checks(splitter.reply, turn)
-                return [*out, {**choice({}, finish_reason(o, bool(splitter.reply.calls))),
-                               **extras(o), **checks}]
+                last = {**choice({}, finish_reason(o, bool(splitter.reply.calls))),
+                        **extras(o), **checks}
+                if debug:  # llama.cpp puts it on the first chunk, known only at the end here
+                    last["__verbose"] = verbose(o)
+                return [*out, last]
 
             return ChoiceStream(choice({"role": "assistant", "content": None}), choice({}),
                                 on_delta, finish)
 
         def usage_chunk(outcomes: list[Outcome]) -> JSON:
             return {**{k: v for k, v in head.items() if k != "system_fingerprint"},
-                    "choices": [], "usage": _usage_of(outcomes)}
+                    "choices": [], "usage": _usage_of(outcomes),
+                    "timings": timing_fields(outcomes[0].timings)}  # llama.cpp's, as there
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return streamed(_stream(m, several, [chat_choice(i) for i in range(n)],
@@ -168,7 +179,8 @@ async def chat_completions(m: Bound, body: JSON) -> Response:
             "id": f"chatcmpl-{completions[0].id}", "object": "chat.completion",
             "created": int(time.time()), "model": m.model_name,
             "system_fingerprint": "sluice-0.1.0", "choices": choices,
-            "usage": _usage_of(outcomes), **extras(outcomes[0])},
+            "usage": _usage_of(outcomes), **extras(outcomes[0]),
+            **({"__verbose": verbose(outcomes[0])} if debug else {})},
             headers={"X-Request-Id": str(completions[0].id)})
     completion = await m.submit(turn.request)
     created = int(time.time())
@@ -178,7 +190,7 @@ async def chat_completions(m: Bound, body: JSON) -> Response:
     return json_response({
         "id": ident, "object": "chat.completion", "created": created, "model": m.model_name,
         "system_fingerprint": "sluice-0.1.0", "choices": [out_choice], "usage": usage(outcome),
-        **extras(outcome), **checks},
+        **extras(outcome), **checks, **({"__verbose": verbose(outcome)} if debug else {})},
         headers={"X-Request-Id": str(completion.id)})
 
 
@@ -297,7 +309,7 @@ async def chat_input_tokens(m: Bound, body: JSON) -> Response:
     turn = await trio.to_thread.run_sync(lambda: chat_request(
         m.chat, messages(body), tools_from(body), base, system_prompt=m.settings.system_prompt,
         reasoning=reasoning_from(body, m.settings.reasoning_format),
-        variables=m.template_variables(body)))
+        variables=m.template_variables(body), rendering=rendering_from(body)))
     prompt = turn.request.prompt
     n = await m.with_model(lambda rt: len(tokenize_prompt(rt.model, prompt)))
     return json_response({"object": "response.input_tokens", "input_tokens": n})
@@ -313,6 +325,7 @@ async def completions(m: Bound, body: JSON) -> Response:
     # OpenAI's order: each prompt's n choices in turn, "index" counting them
     requests = [openai_request(body, defaults, prompt=list(p), n_probs=top)
                 for p in prompts for _ in range(n)]
+    debug = bool(body.get("verbose", m.settings.verbose))
     if body.get("stream"):
         several = await submit_all(m, requests)
         head: JSON = {"id": f"cmpl-{several[0].id}", "object": "text_completion",
@@ -332,7 +345,8 @@ async def completions(m: Bound, body: JSON) -> Response:
                 return [choice(d.text, None, lp)] if d.text or lp else []
 
             async def finish(o: Outcome) -> list[JSON]:
-                return [{**choice("", finish_reason(o), None), **extras(o)}]
+                return [{**choice("", finish_reason(o), None), **extras(o),
+                         **({"__verbose": verbose(o)} if debug else {})}]
 
             return ChoiceStream(None, choice("", None, None), on_delta, finish)
 
@@ -350,7 +364,8 @@ async def completions(m: Bound, body: JSON) -> Response:
         return json_response({
             "id": f"cmpl-{completions[0].id}", "object": "text_completion",
             "created": int(time.time()), "model": m.model_name, "choices": choices,
-            "usage": _usage_of(outcomes), **extras(outcomes[0])},
+            "usage": _usage_of(outcomes), **extras(outcomes[0]),
+            **({"__verbose": verbose(outcomes[0])} if debug else {})},
             headers={"X-Request-Id": str(completions[0].id)})
     completion = await m.submit(requests[0])
     created = int(time.time())
@@ -362,5 +377,6 @@ async def completions(m: Bound, body: JSON) -> Response:
         out_choice["logprobs"] = _text_logprobs(outcome.logprobs, top, 0)
     return json_response({
         "id": ident, "object": "text_completion", "created": created, "model": m.model_name,
-        "choices": [out_choice], "usage": usage(outcome), **extras(outcome)},
+        "choices": [out_choice], "usage": usage(outcome), **extras(outcome),
+        **({"__verbose": verbose(outcome)} if debug else {})},
         headers={"X-Request-Id": str(completion.id)})

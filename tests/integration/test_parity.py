@@ -160,3 +160,41 @@ def test_response_header_names_keep_their_usual_case(server: ServerProcess) -> N
     assert "Access-Control-Allow-Origin" in names
     assert "Content-Type" in names
     assert not any(n.startswith("access-control") for n in names)
+
+
+def test_templates_are_told_whether_to_think(server: ServerProcess) -> None:
+    """llama.cpp gives every template ``enable_thinking`` (true unless ``--reasoning off``):
+    Qwen3's opens its answer with an empty thought only when told not to think."""
+    ask = {"messages": [{"role": "user", "content": "What is today?"}]}
+    assert post(server, "/apply-template", ask)["prompt"].endswith("<|im_start|>assistant\n")
+    off = post(server, "/apply-template", {**ask, "chat_template_kwargs": {
+        "enable_thinking": False}})["prompt"]
+    assert off.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    with running_server("--model", "gemma3-270m", "--parallel", "1", "--chat-template-file",
+                        str(QWEN3), "--reasoning", "off") as quiet:
+        assert post(quiet, "/apply-template", ask)["prompt"] == off
+        anthropic_off = post(quiet, "/v1/messages/count_tokens", {"model": "m", **ask})
+        assert anthropic_off["input_tokens"] == len(post(quiet, "/tokenize", {
+            "content": off, "add_special": True, "parse_special": True})["tokens"])
+
+
+def test_verbose_and_streamed_usage_timings(server: ServerProcess) -> None:
+    body = {"max_tokens": 3, "messages": [{"role": "system", "content": "Book"},
+                                          {"role": "user", "content": "What is the best book"}]}
+    plain = post(server, "/v1/chat/completions", body)
+    assert "__verbose" not in plain
+    debug = post(server, "/v1/chat/completions", {**body, "verbose": True})["__verbose"]
+    assert debug["prompt"].endswith("What is the best book<|im_end|>\n<|im_start|>assistant\n")
+    assert debug["tokens_predicted"] <= 3
+    events = []
+    with httpx.stream("POST", server.base_url + "/v1/chat/completions", timeout=TIMEOUT, json={
+            **body, "stream": True, "stream_options": {"include_usage": True},
+            "timings_per_token": True}) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[6:]))
+    assert "timings" not in events[0]
+    [usage] = [e for e in events if not e["choices"]]
+    assert usage["timings"]["predicted_n"] == usage["usage"]["completion_tokens"]
+    assert usage["timings"]["prompt_n"] + usage["timings"]["cache_n"] == \
+        usage["usage"]["prompt_tokens"]

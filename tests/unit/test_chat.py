@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from app.chat import BUILTINS, ChatTemplate, Message, select
+from app.chat import BUILTINS, ChatTemplate, Message, Rendering, select
 from app.errors import InvalidRequest
+from app.tools import ToolCall
 
 CONVO = [Message("system", "Be brief."), Message("user", "Hi"), Message("assistant", "Hello!"),
          Message("user", "Bye")]
@@ -110,3 +111,57 @@ def test_no_jinja_falls_back_to_the_architecture_and_names_win(tmp_path: Path) -
     assert pick(file=file, jinja=False).name == "llama-3"
     with pytest.raises(ValueError, match="unknown chat template"):
         pick(name="nope", jinja=False)
+
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "templates"
+
+
+def test_command_r_builtin_is_llama_cpps() -> None:
+    text = pick(name="command-r").prompt([Message("system", "You are a test."),
+                                          Message("user", "Hi there")])
+    assert text == ("<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>You are a test.<|END_OF_TURN_TOKEN|>"
+                    "<|START_OF_TURN_TOKEN|><|USER_TOKEN|>Hi there<|END_OF_TURN_TOKEN|>"
+                    "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>")
+
+
+def test_the_end_of_the_conversation_as_the_body_asks() -> None:
+    t = pick(name="llama-3", bos_token="")
+    ask = [Message("user", "What is the best book")]
+    opening = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    assert t.prompt(ask).endswith(opening)
+    assert not t.prompt(ask, rendering=Rendering(add_generation_prompt=False)).endswith(opening)
+    prefill = [*ask, Message("assistant", "Whill")]
+    continued = t.prompt(prefill)  # llama.cpp's assistant prefill: continued in place
+    assert continued.endswith(opening + "Whill")
+    # vLLM's explicit form gives the same prompt
+    assert t.prompt(prefill, rendering=Rendering(False, True)) == continued
+    assert t.prompt(prefill, rendering=Rendering(None, True)) == continued
+    # not continued: the assistant turn closes and a new one opens
+    closed = t.prompt(prefill, rendering=Rendering(None, False))
+    assert closed.endswith("Whill<|eot_id|>" + opening)
+    for rendering, where in ((Rendering(True, True), "continue_final_message"),
+                             (Rendering(None, True), "continue_final_message")):
+        convo = prefill if rendering.add_generation_prompt else ask
+        with pytest.raises(InvalidRequest) as info:
+            t.prompt(convo, rendering=rendering)
+        assert info.value.param == where
+    with pytest.raises(InvalidRequest, match="2 or more assistant messages"):
+        t.prompt([*prefill, Message("assistant", "again")])
+
+
+def test_templates_get_todays_date_and_past_reasoning() -> None:
+    import datetime
+
+    llama = ChatTemplate("llama", (DATA / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text())
+    today = datetime.date.today().strftime("%d %b %Y")
+    assert f"Today Date: {today}" in llama.prompt([Message("user", "What is today?")])
+    qwen3 = ChatTemplate("qwen3", (DATA / "Qwen-Qwen3-0.6B.jinja").read_text())
+    call = ToolCall("call_1", "ls", "{}")
+    convo = [Message("user", "Fix it"),  # thinking after the last question is shown
+             Message("assistant", "", (call,), reasoning="Look first."),
+             Message("tool", "main.py", tool_call_id="call_1", name="ls")]
+    assert "<think>\nLook first.\n</think>\n\n<tool_call>" in qwen3.prompt(convo)
+    r1 = ChatTemplate("r1", (DATA / "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja").read_text())
+    ask = [Message("user", "Hi")]
+    assert r1.prompt(ask, variables={"enable_thinking": True}).endswith("<think>\n")
+    assert r1.prompt(ask, variables={"enable_thinking": False}).endswith("<think>\n</think>")
