@@ -10,7 +10,17 @@ passes, and how many of those llama.cpp passes Sluice passes too (the issue's me
     python -m venv /tmp/lsuite && /tmp/lsuite/bin/pip install pytest requests openai aiohttp \\
         filelock wget prometheus-client numpy jsonschema
     python bench/llama_cpp_suite.py --suite .../vendor/llama.cpp/tools/server/tests \\
-        --python /tmp/lsuite/bin/python [--llama-server .../build/bin/llama-server] [-k expr]
+        --python /tmp/lsuite/bin/python [--llama-server .../build/bin/llama-server] [-k expr] \\
+        [--keep DIR]
+    python bench/llama_cpp_suite.py --reports DIR/llama.cpp.xml DIR/sluice.xml
+
+The suite wants the whole llama.cpp tree (its tests read ``../../../models/templates``): pass
+the ``tools/server/tests`` of the full sdist (``tar xzf`` it), not a partial extract. Its
+llama-server builds in about 17 minutes on two cores (no web UI, no TLS):
+
+    cmake -B build -G Ninja -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \\
+        -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DCMAKE_BUILD_TYPE=Release
+    cmake --build build --target llama-server -j2
 
 Run it on a quiet machine: every test starts a server (a few seconds each for Sluice).
 """
@@ -92,6 +102,11 @@ def run_suite(suite: Path, python: str, server: Path, work: Path, extra: list[st
     env = {**os.environ, "LLAMA_SERVER_BIN_PATH": str(server), "LLAMA_CACHE": str(work / "cache")}
     subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                     f"--junitxml={report}", *extra], cwd=copy, env=env, check=False)
+    return outcomes(report)
+
+
+def outcomes(report: Path) -> dict[str, str]:
+    """Each test's outcome in a JUnit report of the suite."""
     out: dict[str, str] = {}
     for case in ET.parse(report).getroot().iter("testcase"):
         name = f"{case.get('classname')}::{case.get('name')}"
@@ -110,7 +125,14 @@ def main() -> int:
     p.add_argument("-k", help="only the tests pytest -k selects")
     p.add_argument("files", nargs="*", default=["unit"],
                    help="test files of the suite, such as unit/test_basic.py (default: all)")
+    p.add_argument("--reports", type=Path, nargs=2, metavar=("LLAMA_XML", "SLUICE_XML"),
+                   help="compare two JUnit reports of earlier runs of the suite (pytest "
+                   "--junitxml, one per server) instead of running it")
+    p.add_argument("--keep", type=Path, help="copy each run's JUnit report into this folder")
     args = p.parse_args()
+    if args.reports is not None:
+        return compare({"llama.cpp": outcomes(args.reports[0]),
+                        "sluice": outcomes(args.reports[1])})
     from app.engine.model import default_model_path
 
     model = str(default_model_path())
@@ -125,6 +147,13 @@ def main() -> int:
             server = wrapper(work, name, target, model)
             (work / name).mkdir()
             results[name] = run_suite(args.suite, args.python, server, work / name, extra)
+            if args.keep is not None:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                shutil.copy(work / name / "report.xml", args.keep / f"{name}.xml")
+    return compare(results)
+
+
+def compare(results: dict[str, dict[str, str]]) -> int:
     for name, outcome in results.items():
         passed = sum(1 for v in outcome.values() if v == "passed")
         print(f"{name}: {passed} of {len(outcome)} tests passed")
