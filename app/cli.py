@@ -440,7 +440,7 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"--slot-save-path {s.slot_save_path}: {exc.strerror}") from None
     if s.chat_template_file is not None and not s.chat_template_file.is_file():
         raise ConfigError(f"--chat-template-file not found: {s.chat_template_file}")
-    from app.chat import ALIASES, BUILTINS
+    from app.builtin_templates import ALIASES, BUILTINS
 
     if s.chat_template is not None and ALIASES.get(s.chat_template, s.chat_template) not in BUILTINS:
         raise ConfigError(f"unknown --chat-template {s.chat_template!r}; built-ins: "

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.chat import BUILTINS, ChatTemplate, Message, Rendering, select
+from app.builtin_templates import BUILTINS
+from app.chat import ChatTemplate, Message, Rendering, select
 from app.errors import InvalidRequest
 from app.tools import ToolCall
 
