@@ -29,13 +29,14 @@ from quart import Response
 from app import sse
 from app.api.common import Family, json_response, streamed, with_model
 from app.api.drive import SseWire, drive
-from app.api.report import call_checks, extras
+from app.api.report import call_checks, extras, progress_fields, timing_fields
 from app.chat import Message
 from app.completion import (
     CompletionRequest,
     Delta,
     FunctionTool,
     Outcome,
+    PromptProgress,
     SchemaConstraint,
     StopType,
 )
@@ -153,7 +154,9 @@ def turn_of(svc: Bound, body: JSON) -> Turn:
     base = CompletionRequest(prompt=("",), sampling=sampling_from(body, svc.defaults),
                              n_predict=int(limit) if limit is not None else svc.defaults.n_predict,
                              stops=template.stops, constraint=constraint,
-                             schema_mode=schema_mode_from(body))
+                             schema_mode=schema_mode_from(body),
+                             timings_per_token=bool(body.get("timings_per_token")),
+                             return_progress=bool(body.get("return_progress")))
     base = with_server_defaults(base, svc.defaults)
     return chat_request(template, conversation(body), policy, base,
                         system_prompt=svc.settings.system_prompt,
@@ -233,6 +236,7 @@ def _failure(message: str) -> bytes:
 
 
 @responses.route("/v1/responses", methods=["POST"])
+@responses.route("/responses", methods=["POST"])
 @with_model("responses")
 async def create(m: Bound, body: JSON) -> Response:
     turn = await trio.to_thread.run_sync(turn_of, m, body)  # templates: proportional work
@@ -263,10 +267,12 @@ class _Stream:
         self.kind = ""
         self.text = ""
         self.call: JSON = {}
+        self.extra: JSON = {}  # llama.cpp's timings, on the delta events of one engine delta
 
     def ev(self, kind: str, **fields: Any) -> bytes:
         self.seq += 1
-        return sse.named(kind, {"type": kind, "sequence_number": self.seq, **fields})
+        return sse.named(kind, {"type": kind, "sequence_number": self.seq, **fields,
+                                **(self.extra if kind.endswith(".delta") else {})})
 
     def close(self) -> list[bytes]:
         out: list[bytes] = []
@@ -357,7 +363,19 @@ class ResponseStream(SseWire):
                 self.stream.ev("response.in_progress", response=start)]
 
     def delta(self, index: int, item: Delta) -> list[bytes]:
-        return self.stream.pieces(self.splitter.feed(item.text))
+        if item.timings is not None:
+            self.stream.extra = {"timings": timing_fields(item.timings)}
+        try:
+            return self.stream.pieces(self.splitter.feed(item.text))
+        finally:
+            self.stream.extra = {}
+
+    def progress(self, index: int, item: PromptProgress) -> list[bytes]:
+        """llama.cpp's ``return_progress``: the prompt read so far, on ``response.in_progress``."""
+        now = response_object(self.body, self.ident, self.created, self.model,
+                              status="in_progress", output=[], outcome=None)
+        return [self.stream.ev("response.in_progress", response=now,
+                               prompt_progress=progress_fields(item))]
 
     async def final(self, index: int, outcome: Outcome) -> list[bytes]:
         stream, splitter, ids = self.stream, self.splitter, self.ids
@@ -370,7 +388,8 @@ class ResponseStream(SseWire):
                                 outcome=outcome)
         kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
         out.append(stream.ev(kind, response={**final, **extras(outcome),
-                                             **await call_checks(splitter.reply, self.turn)}))
+                                             **await call_checks(splitter.reply, self.turn)},
+                             timings=timing_fields(outcome.timings)))  # llama.cpp's, here too
         return out
 
     def failure(self, index: int, message: str) -> list[bytes]:

@@ -198,3 +198,23 @@ def test_verbose_and_streamed_usage_timings(server: ServerProcess) -> None:
     assert usage["timings"]["predicted_n"] == usage["usage"]["completion_tokens"]
     assert usage["timings"]["prompt_n"] + usage["timings"]["cache_n"] == \
         usage["usage"]["prompt_tokens"]
+
+
+def test_responses_stream_carries_llama_cpps_telemetry(server: ServerProcess) -> None:
+    events = []
+    with httpx.stream("POST", server.base_url + "/responses", timeout=TIMEOUT, json={
+            "input": "This is a test " * 10, "max_output_tokens": 8, "stream": True,
+            "timings_per_token": True, "return_progress": True}) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    progress = [e for e in events if "prompt_progress" in e]
+    assert progress and all(e["type"] == "response.in_progress" for e in progress)
+    assert progress[-1]["prompt_progress"]["processed"] == progress[-1]["prompt_progress"]["total"]
+    deltas = [e for e in events if e["type"] == "response.output_text.delta"]
+    assert deltas and all("predicted_per_second" in e["timings"] for e in deltas)
+    [last] = [e for e in events if e["type"] in ("response.completed", "response.incomplete")]
+    assert last["timings"]["predicted_n"] == last["response"]["usage"]["output_tokens"]
+    # the sequence numbers still count every event
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
