@@ -807,7 +807,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO if settings.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    what = (f"{hosted.name} ({settings.parallel} slots x {settings.slot_ctx} tokens)"
+    cells = (f"sharing {settings.ctx_size} tokens" if settings.kv_unified
+             else f"x {settings.slot_ctx} tokens")
+    what = (f"{hosted.name} ({settings.parallel} slots {cells})"
             if hosted is not None else "no model loaded yet")
     scheme = "https" if settings.ssl_cert_file is not None else "http"
     where = ", ".join(b if b.startswith("unix:") else f"{scheme}://{b}{settings.api_prefix}"

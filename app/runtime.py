@@ -213,7 +213,10 @@ class Runtime:
             log.warning("this model's memory cannot shift positions: --context-shift and "
                         "--cache-reuse are off for it")
         engine = Engine(model, context, outbox, n_slots=settings.parallel,
-                        slot_ctx=min(settings.slot_ctx, context.n_ctx_seq), prompt_cache=cache,
+                        # --kv-unified: one pool, and any slot may fill it (llama.cpp's);
+                        # otherwise each slot holds its own -c / -np cells
+                        slot_ctx=context.n_ctx_seq if settings.kv_unified
+                        else min(settings.slot_ctx, context.n_ctx_seq), prompt_cache=cache,
                         tuner=tuner, context_shift=settings.context_shift, can_shift=can_shift,
                         lora=adapters)
         outbox.on_gone = engine.cancel

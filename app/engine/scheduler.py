@@ -477,6 +477,9 @@ class Engine:
         if rc == 2:  # aborted for a cancelled job: the others go again in the next step
             self._decode_aborted(plan)
             return True
+        if rc == 1 and self._free_idle_cells():  # a full shared pool (--kv-unified)
+            self._decode_aborted(plan)  # undone, and tried again next step with more room
+            return True
         if rc != 0:
             self._decode_failed(plan, rc)
             return True
@@ -520,8 +523,22 @@ class Engine:
                 if slot.job is not None:
                     self._fail(slot, "decoding failed: an aborted batch could not be undone")
 
+    def _free_idle_cells(self) -> bool:
+        """Drop the cached prefixes of idle slots (their cells are only a cache); whether any
+        were held."""
+        freed = False
+        for slot in self.slots:
+            if slot.job is None and slot.cache:
+                self.ctx.seq_clear(slot.id)
+                slot.cache.clear()
+                freed = True
+        return freed
+
     def _decode_failed(self, plan: list[tuple[Slot, int, int]], rc: int) -> None:
-        reason = "no room left in the KV cache" if rc == 1 else f"llama_decode returned {rc}"
+        # rc 1 happens when the slots of --kv-unified fill their shared pool together: every
+        # request of the batch fails, in llama.cpp's words
+        reason = ("the context size has been exceeded (no room left in the KV cache)" if rc == 1
+                  else f"llama_decode returned {rc}")
         for slot, _first, _rows in plan:
             # Positions decoded in a failed batch are unknown: drop the whole sequence.
             self.ctx.seq_clear(slot.id)

@@ -210,11 +210,40 @@ def test_responses_stream_carries_llama_cpps_telemetry(server: ServerProcess) ->
             if line.startswith("data: "):
                 events.append(json.loads(line[6:]))
     progress = [e for e in events if "prompt_progress" in e]
-    assert progress and all(e["type"] == "response.in_progress" for e in progress)
+    assert progress
+    assert all(e["type"] == "response.in_progress" for e in progress)
     assert progress[-1]["prompt_progress"]["processed"] == progress[-1]["prompt_progress"]["total"]
     deltas = [e for e in events if e["type"] == "response.output_text.delta"]
-    assert deltas and all("predicted_per_second" in e["timings"] for e in deltas)
+    assert deltas
+    assert all("predicted_per_second" in e["timings"] for e in deltas)
     [last] = [e for e in events if e["type"] in ("response.completed", "response.incomplete")]
     assert last["timings"]["predicted_n"] == last["response"]["usage"]["output_tokens"]
     # the sequence numbers still count every event
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+def test_kv_unified_lets_one_slot_use_the_whole_pool() -> None:
+    """``-c 256 -np 4 --kv-unified``: requests of 80 tokens fit (the pool is shared and a
+    finished slot's cells are reused); four of 70 together cannot, and each fails in
+    llama.cpp's words instead of being cut at 64 tokens."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with running_server("-c", "256", "-np", "4", "--kv-unified") as srv:
+        assert httpx.get(srv.base_url + "/props", timeout=TIMEOUT).json()[
+            "default_generation_settings"]["n_ctx"] == 256
+
+        def ask(n: int) -> httpx.Response:
+            return httpx.post(srv.base_url + "/completion", timeout=TIMEOUT, json={
+                "prompt": "A", "n_predict": n, "ignore_eos": True, "temperature": 0})
+
+        with ThreadPoolExecutor(4) as pool:
+            fits = list(pool.map(ask, [80, 40, 80, 80]))
+            assert [r.json()["tokens_predicted"] for r in fits] == [80, 40, 80, 80]
+            too_much = list(pool.map(ask, [70, 70, 70, 70]))
+        failed = [r for r in too_much if r.status_code != 200]
+        assert failed, [r.json()["tokens_predicted"] for r in too_much]
+        for r in failed:
+            assert r.status_code == 500
+            assert "context size has been exceeded" in r.json()["error"]["message"]
+        # the server is still up, and the pool is free again
+        assert ask(200).json()["tokens_predicted"] == 200
