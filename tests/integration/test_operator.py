@@ -84,8 +84,10 @@ def test_the_preflight_answers_with_the_configured_lists(server: ServerProcess) 
 def test_a_queued_stream_is_pinged_at_the_configured_interval() -> None:
     with running_server("--parallel", "1", "--sse-ping-interval", "0.2") as srv, \
             httpx.Client(base_url=srv.base_url, timeout=60) as client:
+        # The blocker must hold the only slot for well over a second on any machine (60 tokens
+        # took under 0.5 s on CI's), so it asks for a few hundred.
         blocker = threading.Thread(target=lambda: client.post("/completion", json={
-            "prompt": "x", "n_predict": 60, "ignore_eos": True}))
+            "prompt": "x", "n_predict": 400, "ignore_eos": True}))
         blocker.start()
         time.sleep(0.3)
         pings = 0
