@@ -122,6 +122,10 @@ class ChatTemplate:
         self.knows_format = taught is not None and taught == self.format
         #: it describes ``tools`` itself (else the instructions go into its system message)
         self.renders_tools = self.knows_format and "tools" in names
+        #: FireFunction's template adds ``functions`` (a text) to its system prompt: it gets
+        #: an empty one, as llama.cpp's renderer gives an unset name, since the tools are
+        #: described in the fallback format's instructions (the format the grammar forces)
+        self._blank = {"functions": ""} if "functions" in names else {}
         #: it writes an assistant's calls itself (else they go into the assistant's text)
         self.renders_calls = self.knows_format and "tool_calls" in source
         #: the generation prompt opens a thinking block (the model starts inside it)
@@ -149,7 +153,8 @@ class ChatTemplate:
         # firefunction's datetime); the request's own variables win
         now = datetime.datetime.now()
         extra: dict[str, Any] = {"date_string": now.strftime("%d %b %Y"),
-                                 "datetime": now.strftime("%b %d %Y"), **(variables or {})}
+                                 "datetime": now.strftime("%b %d %Y"), **self._blank,
+                                 **(variables or {})}
         if self.knows_format:
             wire = [_hf_message(m, self.format, calls=self.renders_calls) for m in messages]
             if tools and not self.renders_tools:

@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
       "POST, OPTIONS)")
     a("--cors-headers", help="request headers a CORS preflight allows, comma-separated "
       "(default: Authorization, Content-Type, X-Api-Key)")
+    a("--cors-credentials", action="store_const", const=True,
+      help="answer allowed origins with Access-Control-Allow-Credentials: true (llama.cpp "
+      "always does; Sluice uses no cookies, so only a proxy's cookies would need it)")
     a("--offline", action="store_true",
       help="accepted for llama.cpp's command lines: Sluice never downloads anything")
     a("--no-ws", dest="websocket", action="store_const", const=False,

@@ -41,14 +41,18 @@ def websocket_origin_ok(origin: str | None, host: str | None, allowed: tuple[str
 
 
 def headers(origin: str | None, allowed: tuple[str, ...], *, preflight: bool,
-            methods: str = ALLOW_METHODS, allow_headers: str = ALLOW_HEADERS) -> dict[str, str]:
+            methods: str = ALLOW_METHODS, allow_headers: str = ALLOW_HEADERS,
+            credentials: bool = False) -> dict[str, str]:
     """The CORS headers for a request from ``origin`` (none when it is not allowed); a
     preflight's allowed ``methods`` and ``allow_headers`` are ``--cors-methods`` and
-    ``--cors-headers``."""
+    ``--cors-headers``; ``credentials`` (``--cors-credentials``) lets a browser send cookies
+    with the request (Sluice needs none; a proxy in front of it may)."""
     if not origin or not allowed_origin(origin, allowed):
         return {}
     out = {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
            "Access-Control-Expose-Headers": EXPOSE_HEADERS}
+    if credentials:
+        out["Access-Control-Allow-Credentials"] = "true"
     if preflight:
         out.update({"Access-Control-Allow-Methods": methods,
                     "Access-Control-Allow-Headers": allow_headers,

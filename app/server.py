@@ -96,7 +96,8 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
                      and "Access-Control-Request-Method" in request.headers)
         for key, value in cors.headers(request.headers.get("Origin"), settings.origins,
                                        preflight=preflight, methods=settings.cors_methods,
-                                       allow_headers=settings.cors_headers).items():
+                                       allow_headers=settings.cors_headers,
+                                       credentials=settings.cors_credentials).items():
             response.headers[key] = value
         return response
 

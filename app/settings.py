@@ -71,6 +71,8 @@ class Settings:
     #: CORS preflight answers (--cors-methods, --cors-headers): comma-separated
     cors_methods: str = "GET, POST, OPTIONS"
     cors_headers: str = "Authorization, Content-Type, X-Api-Key"
+    #: Access-Control-Allow-Credentials: true for allowed origins (--cors-credentials)
+    cors_credentials: bool = False
     #: TLS (--ssl-key-file, --ssl-cert-file: PEM files, both or neither)
     ssl_key_file: Path | None = None
     ssl_cert_file: Path | None = None

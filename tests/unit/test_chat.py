@@ -8,6 +8,7 @@ import pytest
 
 from app.builtin_templates import BUILTINS
 from app.chat import ChatTemplate, Message, Rendering, select
+from app.completion import FunctionTool
 from app.errors import InvalidRequest
 from app.tools import ToolCall
 
@@ -156,6 +157,14 @@ def test_templates_get_todays_date_and_past_reasoning() -> None:
     llama = ChatTemplate("llama", (DATA / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text())
     today = datetime.date.today().strftime("%d %b %Y")
     assert f"Today Date: {today}" in llama.prompt([Message("user", "What is today?")])
+    # FireFunction's template reads ``functions`` and ``datetime``, which only the server gives
+    fire = ChatTemplate("fire", (DATA / "fireworks-ai-llama-3-firefunction-v2.jinja").read_text())
+    weather = FunctionTool("get_weather", "Weather in a city",
+                           {"type": "object", "properties": {"city": {"type": "string"}}}, "tools[0]")
+    for tools in ((), (weather,)):
+        text = fire.prompt([Message("user", "What is today?")], tools=tools)
+        assert "Today is " + datetime.date.today().strftime("%b %d %Y") + "." in text
+        assert ("get_weather" in text) == bool(tools)  # in the fallback format's instructions
     qwen3 = ChatTemplate("qwen3", (DATA / "Qwen-Qwen3-0.6B.jinja").read_text())
     call = ToolCall("call_1", "ls", "{}")
     convo = [Message("user", "Fix it"),  # thinking after the last question is shown

@@ -290,6 +290,22 @@ def test_cors_localhost_reflects_only_loopback_origins() -> None:
     assert headers("http://[bad", allowed, preflight=False) == {}
 
 
+def test_cors_credentials_only_when_asked_and_only_for_allowed_origins() -> None:
+    from app.cors import headers
+
+    settings, _ = load_settings(["--cors-origins", "*", "--cors-credentials"])
+    assert settings.cors_credentials
+    assert settings.origins == ("*",)
+    got = headers("https://app.example", ("*",), preflight=True, credentials=True)
+    assert got["Access-Control-Allow-Origin"] == "https://app.example"  # reflected, not "*"
+    assert got["Access-Control-Allow-Credentials"] == "true"
+    assert "Access-Control-Allow-Credentials" not in headers("https://app.example", ("*",),
+                                                             preflight=True)
+    assert headers("https://evil.example", ("https://app.example",), preflight=True,
+                   credentials=True) == {}
+    assert not load_settings([])[0].cors_credentials
+
+
 def test_reranking_with_a_model_that_is_not_a_reranker_ends_startup_with_one_line() -> None:
     result = run_app("--reranking", "--port", "0")
     assert result.returncode == 2
