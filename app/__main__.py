@@ -1,7 +1,7 @@
-"""``python -m app``: start the server (see ``app.cli``)."""
+"""``python -m app``: start the server (see ``app.launch``)."""
 
 import sys
 
-from app.cli import main
+from app.launch import main
 
 sys.exit(main())

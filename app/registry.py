@@ -30,19 +30,20 @@ Decisions (README "Several models"):
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from app.discovery import ModelSpec
 from app.errors import Conflict, InvalidRequest, NotFound, Overloaded, ServerError, Unavailable
-from app.runtime import Facts, RuntimeLike, facts_of
-from app.settings import MODEL_FIELDS, Settings
+from app.hosted import Event, Hosted, ModelStatus, Room, room_for
+from app.runtime import RuntimeLike, facts_of
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,79 +51,8 @@ log = logging.getLogger(__name__)
 IDLE_CHECK_S = 0.25
 
 
-class ModelStatus(enum.Enum):
-    UNLOADED = "unloaded"
-    LOADING = "loading"
-    LOADED = "loaded"
-    UNLOADING = "unloading"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    """A model the server can load: its name, its file, other names, its own settings."""
-
-    name: str
-    path: Path
-    aliases: tuple[str, ...] = ()
-    overrides: tuple[tuple[str, Any], ...] = ()
-    tags: tuple[str, ...] = ()  # informational (llama.cpp's --tags), listed by /v1/models
-    #: LoRA adapters (file, scale): --lora's belong to the --model model alone
-    lora: tuple[tuple[Path, float], ...] = ()
-    #: named in ``/v1/models`` (and Ollama's tags) even while unloaded; an embedded model
-    #: beside an explicit ``--model`` is not (a request may still name it, and it loads)
-    listed: bool = True
-    #: the ``aliases`` /v1/models shows, when not ``aliases`` (--alias: all its names, the
-    #: model's own included, as llama.cpp lists them; file names route but are not shown)
-    shown_aliases: tuple[str, ...] | None = None
-
-    def settings(self, base: Settings) -> Settings:
-        """The server's settings with this model's own."""
-        return replace(base, model_path=self.path, lora=self.lora, **dict(self.overrides))
-
-    def with_overrides(self, **values: Any) -> ModelSpec:
-        unknown = set(values) - set(MODEL_FIELDS)
-        if unknown:
-            raise ValueError(f"not a per-model setting: {sorted(unknown)}")
-        merged = {**dict(self.overrides), **values}
-        return replace(self, overrides=tuple(sorted(merged.items())))
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (self.name, *self.aliases)
-
-
-Loader = Callable[["Hosted"], Awaitable[RuntimeLike]]
+Loader = Callable[[Hosted], Awaitable[RuntimeLike]]
 Closer = Callable[[RuntimeLike], Awaitable[None]]
-
-
-@dataclass(eq=False)
-class Hosted:
-    """One known model's state (Trio thread only, except ``cancel_load``, read by the loader)."""
-
-    spec: ModelSpec
-    status: ModelStatus = ModelStatus.UNLOADED
-    runtime: RuntimeLike | None = None
-    error: str = ""
-    last_used: float = -math.inf
-    keep_alive_s: float | None = None  # the latest request's keep_alive; None: the server's
-    waiting: int = 0  # requests waiting for it to load
-    pinned: bool = False  # an explicit load is waiting: do not cancel for want of waiters
-    cancel_load: bool = False
-    loads: int = 0
-    unloads: int = 0
-    failures: int = 0
-    load_s: float = 0.0  # how long the last load took
-    expires_at: float = math.inf  # Trio clock: when the idle watcher unloads it
-    facts: Facts | None = None  # the latest runtime's, kept after an unload (sleeping)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def busy(self) -> bool:
-        return self.waiting > 0 or (self.runtime is not None and self.runtime.leases.count > 0)
 
 
 @dataclass(eq=False)
@@ -262,30 +192,18 @@ class Registry:
 
         self._nursery.start_soon(guarded)
 
-    def _slots_used(self) -> int:
-        return sum(1 for h in self._hosted.values()
-                   if h.status in (ModelStatus.LOADED, ModelStatus.LOADING, ModelStatus.UNLOADING))
-
-    def _make_room(self, wanted: Hosted) -> str:
-        """``"now"`` when ``wanted`` may start loading; ``"soon"`` when room is being freed
-        (an unload runs, or one was just started for the least recently used idle model);
-        ``"blocked"`` when every loaded model is busy."""
-        if self._slots_used() < self.max_loaded:
-            return "now"
-        if any(h.status is ModelStatus.UNLOADING for h in self._hosted.values()):
-            return "soon"
-        idle = [h for h in self._hosted.values()
-                if h is not wanted and h.status is ModelStatus.LOADED and not h.busy]
-        if not idle:
-            return "blocked"
-        victim = min(idle, key=lambda h: h.last_used)
-        log.info("unloading %s (least recently used) to load %s", victim.name, wanted.name)
-        self._start_unload(victim)
-        return "soon"
+    def _make_room(self, wanted: Hosted) -> Room:
+        """May ``wanted`` start loading? Starts the unload of the least recently used idle
+        model when that makes room."""
+        room, victim = room_for(wanted, list(self._hosted.values()), self.max_loaded)
+        if victim is not None:
+            log.info("unloading %s (least recently used) to load %s", victim.name, wanted.name)
+            self._start_unload(victim)
+        return room
 
     def _start_load(self, hosted: Hosted) -> None:
         assert self.load is not None
-        hosted.status = ModelStatus.LOADING
+        hosted.apply(Event.LOAD)
         hosted.cancel_load = False
         hosted.error = ""
         self.spawn(self._load_task, hosted)
@@ -299,17 +217,17 @@ class Registry:
         try:
             runtime = await self.load(hosted)
         except LoadCancelled:
-            hosted.status = ModelStatus.UNLOADED
+            hosted.apply(Event.CANCELLED)
             log.info("load of %s cancelled: nobody waits for it", hosted.name)
         except Exception as exc:  # a load failure must leave the other models untouched
-            hosted.status = ModelStatus.FAILED
+            hosted.apply(Event.FAILED)
             hosted.error = str(exc) or type(exc).__name__
             hosted.failures += 1
             log.error("could not load %s: %s", hosted.name, hosted.error)
         else:
             hosted.runtime = runtime
             hosted.facts = facts_of(runtime)
-            hosted.status = ModelStatus.LOADED
+            hosted.apply(Event.LOADED)
             hosted.loads += 1
             hosted.load_s = trio.current_time() - started
             self._touch(hosted)
@@ -317,15 +235,15 @@ class Registry:
             self._pulse()
 
     def _start_unload(self, hosted: Hosted, *, stop: bool = False) -> None:
-        hosted.status = ModelStatus.UNLOADING
+        hosted.apply(Event.UNLOAD)
         self.spawn(self._unload_task, hosted, stop, None)
         self._pulse()
 
     async def _unload_task(self, hosted: Hosted, stop: bool,
                            done: Callable[[str | None], None] | None) -> None:
-        """Drain and free ``hosted``'s runtime; on a drain timeout it stays loaded."""
+        """Drain and free ``hosted``'s runtime (its status is already ``unloading``); on a
+        drain timeout it stays loaded."""
         runtime = hosted.runtime
-        hosted.status = ModelStatus.UNLOADING
         error = None
         try:
             if runtime is not None:
@@ -334,14 +252,14 @@ class Registry:
                 # nothing held (eviction, idle): no thread needed to wait
                 if not runtime.leases.drain(0) and not await trio.to_thread.run_sync(
                         runtime.leases.drain, self.drain_s):
-                    hosted.status = ModelStatus.LOADED
+                    hosted.apply(Event.DRAIN_TIMEOUT)
                     error = (f"the model is still in use by {runtime.leases.count} operations "
                              f"after {self.drain_s:g} s; it stays loaded, try again")
                     return
                 hosted.runtime = None
                 await self.close(runtime)
                 hosted.unloads += 1
-            hosted.status = ModelStatus.UNLOADED
+            hosted.apply(Event.UNLOADED)
             hosted.expires_at = math.inf
         finally:
             self._pulse()
@@ -419,13 +337,13 @@ class Registry:
                     if self.load is None:
                         raise Unavailable("no model is loaded")
                     room = self._make_room(hosted)
-                    if room == "now":
+                    if room is Room.NOW:
                         self._start_load(hosted)
                         tried = True
                         continue
                     blocked = sum(h.waiting for h in self._hosted.values() if h.status in (
                         ModelStatus.UNLOADED, ModelStatus.FAILED))
-                    if room == "blocked" and blocked > self.max_waiting:
+                    if room is Room.BLOCKED and blocked > self.max_waiting:
                         raise Overloaded(f"{self.max_waiting} requests already wait for a model "
                                          "to load (--max-queue); retry later", retry_after_s=5)
                 changed = self._changed
@@ -483,7 +401,7 @@ class Registry:
             result.append(error)
             finished.set()
 
-        hosted.status = ModelStatus.UNLOADING
+        hosted.apply(Event.UNLOAD)
         self.spawn(self._unload_task, hosted, stop, done)
         await finished.wait()
         if result[0] is not None:
@@ -507,7 +425,7 @@ class Registry:
         """Mark ``hosted`` as loaded with ``runtime`` (loaded before the server started)."""
         hosted.runtime = runtime
         hosted.facts = facts_of(runtime)
-        hosted.status = ModelStatus.LOADED
+        hosted.apply(Event.ADOPT)
         hosted.loads += 1
         self._touch(hosted)
 
@@ -525,105 +443,4 @@ class Registry:
             if hosted.runtime is not None:
                 hosted.runtime.close()
                 hosted.runtime = None
-                hosted.status = ModelStatus.UNLOADED
-
-
-def specs_from_settings(settings: Settings, embedded: dict[str, Path]
-                        ) -> tuple[list[ModelSpec], str | None, bool]:
-    """The models a server with ``settings`` knows: ``(specs, default name, router mode)``.
-
-    ``embedded`` maps the embedded models' short names to their files (those that are
-    installed). The started model (``--model``, else the embedded Gemma when no model
-    option is given) comes first and is the default; its name is ``--alias``, else the
-    short name it was given by, else its file name. Config-file models follow, then the
-    embedded ones under their short names (listed only without ``--model`` or in router mode),
-    then every ``*.gguf`` in ``--models-dir``
-    under its file name (alias: the name without ``.gguf``).
-    """
-    router = settings.models_dir is not None or bool(settings.models)
-    specs: list[ModelSpec] = []
-    default: str | None = None
-    by_path: set[Path] = set()
-
-    def add(spec: ModelSpec) -> None:
-        if any(spec.name == s.name for s in specs):
-            return
-        specs.append(spec)
-        by_path.add(spec.path.resolve())
-
-    short = {path.resolve(): name for name, path in embedded.items()}
-    if settings.model_path is not None or not router:
-        path = settings.model_path
-        if path is None:
-            path = embedded["gemma3-270m"]
-        elif str(path) in embedded and not path.exists():
-            path = embedded[str(path)]
-        given = str(settings.model_path) if settings.model_path is not None else ""
-        # llama.cpp's --alias a,b,c: the model is named by the first in order and answers to
-        # all of them; its file (and embedded) names stay aliases, so routing by them works
-        name = settings.alias_names[0] if settings.alias_names else (
-            given if given in embedded else path.name)
-        aliases = tuple(dict.fromkeys(
-            a for a in (*settings.alias_names, path.name, path.stem, short.get(path.resolve(), ""))
-            if a and a != name))
-        add(ModelSpec(name, path, aliases, tags=settings.tags, lora=settings.lora,
-                      shown_aliases=settings.alias_names or None))
-        default = name
-    for config in settings.models:
-        path = config.path
-        if str(path) in embedded and not path.exists():
-            path = embedded[str(path)]
-        elif not path.is_absolute() and not path.exists() and settings.models_dir is not None:
-            path = settings.models_dir / path
-        add(ModelSpec(config.name, path, config.aliases, config.overrides))
-    # the embedded models are always routable by name; they are listed out of the box (no
-    # --model) and in router mode, and not beside a model the operator chose, where a
-    # llama.cpp client expects one model in /v1/models
-    listed = router or settings.model_path is None
-    for name, path in embedded.items():
-        if path.resolve() not in by_path:
-            add(ModelSpec(name, path, (path.name,), listed=listed))
-    specs.extend(directory_specs(settings.models_dir, by_path, {s.name for s in specs}))
-    return linked_names(settings.models_dir, specs), default, router
-
-
-def linked_names(directory: Path | None, specs: list[ModelSpec]) -> list[ModelSpec]:
-    """A file of ``directory`` that is a known model's file (a link to it, or the file a
-    config model names) gives that model its names as aliases, rather than being dropped
-    (its name used to answer 404)."""
-    if directory is None:
-        return specs
-    try:
-        files = sorted(p for p in directory.iterdir() if p.suffix == ".gguf" and p.is_file())
-    except OSError:
-        return specs
-    taken = {n for s in specs for n in s.names}
-    index = {s.path.resolve(): i for i, s in enumerate(specs)}
-    out = list(specs)
-    for path in files:
-        i = index.get(path.resolve())
-        new = tuple(n for n in dict.fromkeys((path.name, path.stem)) if n not in taken)
-        if i is not None and new:
-            out[i] = replace(out[i], aliases=(*out[i].aliases, *new))
-            taken.update(new)
-    return out
-
-
-def directory_specs(directory: Path | None, known_paths: set[Path] | None = None,
-                    known_names: set[str] | None = None) -> list[ModelSpec]:
-    """A spec for each ``*.gguf`` file in ``directory`` not already known."""
-    if directory is None:
-        return []
-    out = []
-    try:  # files before links to them: a model is named by its file, links are aliases
-        files = sorted((p for p in directory.iterdir() if p.suffix == ".gguf" and p.is_file()),
-                       key=lambda p: (p.is_symlink(), p.name))
-    except OSError:
-        return []
-    seen = set(known_paths or ())
-    for path in files:
-        if path.resolve() in seen or (known_names is not None and path.name in known_names):
-            continue
-        seen.add(path.resolve())
-        out.append(ModelSpec(path.name, path, (path.stem,)))
-    return out
+                hosted.apply(Event.CLOSE)

@@ -33,6 +33,7 @@ from app.api.openapi import openapi
 from app.api.responses import responses
 from app.api.web import web
 from app.chat import ChatTemplate
+from app.discovery import ModelSpec, directory_specs
 from app.engine.model import Model
 from app.errors import (
     ApiError,
@@ -42,7 +43,8 @@ from app.errors import (
     PayloadTooLarge,
     ServerError,
 )
-from app.registry import Hosted, ModelSpec, Registry, directory_specs
+from app.hosted import Hosted
+from app.registry import Registry
 from app.runtime import Runtime, RuntimeLike, load_runtime, return_memory
 from app.service import Service
 from app.settings import Settings

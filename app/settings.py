@@ -12,6 +12,10 @@ MODEL_FIELDS = ("ctx_size", "parallel", "chat_template", "chat_template_file", "
                 "n_gpu_layers", "batch_size", "cache_ram_mib")
 
 
+class ConfigError(Exception):
+    """A bad flag value or config file: start-up ends with this one line."""
+
+
 #: the KV cache types llama.cpp's server accepts (-ctk/-ctv): ggml's names and type ids
 KV_CACHE_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "iq4_nl": 20,
                   "q5_0": 6, "q5_1": 7}
@@ -53,7 +57,7 @@ class Settings:
     batch_size: int = 512  # tokens per llama_decode
     threads: int | None = None
     threads_batch: int | None = None
-    poll: int = 50  # decode threads' spin before sleeping, 0-100 (see app.cli.apply_poll)
+    poll: int = 50  # decode threads' spin before sleeping, 0-100 (see app.launch.apply_poll)
     n_gpu_layers: int = 0
     seed: int = -1  # default per-request seed; -1: random
     n_predict: int = -1  # default token limit per request; -1: until EOS or context end

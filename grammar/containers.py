@@ -1,20 +1,19 @@
 """Arrays and objects for the converter: bounded item lists, ordered members, extra keys.
 
-A mixin of :class:`grammar.convert._Converter`; the abstract methods below are
+A mixin of :class:`grammar.converter.Converter`; the abstract methods below are
 the converter's.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from grammar.errors import UnsupportedSchemaError, escape_pointer
-from grammar.gbnf_text import _escape_char, literal, repeat
+from grammar.gbnf_text import repeat
+from grammar.keys import key_excluding, key_literal
 from grammar.linear_regex import UnsupportedPattern, search
+from grammar.rulebase import RuleWriter
 
 #: Objects with at most this many properties take them in any order (2**n states of which
 #: properties were written); larger ones in declared order. Measured in bench/grammar.py.
@@ -26,38 +25,20 @@ COUNTED_MAX = 32
 JSON = Any
 
 
-class ContainerRules:
+class ContainerRules(RuleWriter):
     prop_order: Sequence[str]
     rules: dict[str, str]
     strict: bool
-    spec: bool  # the spec-faithful shape: objects open, small ones in any order
-    enforced: list[str]
     key_tries: dict[tuple[str, ...], str]
     compact: bool  # the full grammar is over the size limit: declared order, closed objects
 
-    def add_rule(self, name: str, body: str) -> str:
-        raise NotImplementedError
-
-    def primitive(self, name: str) -> str:
-        raise NotImplementedError
-
-    def enforce(self, pointer: str, keyword: str) -> None:
-        raise NotImplementedError
-
     def visit(self, schema: JSON, pointer: str, name: str) -> str:
-        raise NotImplementedError
-
-    def validate_only(self, pointer: str, keyword: str, why: str = "") -> None:
         raise NotImplementedError
 
     def pattern_key(self, pattern: str, pointer: str, name: str) -> str:
         raise NotImplementedError
 
     def reserve(self, name: str) -> str:
-        raise NotImplementedError
-
-    def counts(self, schema: dict[str, JSON], pointer: str, lo_key: str,
-               hi_key: str) -> tuple[int, int | None]:
         raise NotImplementedError
 
     def visit_array(self, schema: dict[str, JSON], pointer: str, name: str) -> str:
@@ -174,7 +155,7 @@ class ContainerRules:
             value = self.visit(props[key], f"{pointer}/properties/{escape_pointer(key)}",
                                f"{name}-{key}")
             kv = self.add_rule(f"{name}-{key}-kv",
-                               f'{_key_literal(key)} {space} ":" {space} {value}')
+                               f'{key_literal(key)} {space} ":" {space} {value}')
             kvs.append((key, kv, key in required))
         extras: list[str] = []
         for i, (pat, sub) in enumerate(patterns.items()):
@@ -383,88 +364,5 @@ class ContainerRules:
         return f"{a} {b}" if a and b else (a or b)
 
     def _key_excluding(self, keys: list[str], name: str) -> str:
-        """A JSON string that is none of ``keys`` (written without escapes, so no key can be
-        spelled another way). A trie: each node offers a character no key continues with
-        (then anything), each character some key continues with, and the end unless a key
-        ends there. A node with one way on is written inside its parent (up to a depth),
-        others are rules; one trie per key set, shared by every object with it."""
-        string = self.primitive("string")
-        # keys holding characters an unescaped name cannot hold need no excluding
-        keys = sorted({k for k in keys if _UNESCAPED.fullmatch(k)})
-        if not keys:
-            return string
-        memo = self.key_tries.get(tuple(keys))
-        if memo is not None:
-            return memo
-        space = self.primitive("space")
-        tail = self.primitive("key-tail")
-        trie: dict[str, Any] = {}
-        order: list[dict[str, Any]] = [trie]  # in the order made: parents before children
-        for key in keys:
-            node = trie
-            for ch in key:
-                nxt = node.get(ch)
-                if nxt is None:
-                    nxt = node[ch] = {}
-                    order.append(nxt)
-                node = nxt
-            node[""] = {}
-        refs: dict[int, tuple[str, int]] = {}  # node -> (how a parent writes it, its depth)
-        for node in reversed(order):
-            if len(node) == 1:
-                (c, child), = node.items()
-                if not c:  # a key ends here and none goes on
-                    refs[id(node)] = (f"{_PLAIN}+", 0)
-                    continue
-                text, d = refs[id(child)]
-                if d < _INLINE_DEPTH and node is not trie:  # one way on (most nodes)
-                    refs[id(node)] = (f'( {_one_way(c)}{text} | "" )', d + 1)
-                    continue
-            chars = sorted(c for c in node if c)
-            options = [f"{_others(''.join(chars))} {tail}"]
-            depth = 0
-            for c in chars:
-                text, d = refs[id(node[c])]
-                options.append(f"{literal(c)} {text}")
-                depth = max(depth, d)
-            if "" not in node:
-                options.append('""')
-            body = " | ".join(options)
-            if len(chars) == 1 and "" not in node and depth < _INLINE_DEPTH and node is not trie:
-                refs[id(node)] = (f"( {body} )", depth + 1)
-            else:
-                refs[id(node)] = (self.add_rule(f"{name}-key", body), 0)
-        rule = f'"\\"" {refs[id(trie)][0]} "\\"" {space}'
-        self.key_tries[tuple(keys)] = rule
-        return rule
-
-
-#: One plain character of a JSON string (no quote, backslash or control character).
-_PLAIN = '[^"\\\\\\x00-\\x1F]'
-_UNESCAPED = re.compile('[^"\\\\\\x00-\\x1F]*')
-
-
-@functools.lru_cache(maxsize=4096)
-def _one_way(c: str) -> str:
-    """The start of a trie node whose only way on is ``c``: another character, or ``c``."""
-    return f"{_others(c)} key-tail | {literal(c)} "
-#: How many single-way trie nodes are written inside one another before a rule.
-_INLINE_DEPTH = 6
-
-
-def _key_literal(key: str) -> str:
-    """A member name as ``json.dumps`` writes it (non-ASCII raw), as a GBNF literal."""
-    if len(key) <= 64:  # names recur (remembered, bounded in size)
-        return _short_key_literal(key)
-    return literal(json.dumps(key, ensure_ascii=False))
-
-
-@functools.lru_cache(maxsize=1 << 14)
-def _short_key_literal(key: str) -> str:
-    return literal(json.dumps(key, ensure_ascii=False))
-
-
-@functools.lru_cache(maxsize=4096)
-def _others(chars: str) -> str:
-    """A class of the plain JSON string characters other than ``chars``."""
-    return _PLAIN[:-1] + "".join(_escape_char(ord(c), True) for c in sorted(set(chars))) + "]"
+        return key_excluding(keys, name, primitive=self.primitive, add_rule=self.add_rule,
+                             tries=self.key_tries)

@@ -115,3 +115,27 @@ def _repeat_small(item: str, lo: int, hi: int | None) -> str:
     if (lo, hi) == (0, 1):
         return f"{item}?"
     return f"{item}{{{lo},{hi}}}"
+
+
+#: Rule names keep the last parts of their schema path up to this length: names are most of
+#: a large grammar's size (each is written where it is used), and llama.cpp's parse is linear
+#: in the text.
+MAX_RULE_NAME = 12
+
+_NOT_IN_NAMES = re.compile(r"[^a-zA-Z0-9-]+")
+
+
+@functools.lru_cache(maxsize=1 << 15)  # the second try of a large schema asks again
+def rule_name(text: str) -> str:
+    tail = text[-4 * MAX_RULE_NAME:]
+    plain = tail.replace("_", "-")
+    if "__" not in tail and plain.isascii() and plain.replace("-", "").isalnum():
+        name = plain.strip("-")  # what the pattern below makes of it, without a regex
+    else:
+        name = _NOT_IN_NAMES.sub("-", tail).strip("-")
+    if len(name) > MAX_RULE_NAME:
+        tail = name[-MAX_RULE_NAME:]
+        if name[-MAX_RULE_NAME - 1] != "-" and "-" in tail:  # drop a cut-off part
+            tail = tail.partition("-")[2]
+        name = tail.strip("-")
+    return name or "x"

@@ -28,7 +28,7 @@ from typing import Any
 
 from quart import request
 
-from app.cli import main
+from app.launch import main
 
 FAULT: contextvars.ContextVar[str] = contextvars.ContextVar("fault", default="")
 _FAULTED_JOBS: set[int] = set()

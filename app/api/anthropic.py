@@ -33,6 +33,7 @@ from app import sse
 from app.api.common import Family, json_response, streamed, with_model
 from app.api.drive import SseWire, drive
 from app.api.report import call_checks, extras
+from app.bound import Bound
 from app.chat import Message
 from app.completion import (
     CompletionRequest,
@@ -46,7 +47,6 @@ from app.errors import JSON, InvalidRequest, ServerError, anthropic_body
 from app.prepare import tokenize_prompt
 from app.requests import sampling_from, schema_mode_from, stops_from, with_server_defaults
 from app.running import Completion
-from app.service import Bound
 from app.tools import (
     CallArguments,
     CallEnd,

@@ -13,14 +13,15 @@ from quart import Blueprint, Response, current_app, has_request_context, request
 
 from app import sse
 from app.errors import JSON, ApiError, ContextOverflow
-from app.registry import ModelStatus
+from app.hosted import ModelStatus
 from app.service import ModelChanged
 from app.validation import parse_json_body, validate
 
 if TYPE_CHECKING:
+    from app.bound import Bound
     from app.completion import CompletionRequest, Item, Outcome
     from app.running import Completion
-    from app.service import Bound, Service
+    from app.service import Service
 
 Handler = Callable[..., Awaitable[Response]]
 #: a family's error body for an error (llama.cpp's and OpenAI's ``{"error": {...}}`` by default)

@@ -38,12 +38,12 @@ from quart import Response, current_app, request
 
 from app.api.common import Family, json_response, service, streamed, with_model
 from app.api.drive import Wire, drive
+from app.bound import Bound
 from app.builtin_templates import ALIASES, BUILTINS
 from app.chat import ChatTemplate, Message
 from app.completion import CompletionRequest, Delta, Outcome, StopType
 from app.errors import JSON, ApiError, InvalidRequest, ServerError, SlotBusy, SlotFileError
 from app.requests import Defaults, renamed, sampling_from, with_server_defaults
-from app.service import Bound
 from grammar.linear_regex import UnsupportedPattern, compile_linear
 
 compat = Family("compat", __name__)

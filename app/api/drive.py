@@ -22,8 +22,8 @@ from app.api.common import fan_in
 from app.completion import Delta, Failure, Final, Item, Outcome, Ping, PromptProgress
 
 if TYPE_CHECKING:
+    from app.bound import Bound
     from app.running import Completion
-    from app.service import Bound
 
 
 class StreamWire(Protocol):

@@ -29,10 +29,10 @@ from app.api.chatbody import messages, rendering_from, tools_from
 from app.api.common import Family, json_response, query_model, read_json, streamed, with_model
 from app.api.native import events
 from app.api.report import final_object
+from app.bound import Bound
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported
 from app.prepare import fim_prompt
 from app.requests import native_request
-from app.service import Bound
 from app.validation import parse_json_list, validate
 
 if TYPE_CHECKING:

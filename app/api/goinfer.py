@@ -44,10 +44,11 @@ from quart import Response, current_app, websocket
 from app import sse
 from app.api.common import Family, json_response, read_valid, service, streamed, with_model
 from app.api.drive import Wire, drive
+from app.bound import Bound
 from app.completion import CompletionRequest, Delta, Outcome
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported, ServerError
 from app.requests import renamed, sampling_from, stops_from, with_server_defaults
-from app.service import Bound, Service
+from app.service import Service
 
 goinfer = Family("goinfer", __name__)
 

@@ -12,7 +12,7 @@ from quart import Response, request
 
 from app.api.common import Family, service
 from app.errors import NotSupported
-from app.registry import ModelStatus
+from app.hosted import ModelStatus
 from app.runtime import RuntimeLike
 
 metrics = Family("metrics", __name__)

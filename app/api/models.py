@@ -15,7 +15,7 @@ from quart import Response
 from app.api.common import Family, json_response, read_valid, service
 from app.api.report import model_meta
 from app.errors import JSON
-from app.registry import Hosted, ModelStatus
+from app.hosted import Hosted, ModelStatus
 
 models = Family("models", __name__)
 

@@ -32,6 +32,7 @@ from app.api.common import (
 )
 from app.api.drive import SseWire, drive
 from app.api.report import final_object, probabilities, progress_fields, request_params, timing_fields
+from app.bound import Bound, SlotInfo
 from app.completion import (
     Delta,
     Outcome,
@@ -39,12 +40,11 @@ from app.completion import (
     Timings,
 )
 from app.errors import JSON, NotFound, NotSupported, ServerError, Unavailable
+from app.hosted import ModelStatus
 from app.prepare import convert_schema
-from app.registry import ModelStatus
 from app.requests import Defaults, choices_wanted, native_request, prompt_list, sampling_report
 from app.running import Completion
 from app.runtime import Facts, facts_of
-from app.service import Bound, SlotInfo
 from app.settings import Settings
 
 native = Family("native", __name__)

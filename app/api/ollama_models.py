@@ -16,7 +16,7 @@ from quart import Response
 from app.api.common import Family, json_response, read_valid, service
 from app.api.report import model_meta
 from app.errors import JSON, InvalidRequest, ollama_body
-from app.registry import Hosted
+from app.hosted import Hosted
 
 ollama_models = Family("ollama_models", __name__, error_body=ollama_body)
 

@@ -32,6 +32,7 @@ from app.api.chatbody import (
 from app.api.common import Family, json_response, run_all, streamed, submit_all, with_model
 from app.api.drive import SseWire, drive
 from app.api.report import call_checks, extras, progress_fields, timing_fields, verbose
+from app.bound import Bound
 from app.completion import (
     Delta,
     Outcome,
@@ -46,7 +47,6 @@ from app.requests import (
     prompt_list,
 )
 from app.running import Completion
-from app.service import Bound
 from app.tools import (
     CallArguments,
     CallEnd,

@@ -22,7 +22,7 @@ from app.completion import (
     TokenProb,
 )
 from app.errors import JSON
-from app.registry import Hosted
+from app.hosted import Hosted
 from app.requests import sampling_report
 from app.tools import Reply
 from app.turns import Turn, check_calls

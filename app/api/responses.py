@@ -30,6 +30,7 @@ from app import sse
 from app.api.common import Family, json_response, streamed, with_model
 from app.api.drive import SseWire, drive
 from app.api.report import call_checks, extras, progress_fields, timing_fields
+from app.bound import Bound
 from app.chat import Message
 from app.completion import (
     CompletionRequest,
@@ -43,7 +44,6 @@ from app.completion import (
 from app.errors import JSON, InvalidRequest, ServerError
 from app.prepare import tokenize_prompt
 from app.requests import sampling_from, schema_mode_from, with_server_defaults
-from app.service import Bound
 from app.tools import (
     CallArguments,
     CallEnd,

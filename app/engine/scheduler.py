@@ -3,15 +3,13 @@
 One thread owns the model's context. Each step it
 
 1. takes commands (submit, cancel, stop) from a thread-safe queue,
-2. gives waiting requests (FIFO) to idle slots, preferring the slot whose cached
-   tokens share the longest prefix with the prompt (when it is meaningful: else an
-   empty slot, else the least recently used), and brings in a longer prefix from
-   the host-memory prompt cache or another slot (:mod:`app.engine.prompt_cache`),
+2. gives waiting requests (FIFO) to idle slots and keeps as much of each prompt as
+   some cache holds (:mod:`app.engine.placement`),
 3. builds one batch: one token for every generating slot, then prompt chunks of
-   slots still reading their prompt, up to ``n_batch`` rows,
+   slots still reading their prompt, up to ``n_batch`` rows (:mod:`app.engine.batching`),
 4. calls ``llama_decode`` once, samples each slot at its own row (a grammar
    step the fast path cannot settle is finished on a worker thread while the
-   other slots go on), and
+   other slots go on) and decides whether it goes on (:mod:`app.engine.stopping`), and
 5. hands the step's events to the request side in one call (:class:`Outbox`).
 
 A request is dropped between two steps when it is cancelled or its receiver is
@@ -29,11 +27,10 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
 
-from app.engine import prompt_cache, slot_files
+from app.engine import batching, placement, slot_files
 from app.engine.delivery import Delivery
-from app.engine.events import Done, Failed, Job, Progress, Started, StopType, Token, TokenInfo
+from app.engine.events import Failed, Job, StopType, Token, TokenInfo
 from app.engine.ports import (
     Cancel,
     Command,
@@ -49,8 +46,8 @@ from app.engine.ports import (
 )
 from app.engine.prompt_cache import PromptCache
 from app.engine.sampling import Sampled
-from app.engine.slots import Counters, Slot, SlotInfo, SlotState, common_prefix
-from app.engine.text import Detokenizer, IndentWatch, StopMatcher
+from app.engine.slots import Counters, Slot, SlotInfo, SlotState
+from app.engine.stopping import TokenFacts, Verdict, decide
 from app.engine.threads import ThreadTuner
 
 log = logging.getLogger(__name__)
@@ -60,10 +57,6 @@ GRAMMAR_WORKERS = 2
 #: a grammar step still open after this long fails its request (the watchdog)
 GRAMMAR_STEP_BUDGET_S = 30.0
 _STALL_WAIT_S = 0.002
-#: a common prefix this long (or half the prompt) decides which idle slot a request gets
-MEANINGFUL_PREFIX = 16
-#: the cache-reuse scan compares at most this many tokens per token of cache and prompt
-REUSE_SCAN_FACTOR = 8
 
 
 class Engine:
@@ -97,11 +90,9 @@ class Engine:
         #: the context can move positions: cache reuse (``n_cache_reuse``) is possible
         self.can_shift = can_shift
         #: LoRA adapters: a step decodes only slots that use the scales it set (app.engine.lora)
-        self.lora = lora
+        self._lora = batching.LoraTurns(lora)
         #: the jobs of the decode now running (replaced, never mutated: read by other threads)
         self._decoding: frozenset[int] = frozenset()
-        self._lora_set: tuple[float, ...] = ()
-        self._lora_turn = 0
 
     # --- API for other threads -------------------------------------------
     def start(self) -> None:
@@ -207,7 +198,7 @@ class Engine:
                 case Cancel(job_id=job_id):
                     self._drop(job_id)
                 case SlotOp():
-                    self._slot_op(cmd)
+                    slot_files.apply(self.ctx, self.slots[cmd.slot_id], cmd)
                 case Stop():
                     return False
                 case Wake():
@@ -230,162 +221,23 @@ class Engine:
                 self._release(slot)
                 return
 
-    def _slot_op(self, op: SlotOp) -> None:
-        slot_files.apply(self.ctx, self.slots[op.slot_id], op)
-
     # --- slots -------------------------------------------------------------
     def _assign(self) -> None:
-        if not self._waiting:
-            return
+        """Give waiting jobs (in order) the slots placement picks for them."""
         for job in list(self._waiting):
-            slot = self._choose_slot(job)
+            slot = placement.choose_slot(self.slots, job.request)
             if slot is None:
                 continue
             self._waiting.remove(job)
-            self._begin(slot, job)
-
-    def _choose_slot(self, job: Job) -> Slot | None:
-        idle = [s for s in self.slots if s.job is None]
-        if job.request.id_slot >= 0:
-            idle = [s for s in idle if s.id == job.request.id_slot]
-        if not idle:
-            return None
-        prompt = job.request.prompt
-        lora = job.request.lora
-        if job.request.cache_prompt:
-            def shared(s: Slot) -> int:
-                return common_prefix(s.cache, prompt) if s.cache_lora == lora else 0
-
-            best = max(idle, key=lambda s: (shared(s), -s.last_used))
-            # a shared BOS or first word is no reason to overwrite a slot's cache
-            if shared(best) >= min(MEANINGFUL_PREFIX, len(prompt) // 2):
-                return best
-        # the slot whose cache is worth least: an empty one, else the least recently used
-        return min(idle, key=lambda s: (bool(s.cache), s.last_used))
-
-    def _begin(self, slot: Slot, job: Job) -> None:
-        req = job.request
-        prompt = req.prompt
-        if slot.cache_lora != req.lora:  # that KV was computed with other adapters
-            self._save_to_ram(slot, 0)
-            self.ctx.seq_clear(slot.id)
-            slot.cache.clear()
-            slot.cache_lora = req.lora
-        keep = common_prefix(slot.cache, prompt) if req.cache_prompt else 0
-        if req.cache_prompt and self.prompt_cache is not None and not req.lora:
-            keep = self._reuse(slot, prompt, keep)
-        if req.cache_prompt and req.n_cache_reuse > 0 and self.can_shift:
-            keep = self._reuse_chunks(slot, prompt, keep, req.n_cache_reuse)
-        keep = min(keep, len(prompt) - 1)  # at least one token to evaluate, for logits
-        if keep < len(slot.cache) and not self.ctx.seq_rm(slot.id, keep, -1):
-            self.ctx.seq_clear(slot.id)
-            keep = 0
-        del slot.cache[keep:]
-        self.counters.requests_started_total += 1
-        slot.job = job
-        slot.state = SlotState.PROMPT
-        slot.next_prompt = keep
-        slot.tokens_cached = keep
-        slot.pending = -1
-        slot.n_decoded = 0
-        slot.shifted = False
-        slot.outbox.clear()
-        slot.detok = Detokenizer()
-        slot.stops = StopMatcher(req.stops)
-        slot.indent = IndentWatch(req.n_indent)
-        slot.new_line = False
-        slot.t_start = time.perf_counter()
-        slot.t_prompt = slot.t_start
-        self._prompt_order.append(slot)
-        slot.outbox.append(Started(id_slot=slot.id, tokens_cached=keep))
-        if req.return_progress:
-            slot.outbox.append(Progress(len(prompt), keep, keep, 0.0))
-
-    def _reuse_chunks(self, slot: Slot, prompt: Sequence[int], keep: int, n_min: int) -> int:
-        """llama.cpp's cache reuse: after the common prefix, chunks of at least ``n_min`` cached
-        tokens that the prompt holds next (what is left when a part in the middle was cut) are
-        moved back into place instead of being evaluated again. Returns the new ``keep``."""
-        cache = slot.cache
-        head_c = head_p = keep
-        # the scan can be quadratic (long runs a little shorter than n_min at every offset):
-        # held to a linear budget of comparisons, so no prompt stalls the step loop
-        budget = REUSE_SCAN_FACTOR * (len(cache) + len(prompt))
-        while head_c < len(cache) and head_p < len(prompt) and budget > 0:
-            n = 0
-            while (head_c + n < len(cache) and head_p + n < len(prompt)
-                   and cache[head_c + n] == prompt[head_p + n]):
-                n += 1
-            budget -= n + 1
-            if n < n_min:
-                head_c += 1
-                continue
-            if not self.ctx.seq_rm(slot.id, head_p, head_c):
-                break
-            self.ctx.seq_add(slot.id, head_c, head_c + n, head_p - head_c)
-            cache[head_p:head_p + n] = cache[head_c:head_c + n]
-            keep += n
-            head_c += n
-            head_p += n
-            self.counters.cache_reused_tokens_total += n
-        return keep
-
-    def _reuse(self, slot: Slot, prompt: Sequence[int], keep: int) -> int:
-        """Save what ``slot`` is about to lose, and bring in the longest prefix of ``prompt``
-        held anywhere (the RAM cache or another slot's cells). Returns the new ``keep``."""
-        cache = self.prompt_cache
-        assert cache is not None
-        entry, best = cache.best(prompt)
-        donor: Slot | None = None
-        for other in self.slots:
-            if (other is not slot and other.state is not SlotState.SAMPLING
-                    and not other.cache_lora):
-                n = prompt_cache.common_prefix(other.cache, prompt)
-                if n > best:
-                    donor, best = other, n
-        use = best >= keep + prompt_cache.MIN_GAIN
-        # what this slot holds beyond the part the request keeps goes to RAM first
-        self._save_to_ram(slot, best if use else keep)
-        if not use:
-            return keep
-        if donor is not None:
-            state = self.ctx.get_seq_state(donor.id)
-            tokens = list(donor.cache)
-        else:
-            assert entry is not None
-            cache.touch(entry)
-            state, tokens = entry.data, list(entry.tokens)
-        if state is None or not self.ctx.set_seq_state(slot.id, state):
-            slot.cache.clear()
-            return 0
-        slot.cache = tokens
-        cache.stats.hits += 1
-        cache.stats.tokens_restored += best - keep
-        return best
-
-    def _save_to_ram(self, slot: Slot, kept_here: int) -> None:
-        """Put what ``slot`` is about to lose beyond ``kept_here`` tokens in the RAM prompt cache
-        (only KV computed without adapters: the cache has no key for them)."""
-        cache = self.prompt_cache
-        if (cache is None or slot.cache_lora or len(slot.cache) - kept_here < prompt_cache.MIN_TOKENS
-                or cache.covers(slot.cache)):
-            return
-        state = self.ctx.get_seq_state(slot.id)
-        if state is not None:
-            cache.put(slot.cache, state)
+            keep = placement.place(self.ctx, slot, job.request, slots=self.slots,
+                                   cache=self.prompt_cache, can_shift=self.can_shift,
+                                   counters=self.counters)
+            self.counters.requests_started_total += 1
+            slot.begin(job, keep, time.perf_counter())
+            self._prompt_order.append(slot)
 
     def _release(self, slot: Slot) -> None:
-        if slot.job is not None:
-            sampler = slot.job.sampler
-            if slot.sampling is not None:
-                # a grammar worker may still be using it: free it when the worker is done
-                slot.sampling.add_done_callback(lambda _f: sampler.close())
-            else:
-                sampler.close()
-        slot.sampling = None
-        slot.job = None
-        slot.state = SlotState.IDLE
-        slot.outbox.clear()
-        slot.last_used = time.perf_counter()
+        slot.release(time.perf_counter())
         if slot in self._prompt_order:
             self._prompt_order.remove(slot)
 
@@ -397,23 +249,8 @@ class Engine:
             tail = slot.stops.feed(slot.detok.flush()).text + slot.stops.flush()
             if tail:
                 slot.outbox.append(Token(text=tail, tokens=()))
-        now = time.perf_counter()
-        c = self.counters
-        c.prompt_tokens_cached_total += slot.tokens_cached
-        c.prompt_seconds_total += slot.t_prompt - slot.t_start
-        if slot.n_decoded:
-            c.predicted_seconds_total += now - slot.t_prompt
-        c.n_tokens_max = max(c.n_tokens_max, slot.n_past)
-        slot.outbox.append(Done(
-            stop_type=stop_type, stopping_word=word, tokens_predicted=slot.n_decoded,
-            tokens_evaluated=len(job.request.prompt), tokens_cached=slot.tokens_cached,
-            truncated=truncated or slot.shifted, id_slot=slot.id,
-            prompt_ms=(slot.t_prompt - slot.t_start) * 1000.0,
-            predicted_ms=(now - slot.t_prompt) * 1000.0 if slot.n_decoded else 0.0,
-            prompt_n=len(job.request.prompt) - slot.tokens_cached,
-            grammar_rejections=job.sampler.rejections,
-            grammar_full_passes=job.sampler.full_passes,
-            grammar_narrowed_passes=job.sampler.narrowed_passes))
+        slot.outbox.append(slot.done(stop_type, word=word, truncated=truncated,
+                                     now=time.perf_counter(), counters=self.counters))
         self._delivery.finish(job, slot.outbox)
         self._release(slot)
 
@@ -425,39 +262,8 @@ class Engine:
         """Build and decode one batch; False when there was nothing to decode."""
         ctx = self.ctx
         ctx.clear_batch()
-        lora = self._choose_lora()
-        plan: list[tuple[Slot, int, int]] = []  # (slot, first row, rows)
-        logit_rows: dict[int, int] = {}  # slot id -> row with logits
-        for slot in self.slots:
-            if slot.job is not None and slot.job.request.lora != lora:
-                continue
-            if slot.state is SlotState.GENERATE and not slot.outbox:
-                row = ctx.add(slot.pending, slot.n_past, slot.id, True)
-                plan.append((slot, row, 1))
-                logit_rows[slot.id] = row
-        budget = ctx.n_batch - ctx.n_rows
-        for slot in list(self._prompt_order):
-            if budget <= 0:
-                break
-            if slot.outbox or (slot.job is not None and slot.job.request.lora != lora):
-                continue
-            job = slot.job
-            assert job is not None
-            prompt = job.request.prompt
-            take = min(budget, len(prompt) - slot.next_prompt)
-            if 1 < take == len(prompt) - slot.next_prompt:
-                # the last prompt token is decoded in a step of its own, as it is when the
-                # whole prompt is cached: the first token's logits, and so a seeded reply,
-                # are then the same with the prompt cache warm or cold
-                take -= 1
-            first = ctx.n_rows
-            for i in range(slot.next_prompt, slot.next_prompt + take):
-                last = i == len(prompt) - 1
-                row = ctx.add(prompt[i], i, slot.id, last)
-                if last:
-                    logit_rows[slot.id] = row
-            plan.append((slot, first, take))
-            budget -= take
+        plan, logit_rows = batching.plan(ctx, self.slots, self._prompt_order,
+                                         self._lora.choose(ctx, self.slots))
         if not plan:
             return False
         started = time.perf_counter()
@@ -477,7 +283,7 @@ class Engine:
         if rc == 2:  # aborted for a cancelled job: the others go again in the next step
             self._decode_aborted(plan)
             return True
-        if rc == 1 and self._free_idle_cells():  # a full shared pool (--kv-unified)
+        if rc == 1 and placement.free_idle_cells(self.ctx, self.slots):  # a full shared pool (--kv-unified)
             self._decode_aborted(plan)  # undone, and tried again next step with more room
             return True
         if rc != 0:
@@ -497,21 +303,7 @@ class Engine:
         self._flush()
         return True
 
-    def _choose_lora(self) -> tuple[float, ...]:
-        """The adapters' scales of this step: the only ones in use, else each in turn; applied
-        to the context when they change."""
-        ready = sorted({s.job.request.lora for s in self.slots if s.job is not None
-                        and not s.outbox and s.state in (SlotState.GENERATE, SlotState.PROMPT)})
-        if not ready:
-            return self._lora_set
-        chosen = ready[self._lora_turn % len(ready)] if len(ready) > 1 else ready[0]
-        self._lora_turn += 1
-        if chosen != self._lora_set and self.lora is not None:
-            self.lora.apply(self.ctx.raw, chosen)
-            self._lora_set = chosen
-        return chosen
-
-    def _decode_aborted(self, plan: list[tuple[Slot, int, int]]) -> None:
+    def _decode_aborted(self, plan: batching.Plan) -> None:
         """Undo an aborted batch: each slot's rows of it leave its sequence (llama.cpp kept
         the micro-batches it finished), and nothing advances, so the next step adds the same
         rows again; the cancelled job is dropped by then (its command was queued first)."""
@@ -523,18 +315,7 @@ class Engine:
                 if slot.job is not None:
                     self._fail(slot, "decoding failed: an aborted batch could not be undone")
 
-    def _free_idle_cells(self) -> bool:
-        """Drop the cached prefixes of idle slots (their cells are only a cache); whether any
-        were held."""
-        freed = False
-        for slot in self.slots:
-            if slot.job is None and slot.cache:
-                self.ctx.seq_clear(slot.id)
-                slot.cache.clear()
-                freed = True
-        return freed
-
-    def _decode_failed(self, plan: list[tuple[Slot, int, int]], rc: int) -> None:
+    def _decode_failed(self, plan: batching.Plan, rc: int) -> None:
         # rc 1 happens when the slots of --kv-unified fill their shared pool together: every
         # request of the batch fails, in llama.cpp's words
         reason = ("the context size has been exceeded (no room left in the KV cache)" if rc == 1
@@ -558,17 +339,8 @@ class Engine:
             return
         req = job.request
         if slot.state is SlotState.PROMPT:
-            start = slot.next_prompt
-            slot.cache.extend(req.prompt[start:start + rows])
-            slot.next_prompt += rows
-            self.counters.prompt_tokens_total += rows
-            if req.return_progress:
-                slot.outbox.append(Progress(len(req.prompt), slot.tokens_cached, slot.next_prompt,
-                                            (time.perf_counter() - slot.t_start) * 1000.0))
-            if slot.next_prompt < len(req.prompt):
+            if not slot.read_prompt(rows, time.perf_counter(), self.counters):
                 return
-            slot.state = SlotState.GENERATE
-            slot.t_prompt = time.perf_counter()
             self._prompt_order.remove(slot)
             if req.n_predict == 0:
                 self._finish(slot, StopType.LIMIT)
@@ -617,53 +389,42 @@ class Engine:
         token = sampled.token
         slot.n_decoded += 1
         self.counters.tokens_predicted_total += 1
-        info = TokenInfo(token=token, logprob=sampled.logprob,
-                         top=sampled.top)
-        if token in self.model.eog_ids:
+        info = TokenInfo(token=token, logprob=sampled.logprob, top=sampled.top)
+        eog = token in self.model.eog_ids
+        text, cut, word = "", None, None
+        if eog:
             if info.logprob is not None:
                 slot.outbox.append(Token(text="", tokens=(info,)))
-            self._finish(slot, StopType.EOS)
-            return
-        result = slot.stops.feed(slot.detok.feed(self.model.piece(token)))
-        text = result.text
-        cut = slot.indent.feed(text)
-        if cut is not None:  # n_indent: this line is indented less; it is not part of the reply
-            slot.outbox.append(Token(text=text[:cut], tokens=(info,)))
-            self._finish(slot, StopType.LIMIT, flush=False)
-            return
-        slot.outbox.append(Token(text=text, tokens=(info,)))
-        if req.ends is not None and text and req.ends(text):
-            self._finish(slot, StopType.EOS)
-            return
+        else:
+            result = slot.stops.feed(slot.detok.feed(self.model.piece(token)))
+            text, word = result.text, result.stop_word
+            cut = slot.indent.feed(text)
+            slot.outbox.append(Token(text=text if cut is None else text[:cut], tokens=(info,)))
         over_time = (req.t_max_predict_ms > 0 and slot.new_line and
                      (time.perf_counter() - slot.t_prompt) * 1000.0 > req.t_max_predict_ms)
         slot.new_line = slot.new_line or "\n" in text
-        if result.stop_word is not None:
-            self._finish(slot, StopType.WORD, word=result.stop_word)
-        elif 0 < req.n_predict <= slot.n_decoded or over_time:
-            self._finish(slot, StopType.LIMIT)
-        elif slot.n_past + 1 >= slot.n_ctx and not (self.context_shift and self._shift(slot)):
-            self._finish(slot, StopType.LIMIT, truncated=True)
-        else:
-            slot.pending = token
-
-    def _shift(self, slot: Slot) -> bool:
-        """Make room in a full slot as llama.cpp's context shift does: keep the first
-        ``n_keep`` tokens, drop ``n_discard`` after them (default: half of the rest) and move
-        the others back. False when nothing can be dropped (the reply ends truncated)."""
-        job = slot.job
-        assert job is not None
-        req = job.request
-        n_keep = max(0, min(slot.n_ctx - 4, req.n_keep))
-        n_left = slot.n_past - n_keep
-        n_discard = min(max(req.n_discard or n_left // 2, 0), max(0, n_left - 1))
-        if n_discard <= 0 or not self.ctx.seq_rm(slot.id, n_keep, n_keep + n_discard):
-            return False
-        self.ctx.seq_add(slot.id, n_keep + n_discard, slot.n_past, -n_discard)
-        del slot.cache[n_keep:n_keep + n_discard]
-        slot.shifted = True
-        self.counters.context_shifts_total += 1
-        return True
+        verdict = decide(TokenFacts(
+            end_of_generation=eog, indent_cut=cut is not None,
+            ends=cut is None and bool(text) and req.ends is not None and req.ends(text),
+            stop_word=word, n_decoded=slot.n_decoded, n_predict=req.n_predict,
+            over_time=over_time, n_past=slot.n_past, n_ctx=slot.n_ctx))
+        match verdict:
+            case Verdict.GO_ON:
+                slot.pending = token
+            case Verdict.EOS:
+                self._finish(slot, StopType.EOS)
+            case Verdict.CUT:  # the cut line is not part of the reply: nothing held back is
+                self._finish(slot, StopType.LIMIT, flush=False)
+            case Verdict.WORD:
+                assert word is not None
+                self._finish(slot, StopType.WORD, word=word)
+            case Verdict.LIMIT:
+                self._finish(slot, StopType.LIMIT)
+            case Verdict.FULL:
+                if self.context_shift and placement.shift(self.ctx, slot, self.counters):
+                    slot.pending = token
+                else:
+                    self._finish(slot, StopType.LIMIT, truncated=True)
 
     # --- delivery ----------------------------------------------------------
     def _flush(self) -> None:

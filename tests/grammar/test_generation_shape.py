@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from grammar import Recognizer, convert, parse_gbnf, validate
-from grammar.convert import DEFAULT_MAX_LENGTH
+from grammar.scalars import DEFAULT_MAX_LENGTH
 
 _STREET = {"number": {"type": "number"}, "street_name": {"type": "string"},
            "street_type": {"enum": ["Street", "Avenue", "Boulevard"]}}

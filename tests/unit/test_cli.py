@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import ConfigError, load_settings
+from app.cli import load_settings
+from app.settings import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,7 +84,7 @@ def test_unknown_flag_exits_non_zero() -> None:
 
 
 def test_model_name_resolves_inside_models_dir(tmp_path: Path) -> None:
-    from app.cli import resolve_model_path
+    from app.launch import resolve_model_path
 
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     s, _ = load_settings(["--models-dir", str(tmp_path), "--model", "m.gguf"])
@@ -108,7 +109,7 @@ def test_impossible_flag_combinations_end_startup_with_one_line(args: tuple[str,
 
 
 def test_poll_sets_the_openmp_wait_before_llama_cpp_loads() -> None:
-    from app.cli import apply_poll
+    from app.launch import apply_poll
 
     cases = {0: {"OMP_WAIT_POLICY": "PASSIVE"}, 100: {"OMP_WAIT_POLICY": "ACTIVE"},
              50: {"GOMP_SPINCOUNT": "200000"}}

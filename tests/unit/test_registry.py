@@ -14,9 +14,11 @@ import trio
 import trio.testing
 
 from app.completion import CompletionRequest, Final
+from app.discovery import ModelSpec, specs_from_settings
 from app.engine.model import LoadCancelled, ModelLoadError
 from app.errors import InvalidRequest, NotFound, Overloaded, ServerError
-from app.registry import Hosted, ModelSpec, ModelStatus, Registry, specs_from_settings
+from app.hosted import Hosted, ModelStatus
+from app.registry import Registry
 from app.service import Service
 from app.settings import ModelConfig, Settings
 from tests.fakes import FakeRuntime, drive
