@@ -181,27 +181,32 @@ def schema_mode_from(body: Mapping[str, Any]) -> SchemaMode | None:
     return mode if mode in SCHEMA_MODES else None
 
 
-def with_server_defaults(request: CompletionRequest, defaults: Defaults) -> CompletionRequest:
-    """``request`` of a family whose wire has no fields for them, given the server's defaults:
-    ``--keep``, ``--no-cache-prompt``, ``--cache-reuse`` and the default constraint
-    (``--grammar``, ``-j``) when it has none of its own. The native and OpenAI families read
-    the same defaults through :func:`native_options` and :func:`native_request`."""
-    return replace(request, n_keep=defaults.n_keep, cache_prompt=defaults.cache_prompt,
-                   n_cache_reuse=defaults.n_cache_reuse,
-                   constraint=request.constraint or defaults.constraint)
+def build(defaults: Defaults, *, prompt: tuple[str | int, ...], sampling: SamplingParams,
+          n_predict: int | None = None, stops: tuple[str, ...] = (),
+          constraint: Constraint | None = None, **options: Any) -> CompletionRequest:
+    """The one way a family makes a request: what its wire said, and the server's defaults
+    for all it did not (``-n``, ``--keep``, ``--no-cache-prompt``, ``--cache-reuse``, and
+    ``--grammar``/``-j`` when the request has no constraint of its own). ``sampling`` came
+    from :func:`sampling_from`, which applies the sampling flags; ``options`` are other
+    :class:`CompletionRequest` fields the wire has (the native family's ``n_keep``...)."""
+    return CompletionRequest(
+        prompt=prompt, sampling=sampling,
+        n_predict=defaults.n_predict if n_predict is None else n_predict,
+        stops=stops, constraint=constraint or defaults.constraint,
+        **{"n_keep": defaults.n_keep, "cache_prompt": defaults.cache_prompt,
+           "n_cache_reuse": defaults.n_cache_reuse, **options})
 
 
 def native_request(body: Mapping[str, Any], defaults: Defaults, *,
                    prompt: tuple[str | int, ...] | None = None) -> CompletionRequest:
     """A body checked by ``schemas/completion.json`` (llama.cpp's ``/completion``)."""
-    n_predict = body.get("n_predict", body.get("max_tokens", defaults.n_predict))
-    return CompletionRequest(
-        prompt=prompt if prompt is not None else prompt_parts(body["prompt"]),
+    n_predict = body.get("n_predict", body.get("max_tokens"))
+    return build(
+        defaults, prompt=prompt if prompt is not None else prompt_parts(body["prompt"]),
         sampling=sampling_from(body, defaults),
         logit_bias=logit_bias_from(body.get("logit_bias")),
-        n_predict=int(n_predict),
-        stops=stops_from(body.get("stop")),
-        constraint=constraint_from(body) or defaults.constraint,
+        n_predict=int(n_predict) if n_predict is not None else None,
+        stops=stops_from(body.get("stop")), constraint=constraint_from(body),
         **native_options(body, defaults))
 
 

@@ -36,7 +36,6 @@ from app.api.report import call_checks, extras
 from app.bound import Bound
 from app.chat import Message
 from app.completion import (
-    CompletionRequest,
     Delta,
     FunctionTool,
     Outcome,
@@ -45,7 +44,7 @@ from app.completion import (
 )
 from app.errors import JSON, InvalidRequest, ServerError, anthropic_body
 from app.prepare import tokenize_prompt
-from app.requests import sampling_from, schema_mode_from, stops_from, with_server_defaults
+from app.requests import build, sampling_from, schema_mode_from, stops_from
 from app.running import Completion
 from app.tools import (
     CallArguments,
@@ -140,12 +139,11 @@ def turn_of(svc: Bound, body: JSON) -> Turn:
     template = svc.chat
     stops = stops_from(body.get("stop_sequences"), field="stop_sequences")
     fmt = (body.get("output_config") or {}).get("format")
-    base = CompletionRequest(prompt=("",), sampling=sampling_from(body, svc.defaults),
-                             n_predict=int(body.get("max_tokens", -1)),
-                             stops=tuple(dict.fromkeys([*template.stops, *stops])),
-                             constraint=SchemaConstraint(fmt["schema"], field="output_config.format")
-                             if fmt else None, schema_mode=schema_mode_from(body))
-    base = with_server_defaults(base, svc.defaults)
+    base = build(svc.defaults, prompt=("",), sampling=sampling_from(body, svc.defaults),
+                 n_predict=int(body["max_tokens"]),
+                 stops=tuple(dict.fromkeys([*template.stops, *stops])),
+                 constraint=SchemaConstraint(fmt["schema"], field="output_config.format")
+                 if fmt else None, schema_mode=schema_mode_from(body))
     thinking = (body.get("thinking") or {}).get("type", "enabled") != "disabled"
     return chat_request(template, conversation(body), policy(body), base,
                         system_prompt=svc.settings.system_prompt,

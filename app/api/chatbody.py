@@ -16,6 +16,7 @@ from app.completion import CompletionRequest, Constraint, FunctionTool, SchemaCo
 from app.errors import JSON, InvalidRequest
 from app.requests import (
     Defaults,
+    build,
     constraint_from,
     logit_bias_from,
     native_options,
@@ -50,13 +51,12 @@ def openai_request(body: JSON, defaults: Defaults, *, prompt: str | list[str | i
         limit = body.get("n_predict")
     stops = tuple(dict.fromkeys([*extra_stops, *stops_from(body.get("stop"))]))
     sampling = sampling_from(body, defaults)
-    return CompletionRequest(
-        prompt=(prompt,) if isinstance(prompt, str) else tuple(prompt),
+    return build(
+        defaults, prompt=(prompt,) if isinstance(prompt, str) else tuple(prompt),
         sampling=replace(sampling, n_probs=n_probs),
         logit_bias=logit_bias_from(body.get("logit_bias")),
-        n_predict=int(limit) if limit is not None else defaults.n_predict,
-        stops=stops, constraint=_constraint(body) or defaults.constraint,
-        **native_options(body, defaults))
+        n_predict=int(limit) if limit is not None else None,
+        stops=stops, constraint=_constraint(body), **native_options(body, defaults))
 
 
 def _text(content: Any) -> str:

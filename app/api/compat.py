@@ -43,7 +43,7 @@ from app.builtin_templates import ALIASES, BUILTINS
 from app.chat import ChatTemplate, Message
 from app.completion import CompletionRequest, Delta, Outcome, StopType
 from app.errors import JSON, ApiError, InvalidRequest, ServerError, SlotBusy, SlotFileError
-from app.requests import Defaults, renamed, sampling_from, with_server_defaults
+from app.requests import Defaults, build, renamed, sampling_from
 from grammar.linear_regex import UnsupportedPattern, compile_linear
 
 compat = Family("compat", __name__)
@@ -52,10 +52,9 @@ compat = Family("compat", __name__)
 def _request(values: JSON, defaults: Defaults, *, n_predict: int | None = None,
              stops: tuple[str, ...] = ()) -> CompletionRequest:
     """A request from fields already under llama.cpp's names."""
-    limit = values.get("n_predict", defaults.n_predict if n_predict is None else n_predict)
-    return with_server_defaults(CompletionRequest(
-        prompt=(values["prompt"],), sampling=sampling_from(values, defaults),
-        n_predict=int(limit), stops=stops), defaults)
+    limit = values.get("n_predict", n_predict)
+    return build(defaults, prompt=(values["prompt"],), sampling=sampling_from(values, defaults),
+                 n_predict=int(limit) if limit is not None else None, stops=stops)
 
 
 # --- llama-go ----------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from app.api.drive import Wire, drive
 from app.bound import Bound
 from app.completion import CompletionRequest, Delta, Outcome
 from app.errors import JSON, InvalidRequest, NotFound, NotSupported, ServerError
-from app.requests import renamed, sampling_from, stops_from, with_server_defaults
+from app.requests import build, renamed, sampling_from, stops_from
 from app.service import Service
 
 goinfer = Family("goinfer", __name__)
@@ -209,10 +209,10 @@ def infer_request(body: JSON, svc: Bound) -> CompletionRequest:
                                  f"{svc.service.settings.max_body_bytes}", param="template")
         prompt = template.replace("{prompt}", prompt)
     defaults = svc.defaults
-    return with_server_defaults(CompletionRequest(
-        prompt=(prompt,), sampling=sampling_from(values, defaults),
-        n_predict=int(values.get("n_predict", defaults.n_predict)),
-        stops=stops_from(body.get("stop"))), defaults)
+    n_predict = values.get("n_predict")
+    return build(defaults, prompt=(prompt,), sampling=sampling_from(values, defaults),
+                 n_predict=int(n_predict) if n_predict is not None else None,
+                 stops=stops_from(body.get("stop")))
 
 
 class InferStream(Wire):

@@ -33,7 +33,6 @@ from app.api.report import call_checks, extras, progress_fields, timing_fields
 from app.bound import Bound
 from app.chat import Message
 from app.completion import (
-    CompletionRequest,
     Delta,
     FunctionTool,
     Outcome,
@@ -43,7 +42,7 @@ from app.completion import (
 )
 from app.errors import JSON, InvalidRequest, ServerError
 from app.prepare import tokenize_prompt
-from app.requests import sampling_from, schema_mode_from, with_server_defaults
+from app.requests import build, sampling_from, schema_mode_from
 from app.tools import (
     CallArguments,
     CallEnd,
@@ -151,13 +150,11 @@ def turn_of(svc: Bound, body: JSON) -> Turn:
         constraint = SchemaConstraint({"type": "object"}, field="text.format")
     template = svc.chat
     limit = body.get("max_output_tokens")
-    base = CompletionRequest(prompt=("",), sampling=sampling_from(body, svc.defaults),
-                             n_predict=int(limit) if limit is not None else svc.defaults.n_predict,
-                             stops=template.stops, constraint=constraint,
-                             schema_mode=schema_mode_from(body),
-                             timings_per_token=bool(body.get("timings_per_token")),
-                             return_progress=bool(body.get("return_progress")))
-    base = with_server_defaults(base, svc.defaults)
+    base = build(svc.defaults, prompt=("",), sampling=sampling_from(body, svc.defaults),
+                 n_predict=int(limit) if limit is not None else None,
+                 stops=template.stops, constraint=constraint, schema_mode=schema_mode_from(body),
+                 timings_per_token=bool(body.get("timings_per_token")),
+                 return_progress=bool(body.get("return_progress")))
     return chat_request(template, conversation(body), policy, base,
                         system_prompt=svc.settings.system_prompt,
                         reasoning=svc.settings.reasoning_format != "none",
