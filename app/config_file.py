@@ -10,16 +10,20 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from app.options import config_names, kind_of
 from app.settings import MODEL_FIELDS, ConfigError, ModelConfig, Settings
 
 #: the settings a config file may set
 FIELDS = frozenset(f.name for f in fields(Settings))
-_CONFIG_ALIASES = {"model": "model_path", "api_key": "api_keys", "timeout": "request_timeout_s",
-                   "ctx": "ctx_size", "n_parallel": "parallel", "shutdown_grace": "shutdown_grace_s"}
+#: the config file's other names for settings (``"ctx"`` for ``ctx_size``...), the table's
+_CONFIG_ALIASES = config_names()
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
-    if name in ("model_path", "models_dir", "chat_template_file", "slot_save_path"):
+    """A config value as its setting's type: the option table's (:func:`kind_of`), else the
+    default's."""
+    kind = kind_of(name)
+    if kind is Path:
         if not isinstance(value, str):
             raise ConfigError(f"config value '{name}' must be a path string")
         return Path(value)
@@ -34,12 +38,11 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"config value '{name}' must be true or false")
         return value
-    if (isinstance(default, int) and not isinstance(default, bool)) or name in (
-            "threads", "threads_batch"):
+    if kind is int or (isinstance(default, int) and not isinstance(default, bool)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config value '{name}' must be an integer")
         return value
-    if isinstance(default, float) or name == "request_timeout_s":
+    if kind is float or isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ConfigError(f"config value '{name}' must be a number")
         return float(value)

@@ -258,12 +258,40 @@ def test_jinja_reasoning_budget_threads_http_and_cache_prompt_flags() -> None:
 
 
 def test_the_readme_documents_every_flag() -> None:
-    from app.cli import build_parser
+    from app.options import OPTIONS
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    flags = [o for a in build_parser()._actions for o in a.option_strings
-             if o.startswith("--") and o != "--help"]
+    flags = [f for o in OPTIONS for f in o.flags if f.startswith("--")]
     assert [f for f in flags if f"`{f}" not in readme and f", {f}" not in readme] == []
+
+
+def test_the_option_table_is_the_parser_and_the_environment() -> None:
+    from app.cli import build_parser
+    from app.llama_env import ENV_SWITCHES, ENV_VALUES
+    from app.options import BY_FLAG, OPTIONS
+
+    parsed = {f for a in build_parser()._actions for f in a.option_strings} - {"-h", "--help"}
+    assert parsed == {f for o in OPTIONS for f in o.flags}
+    assert len(BY_FLAG) == sum(len(o.flags) for o in OPTIONS)  # no flag written twice
+    for env, flag in ENV_VALUES.items():  # every variable names a flag that takes a value
+        assert BY_FLAG[flag].env == env
+        assert BY_FLAG[flag].action in ("store", "append")
+    for env, (flag, negation) in ENV_SWITCHES.items():
+        assert BY_FLAG[flag].env == env
+        assert not negation or negation in BY_FLAG
+
+
+def test_bounds_from_the_table_apply_to_flags_config_and_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"threads_http": 0}))
+    for argv, env in ((["--threads-http", "0"], {}), (["--config", str(cfg)], {}),
+                      ([], {"LLAMA_ARG_THREADS_HTTP": "0"})):
+        with pytest.raises(ConfigError, match=r"--threads-http must be 1\.\.1024"):
+            load_settings(argv, env)
+    with pytest.raises(ConfigError, match=r"--sse-ping-interval must be a number from 0\.1 to 3600"):
+        load_settings(["--sse-ping-interval", "nan"])
+    with pytest.raises(ConfigError, match=r"--top-k must be 0\.\.1000000"):
+        load_settings(["--top-k", "-2"])
 
 
 def test_llama_cpp_flags_sluice_accepts_as_they_are() -> None:
