@@ -266,7 +266,7 @@ async def rerank(m: Bound, body: JSON) -> Response:
                                                            else {})} for i, s, _n in ranked])
     with_docs = bool(body.get("return_documents"))
     return json_response({
-        "model": body.get("model", m.model_name), "object": "list",
+        "model": body.get("model") or m.model_name, "object": "list",
         "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
         "results": [{"index": i, "relevance_score": s,
                      **({"document": {"text": documents[i]}} if with_docs else {})}

@@ -247,3 +247,17 @@ def test_kv_unified_lets_one_slot_use_the_whole_pool() -> None:
             assert "context size has been exceeded" in r.json()["error"]["message"]
         # the server is still up, and the pool is free again
         assert ask(200).json()["tokens_predicted"] == 200
+
+
+def test_a_null_model_means_the_default_one(server: ServerProcess) -> None:
+    """llama.cpp's suite (and scripts that build bodies from optional settings) send
+    ``"model": null``: it asks for the default model, as an absent one does."""
+    for path, body in (("/completion", {"prompt": "Hi", "n_predict": 1}),
+                       ("/v1/completions", {"prompt": "Hi", "max_tokens": 1}),
+                       ("/v1/chat/completions", {"max_tokens": 1, "messages": [
+                           {"role": "user", "content": "Hi"}]}),
+                       ("/tokenize", {"content": "Hi"})):
+        post(server, path, {**body, "model": None})
+    resp = httpx.post(server.base_url + "/completion", timeout=TIMEOUT,
+                      json={"prompt": "Hi", "n_predict": 1, "model": 5})
+    assert resp.status_code == 400  # null, not any type
