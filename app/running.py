@@ -168,6 +168,7 @@ class Completion:
             if self.stop_reason is not None:
                 yield Final(await builder.outcome(self.stop_reason))
                 return
+            await trio.lowlevel.checkpoint_if_cancelled()  # a client gone already: no job
             send, receive = trio.open_memory_channel[Event](CHANNEL_CAPACITY)
             job = Job(id=self.id, request=self.prepared.generation, sampler=self.prepared.sampler,
                       sink=send)

@@ -254,6 +254,9 @@ class Service:
         self._preparing += 1
         try:
             prepared = await self._offload(work)
+            # a client that left meanwhile is noticed here: its sampler is freed below and
+            # nothing reaches the engine (the worker could not be abandoned: it writes C memory)
+            await trio.lowlevel.checkpoint_if_cancelled()
             if self.shutting_down:
                 raise Unavailable("the server is shutting down")
             if hosted.runtime is not runtime or hosted.status is not ModelStatus.LOADED:

@@ -10,15 +10,23 @@ times: the client leaves, and ``/slots`` (or ``/metrics`` for a queued request) 
 * ``prompt``: a 2,000-token prompt is being read (one ``--batch-size`` chunk takes about a
   second here) when the client leaves (non-streamed, 0.3 s in);
 * ``decode-stream``: a streamed generation, after its fifth event;
-* ``decode-plain``: a non-streamed generation, 0.4 s in.
+* ``decode-plain``: a non-streamed generation, 0.4 s in;
+* ``grammar-worker``: a streamed generation whose every step goes to a grammar worker (a
+  grammar with a token reference turns the narrowing filter off, and it admits only ``q``,
+  which the model never picks first, so each step is a full-vocabulary pass off the engine
+  thread), after its fifth event: the client leaves while a step is on the worker.
 
-Not measured: a request waiting for a grammar worker (no prompt forces one reliably), and
-through nginx.
+``--nginx`` runs the same phases through nginx (``deploy/cluster.py``, one replica), the
+client talking to nginx and the probe to the replica: nginx notices the client's close and
+closes its connection to the replica.
+
+Not measured: a request leaving while its grammar is prepared on a worker (no slot is held
+then; ``tests/unit/test_cancel_phases.py`` checks it never reaches the engine).
 
 Prints median and max per phase in ms, and the decode step (ms per generated token, from a
 plain run's ``timings``). Run on a quiet machine (check ``top``)::
 
-    .venv/bin/python bench/cancel.py [--tries 20]
+    .venv/bin/python bench/cancel.py [--tries 20] [--nginx]
 """
 
 from __future__ import annotations
@@ -66,10 +74,11 @@ async def read_events(c: httpx.AsyncClient, body: dict[str, object], n: int) -> 
                     return
 
 
-async def phase(base: str, tries: int, leave: Callable[[httpx.AsyncClient], Awaitable[None]],
+async def phase(base: str, probe_base: str, tries: int,
+                leave: Callable[[httpx.AsyncClient], Awaitable[None]],
                 gone: Callable[[httpx.AsyncClient], Awaitable[None]]) -> list[float]:
     waits = []
-    async with httpx.AsyncClient(base_url=base, timeout=120) as probe:
+    async with httpx.AsyncClient(base_url=probe_base, timeout=120) as probe:
         for _ in range(tries):
             async with httpx.AsyncClient(base_url=base, timeout=120) as c:
                 await leave(c)
@@ -81,11 +90,15 @@ async def phase(base: str, tries: int, leave: Callable[[httpx.AsyncClient], Awai
     return waits
 
 
-async def main(base: str, tries: int) -> None:
-    async with httpx.AsyncClient(base_url=base, timeout=120) as c:
+async def main(base: str, probe_base: str, tries: int) -> None:
+    async with httpx.AsyncClient(base_url=probe_base, timeout=120) as c:
         timed = (await c.post("/completion", json={"prompt": "Once upon a time",
                                                   "n_predict": 64, "ignore_eos": True})).json()
+        q = (await c.post("/tokenize", json={"content": "q"})).json()["tokens"][0]
+        slow = {**ENDLESS, "grammar": f'root ::= ("q" | <[{q}]>)+'}
+        timed_slow = (await c.post("/completion", json={**slow, "n_predict": 32})).json()
     step_ms = timed["timings"]["predicted_per_token_ms"]
+    slow_ms = timed_slow["timings"]["predicted_per_token_ms"]
 
     async def prompt(c: httpx.AsyncClient) -> None:
         with trio.move_on_after(0.3):
@@ -100,14 +113,16 @@ async def main(base: str, tries: int) -> None:
         "prompt": (prompt, slot_free),
         "decode-stream": (lambda c: read_events(c, ENDLESS, 5), slot_free),
         "decode-plain": (plain, slot_free),
+        "grammar-worker": (lambda c: read_events(c, slow, 5), slot_free),
     }
-    print(f"decode step: {step_ms:.1f} ms per token; {tries} tries per phase")
+    print(f"decode step: {step_ms:.1f} ms per token ({slow_ms:.1f} ms with the grammar of "
+          f"grammar-worker); {tries} tries per phase")
     for name, (leave, gone) in phases.items():
-        waits = await phase(base, tries, leave, gone)
+        waits = await phase(base, probe_base, tries, leave, gone)
         print(f"{name:14} leave -> free: median {statistics.median(waits):6.1f} ms, "
               f"max {max(waits):6.1f} ms", flush=True)
     waits = []
-    async with httpx.AsyncClient(base_url=base, timeout=120) as probe:
+    async with httpx.AsyncClient(base_url=probe_base, timeout=120) as probe:
         for _ in range(tries):
             async with httpx.AsyncClient(base_url=base, timeout=120) as c, \
                     trio.open_nursery() as nursery:
@@ -130,6 +145,15 @@ async def main(base: str, tries: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tries", type=int, default=20)
+    parser.add_argument("--nginx", action="store_true", help="the client talks to nginx")
     args = parser.parse_args()
-    with running_server("--parallel", "1", "--ctx-size", "4096", "--metrics") as srv:
-        trio.run(main, srv.base_url, args.tries)
+    flags = ["--parallel", "1", "--ctx-size", "4096", "--metrics"]
+    if args.nginx:
+        from deploy.cluster import Cluster
+        from tests.serverproc import free_port
+        with Cluster([free_port()], free_port(), flags) as cluster:
+            print("through nginx")
+            trio.run(main, cluster.url, cluster.replica_url(0), args.tries)
+    else:
+        with running_server(*flags) as srv:
+            trio.run(main, srv.base_url, srv.base_url, args.tries)
