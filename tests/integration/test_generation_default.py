@@ -10,6 +10,7 @@ does, which shows the push works), a closed one can only close the object.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -166,19 +167,27 @@ EVENT = {"type": "object", "properties": {
 EVENT_PROMPT = f"Text: {EVENT_TEXT}\nThe facts of the text as JSON:\n"  # bench/extraction.py's
 
 
-def test_the_loop_guard_lets_a_looping_reply_finish(server: ServerProcess) -> None:
-    """Greedy, the embedded model writes "location": "Room 4, 1st floor, 1st floor, …" to the
-    token limit; under the default guard it closes the object. A request that sets DRY itself
-    (here: off) gets what it asked for."""
+#: a loop: the same 1-20 characters six times in a row ("0000…", "1st floor, 1st floor, …")
+VERBATIM_LOOP = re.compile(r"(.{1,20}?)\1{5,}", re.DOTALL)
+
+
+def test_the_loop_guard_breaks_a_verbatim_loop(server: ServerProcess) -> None:
+    """Greedy, the embedded model loops inside "location" to the token limit; which loop
+    depends on the CPU's arithmetic ("1st floor, 1st floor, …" on one machine, "1000000…" on
+    another). Under the default guard it does not repeat itself: on the first machine it
+    closed the object, on the second it counts floors instead ("1st floor, 2nd floor, …",
+    which DRY cannot see: README, extraction benchmark). A request that sets DRY itself (here:
+    off) gets what it asked for."""
     base = {"prompt": EVENT_PROMPT, "json_schema": EVENT, "n_predict": 200, "temperature": 0,
             "cache_prompt": False}  # a cached prompt's logits differ a little from a fresh one's
     guarded = post(server, "/completion", base)
-    assert guarded["stop_type"] == "eos", guarded["content"]
-    assert guarded["schema_valid"] is True
     assert guarded["generation_settings"]["dry_multiplier"] == 0.8
+    assert not VERBATIM_LOOP.search(guarded["content"]), guarded["content"]
+    if guarded["stop_type"] == "eos":
+        assert guarded["schema_valid"] is True
     off = post(server, "/completion", {**base, "dry_multiplier": 0})
     assert off["stop_type"] == "limit"
-    assert "1st floor, 1st floor, 1st floor" in off["content"]
+    assert VERBATIM_LOOP.search(off["content"]), off["content"]
     assert off["generation_settings"]["dry_multiplier"] == 0.0
     # a grammar written by hand is the caller's own: no guard
     plain = post(server, "/completion", {"prompt": "x", "n_predict": 1, "grammar": 'root ::= "a"'})
@@ -189,10 +198,10 @@ def test_the_loop_guard_on_another_family(server: ServerProcess) -> None:
     base = {"prompt": EVENT_PROMPT, "json_schema": EVENT, "max_tokens": 200, "temperature": 0,
             "cache_prompt": False}
     guarded = post(server, "/v1/completions", base)["choices"][0]
-    assert guarded["finish_reason"] == "stop", guarded["text"]
-    json.loads(guarded["text"])
+    assert not VERBATIM_LOOP.search(guarded["text"]), guarded["text"]
     off = post(server, "/v1/completions", {**base, "dry_multiplier": 0})["choices"][0]
     assert off["finish_reason"] == "length"
+    assert VERBATIM_LOOP.search(off["text"]), off["text"]
 
 
 def test_the_loop_guard_flag_turns_it_off() -> None:
