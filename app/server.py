@@ -23,6 +23,7 @@ from app.api.common import error_body
 from app.api.compat import compat
 from app.api.extras import extras
 from app.api.goinfer import goinfer
+from app.api.kobold import kobold
 from app.api.metrics import metrics
 from app.api.models import models
 from app.api.native import native
@@ -86,6 +87,7 @@ def create_app(settings: Settings, service: Service) -> QuartTrio:
     app.register_blueprint(extras)
     app.register_blueprint(compat)
     app.register_blueprint(goinfer)
+    app.register_blueprint(kobold)
     app.register_blueprint(web)
     app.register_blueprint(openapi)
 

@@ -75,6 +75,16 @@ ROUTES: tuple[tuple[str, str, str | None, str, str], ...] = (
     ("/api/show", "post", "ollama_show", "ollama", "Ollama: one model's details"),
     ("/api/generate", "post", "ollama_generate", "ollama", "Ollama: generate (NDJSON stream)"),
     ("/api/chat", "post", "ollama_chat", "ollama", "Ollama: chat (NDJSON stream)"),
+    ("/api/v1/generate", "post", "kobold_generate", "json", "KoboldAI: generate"),
+    ("/api/extra/generate/stream", "post", "kobold_generate", "json",
+     "KoboldCpp: generate, streamed (SSE)"),
+    ("/api/extra/abort", "post", "kobold_genkey", "json", "KoboldCpp: abort by genkey"),
+    ("/api/extra/generate/check", "post", "kobold_genkey", "json",
+     "KoboldCpp: the text so far of a running generation"),
+    ("/api/extra/tokencount", "post", "kobold_tokencount", "json", "KoboldCpp: count tokens"),
+    ("/api/v1/model", "get", None, "", "KoboldAI: the model's name"),
+    ("/api/extra/version", "get", None, "", "KoboldCpp: API level"),
+    ("/api/v1/config/max_context_length", "get", None, "", "KoboldAI: a slot's context"),
     ("/model/state", "get", None, "", "goinfer: model state"),
     ("/infer/abort", "post", None, "", "goinfer: abort running /infer requests"),
 )
@@ -129,8 +139,9 @@ def document() -> dict[str, Any]:
         paths.setdefault(path, {})[method] = op
     return {"openapi": "3.1.0",
             "info": {"title": "Sluice", "version": "0.1.0",
-                     "description": "llama.cpp-, OpenAI-, goinfer-, llama-go-, llm- and "
-                                    "llm-api-compatible inference server"},
+                     "description": "llama.cpp-, OpenAI-, Anthropic-, Ollama-, KoboldAI-, "
+                                    "goinfer-, llama-go-, llm- and llm-api-compatible "
+                                    "inference server"},
             "paths": paths, "components": {"schemas": components}}
 
 

@@ -24,7 +24,7 @@ SHARED = {"common", "drive", "report", "chatbody", "__init__"}
 FAMILIES = {
     "llama.cpp": {"native", "extras", "models", "metrics"},
     "openai": {"openai"}, "anthropic": {"anthropic"}, "responses": {"responses"},
-    "ollama": {"ollama", "ollama_models"}, "goinfer": {"goinfer"}, "compat": {"compat"},
+    "ollama": {"ollama", "ollama_models"}, "goinfer": {"goinfer"}, "kobold": {"kobold"}, "compat": {"compat"},
     "openapi": {"openapi"}, "web": {"web"},
 }
 

@@ -16,6 +16,7 @@ from app.api import anthropic, responses
 from app.api.chatbody import messages, openai_request, tools_from
 from app.api.compat import _request
 from app.api.goinfer import infer_request
+from app.api.kobold import generate_request
 from app.chat import select
 from app.completion import CompletionRequest, GrammarConstraint, SamplingParams, SchemaConstraint
 from app.requests import Defaults, build, native_request, sampling_from
@@ -55,6 +56,7 @@ FAMILIES: dict[str, tuple[Callable[[dict[str, Any]], CompletionRequest], dict[st
     "responses /v1/responses": (lambda b: responses.turn_of(_bound(), b).request,
                                 {"input": "hi"}),
     "goinfer /infer": (lambda b: infer_request(b, _bound()), {"prompt": "hi"}),
+    "kobold /api/v1/generate": (lambda b: generate_request(b, DEFAULTS)[0], {"prompt": "hi"}),
     "seed servers (llama-go, llm, llm-api)": (lambda b: _request(b, DEFAULTS), {"prompt": "hi"}),
 }
 
@@ -70,7 +72,8 @@ def test_every_family_takes_every_server_default(family: str) -> None:
 
 
 @pytest.mark.parametrize("family", ["native /completion", "openai /v1/chat/completions",
-                                    "goinfer /infer", "seed servers (llama-go, llm, llm-api)"])
+                                    "goinfer /infer", "kobold /api/v1/generate",
+                                    "seed servers (llama-go, llm, llm-api)"])
 def test_a_requests_own_sampling_wins(family: str) -> None:
     parse, body = FAMILIES[family]
     temperature = "temp" if "goinfer" in family else "temperature"  # goinfer's own name
