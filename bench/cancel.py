@@ -26,7 +26,7 @@ then; ``tests/unit/test_cancel_phases.py`` checks it never reaches the engine).
 Prints median and max per phase in ms, and the decode step (ms per generated token, from a
 plain run's ``timings``). Run on a quiet machine (check ``top``)::
 
-    .venv/bin/python bench/cancel.py [--tries 20] [--nginx]
+    .venv/bin/python bench/cancel.py [--tries 20] [--nginx] [--phase NAME ...]
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ async def phase(base: str, probe_base: str, tries: int,
     return waits
 
 
-async def main(base: str, probe_base: str, tries: int) -> None:
+async def main(base: str, probe_base: str, tries: int, only: list[str]) -> None:
     async with httpx.AsyncClient(base_url=probe_base, timeout=120) as c:
         timed = (await c.post("/completion", json={"prompt": "Once upon a time",
                                                   "n_predict": 64, "ignore_eos": True})).json()
@@ -118,9 +118,15 @@ async def main(base: str, probe_base: str, tries: int) -> None:
     print(f"decode step: {step_ms:.1f} ms per token ({slow_ms:.1f} ms with the grammar of "
           f"grammar-worker); {tries} tries per phase")
     for name, (leave, gone) in phases.items():
+        if only and name not in only:
+            continue
         waits = await phase(base, probe_base, tries, leave, gone)
         print(f"{name:14} leave -> free: median {statistics.median(waits):6.1f} ms, "
               f"max {max(waits):6.1f} ms", flush=True)
+    if only and "queued" not in only:
+        return
+    if only and "queued" not in only:
+        return
     waits = []
     async with httpx.AsyncClient(base_url=probe_base, timeout=120) as probe:
         for _ in range(tries):
@@ -146,6 +152,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tries", type=int, default=20)
     parser.add_argument("--nginx", action="store_true", help="the client talks to nginx")
+    parser.add_argument("--phase", action="append", default=[],
+                        help="only this phase (repeatable): prompt, decode-stream, decode-plain, "
+                        "grammar-worker, queued")
     args = parser.parse_args()
     flags = ["--parallel", "1", "--ctx-size", "4096", "--metrics"]
     if args.nginx:
@@ -153,7 +162,7 @@ if __name__ == "__main__":
         from tests.serverproc import free_port
         with Cluster([free_port()], free_port(), flags) as cluster:
             print("through nginx")
-            trio.run(main, cluster.url, cluster.replica_url(0), args.tries)
+            trio.run(main, cluster.url, cluster.replica_url(0), args.tries, args.phase)
     else:
         with running_server(*flags) as srv:
-            trio.run(main, srv.base_url, srv.base_url, args.tries)
+            trio.run(main, srv.base_url, srv.base_url, args.tries, args.phase)
