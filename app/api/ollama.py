@@ -36,13 +36,12 @@ from app.api.chatbody import messages, openai_request, tools_from
 from app.api.common import Family, guarded, json_response, read_valid, service
 from app.api.drive import Wire, drive
 from app.api.ollama_models import now as _now
-from app.chat import Message
-from app.completion import Delta, Outcome, SchemaConstraint, StopType
+from app.chat import ChatTemplate, Message
+from app.completion import CompletionRequest, Delta, Outcome, SchemaConstraint, StopType
 from app.errors import JSON, InvalidRequest, NotSupported, ollama_body
-from app.requests import native_request
+from app.requests import Defaults, build, sampling_from, schema_mode_from, stops_from
 from app.tools import CallEnd, Piece, ReasoningPiece, ReplySplitter, TextPiece
-from app.turns import chat_request
-from app.validation import validate
+from app.turns import Turn, chat_request
 
 ollama = Family("ollama", __name__, error_body=ollama_body,
                 error_event=lambda exc: json.dumps(ollama_body(exc)).encode() + b"\n")
@@ -187,26 +186,18 @@ async def generate() -> Response:
     svc = service()
     async with svc.use(body["model"], keep_alive_s=seconds, set_keep_alive=True) as m:
         load_s = time.perf_counter() - started
-        native: JSON = {**_sampling(body)}
-        schema = _format_schema(body)
         stops: tuple[str, ...] = ()
-        tokens: tuple[str | int, ...] | None = None
         if suffix:
-            tokens = tuple(await m.with_model(lambda rt: _fim(rt, prompt, suffix)))
-            native["prompt"] = ""
+            prompt_parts: tuple[str | int, ...] = tuple(
+                await m.with_model(lambda rt: _fim(rt, prompt, suffix)))
         elif body.get("raw"):
-            native["prompt"] = prompt
+            prompt_parts = (prompt,)
         else:
             template = m.chat
             system = body.get("system") or m.settings.system_prompt
-            native["prompt"] = template.prompt([Message("user", prompt)], system)
+            prompt_parts = (template.prompt([Message("user", prompt)], system),)
             stops = template.stops
-        if stops:
-            native["stop"] = list(dict.fromkeys([*stops, *native.get("stop", [])]))
-        checked = await trio.to_thread.run_sync(validate, "completion", native)
-        request = native_request(checked, m.defaults, prompt=tokens)
-        if schema is not None:  # errors in the schema name Ollama's field
-            request = replace(request, constraint=SchemaConstraint(schema, field="format"))
+        request = generate_request(body, m.defaults, prompt=prompt_parts, stops=stops)
         completion = await m.submit(request)
     name = m.name
 
@@ -227,6 +218,48 @@ async def generate() -> Response:
     outcome = await completion.result()
     return json_response({**head(), "response": outcome.text,
                           **_final_fields(outcome, started, load_s)})
+
+
+def generate_request(body: JSON, defaults: Defaults, *, prompt: tuple[str | int, ...],
+                     stops: tuple[str, ...] = ()) -> CompletionRequest:
+    """A body checked by ``schemas/ollama_generate.json``, its prompt rendered, as a typed
+    request: ``options`` under llama.cpp's names, ``format`` as a schema constraint."""
+    options = _sampling(body)
+    n_predict = options.get("n_predict")
+    schema = _format_schema(body)
+    return build(defaults, prompt=prompt, sampling=sampling_from(options, defaults),
+                 n_predict=int(n_predict) if n_predict is not None else None,
+                 stops=tuple(dict.fromkeys([*stops, *stops_from(options.get("stop"))])),
+                 constraint=None if schema is None else SchemaConstraint(schema, field="format"),
+                 schema_mode=schema_mode_from(body))
+
+
+def chat_wire(body: JSON) -> JSON:
+    """A body checked by ``schemas/ollama_chat.json`` in the OpenAI chat body's shape: its
+    messages and tools are OpenAI's with other names, and Ollama's schema has checked them as
+    the chat schema would (the same tool definition, the same bounds), so the shared parser
+    (:mod:`app.api.chatbody`) reads the result without checking it again. Refuses images
+    (400) before any model is bound."""
+    options = _sampling(body)
+    wire: JSON = {"messages": _openai_messages(body),
+                  **{k: v for k, v in options.items() if k != "n_predict"}}
+    if "n_predict" in options:
+        wire["max_tokens"] = options["n_predict"]
+    if body.get("tools"):
+        wire["tools"] = body["tools"]
+    return wire
+
+
+def chat_turn(body: JSON, wire: JSON, defaults: Defaults, template: ChatTemplate, *,
+              system_prompt: str | None, reasoning: bool,
+              variables: dict[str, Any] | None = None) -> Turn:
+    """The chat turn of ``body`` (its :func:`chat_wire` is ``wire``) for ``template``."""
+    base = openai_request(wire, defaults, prompt="", n_probs=0, extra_stops=template.stops)
+    schema = _format_schema(body)
+    if schema is not None:  # errors in the schema name Ollama's field
+        base = replace(base, constraint=SchemaConstraint(schema, field="format"))
+    return chat_request(template, messages(wire), tools_from(wire), base,
+                        system_prompt=system_prompt, reasoning=reasoning, variables=variables)
 
 
 def _fim(rt: Any, prefix: str, suffix: str) -> list[int]:
@@ -281,29 +314,17 @@ async def chat() -> Response:
     given, seconds = keep_alive_of(body)
     if not body.get("messages"):
         return await _load_or_unload({**body, "messages": []}, given, seconds)
-    sampling = _sampling(body)
-    wire: JSON = {"messages": _openai_messages(body),
-                  **{k: v for k, v in sampling.items() if k != "n_predict"}}
-    if "n_predict" in sampling:
-        wire["max_tokens"] = sampling["n_predict"]
-    if body.get("tools"):
-        wire["tools"] = body["tools"]
-    schema = _format_schema(body)
-    wire = await trio.to_thread.run_sync(validate, "chat_completion", wire)
+    wire = chat_wire(body)
     started = time.perf_counter()
     svc = service()
     async with svc.use(body["model"], keep_alive_s=seconds, set_keep_alive=True) as m:
         load_s = time.perf_counter() - started
-        template = m.chat
-        base = openai_request(wire, m.defaults, prompt="", n_probs=0, extra_stops=template.stops)
-        if schema is not None:  # errors in the schema name Ollama's field
-            base = replace(base, constraint=SchemaConstraint(schema, field="format"))
         reasoning = bool(body.get("think", m.settings.reasoning_format != "none"))
-        turn = await trio.to_thread.run_sync(lambda: chat_request(
-            template, messages(wire), tools_from(wire), base,
-            system_prompt=m.settings.system_prompt, reasoning=reasoning,
-            variables=m.template_variables(thinking=False if body.get("think") is False
-                                           else None)))
+        variables = m.template_variables(thinking=False if body.get("think") is False else None)
+        template, defaults, system = m.chat, m.defaults, m.settings.system_prompt
+        turn = await trio.to_thread.run_sync(lambda: chat_turn(
+            body, wire, defaults, template, system_prompt=system, reasoning=reasoning,
+            variables=variables))
         completion = await m.submit(turn.request)
     name = m.name
     splitter = turn.splitter()

@@ -17,6 +17,8 @@ from app.api.chatbody import messages, openai_request, tools_from
 from app.api.compat import _request
 from app.api.goinfer import infer_request
 from app.api.kobold import generate_request
+from app.api.ollama import chat_turn, chat_wire
+from app.api.ollama import generate_request as ollama_generate
 from app.chat import select
 from app.completion import CompletionRequest, GrammarConstraint, SamplingParams, SchemaConstraint
 from app.requests import Defaults, build, native_request, sampling_from
@@ -57,6 +59,11 @@ FAMILIES: dict[str, tuple[Callable[[dict[str, Any]], CompletionRequest], dict[st
                                 {"input": "hi"}),
     "goinfer /infer": (lambda b: infer_request(b, _bound()), {"prompt": "hi"}),
     "kobold /api/v1/generate": (lambda b: generate_request(b, DEFAULTS)[0], {"prompt": "hi"}),
+    "ollama /api/generate": (lambda b: ollama_generate(b, DEFAULTS, prompt=("hi",)),
+                             {"model": "m", "prompt": "hi"}),
+    "ollama /api/chat": (lambda b: chat_turn(b, chat_wire(b), DEFAULTS, CHAT, system_prompt=None,
+                                             reasoning=False).request,
+                         {"model": "m", "messages": USER}),
     "seed servers (llama-go, llm, llm-api)": (lambda b: _request(b, DEFAULTS), {"prompt": "hi"}),
 }
 
@@ -100,6 +107,19 @@ def test_any_dry_field_marks_dry_as_the_callers() -> None:
     assert not sampling_from({"temperature": 0}, Defaults()).dry_given
     assert sampling_from({"dry_base": 2}, Defaults()).dry_given
     assert sampling_from({"dry_multiplier": 0}, Defaults()).dry_given
+
+
+def test_ollama_options_are_llama_cpp_fields_and_format_is_the_constraint() -> None:
+    body = {"model": "m", "prompt": "hi", "format": "json",
+            "options": {"temperature": 1.2, "num_predict": -2, "stop": ["\n"], "seed": 3}}
+    got = ollama_generate(body, DEFAULTS, prompt=("hi",), stops=("<end>",))
+    assert (got.sampling.temperature, got.sampling.seed, got.n_predict) == (1.2, 3, -1)
+    assert got.stops == ("<end>", "\n")
+    assert got.constraint == SchemaConstraint({"type": "object"}, field="format")
+    turn = chat_turn({**body, "messages": USER}, chat_wire({**body, "messages": USER}),
+                     DEFAULTS, CHAT, system_prompt=None, reasoning=False)
+    assert turn.request.sampling.temperature == 1.2
+    assert turn.request.constraint == SchemaConstraint({"type": "object"}, field="format")
 
 
 def test_server_n_predict_is_the_default_where_the_wire_has_no_limit() -> None:
