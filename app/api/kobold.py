@@ -11,7 +11,8 @@
 - ``POST /api/extra/abort`` ``{"genkey"}``: ends the running Kobold generations with that
   key (all of them without one) -> ``{"success": "true"|"false", "done": "true"}``.
 - ``GET|POST /api/extra/generate/check`` ``{"genkey"}``: the text generated so far by the
-  running generation with that key (a generation without a key answers an empty key only).
+  running generation with that key; without a key, empty (KoboldCpp gives a lone client's
+  text to a keyless check; here a reply is only read by whoever holds its key).
 - ``POST /api/extra/tokencount`` ``{"prompt", "special"}`` -> ``{"value", "ids"}``.
 - ``GET /api/v1/model`` -> ``{"result": "koboldcpp/<model>"}``; ``/api/v1/info/version``;
   ``/api/extra/version`` -> ``{"result": "KoboldCpp", "version": "1.76", ...}``: clients
@@ -239,8 +240,10 @@ async def abort() -> Response:
 @kobold.route("/api/extra/generate/check", methods=["GET", "POST"])
 async def check() -> Response:
     key = await _genkey() if request.method == "POST" and request.content_length else ""
-    text = next(("".join(r.text) for r in list(_state().running.values()) if r.genkey == key),
-                "")
+    # only a caller that knows a generation's key reads its text: without one, nothing (one
+    # client could otherwise read another's reply)
+    text = next(("".join(r.text) for r in list(_state().running.values())
+                 if key and r.genkey == key), "")
     return json_response({"results": [{"text": text}]})
 
 

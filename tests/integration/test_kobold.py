@@ -108,6 +108,8 @@ async def test_abort_by_genkey_ends_that_stream_and_check_shows_its_text(
         partial = (await client.post("/api/extra/generate/check",
                                      json={"genkey": "KCPP1234"})).json()
         nobody = (await client.post("/api/extra/generate/check", json={"genkey": "x"})).json()
+        keyless = (await client.get("/api/extra/generate/check")).json()
+        assert keyless == {"results": [{"text": ""}]}
         assert partial["results"][0]["text"].strip()
         assert nobody == {"results": [{"text": ""}]}
         aborted = (await client.post("/api/extra/abort", json={"genkey": "KCPP1234"})).json()
