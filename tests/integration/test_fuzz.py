@@ -63,6 +63,10 @@ def test_fuzzed_requests_never_break_the_server(server: ServerProcess, operation
         elif status >= 400 and operation.path in {"/api/generate", "/api/chat", "/api/tags",
                                                   "/api/ps", "/api/show", "/api/version"}:
             assert isinstance(response.json()["error"], str), where  # Ollama's error shape
+        elif status >= 400 and operation.path.startswith(("/api/v1/", "/api/extra/")):
+            detail = response.json()["detail"]  # KoboldAI's error shape
+            assert isinstance(detail["msg"], str), where
+            assert isinstance(detail["type"], str), where
         elif status >= 400 and operation.path not in ("/predict", "/chat"):
             error = response.json()["error"]
             assert error["code"] == status, where
